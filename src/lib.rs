@@ -1,0 +1,1 @@
+//! svclb: how Kubernetes Services really balance load.
