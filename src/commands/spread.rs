@@ -28,7 +28,7 @@ pub struct SpreadArgs {
     #[arg(long, default_value_t = 100)]
     pub parallel: usize,
     /// Connections per second (default: as fast as possible).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rate: Option<f64>,
     /// Per connection: connect and first reply.
     #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
@@ -46,7 +46,7 @@ pub struct SpreadArgs {
     #[arg(long, value_name = "N")]
     pub expect_backends: Option<usize>,
     /// Each backend must get within ±PCT % of the fair share.
-    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    #[arg(long, default_value_t = 50.0, value_name = "PCT", allow_negative_numbers = true)]
     pub margin: f64,
     /// Also fail when the chi-square p-value against a uniform spread is below ALPHA.
     #[arg(long, value_name = "ALPHA")]
