@@ -1,1 +1,4 @@
 //! svclb: how Kubernetes Services really balance load.
+
+pub mod commands;
+pub mod lab;

@@ -1,0 +1,3 @@
+//! One module per subcommand: parse → engine → report.
+
+pub mod lab;
