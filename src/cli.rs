@@ -1,0 +1,47 @@
+//! Command-line definitions (clap derive). Usage reads as a kubectl plugin: `kubectl svclb ...`.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-svclb",
+    bin_name = "kubectl svclb",
+    version,
+    about = "How do your Services really balance load? Connection storms, spread verdicts, affinity checks.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub kube: KubeFlags,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// kubectl's global flags, accepted before or after the verb.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KubeFlags {
+    /// Path to the kubeconfig file to use.
+    #[arg(long, global = true, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The name of the kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace scope for this request.
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Username to impersonate for the operation.
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the test server (what runs in tserver pods and in lab pods).
+    Serve(commands::serve::ServeArgs),
+    /// Storm a Service with connections and judge how they spread over backends.
+    Spread(commands::spread::SpreadArgs),
+    /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
+    Compare(commands::compare::CompareArgs),
+}

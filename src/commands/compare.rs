@@ -1,0 +1,67 @@
+//! `kubectl svclb compare FILE...`: saved runs side by side.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::report::{self, CompareFormat};
+use crate::stats::Criteria;
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Run records or mconnect `-output json` files; a directory stands for its *.json files.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = CompareFormat::Table)]
+    pub output: CompareFormat,
+    /// Margin (±%) for judging mconnect files, which carry no verdict of their own.
+    #[arg(long, default_value_t = 50.0)]
+    pub margin: f64,
+}
+
+fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(f)
+                .with_context(|| format!("cannot read directory {}", f.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            if inside.is_empty() {
+                bail!(
+                    "{} holds no .json files: give run records or mconnect JSON files",
+                    f.display()
+                );
+            }
+            inside.sort();
+            out.extend(inside);
+        } else {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: CompareArgs) -> Result<ExitCode> {
+    if !(0.0..=1000.0).contains(&args.margin) {
+        bail!(
+            "--margin {} is out of range: give a percentage between 0 and 1000",
+            args.margin
+        );
+    }
+    let criteria = Criteria {
+        expect_backends: None,
+        margin_pct: args.margin,
+        alpha: None,
+    };
+    let runs = expand(&args.files)?
+        .iter()
+        .map(|p| crate::record::load(p, &criteria))
+        .collect::<Result<Vec<_>>>()?;
+    print!("{}", report::compare(&runs, args.output)?);
+    Ok(ExitCode::SUCCESS)
+}

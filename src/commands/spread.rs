@@ -1,0 +1,320 @@
+//! `kubectl svclb spread`: storm a Service, print the spread and a verdict, save the run.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use ipnet::IpNet;
+
+use crate::record::{Environment, Latency, Params, SPREAD_KIND, SPREAD_VERSION, SpreadRun, TargetInfo};
+use crate::report::{self, RunFormat};
+use crate::stats::{Criteria, Verdict, evaluate};
+use crate::storm::{self, BackendCount, Control, Outcome, Proto, Stop, StormConfig};
+
+#[derive(Debug, Args)]
+pub struct SpreadArgs {
+    /// Storm this address (HOST:PORT) directly: any server speaking the wire protocol or
+    /// replying with its hostname (mconnect, agnhost serve-hostname).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: Option<String>,
+    /// Connections to make.
+    #[arg(long, default_value_t = 10_000)]
+    pub conns: u64,
+    /// Connections in flight at most.
+    #[arg(long, default_value_t = 100)]
+    pub parallel: usize,
+    /// Connections per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Per connection: connect and first reply.
+    #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+    /// Whole run: no connection starts after it.
+    #[arg(long, value_parser = super::parse_duration)]
+    pub deadline: Option<Duration>,
+    /// UDP: one datagram `svclb <session> <seq>` per new socket instead of a TCP connection.
+    #[arg(long)]
+    pub udp: bool,
+    /// A random source address of this CIDR per connection (IPv4 or IPv6).
+    #[arg(long, value_name = "CIDR")]
+    pub srccidr: Option<IpNet>,
+    /// Backends that must answer; missing ones fail the verdict and show with 0.
+    #[arg(long, value_name = "N")]
+    pub expect_backends: Option<usize>,
+    /// Each backend must get within ±PCT % of the fair share.
+    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    pub margin: f64,
+    /// Also fail when the chi-square p-value against a uniform spread is below ALPHA.
+    #[arg(long, value_name = "ALPHA")]
+    pub alpha: Option<f64>,
+    /// Close with FIN instead of RST (SO_LINGER 0); leaves TIME_WAIT on this side.
+    #[arg(long)]
+    pub graceful_close: bool,
+    /// Name of the run (default: spread-<date>-<time>).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Directory for the run record.
+    #[arg(long, default_value = "saves", value_name = "DIR")]
+    pub save: PathBuf,
+    /// Do not save the run record.
+    #[arg(long)]
+    pub no_save: bool,
+    /// Output format; json prints exactly the run record.
+    #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
+    pub output: RunFormat,
+}
+
+impl SpreadArgs {
+    fn validate(&self) -> Result<()> {
+        if self.conns == 0 {
+            bail!("--conns 0: give at least 1 connection");
+        }
+        if self.parallel == 0 {
+            bail!("--parallel 0: give at least 1 connection in flight");
+        }
+        if let Some(r) = self.rate
+            && !(r > 0.0 && r.is_finite())
+        {
+            bail!("--rate {r}: give a positive number of connections per second");
+        }
+        if self.timeout.is_zero() {
+            bail!("--timeout 0s: give a positive per-connection timeout, e.g. 2s");
+        }
+        if !(0.0..=1000.0).contains(&self.margin) {
+            bail!("--margin {}: give a percentage between 0 and 1000", self.margin);
+        }
+        if let Some(a) = self.alpha
+            && !(0.0 < a && a < 1.0)
+        {
+            bail!("--alpha {a}: give a significance level between 0 and 1, e.g. 0.001");
+        }
+        if self.expect_backends == Some(0) {
+            bail!("--expect-backends 0: give the number of backends that must answer");
+        }
+        if let Some(tag) = &self.tag
+            && (tag.is_empty() || tag.contains('/'))
+        {
+            bail!("--tag {tag:?}: give a non-empty name without '/'");
+        }
+        Ok(())
+    }
+
+    fn criteria(&self) -> Criteria {
+        Criteria {
+            expect_backends: self.expect_backends,
+            margin_pct: self.margin,
+            alpha: self.alpha,
+        }
+    }
+
+    fn params(&self) -> Params {
+        Params {
+            conns: self.conns,
+            parallel: self.parallel,
+            rate: self.rate,
+            timeout_s: self.timeout.as_secs_f64(),
+            deadline_s: self.deadline.map(|d| d.as_secs_f64()),
+            srccidr: self.srccidr.map(|c| c.to_string()),
+            expect_backends: self.expect_backends,
+            margin_pct: self.margin,
+            alpha: self.alpha,
+            graceful_close: self.graceful_close,
+        }
+    }
+
+    fn tag(&self, started: jiff::Timestamp) -> String {
+        self.tag.clone().unwrap_or_else(|| {
+            let local = started.to_zoned(jiff::tz::TimeZone::system());
+            format!("spread-{}", local.strftime("%Y%m%d-%H%M%S"))
+        })
+    }
+}
+
+/// Resolves HOST:PORT, preferring an address of `family_of` when given (e.g. the --srccidr family).
+async fn resolve(address: &str, family_of: Option<IpNet>) -> Result<SocketAddr> {
+    let bad = || anyhow::anyhow!("bad --address {address:?}: want HOST:PORT, e.g. 127.0.0.1:5001 or [::1]:5001");
+    let (_, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot resolve --address {address:?}: {e}"))?
+        .collect();
+    let preferred = family_of.and_then(|net| addrs.iter().find(|a| a.is_ipv4() == net.addr().is_ipv4()));
+    preferred.or(addrs.first()).copied().ok_or_else(bad)
+}
+
+/// A backend known to exist (from a lab or a cluster), so zero-count backends can be listed.
+#[derive(Debug, Clone)]
+pub struct KnownBackend {
+    pub name: String,
+    pub node: String,
+    pub zone: String,
+}
+
+/// Merges observed counts with the known backends (zero-filled) and judges them.
+pub fn build_record(
+    tag: String,
+    started_at: jiff::Timestamp,
+    target: TargetInfo,
+    params: Params,
+    outcome: &Outcome,
+    known: &[KnownBackend],
+    criteria: &Criteria,
+) -> SpreadRun {
+    let mut backends: Vec<BackendCount> = outcome.backends.clone();
+    for k in known {
+        match backends.iter_mut().find(|b| b.name == k.name) {
+            Some(b) => {
+                if b.node.is_empty() {
+                    b.node.clone_from(&k.node);
+                }
+                if b.zone.is_empty() {
+                    b.zone.clone_from(&k.zone);
+                }
+            }
+            None => backends.push(BackendCount {
+                name: k.name.clone(),
+                node: k.node.clone(),
+                zone: k.zone.clone(),
+                count: 0,
+            }),
+        }
+    }
+    backends.sort_by(|a, b| a.name.cmp(&b.name));
+    let criteria = Criteria {
+        expect_backends: criteria.expect_backends.or((!known.is_empty()).then_some(known.len())),
+        ..*criteria
+    };
+    let counts: Vec<(&str, u64)> = backends.iter().map(|b| (b.name.as_str(), b.count)).collect();
+    let mut stats = evaluate(&counts, outcome.failures.total(), &criteria);
+    if outcome.stopped == Some(Stop::Interrupted) {
+        stats.verdict = Verdict::Fail;
+        stats.reasons.push(format!(
+            "interrupted after {} of {} connections",
+            outcome.attempted, params.conns
+        ));
+    }
+    SpreadRun {
+        kind: SPREAD_KIND.into(),
+        version: SPREAD_VERSION,
+        tag,
+        started_at,
+        duration_s: outcome.elapsed.as_secs_f64(),
+        target,
+        params,
+        conns: outcome.attempted,
+        ok: outcome.ok,
+        failed: outcome.failures.into(),
+        stopped: outcome.stopped,
+        backends,
+        sources: Vec::new(),
+        latency_ms: Latency::from_histogram(&outcome.latency),
+        stats,
+        environment: Environment::local(),
+    }
+}
+
+/// Runs a storm with a progress bar (on a terminal) and Ctrl-C/SIGTERM handling.
+pub async fn storm_with_progress(cfg: &StormConfig) -> Result<Outcome> {
+    let control = Control::new();
+    let watcher = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            eprintln!("svclb: interrupted: finishing connections in flight, then saving what was measured");
+            control.interrupt();
+        })
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(cfg.conns);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} conns {per_sec} eta {eta}")
+                .expect("static template"),
+        );
+        bar
+    });
+    let ticker = bar.clone().map(|bar| {
+        let control = control.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(control.done());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let outcome = storm::run(cfg, control.clone()).await;
+    watcher.abort();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    outcome
+}
+
+/// Prints the run, saves it unless told not to, and maps the verdict to the exit code.
+pub fn finish(mut run: SpreadRun, args_save: Option<&std::path::Path>, output: RunFormat) -> Result<ExitCode> {
+    if let Some(dir) = args_save {
+        let wanted = run.tag.clone();
+        let path = crate::record::save(dir, &mut run)?;
+        if run.tag != wanted {
+            eprintln!("svclb: a run tagged {wanted:?} exists; saved this one as {:?}", run.tag);
+        }
+        eprintln!("svclb: saved {}", path.display());
+    }
+    print!("{}", report::spread(&run, output)?);
+    Ok(match run.stats.verdict {
+        Verdict::Pass => ExitCode::SUCCESS,
+        Verdict::Fail => ExitCode::from(1),
+    })
+}
+
+pub fn run(args: SpreadArgs) -> Result<ExitCode> {
+    args.validate()?;
+    let Some(address) = args.address.clone() else {
+        bail!("no target: give --address HOST:PORT to storm any address (see `kubectl svclb spread --help`)");
+    };
+    super::raise_nofile();
+    let rt = super::runtime(0)?;
+    let (started_at, target, outcome) = rt.block_on(async {
+        let target = resolve(&address, args.srccidr).await?;
+        let cfg = StormConfig {
+            target,
+            proto: if args.udp { Proto::Udp } else { Proto::Tcp },
+            conns: args.conns,
+            parallel: args.parallel,
+            rate: args.rate,
+            timeout: args.timeout,
+            deadline: args.deadline,
+            srccidr: args.srccidr,
+            graceful_close: args.graceful_close,
+            session: format!("{:08x}", rand::random::<u32>()),
+        };
+        let started_at = jiff::Timestamp::now();
+        let outcome = storm_with_progress(&cfg).await?;
+        anyhow::Ok((started_at, cfg, outcome))
+    })?;
+    let info = TargetInfo {
+        address: target.target.to_string(),
+        mode: "address".into(),
+        protocol: target.proto,
+        service: None,
+        source: None,
+        lab: None,
+    };
+    let run = build_record(
+        args.tag(started_at),
+        started_at,
+        info,
+        args.params(),
+        &outcome,
+        &[],
+        &args.criteria(),
+    );
+    finish(run, (!args.no_save).then_some(args.save.as_path()), args.output)
+}

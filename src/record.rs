@@ -1,0 +1,315 @@
+//! The run record: the one saved format (DESIGN.md), its version, saving, and mconnect import.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Stats;
+use crate::storm::{BackendCount, Failures, Proto, Stop};
+
+pub const SPREAD_KIND: &str = "SpreadRun";
+pub const SPREAD_VERSION: u32 = 1;
+
+/// Where the storm went and from where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// The address the storm connected to.
+    pub address: String,
+    /// `address` (any address), `pod`, `host` (cluster), or `lab`.
+    pub mode: String,
+    pub protocol: Proto,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Where the storm ran from (pod, node, namespace), when not this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lab: Option<String>,
+}
+
+/// The run's parameters, as given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub conns: u64,
+    pub parallel: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    pub timeout_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srccidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_backends: Option<usize>,
+    pub margin_pct: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    #[serde(default)]
+    pub graceful_close: bool,
+}
+
+/// Failures by kind plus their total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Failed {
+    pub total: u64,
+    #[serde(flatten)]
+    pub kinds: Failures,
+}
+
+impl From<Failures> for Failed {
+    fn from(kinds: Failures) -> Self {
+        Self {
+            total: kinds.total(),
+            kinds,
+        }
+    }
+}
+
+/// Connect latency percentiles (UDP: round-trip time), milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    pub fn from_histogram(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// One source's share of a multi-source run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRun {
+    pub name: String,
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub zone: String,
+    pub conns: u64,
+    pub ok: u64,
+    pub failed: Failed,
+    pub backends: Vec<BackendCount>,
+}
+
+/// What the run ran in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub tool_version: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_mode: Option<String>,
+}
+
+impl Environment {
+    /// This machine: tool version, hostname, kernel release.
+    pub fn local() -> Self {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        Self {
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: read("/proc/sys/kernel/hostname"),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            ..Self::default()
+        }
+    }
+}
+
+/// The record of one `spread` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpreadRun {
+    pub kind: String,
+    pub version: u32,
+    pub tag: String,
+    pub started_at: jiff::Timestamp,
+    pub duration_s: f64,
+    pub target: TargetInfo,
+    pub params: Params,
+    /// Connections attempted.
+    pub conns: u64,
+    pub ok: u64,
+    pub failed: Failed,
+    /// Set when the run ended early (Ctrl-C, deadline): the record holds what was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Stop>,
+    /// Every backend, zero-count ones included when they are known to exist.
+    pub backends: Vec<BackendCount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRun>,
+    pub latency_ms: Latency,
+    pub stats: Stats,
+    pub environment: Environment,
+}
+
+/// A run as `compare` sees it, whatever file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub tag: String,
+    pub conns: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Names and counts; zero-count backends included where the source knew them.
+    pub backends: Vec<BackendCount>,
+    pub stats: Stats,
+    pub source: Source,
+}
+
+/// Which format a loaded run came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Record,
+    Mconnect,
+}
+
+/// mconnect's `-output json`.
+#[derive(Debug, Deserialize)]
+struct Mconnect {
+    hosts: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    connects: Option<u64>,
+    #[serde(default)]
+    failed_connects: u64,
+    #[serde(default)]
+    failed_reads: u64,
+}
+
+/// Reads a run record or an mconnect JSON file. Errors name the file and what is wrong.
+pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<Loaded> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not JSON ({e}): want a svclb run record or an mconnect -output json file",
+            path.display()
+        )
+    })?;
+    match value.get("kind").and_then(|k| k.as_str()) {
+        Some(SPREAD_KIND) => {
+            let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+            if version != u64::from(SPREAD_VERSION) {
+                bail!(
+                    "{}: SpreadRun version {version} is not supported (this kubectl-svclb reads version {SPREAD_VERSION}); upgrade kubectl-svclb",
+                    path.display()
+                );
+            }
+            let run: SpreadRun = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("{}: corrupt SpreadRun record: {e}", path.display()))?;
+            Ok(Loaded {
+                tag: run.tag,
+                conns: run.conns,
+                ok: run.ok,
+                failed: run.failed.total,
+                backends: run.backends,
+                stats: run.stats,
+                source: Source::Record,
+            })
+        }
+        Some(other) => bail!(
+            "{}: record kind {other:?} cannot be compared as a spread run",
+            path.display()
+        ),
+        None if value.get("hosts").is_some() => {
+            let m: Mconnect = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("{}: not an mconnect -output json file: {e}", path.display()))?;
+            let ok: u64 = m.hosts.values().sum();
+            let failed = m.failed_connects + m.failed_reads;
+            let backends: Vec<BackendCount> = m
+                .hosts
+                .into_iter()
+                .map(|(name, count)| BackendCount {
+                    name,
+                    node: String::new(),
+                    zone: String::new(),
+                    count,
+                })
+                .collect();
+            let counts: Vec<(&str, u64)> = backends.iter().map(|b| (b.name.as_str(), b.count)).collect();
+            let stats = crate::stats::evaluate(&counts, failed, criteria);
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Loaded {
+                tag: stem.strip_prefix("mconnect-").unwrap_or(&stem).to_string(),
+                conns: m.connects.unwrap_or(ok + failed),
+                ok,
+                failed,
+                backends,
+                stats,
+                source: Source::Mconnect,
+            })
+        }
+        None => bail!(
+            "{}: neither a svclb run record (no \"kind\") nor an mconnect -output json file (no \"hosts\")",
+            path.display()
+        ),
+    }
+}
+
+/// A file-name-safe form of a tag.
+fn file_stem(tag: &str) -> String {
+    tag.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Saves `run` as `DIR/<tag>.json`. An existing file is never overwritten: the run is saved as
+/// `<tag>-2.json` (then -3, ...) with its tag changed to match, and the caller is told.
+pub fn save(dir: &Path, run: &mut SpreadRun) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create save directory {}", dir.display()))?;
+    let base = file_stem(&run.tag);
+    for n in 1u32.. {
+        let stem = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        let path = dir.join(format!("{stem}.json"));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => {
+                if n > 1 {
+                    run.tag = stem;
+                }
+                write_json(file, run).with_context(|| format!("cannot write {}", path.display()))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
+    }
+    unreachable!("u32 suffixes exhausted")
+}
+
+fn write_json(mut file: File, run: &SpreadRun) -> Result<()> {
+    serde_json::to_writer_pretty(&mut file, run)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Rendering: tables (tabled), markdown, JSON, YAML, CSV.
+
+mod compare;
+mod spread;
+
+pub use compare::compare;
+pub use spread::spread;
+
+use clap::ValueEnum;
+
+/// `-o` for commands that print one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunFormat {
+    Table,
+    Json,
+    Yaml,
+    Markdown,
+}
+
+/// `-o` for `compare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompareFormat {
+    Table,
+    Json,
+    Yaml,
+    Markdown,
+    Csv,
+}
+
+/// xcluster's frequency table: `(conns, pods)` pairs — how many backends got each count —
+/// ascending by conns, zero-count backends included.
+pub fn frequency(counts: impl IntoIterator<Item = u64>) -> Vec<(u64, usize)> {
+    let mut map = std::collections::BTreeMap::new();
+    for c in counts {
+        *map.entry(c).or_insert(0usize) += 1;
+    }
+    map.into_iter().collect()
+}
+
+/// A float for a table cell: fixed decimals, `-` when absent.
+fn num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "-".into(),
+    }
+}
+
+/// A p-value: fixed for readable values, scientific when tiny.
+fn pval(p: Option<f64>) -> String {
+    match p {
+        Some(p) if p >= 0.001 => format!("{p:.3}"),
+        Some(p) => format!("{p:.1e}"),
+        None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn frequency_counts_pods_per_conns() {
+        assert_eq!(super::frequency([3, 0, 3, 5, 3]), vec![(0, 1), (3, 3), (5, 1)]);
+    }
+}

@@ -1,0 +1,130 @@
+//! HTTP (hyper): `/` the identity line, `/hostname` and `/clientip` as agnhost netexec,
+//! `/bytes?n=N` N bytes streamed (for transfer and cost tests).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::wire::{Identity, canonical};
+
+/// Largest `/bytes` response: 16 GiB is plenty for transfer tests and bounds a typo.
+const MAX_BYTES: u64 = 16 << 30;
+const CHUNK: usize = 64 * 1024;
+static ZEROS: [u8; CHUNK] = [b'x'; CHUNK];
+
+pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>) -> Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("svclb serve: http accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let identity = identity.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let identity = identity.clone();
+                async move { Ok::<_, Infallible>(route(&req, &identity, canonical(peer))) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type Reply = Response<BoxBody<Bytes, Infallible>>;
+
+fn text(status: StatusCode, body: String) -> Reply {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("static response parts are valid")
+}
+
+fn route(req: &Request<hyper::body::Incoming>, identity: &Identity, peer: SocketAddr) -> Reply {
+    match req.uri().path() {
+        "/" => text(StatusCode::OK, format!("{}\n", identity.line(peer))),
+        "/hostname" => text(StatusCode::OK, identity.name.clone()),
+        "/clientip" => text(StatusCode::OK, peer.to_string()),
+        "/bytes" => match bytes_param(req.uri().query()) {
+            Ok(n) => Response::builder()
+                .header("content-type", "application/octet-stream")
+                .header("content-length", n)
+                .body(Zeros { left: n }.boxed())
+                .expect("static response parts are valid"),
+            Err(msg) => text(StatusCode::BAD_REQUEST, format!("{msg}\n")),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /, /hostname, /clientip or /bytes?n=N\n".into(),
+        ),
+    }
+}
+
+fn bytes_param(query: Option<&str>) -> Result<u64, String> {
+    let n = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("n="))
+        .ok_or("missing n: use /bytes?n=N")?;
+    let n: u64 = n.parse().map_err(|_| format!("bad n={n}: want a byte count"))?;
+    if n > MAX_BYTES {
+        return Err(format!("n={n} is over the limit of {MAX_BYTES}"));
+    }
+    Ok(n)
+}
+
+/// A body of `left` filler bytes, produced in 64 KiB frames without allocating.
+struct Zeros {
+    left: u64,
+}
+
+impl Body for Zeros {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK as u64) as usize;
+        self.left -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_param;
+
+    #[test]
+    fn bytes_query() {
+        assert_eq!(bytes_param(Some("n=10")), Ok(10));
+        assert_eq!(bytes_param(Some("a=1&n=0")), Ok(0));
+        assert!(bytes_param(None).is_err());
+        assert!(bytes_param(Some("n=x")).is_err());
+        assert!(bytes_param(Some("n=99999999999999999")).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! TCP: on accept write the identity line, then answer every received line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::wire::{Identity, request_seq};
+
+/// Longest request line kept; longer input is answered per 256-byte chunk.
+const MAX_LINE: usize = 256;
+
+pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>) -> Result<()> {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, peer, identity.clone()));
+            }
+            // Out of file descriptors or a transient error: keep serving the others.
+            Err(e) => {
+                eprintln!("svclb serve: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, peer: SocketAddr, identity: Arc<Identity>) {
+    let line = identity.line(peer);
+    let mut out = Vec::with_capacity(line.len() + 32);
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; MAX_LINE];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(pos) = buf
+            .iter()
+            .position(|&b| b == b'\n')
+            .or((buf.len() >= MAX_LINE).then_some(buf.len() - 1))
+        {
+            out.clear();
+            out.extend_from_slice(line.as_bytes());
+            if let Some(seq) = request_seq(&buf[..pos]) {
+                out.extend_from_slice(b" seq=");
+                out.extend_from_slice(seq.as_bytes());
+            }
+            out.push(b'\n');
+            buf.drain(..=pos);
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The load generator: mconnect-style connection storms over TCP or UDP.
+//!
+//! Memory does not grow with the number of connections: every connection is folded into a few
+//! sharded tallies (per-backend counters, failure counters, one latency histogram per shard).
+
+mod srcaddr;
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, UdpSocket};
+use tokio::time::{Instant, timeout_at};
+
+pub use srcaddr::SourcePicker;
+
+use crate::wire::parse_reply;
+
+/// Transport of a storm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One storm: `conns` connections to `target`, at most `parallel` in flight.
+#[derive(Debug, Clone)]
+pub struct StormConfig {
+    pub target: SocketAddr,
+    pub proto: Proto,
+    pub conns: u64,
+    pub parallel: usize,
+    /// Connections per second; `None` is as fast as possible.
+    pub rate: Option<f64>,
+    /// Per connection: connect + first reply.
+    pub timeout: Duration,
+    /// Whole run; no new connection starts after it.
+    pub deadline: Option<Duration>,
+    pub srccidr: Option<IpNet>,
+    /// Close with FIN instead of RST (SO_LINGER 0 is the default; see DESIGN.md).
+    pub graceful_close: bool,
+    /// Session token in UDP requests `svclb <session> <seq>`.
+    pub session: String,
+}
+
+/// Why a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    Refused,
+    Timeout,
+    Reset,
+    Unreachable,
+    Read,
+    Unparsable,
+    Other,
+}
+
+/// Failed connections by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    pub refused: u64,
+    pub timeout: u64,
+    pub reset: u64,
+    pub unreachable: u64,
+    /// Closed or errored before a reply arrived.
+    pub read: u64,
+    pub unparsable: u64,
+    pub other: u64,
+}
+
+impl Failures {
+    pub fn total(&self) -> u64 {
+        self.refused + self.timeout + self.reset + self.unreachable + self.read + self.unparsable + self.other
+    }
+
+    fn add(&mut self, kind: FailKind) {
+        *match kind {
+            FailKind::Refused => &mut self.refused,
+            FailKind::Timeout => &mut self.timeout,
+            FailKind::Reset => &mut self.reset,
+            FailKind::Unreachable => &mut self.unreachable,
+            FailKind::Read => &mut self.read,
+            FailKind::Unparsable => &mut self.unparsable,
+            FailKind::Other => &mut self.other,
+        } += 1;
+    }
+
+    pub fn merge(&mut self, o: &Failures) {
+        self.refused += o.refused;
+        self.timeout += o.timeout;
+        self.reset += o.reset;
+        self.unreachable += o.unreachable;
+        self.read += o.read;
+        self.unparsable += o.unparsable;
+        self.other += o.other;
+    }
+
+    /// `(kind, count)` for every kind, in a fixed order.
+    pub fn kinds(&self) -> [(&'static str, u64); 7] {
+        [
+            ("refused", self.refused),
+            ("timeout", self.timeout),
+            ("reset", self.reset),
+            ("unreachable", self.unreachable),
+            ("read", self.read),
+            ("unparsable", self.unparsable),
+            ("other", self.other),
+        ]
+    }
+}
+
+/// What answered, how often.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendCount {
+    pub name: String,
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub zone: String,
+    pub count: u64,
+}
+
+/// Why a storm ended before all connections were made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stop {
+    Interrupted,
+    Deadline,
+}
+
+/// The aggregate result of a storm.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Connections started.
+    pub attempted: u64,
+    pub ok: u64,
+    pub failures: Failures,
+    /// Sorted by name.
+    pub backends: Vec<BackendCount>,
+    /// Connect latency (UDP: round-trip time) in microseconds.
+    pub latency: Histogram<u64>,
+    pub elapsed: Duration,
+    pub stopped: Option<Stop>,
+}
+
+/// Shared between a running storm and whoever watches or stops it.
+#[derive(Debug, Default)]
+pub struct Control {
+    done: AtomicU64,
+    stop: AtomicBool,
+    interrupted: AtomicBool,
+}
+
+impl Control {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+    /// Connections finished so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+    /// Stops starting new connections (Ctrl-C); in-flight ones finish within their timeout.
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Latency histogram bounds: 1 µs .. 1 h, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+#[derive(Default)]
+struct BackendTally {
+    node: Box<str>,
+    zone: Box<str>,
+    count: u64,
+}
+
+struct Tally {
+    backends: HashMap<Box<str>, BackendTally>,
+    failures: Failures,
+    latency: Histogram<u64>,
+    ok: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            backends: HashMap::new(),
+            failures: Failures::default(),
+            latency: new_histogram(),
+            ok: 0,
+        }
+    }
+
+    fn record(&mut self, result: Result<(Duration, &[u8]), FailKind>) {
+        let (latency, reply) = match result {
+            Ok(r) => r,
+            Err(kind) => return self.failures.add(kind),
+        };
+        let Some(reply) = parse_reply(reply) else {
+            return self.failures.add(FailKind::Unparsable);
+        };
+        self.ok += 1;
+        self.latency.saturating_record(latency.as_micros().max(1) as u64);
+        match self.backends.get_mut(reply.name) {
+            Some(b) => b.count += 1,
+            None => {
+                self.backends.insert(
+                    reply.name.into(),
+                    BackendTally {
+                        node: reply.node.unwrap_or_default().into(),
+                        zone: reply.zone.unwrap_or_default().into(),
+                        count: 1,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// A connection attempt that cannot go on: the run stops with this error.
+struct Fatal(anyhow::Error);
+
+/// Runs one storm to completion (or until stopped) and returns its aggregate.
+pub async fn run(cfg: &StormConfig, control: Arc<Control>) -> Result<Outcome> {
+    if cfg.conns == 0 {
+        bail!("--conns must be at least 1");
+    }
+    let picker = cfg
+        .srccidr
+        .map(|net| SourcePicker::new(net, cfg.target.ip()))
+        .transpose()?;
+    let parallel = cfg.parallel.clamp(1, usize::try_from(cfg.conns).unwrap_or(usize::MAX));
+    let shards: Arc<Vec<Mutex<Tally>>> = Arc::new((0..parallel.min(16)).map(|_| Mutex::new(Tally::new())).collect());
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = cfg.deadline.map(|d| start + d);
+    let cfg = Arc::new(cfg.clone());
+
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..parallel {
+        let (cfg, control, next, shards, picker) = (
+            cfg.clone(),
+            control.clone(),
+            next.clone(),
+            shards.clone(),
+            picker.clone(),
+        );
+        workers.spawn(async move {
+            let shard = &shards[w % shards.len()];
+            let mut buf = vec![0u8; 1024];
+            loop {
+                if control.stopping() {
+                    return Ok(());
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= cfg.conns {
+                    return Ok(());
+                }
+                if let Some(rate) = cfg.rate {
+                    let at = start + Duration::from_secs_f64(i as f64 / rate);
+                    if deadline.is_some_and(|d| at >= d) {
+                        control.stop.store(true, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    tokio::time::sleep_until(at).await;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    control.stop.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                let src = picker.as_ref().map(SourcePicker::pick);
+                let result = match cfg.proto {
+                    Proto::Tcp => tcp_once(&cfg, src, &mut buf).await,
+                    Proto::Udp => udp_once(&cfg, src, i, &mut buf).await,
+                };
+                let result = match result {
+                    Ok(r) => Ok(r),
+                    Err(Attempt::Failed(kind)) => Err(kind),
+                    Err(Attempt::Fatal(Fatal(e))) => {
+                        control.stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                };
+                shard
+                    .lock()
+                    .expect("tally lock")
+                    .record(result.map(|(lat, n)| (lat, &buf[..n])));
+                control.done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let mut fatal = None;
+    while let Some(res) = workers.join_next().await {
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => fatal = fatal.or(Some(e)),
+            Err(e) => fatal = fatal.or(Some(anyhow::anyhow!("storm worker failed: {e}"))),
+        }
+    }
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    let elapsed = start.elapsed();
+
+    let mut total = Tally::new();
+    let mut backends: HashMap<Box<str>, BackendTally> = HashMap::new();
+    for shard in shards.iter() {
+        let mut shard = shard.lock().expect("tally lock");
+        total.ok += shard.ok;
+        total.failures.merge(&shard.failures);
+        total.latency.add(&shard.latency).expect("histograms share bounds");
+        for (name, b) in shard.backends.drain() {
+            let entry = backends.entry(name).or_default();
+            entry.count += b.count;
+            if entry.node.is_empty() {
+                entry.node = b.node;
+            }
+            if entry.zone.is_empty() {
+                entry.zone = b.zone;
+            }
+        }
+    }
+    let mut backends: Vec<BackendCount> = backends
+        .into_iter()
+        .map(|(name, b)| BackendCount {
+            name: name.into(),
+            node: b.node.into(),
+            zone: b.zone.into(),
+            count: b.count,
+        })
+        .collect();
+    backends.sort_by(|a, b| a.name.cmp(&b.name));
+    let attempted = total.ok + total.failures.total();
+    let stopped = if control.interrupted.load(Ordering::Relaxed) {
+        Some(Stop::Interrupted)
+    } else if attempted < cfg.conns {
+        Some(Stop::Deadline)
+    } else {
+        None
+    };
+    Ok(Outcome {
+        attempted,
+        ok: total.ok,
+        failures: total.failures,
+        backends,
+        latency: total.latency,
+        elapsed,
+        stopped,
+    })
+}
+
+enum Attempt {
+    Failed(FailKind),
+    Fatal(Fatal),
+}
+
+impl From<FailKind> for Attempt {
+    fn from(k: FailKind) -> Self {
+        Attempt::Failed(k)
+    }
+}
+
+fn classify(e: &std::io::Error) -> FailKind {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => FailKind::Refused,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => FailKind::Reset,
+        ErrorKind::TimedOut => FailKind::Timeout,
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => FailKind::Unreachable,
+        _ => FailKind::Other,
+    }
+}
+
+fn bind_error(src: IpAddr, e: std::io::Error, cidr: Option<IpNet>) -> Attempt {
+    Attempt::Fatal(Fatal(srcaddr::bind_hint(src, &e, cidr)))
+}
+
+async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Result<(Duration, usize), Attempt> {
+    let socket = if cfg.target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| Attempt::Fatal(Fatal(anyhow::anyhow!("cannot create a TCP socket: {e}"))))?;
+    if let Some(src) = src {
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .map_err(|e| bind_error(src, e, cfg.srccidr))?;
+    }
+    let t0 = Instant::now();
+    let until = t0 + cfg.timeout;
+    let stream = match timeout_at(until, socket.connect(cfg.target)).await {
+        Err(_) => return Err(FailKind::Timeout.into()),
+        Ok(Err(e)) => return Err(classify(&e).into()),
+        Ok(Ok(s)) => s,
+    };
+    let latency = t0.elapsed();
+    let read = timeout_at(until, async {
+        let mut stream = stream;
+        let n = stream.read(buf).await;
+        if !cfg.graceful_close {
+            // RST instead of FIN: no TIME_WAIT on the client (DESIGN.md).
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+        n
+    })
+    .await;
+    match read {
+        Err(_) => Err(FailKind::Timeout.into()),
+        Ok(Err(e)) => Err(match classify(&e) {
+            FailKind::Other => FailKind::Read,
+            k => k,
+        }
+        .into()),
+        Ok(Ok(0)) => Err(FailKind::Read.into()),
+        Ok(Ok(n)) => Ok((latency, n)),
+    }
+}
+
+async fn udp_once(
+    cfg: &StormConfig,
+    src: Option<IpAddr>,
+    seq: u64,
+    buf: &mut [u8],
+) -> Result<(Duration, usize), Attempt> {
+    let local = src.unwrap_or(if cfg.target.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    });
+    let socket = match UdpSocket::bind(SocketAddr::new(local, 0)).await {
+        Ok(s) => s,
+        Err(e) if src.is_some() => return Err(bind_error(local, e, cfg.srccidr)),
+        Err(e) => {
+            return Err(Attempt::Fatal(Fatal(anyhow::anyhow!(
+                "cannot create a UDP socket: {e}"
+            ))));
+        }
+    };
+    socket
+        .connect(cfg.target)
+        .await
+        .map_err(|e| Attempt::Failed(classify(&e)))?;
+    let request = format!("svclb {} {seq}\n", cfg.session);
+    let t0 = Instant::now();
+    let until = t0 + cfg.timeout;
+    socket
+        .send(request.as_bytes())
+        .await
+        .map_err(|e| Attempt::Failed(classify(&e)))?;
+    loop {
+        match timeout_at(until, socket.recv(buf)).await {
+            Err(_) => return Err(FailKind::Timeout.into()),
+            Ok(Err(e)) => return Err(classify(&e).into()),
+            Ok(Ok(n)) => {
+                // A reply that carries another sequence number is a stray; keep waiting.
+                match parse_reply(&buf[..n]).and_then(|r| r.seq) {
+                    Some(s) if s != seq => continue,
+                    _ => return Ok((t0.elapsed(), n)),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The one wire protocol (DESIGN.md): what servers reply and how clients read it.
+//!
+//! A reply line is `<pod-name> node=<node> zone=<zone> client=<ip:port>`, optionally followed by
+//! ` seq=<seq>` when the request was `svclb <session> <seq>`. Peers that only send a bare
+//! hostname (mconnect's server, agnhost serve-hostname) are accepted: identity = first token.
+
+use std::net::SocketAddr;
+
+/// Who a server says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    pub name: String,
+    pub node: String,
+    pub zone: String,
+}
+
+/// A client address as a server reports it: IPv4-mapped IPv6 addresses are shown as IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+impl Identity {
+    /// The reply line for a peer at `client`, without the trailing newline.
+    pub fn line(&self, client: SocketAddr) -> String {
+        format!(
+            "{} node={} zone={} client={}",
+            self.name,
+            self.node,
+            self.zone,
+            canonical(client)
+        )
+    }
+}
+
+/// A request `svclb <session> <seq>`: returns the sequence token to echo.
+pub fn request_seq(request: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(request).ok()?.trim_end();
+    let mut parts = text.split_ascii_whitespace();
+    if parts.next()? != "svclb" {
+        return None;
+    }
+    let _session = parts.next()?;
+    let seq = parts.next()?;
+    (parts.next().is_none() && seq.bytes().all(|b| b.is_ascii_digit())).then_some(seq)
+}
+
+/// A parsed reply. Fields other than `name` are empty/None when the peer did not send them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reply<'a> {
+    pub name: &'a str,
+    pub node: Option<&'a str>,
+    pub zone: Option<&'a str>,
+    pub client: Option<&'a str>,
+    pub seq: Option<u64>,
+}
+
+/// Parses the first line of a reply (or a bare hostname without newline).
+/// Returns `None` when there is no printable identity token.
+pub fn parse_reply(data: &[u8]) -> Option<Reply<'_>> {
+    let end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let line = std::str::from_utf8(&data[..end]).ok()?.trim();
+    let mut tokens = line.split_ascii_whitespace();
+    let name = tokens.next()?;
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut reply = Reply {
+        name,
+        ..Reply::default()
+    };
+    for token in tokens {
+        match token.split_once('=') {
+            Some(("node", v)) => reply.node = Some(v),
+            Some(("zone", v)) => reply.zone = Some(v),
+            Some(("client", v)) => reply.client = Some(v),
+            Some(("seq", v)) => reply.seq = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_line_round_trips() {
+        let id = Identity {
+            name: "tserver-abc".into(),
+            node: "node1".into(),
+            zone: "zone-a".into(),
+        };
+        let line = id.line("[::ffff:10.0.0.7]:40000".parse().unwrap());
+        assert_eq!(line, "tserver-abc node=node1 zone=zone-a client=10.0.0.7:40000");
+        let with_seq = format!("{line} seq=42\n");
+        let r = parse_reply(with_seq.as_bytes()).unwrap();
+        assert_eq!(r.name, "tserver-abc");
+        assert_eq!(r.node, Some("node1"));
+        assert_eq!(r.zone, Some("zone-a"));
+        assert_eq!(r.client, Some("10.0.0.7:40000"));
+        assert_eq!(r.seq, Some(42));
+    }
+
+    #[test]
+    fn bare_hostname_without_newline() {
+        let r = parse_reply(b"mconnect-deployment-5897ffb75c-dbgt5").unwrap();
+        assert_eq!(r.name, "mconnect-deployment-5897ffb75c-dbgt5");
+        assert_eq!(r.node, None);
+        assert_eq!(parse_reply(b"  \n"), None);
+        assert_eq!(parse_reply(b"\xff\xfe"), None);
+    }
+
+    #[test]
+    fn request_seq_only_for_svclb_requests() {
+        assert_eq!(request_seq(b"svclb s1 17\n"), Some("17"));
+        assert_eq!(request_seq(b"svclb s1 x"), None);
+        assert_eq!(request_seq(b"hostname"), None);
+        assert_eq!(request_seq(b"svclb s1 1 2"), None);
+    }
+}
