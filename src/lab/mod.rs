@@ -247,9 +247,11 @@ const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const NODE_NET_PREFIX: u8 = 24;
+/// The node network's router (on the bridge in the `net` namespace).
+const NODE_NET_ROUTER: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
-/// The pods' default gateway (Calico-style), owned by every node.
+/// The pods' default gateway (Calico-style): answered by proxy ARP on the node's veth.
 const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const MAX_NODES: usize = 200;
 const MAX_PODS_PER_NODE: usize = 250;
@@ -398,7 +400,14 @@ impl Lab {
         netns::ip_batch(None, &add, false)?;
 
         // The node network: a bridge in its own namespace.
-        netns::ip_batch(Some(&net), "link set lo up\nlink add br0 type bridge\nlink set br0 up\n", false)?;
+        netns::ip_batch(
+            Some(&net),
+            &format!(
+                "link set lo up\nlink add br0 type bridge\naddr add {NODE_NET_ROUTER}/{NODE_NET_PREFIX} dev br0\n\
+                 link set br0 up\n"
+            ),
+            false,
+        )?;
         let nodes = s.nodes.clone();
         netns::par_each(&nodes, THREADS, |n| {
             netns::sysctls(
@@ -410,14 +419,17 @@ impl Lab {
                 ],
             )?;
             let mut b = String::from("link set lo up\n");
-            // The pods' gateway address, scope link so it is never picked as a source.
-            b.push_str(&format!("addr add {POD_GATEWAY}/32 dev lo scope link\n"));
             b.push_str(&format!("link add eth0 type veth peer name {} netns {net}\n", n.name));
             b.push_str(&format!("addr add {}/{NODE_NET_PREFIX} dev eth0\n", n.ip));
             b.push_str("link set eth0 up\n");
             for other in nodes.iter().filter(|o| o.name != n.name) {
                 b.push_str(&format!("route add {} via {} dev eth0\n", other.pod_cidr, other.ip));
             }
+            // The node network's router: gives nodes a default route (so the ClusterIP and
+            // LB IP resolve before nat-output DNAT, as on a real node) and lets proxy_arp
+            // answer for the pods' gateway. The router is the `net` namespace; it does not
+            // forward, so nothing leaves the lab.
+            b.push_str(&format!("route add default via {NODE_NET_ROUTER} dev eth0\n"));
             netns::ip_batch(Some(&n.netns), &b, false)
         })?;
         let mut c = String::from("link set lo up\n");

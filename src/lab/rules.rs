@@ -201,6 +201,9 @@ flush chain ip kube-proxy masquerading
 add rule ip kube-proxy masquerading mark and 0x4000 == 0 return
 add rule ip kube-proxy masquerading mark set mark xor 0x4000
 add rule ip kube-proxy masquerading masquerade fully-random
+add chain ip kube-proxy reject-chain { comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }
+flush chain ip kube-proxy reject-chain
+add rule ip kube-proxy reject-chain reject
 add set ip kube-proxy cluster-ips { type ipv4_addr ; comment "Active ClusterIPs" ; }
 add set ip kube-proxy nodeport-ips { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }
 add map ip kube-proxy no-endpoint-nodeports { type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }
@@ -251,6 +254,17 @@ add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 
 flush chain ip kube-proxy nat-prerouting
 add rule ip kube-proxy nat-prerouting jump services
 "#;
+
+/// True for `PREFIX` + 8-character hash + `-` names (per-service objects, as opposed to
+/// base chains such as `service-endpoints-check`).
+fn nft_is_service_object(name: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| {
+        name.strip_prefix(p).is_some_and(|rest| {
+            let b = rest.as_bytes();
+            b.len() > 9 && b[..8].iter().all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(c)) && b[8] == b'-'
+        })
+    })
+}
 
 /// One `nft -f` transaction that brings a node's `ip kube-proxy` table to the desired
 /// state: kept chains are flushed and refilled, stale ones deleted, affinity sets that
@@ -372,7 +386,7 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
         if internal.is_empty() {
             let verdict = match o.internal_traffic_policy {
                 TrafficPolicy::Local if !c.pods.is_empty() => "drop",
-                _ => "reject",
+                _ => "goto reject-chain",
             };
             let _ = writeln!(
                 elements,
@@ -389,7 +403,7 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
         if external.is_empty() {
             let verdict = match o.external_traffic_policy {
                 TrafficPolicy::Local if !c.pods.is_empty() => "drop",
-                _ => "reject",
+                _ => "goto reject-chain",
             };
             let _ = writeln!(
                 elements,
@@ -443,7 +457,7 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
     // Assemble: flush every per-service chain that exists (drops references), delete the
     // stale ones, then (re)write base and service objects.
     let mut tx = String::new();
-    let owned = |n: &&String| NFT_SERVICE_CHAIN_PREFIXES.iter().any(|p| n.starts_with(p));
+    let owned = |n: &&String| nft_is_service_object(n, &NFT_SERVICE_CHAIN_PREFIXES);
     if !existing.chains.is_empty() {
         tx.push_str("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n");
         // Maps reference service chains; flush them before deleting chains.
@@ -457,7 +471,7 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             let _ = writeln!(tx, "delete chain ip kube-proxy {ch}");
         }
     }
-    for set in existing.sets.iter().filter(|s| s.starts_with("affinity-")) {
+    for set in existing.sets.iter().filter(|s| nft_is_service_object(s, &["affinity-"])) {
         if reset_affinity || !want_sets.contains(set) {
             let _ = writeln!(tx, "delete set ip kube-proxy {set}");
         }
