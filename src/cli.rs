@@ -44,4 +44,9 @@ pub enum Command {
     Spread(commands::spread::SpreadArgs),
     /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
     Compare(commands::compare::CompareArgs),
+    /// An emulated cluster in network namespaces with kube-proxy's own rules (needs root).
+    Lab {
+        #[command(subcommand)]
+        cmd: commands::lab::LabCommand,
+    },
 }

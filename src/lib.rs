@@ -1,10 +1,12 @@
 //! svclb: how Kubernetes Services really balance load.
 //!
 //! The engine behind `kubectl svclb`: the test server ([`server`]), the storm engine ([`storm`]),
-//! the run record ([`record`]), statistics and verdicts ([`stats`]) and reports ([`report`]).
+//! the run record ([`record`]), statistics and verdicts ([`stats`]) and reports ([`report`]);
+//! the emulated cluster in network namespaces ([`lab`]).
 
 pub mod cli;
 pub mod commands;
+pub mod lab;
 pub mod record;
 pub mod report;
 pub mod server;

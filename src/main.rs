@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Spread(args) => commands::spread::run(args),
         Command::Compare(args) => commands::compare::run(args),
+        Command::Lab { cmd } => commands::lab::run(cmd),
     };
     match result {
         Ok(code) => code,

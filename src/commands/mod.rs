@@ -1,6 +1,7 @@
 //! One file per subcommand, each thin: parse → engine → report.
 
 pub mod compare;
+pub mod lab;
 pub mod serve;
 pub mod spread;
 

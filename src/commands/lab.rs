@@ -1,0 +1,379 @@
+//! `kubectl svclb lab ...`: an emulated cluster in network namespaces (see docs/lab.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use tabled::builder::Builder;
+use tabled::settings::Style;
+
+use crate::lab::{
+    self, Affinity, Lab, LabChanges, LabConfig, LabStatus, ProxyMode, ServiceOptions, TrafficDistribution,
+    TrafficPolicy,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build a lab: node network, nodes with zones, pods running `serve`, an external client,
+    /// and per node the Service rules kube-proxy would write.
+    Up(UpArgs),
+    /// Show nodes, pods (and whether their servers live), and the Service addresses.
+    Status(StatusArgs),
+    /// Print a node's Service rules as the kernel has them (nft / iptables-save).
+    Rules(RulesArgs),
+    /// Run a command inside a lab namespace: `client`, a node or a pod. Its exit code is passed through.
+    Exec(ExecArgs),
+    /// Delete a pod: its endpoint leaves every node's rules, then its server and namespace go.
+    DeletePod(DeletePodArgs),
+    /// Add or remove pods; every node's rules are rewritten.
+    Scale(ScaleArgs),
+    /// Change Service options or endpoint zone hints on a running lab; rules are rewritten.
+    Set(SetArgs),
+    /// Remove a lab (works from the namespace prefix even if its state is lost).
+    Down(DownArgs),
+    /// List the labs on this machine.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Lab name (1-16 of [a-z0-9-]).
+    #[arg(long, default_value = "lab", env = "SVCLB_LAB")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    #[arg(long, default_value_t = 10)]
+    pub nodes: usize,
+    #[arg(long, default_value_t = 100)]
+    pub pods: usize,
+    #[arg(long, default_value_t = 3)]
+    pub zones: usize,
+    #[arg(long, value_enum, default_value_t = ProxyMode::Nftables)]
+    pub proxy_mode: ProxyMode,
+    /// Service sessionAffinity.
+    #[arg(long, value_enum, default_value_t = Affinity::None)]
+    pub affinity: Affinity,
+    /// sessionAffinityConfig.clientIP.timeoutSeconds.
+    #[arg(long, default_value_t = 10800, value_name = "SECONDS")]
+    pub affinity_timeout: u32,
+    #[arg(long, value_enum, default_value_t = TrafficPolicy::Cluster)]
+    pub external_traffic_policy: TrafficPolicy,
+    #[arg(long, value_enum, default_value_t = TrafficPolicy::Cluster)]
+    pub internal_traffic_policy: TrafficPolicy,
+    /// Endpoints get zone hints; a node uses same-zone endpoints when all have hints.
+    #[arg(long, value_enum)]
+    pub traffic_distribution: Option<TrafficDistribution>,
+    /// Route the LoadBalancer IP from the client over all nodes (ECMP, L4 hash).
+    #[arg(long)]
+    pub ecmp: bool,
+    /// Program the pods run as `PROGRAM serve ...` (default: this executable).
+    #[arg(long, value_name = "PROGRAM")]
+    pub server: Option<PathBuf>,
+    /// Print the built lab's status in this format instead of the topology summary.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<StatusFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    #[arg(short = 'o', long, value_enum, default_value_t = StatusFormat::Table)]
+    pub output: StatusFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RulesArgs {
+    /// Node (default: the first node).
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Print what the lab generates for the node (the `nft -f` / `iptables-restore` input)
+    /// instead of the kernel's listing.
+    #[arg(long)]
+    pub generated: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// `client`, `net`, a node name or a pod name.
+    pub who: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub cmd: Vec<String>,
+    #[command(flatten)]
+    pub name: NameArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DeletePodArgs {
+    pub pod: String,
+    #[command(flatten)]
+    pub name: NameArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Number of pods wanted.
+    #[arg(long)]
+    pub pods: usize,
+}
+
+/// `none` removes trafficDistribution.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TrafficDistributionArg {
+    #[value(name = "PreferClose", alias = "preferclose")]
+    PreferClose,
+    #[value(name = "none")]
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    #[arg(long, value_enum)]
+    pub affinity: Option<Affinity>,
+    #[arg(long, value_name = "SECONDS")]
+    pub affinity_timeout: Option<u32>,
+    #[arg(long, value_enum)]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+    #[arg(long, value_enum)]
+    pub internal_traffic_policy: Option<TrafficPolicy>,
+    #[arg(long, value_enum)]
+    pub traffic_distribution: Option<TrafficDistributionArg>,
+    /// Remove this pod's endpoint zone hint (repeatable); PreferClose then stops filtering.
+    #[arg(long, value_name = "POD")]
+    pub drop_hint: Vec<String>,
+    /// Give every endpoint its zone hint back.
+    #[arg(long)]
+    pub restore_hints: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Lab name (1-16 of [a-z0-9-]).
+    #[arg(long, env = "SVCLB_LAB", conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Remove every lab.
+    #[arg(long)]
+    pub all: bool,
+}
+
+pub fn run(cmd: LabCommand) -> Result<ExitCode> {
+    match cmd {
+        LabCommand::Up(a) => up(a),
+        LabCommand::Status(a) => {
+            let lab = Lab::open(&a.name.name)?;
+            print_status(&lab.status(), a.output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Rules(a) => {
+            let lab = Lab::open(&a.name.name)?;
+            let node = a.node.unwrap_or_else(|| lab.nodes()[0].name.clone());
+            let text = if a.generated { lab.generated_rules(&node)? } else { lab.rules(&node)? };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Exec(a) => {
+            lab::require_root()?;
+            let lab = Lab::open(&a.name.name)?;
+            let status = lab
+                .command(&a.who, a.cmd[0].as_ref())?
+                .args(&a.cmd[1..])
+                .status()
+                .with_context(|| format!("cannot run {}", a.cmd[0]))?;
+            Ok(exit_code(status))
+        }
+        LabCommand::DeletePod(a) => {
+            let mut lab = Lab::open(&a.name.name)?;
+            lab.delete_pod(&a.pod)?;
+            println!("pod {} deleted; {} pods left", a.pod, lab.pods().len());
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Scale(a) => {
+            let mut lab = Lab::open(&a.name.name)?;
+            lab.scale(a.pods)?;
+            println!("lab {} scaled to {} pods", lab.name(), lab.pods().len());
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Set(a) => set(a),
+        LabCommand::Down(a) => {
+            let names = match (a.name, a.all) {
+                (_, true) => Lab::list()?,
+                (Some(n), false) => vec![n],
+                (None, false) => bail!("give --name NAME or --all"),
+            };
+            for n in &names {
+                let t = Instant::now();
+                lab::down_by_name(n)?;
+                println!("lab {n} removed in {:.2}s", t.elapsed().as_secs_f64());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::List => {
+            for n in Lab::list()? {
+                println!("{n}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
+        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        (None, None) => ExitCode::FAILURE,
+    }
+}
+
+fn up(a: UpArgs) -> Result<ExitCode> {
+    let cfg = LabConfig {
+        name: a.name.name,
+        nodes: a.nodes,
+        pods: a.pods,
+        zones: a.zones,
+        proxy_mode: a.proxy_mode,
+        ecmp: a.ecmp,
+        options: ServiceOptions {
+            affinity: a.affinity,
+            affinity_timeout: a.affinity_timeout,
+            external_traffic_policy: a.external_traffic_policy,
+            internal_traffic_policy: a.internal_traffic_policy,
+            traffic_distribution: a.traffic_distribution,
+        },
+        server: a.server,
+    };
+    if cfg.options.affinity_timeout == 0 || cfg.options.affinity_timeout > 86400 {
+        bail!("--affinity-timeout must be 1..=86400 seconds");
+    }
+    let t = Instant::now();
+    let lab = Lab::up(&cfg)?;
+    let took = t.elapsed().as_secs_f64();
+    let st = lab.status();
+    match a.output {
+        Some(f) => print_status(&st, f)?,
+        None => {
+            println!(
+                "lab {}: {} nodes, {} pods, {} zones, proxy mode {} (up in {took:.2}s)",
+                st.name,
+                st.nodes.len(),
+                st.pods.len(),
+                cfg.zones,
+                proxy_mode(st.proxy_mode)
+            );
+            println!("{}", nodes_table(&st));
+            print_service(&st);
+            println!(
+                "try: kubectl svclb lab exec --name {} client -- kubectl-svclb spread --address {}:{} --no-save",
+                st.name, st.service.lb_ip, st.service.port
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set(a: SetArgs) -> Result<ExitCode> {
+    let ch = LabChanges {
+        affinity: a.affinity,
+        affinity_timeout: a.affinity_timeout,
+        external_traffic_policy: a.external_traffic_policy,
+        internal_traffic_policy: a.internal_traffic_policy,
+        traffic_distribution: a.traffic_distribution.map(|t| match t {
+            TrafficDistributionArg::PreferClose => Some(TrafficDistribution::PreferClose),
+            TrafficDistributionArg::None => None,
+        }),
+        drop_hints: a.drop_hint,
+        restore_hints: a.restore_hints,
+    };
+    let mut lab = Lab::open(&a.name.name)?;
+    lab.set(&ch)?;
+    print_service(&lab.status());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn proxy_mode(m: ProxyMode) -> &'static str {
+    match m {
+        ProxyMode::Nftables => "nftables",
+        ProxyMode::Iptables => "iptables",
+    }
+}
+
+fn print_status(st: &LabStatus, f: StatusFormat) -> Result<()> {
+    match f {
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(st)?),
+        StatusFormat::Yaml => print!("{}", serde_saphyr::to_string(st)?),
+        StatusFormat::Table => {
+            println!("lab {} (proxy mode {}, state {})", st.name, proxy_mode(st.proxy_mode), st.state_dir.display());
+            println!("{}", nodes_table(st));
+            let mut b = Builder::default();
+            b.push_record(["POD", "NODE", "ZONE", "IP", "PID", "ALIVE", "HINT"]);
+            for p in &st.pods {
+                b.push_record([
+                    p.name.clone(),
+                    p.node.clone(),
+                    p.zone.clone(),
+                    p.ip.to_string(),
+                    p.pid.to_string(),
+                    if p.alive { "yes" } else { "NO" }.to_string(),
+                    p.hint.clone().unwrap_or_else(|| "-".to_string()),
+                ]);
+            }
+            println!("{}", b.build().with(Style::blank()));
+            print_service(st);
+        }
+    }
+    Ok(())
+}
+
+fn nodes_table(st: &LabStatus) -> String {
+    let mut b = Builder::default();
+    b.push_record(["NODE", "ZONE", "IP", "POD CIDR", "PODS"]);
+    for n in &st.nodes {
+        b.push_record([n.name.clone(), n.zone.clone(), n.ip.to_string(), n.pod_cidr.to_string(), n.pods.to_string()]);
+    }
+    b.build().with(Style::blank()).to_string()
+}
+
+fn print_service(st: &LabStatus) {
+    let s = &st.service;
+    let o = &s.options;
+    println!(
+        "service {}/{}: clusterIP {} port {} (tcp, udp), {} (http)",
+        s.namespace, s.name, s.cluster_ip, s.port, s.http_port
+    );
+    let ips: Vec<String> = s.node_ips.iter().map(|i| i.to_string()).collect();
+    println!("  nodePort {} (tcp, udp), {} (http) on {}", s.node_port, s.http_node_port, ips.join(" "));
+    println!(
+        "  loadBalancer {} via {}{}",
+        s.lb_ip,
+        s.lb_next_hops.join(" "),
+        if s.ecmp { " (ECMP)" } else { "" }
+    );
+    println!(
+        "  sessionAffinity {:?} (timeout {}s), externalTrafficPolicy {:?}, internalTrafficPolicy {:?}, trafficDistribution {}",
+        o.affinity,
+        o.affinity_timeout,
+        o.external_traffic_policy,
+        o.internal_traffic_policy,
+        o.traffic_distribution.map(|t| format!("{t:?}")).unwrap_or_else(|| "-".to_string())
+    );
+    println!("  client {} in {}", st.client.ip, st.client.netns);
+}
