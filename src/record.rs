@@ -163,8 +163,26 @@ pub struct SpreadRun {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceRun>,
     pub latency_ms: Latency,
+    /// Storm agents only: the latency histogram as `[microseconds, count]` pairs, so that runs from
+    /// several sources merge into exact percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_histogram_us: Option<Vec<[u64; 2]>>,
     pub stats: Stats,
     pub environment: Environment,
+}
+
+/// A histogram as `[value, count]` pairs of its recorded buckets.
+pub fn histogram_buckets(h: &hdrhistogram::Histogram<u64>) -> Vec<[u64; 2]> {
+    h.iter_recorded()
+        .map(|v| [h.highest_equivalent(v.value_iterated_to()), v.count_at_value()])
+        .collect()
+}
+
+/// Adds `[value, count]` pairs to a histogram.
+pub fn add_buckets(h: &mut hdrhistogram::Histogram<u64>, buckets: &[[u64; 2]]) {
+    for [value, count] in buckets {
+        h.saturating_record_n(*value, *count);
+    }
 }
 
 /// A run as `compare` sees it, whatever file it came from.
@@ -383,6 +401,7 @@ mod tests {
                 max: 1.0,
                 mean: 0.12,
             },
+            latency_histogram_us: None,
             environment: Environment::local(),
         }
     }
@@ -410,6 +429,26 @@ mod tests {
         let p2 = save(dir.path(), &mut again).unwrap();
         assert_eq!(p2.file_name().unwrap(), "t-2.json");
         assert_eq!(again.tag, "t-2");
+    }
+
+    #[test]
+    fn histogram_buckets_merge_exactly() {
+        let (mut a, mut b) = (crate::storm::new_histogram(), crate::storm::new_histogram());
+        for v in [100u64, 250, 250, 900, 12_000] {
+            a.record(v).unwrap();
+        }
+        for v in [80u64, 250, 70_000] {
+            b.record(v).unwrap();
+        }
+        let mut merged = crate::storm::new_histogram();
+        add_buckets(&mut merged, &histogram_buckets(&a));
+        add_buckets(&mut merged, &histogram_buckets(&b));
+        let mut direct = a.clone();
+        direct.add(&b).unwrap();
+        assert_eq!(merged.len(), 8);
+        for q in [0.0, 0.25, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(merged.value_at_quantile(q), direct.value_at_quantile(q), "q={q}");
+        }
     }
 
     #[test]
