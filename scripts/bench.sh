@@ -62,3 +62,29 @@ for ((i = 1; i <= 3; i++)); do
     cat "$work/time" >>"$work/cmp"
 done
 echo "compare 1000 runs: $(awk '{print $1}' "$work/cmp" | median) s median, peak RSS $(awk '{print $2}' "$work/cmp" | sort -n | tail -1) KB"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "== lab: skipped (needs root)"
+    exit 0
+fi
+echo "== lab: 10 nodes x 100 pods, nftables; 10,000 conns from a pod to the ClusterIP"
+export SVCLB_LAB_DIR="$work/labs"
+lab=bench$$
+t0=$(date +%s.%N)
+"$bin" lab up --name "$lab" >/dev/null
+t1=$(date +%s.%N)
+echo "lab up: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"
+# Warm up: the first contact of each pod resolves neighbours.
+"$bin" spread --lab "$lab" --conns 2000 --no-save -o json >/dev/null 2>&1 || true
+: >"$work/lbase"; : >"$work/lspread"
+for ((i = 1; i <= 3; i++)); do
+    "$bin" lab exec --name "$lab" pod-001 -- "$PWD/$base" 10.96.0.10:5001 10000 100 | awk '{print $3}' >>"$work/lbase"
+    "$bin" spread --lab "$lab" --conns 10000 --no-save -o json 2>/dev/null | rate_of >>"$work/lspread"
+    echo "round $i: minimal loop in pod-001 $(tail -1 "$work/lbase") conn/s, spread --lab $(tail -1 "$work/lspread") conn/s"
+done
+lb=$(median <"$work/lbase"); ls=$(median <"$work/lspread")
+echo "median minimal loop ${lb} conn/s, median spread --lab ${ls} conn/s, ratio $(awk -v s="$ls" -v b="$lb" 'BEGIN{printf "%.1f%%", 100*s/b}')"
+t0=$(date +%s.%N)
+"$bin" lab down --name "$lab" >/dev/null
+t1=$(date +%s.%N)
+echo "lab down: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"
