@@ -13,7 +13,12 @@ bin=target/release/kubectl-svclb
 base=target/release/examples/tokio_baseline
 work=$(mktemp -d)
 server_pid=
-cleanup() { [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+lab=
+cleanup() {
+    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null
+    [[ -n $lab ]] && "$bin" lab down --name "$lab" >/dev/null 2>&1
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
 addr=127.0.0.1:15901
@@ -69,8 +74,8 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 echo "== lab: 10 nodes x 100 pods, nftables; 10,000 conns from a pod to the ClusterIP"
 export SVCLB_LAB_DIR="$work/labs"
-lab=bench$$
 t0=$(date +%s.%N)
+lab=bench$$
 "$bin" lab up --name "$lab" >/dev/null
 t1=$(date +%s.%N)
 echo "lab up: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"
@@ -87,4 +92,5 @@ echo "median minimal loop ${lb} conn/s, median spread --lab ${ls} conn/s, ratio 
 t0=$(date +%s.%N)
 "$bin" lab down --name "$lab" >/dev/null
 t1=$(date +%s.%N)
+lab=
 echo "lab down: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"
