@@ -74,6 +74,16 @@ fn two_servers_spread_and_expected_backends() {
     assert_eq!(r["stats"]["backends"], 2);
     assert_eq!(r["stats"]["min"], 0);
     assert!(r["stats"]["reasons"][0].as_str().unwrap().contains("only 1 of 2"));
+    // The backend that never answered is listed with 0.
+    assert_eq!(r["backends"].as_array().unwrap().len(), 2);
+    assert_eq!(count_of(&r, "<missing-1>"), 0);
+    assert!(
+        r["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == "<missing-1>" && b["count"] == 0)
+    );
 }
 
 #[test]

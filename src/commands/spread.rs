@@ -294,6 +294,15 @@ pub fn build_record(
         expect_backends: criteria.expect_backends.or((!known.is_empty()).then_some(known.len())),
         ..*criteria
     };
+    // Backends that must exist but never answered, when their names are unknown (--address runs):
+    // listed with 0 so the tables and the frequency table show them.
+    let missing = criteria.expect_backends.unwrap_or(0).saturating_sub(backends.len());
+    backends.extend((1..=missing).map(|i| BackendCount {
+        name: format!("<missing-{i}>"),
+        node: String::new(),
+        zone: String::new(),
+        count: 0,
+    }));
     let counts: Vec<(&str, u64)> = backends.iter().map(|b| (b.name.as_str(), b.count)).collect();
     let mut stats = evaluate(&counts, outcome.failures.total(), &criteria);
     if outcome.stopped == Some(Stop::Interrupted) {
