@@ -34,6 +34,9 @@ pub struct KubeFlags {
     /// Username to impersonate for the operation.
     #[arg(long = "as", global = true, value_name = "USER")]
     pub as_user: Option<String>,
+    /// Group to impersonate for the operation; repeat for several groups (needs --as).
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    pub as_group: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +47,19 @@ pub enum Command {
     Spread(commands::spread::SpreadArgs),
     /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
     Compare(commands::compare::CompareArgs),
+    /// Deploy the test servers (tserver Deployment and Service) and wait until they are ready.
+    Deploy(commands::cluster::DeployArgs),
+    /// Show the test servers: pods per node and zone, readiness, Service addresses, zone hints.
+    Status(commands::cluster::StatusArgs),
+    /// Delete everything the plugin made in the namespace (by its managed-by label).
+    Cleanup(commands::cluster::CleanupArgs),
+    /// Print the rendered manifests (for review or GitOps); `--rbac` for the user's Role.
+    Manifests(commands::cluster::ManifestsArgs),
+    /// Print a shell completion script (or the `kubectl_complete-svclb` shim kubectl uses).
+    Completion(commands::completion::CompletionArgs),
+    /// Completion candidates for kubectl's plugin completion (run by `kubectl_complete-svclb`).
+    #[command(name = "__complete", hide = true)]
+    Complete(commands::completion::CompleteArgs),
     /// An emulated cluster in network namespaces with kube-proxy's own rules (needs root).
     Lab {
         #[command(subcommand)]

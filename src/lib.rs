@@ -5,6 +5,7 @@
 //! the emulated cluster in network namespaces ([`lab`]).
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod lab;
 pub mod record;

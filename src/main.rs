@@ -36,7 +36,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
-        Command::Spread(args) => commands::spread::run(args),
+        Command::Spread(args) => commands::spread::run(args, &cli.kube),
+        Command::Deploy(args) => commands::cluster::deploy(args, &cli.kube),
+        Command::Status(args) => commands::cluster::status(args, &cli.kube),
+        Command::Cleanup(args) => commands::cluster::cleanup(args, &cli.kube),
+        Command::Manifests(args) => commands::cluster::manifests(args, &cli.kube),
+        Command::Completion(args) => commands::completion::run(args),
+        Command::Complete(args) => commands::completion::complete(args),
         Command::Compare(args) => commands::compare::run(args),
         Command::Lab { cmd } => commands::lab::run(cmd),
     };

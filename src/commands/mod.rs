@@ -1,6 +1,8 @@
 //! One file per subcommand, each thin: parse → engine → report.
 
+pub mod cluster;
 pub mod compare;
+pub mod completion;
 pub mod lab;
 pub mod serve;
 pub mod spread;

@@ -386,7 +386,7 @@ pub fn finish(mut run: SpreadRun, args_save: Option<&std::path::Path>, output: R
     Ok(verdict_code(&run))
 }
 
-pub fn run(args: SpreadArgs) -> Result<ExitCode> {
+pub fn run(args: SpreadArgs, kube: &crate::cli::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
     if let Some(lab) = &args.lab {
         return super::spread_lab::run(&args, lab);

@@ -1,0 +1,386 @@
+//! The bundled manifests (`manifests/*.yaml`, compiled in) and their rendering: each file is a
+//! valid set of Kubernetes objects with defaults; options are set structurally on the parsed
+//! objects, so what is applied, printed and validated is the same YAML.
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+pub const TSERVER_YAML: &str = include_str!("../../manifests/tserver.yaml");
+pub const AFFINITY_YAML: &str = include_str!("../../manifests/affinity-server.yaml");
+pub const RBAC_YAML: &str = include_str!("../../manifests/rbac.yaml");
+
+/// The label on everything the plugin makes; `cleanup` deletes by it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kubectl-svclb");
+/// Names of the objects (Deployment and Service share them).
+pub const TSERVER: &str = "svclb-tserver";
+pub const AFFINITY: &str = "svclb-affinity";
+/// The container image when `--image` is not given: the release of this version.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/kubectl-svclb/kubectl-svclb:v", env!("CARGO_PKG_VERSION"));
+/// Where the binary sits in the image (the storm agent is exec'd there).
+pub const IMAGE_BINARY: &str = "/usr/local/bin/kubectl-svclb";
+
+/// `--service-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceType {
+    #[value(name = "NodePort")]
+    NodePort,
+    #[value(name = "LoadBalancer")]
+    LoadBalancer,
+}
+
+/// `--external-traffic-policy` / `--internal-traffic-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    #[value(name = "Cluster")]
+    Cluster,
+    #[value(name = "Local")]
+    Local,
+}
+
+/// `--traffic-distribution`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrafficDistribution {
+    #[value(name = "PreferClose")]
+    PreferClose,
+    #[value(name = "PreferSameZone")]
+    PreferSameZone,
+    #[value(name = "PreferSameNode")]
+    PreferSameNode,
+}
+
+/// How the tserver (and optionally the affinity server) is rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub namespace: String,
+    pub image: String,
+    pub replicas: u32,
+    pub service_type: ServiceType,
+    /// sessionAffinity ClientIP with this timeout (seconds) when set.
+    pub affinity_timeout: Option<u32>,
+    pub external_traffic_policy: Policy,
+    pub internal_traffic_policy: Policy,
+    pub traffic_distribution: Option<TrafficDistribution>,
+    pub affinity_server: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            image: DEFAULT_IMAGE.into(),
+            replicas: 4,
+            service_type: ServiceType::NodePort,
+            affinity_timeout: None,
+            external_traffic_policy: Policy::Cluster,
+            internal_traffic_policy: Policy::Cluster,
+            traffic_distribution: None,
+            affinity_server: false,
+        }
+    }
+}
+
+fn policy(p: Policy) -> &'static str {
+    match p {
+        Policy::Cluster => "Cluster",
+        Policy::Local => "Local",
+    }
+}
+
+/// Parses a multi-document YAML bundle into objects.
+pub fn parse(yaml: &str) -> Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).context("bundled manifest is not valid YAML")?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Sets the namespace of namespaced objects (those that carry one, except kube-system's).
+fn set_namespace(obj: &mut Value, ns: &str) {
+    if let Some(meta) = obj.get_mut("metadata")
+        && let Some(cur) = meta.get("namespace").and_then(Value::as_str)
+        && cur != "kube-system"
+    {
+        meta["namespace"] = json!(ns);
+    }
+}
+
+fn kind(obj: &Value) -> &str {
+    obj["kind"].as_str().unwrap_or_default()
+}
+
+fn name(obj: &Value) -> &str {
+    obj["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn set_workload(obj: &mut Value, o: &Options) {
+    if kind(obj) == "Deployment" {
+        obj["spec"]["replicas"] = json!(o.replicas);
+        if let Some(containers) = obj["spec"]["template"]["spec"]["containers"].as_array_mut() {
+            for c in containers {
+                c["image"] = json!(o.image);
+            }
+        }
+    }
+}
+
+/// The tserver objects (Deployment, Service), and the affinity server's when asked.
+pub fn render(o: &Options) -> Result<Vec<Value>> {
+    validate(o)?;
+    let mut objs = parse(TSERVER_YAML)?;
+    for obj in &mut objs {
+        set_namespace(obj, &o.namespace);
+        set_workload(obj, o);
+        if kind(obj) == "Service" && name(obj) == TSERVER {
+            let spec = &mut obj["spec"];
+            spec["type"] = json!(match o.service_type {
+                ServiceType::NodePort => "NodePort",
+                ServiceType::LoadBalancer => "LoadBalancer",
+            });
+            match o.affinity_timeout {
+                Some(t) => {
+                    spec["sessionAffinity"] = json!("ClientIP");
+                    spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": t}});
+                }
+                None => spec["sessionAffinity"] = json!("None"),
+            }
+            spec["externalTrafficPolicy"] = json!(policy(o.external_traffic_policy));
+            spec["internalTrafficPolicy"] = json!(policy(o.internal_traffic_policy));
+            if let Some(td) = o.traffic_distribution {
+                spec["trafficDistribution"] = json!(match td {
+                    TrafficDistribution::PreferClose => "PreferClose",
+                    TrafficDistribution::PreferSameZone => "PreferSameZone",
+                    TrafficDistribution::PreferSameNode => "PreferSameNode",
+                });
+            }
+        }
+    }
+    if o.affinity_server {
+        for mut obj in parse(AFFINITY_YAML)? {
+            set_namespace(&mut obj, &o.namespace);
+            set_workload(&mut obj, o);
+            objs.push(obj);
+        }
+    }
+    Ok(objs)
+}
+
+/// The RBAC objects for a user of the plugin in `namespace`.
+pub fn render_rbac(namespace: &str) -> Result<Vec<Value>> {
+    let mut objs = parse(RBAC_YAML)?;
+    for obj in &mut objs {
+        set_namespace(obj, namespace);
+    }
+    Ok(objs)
+}
+
+fn validate(o: &Options) -> Result<()> {
+    if o.replicas == 0 {
+        bail!("--replicas 0: give at least 1 server pod");
+    }
+    if o.image.trim().is_empty() || o.image.contains(char::is_whitespace) {
+        bail!("--image {:?}: give an image reference, e.g. {DEFAULT_IMAGE}", o.image);
+    }
+    if let Some(t) = o.affinity_timeout
+        && !(1..=86400).contains(&t)
+    {
+        bail!("--affinity-timeout {t}: give 1..86400 seconds (Kubernetes' limit)");
+    }
+    if !is_dns_label(&o.namespace) {
+        bail!(
+            "namespace {:?} is not a valid name (lowercase letters, digits, '-')",
+            o.namespace
+        );
+    }
+    Ok(())
+}
+
+/// An RFC 1123 label, as Kubernetes namespaces are.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The objects as one multi-document YAML stream.
+pub fn to_yaml(objs: &[Value]) -> Result<String> {
+    let mut out = String::new();
+    for obj in objs {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(obj)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(objs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
+        objs.iter()
+            .find(|o| kind(o) == kind_ && name(o) == name_)
+            .unwrap_or_else(|| panic!("no {kind_} {name_}"))
+    }
+
+    #[test]
+    fn every_object_is_labelled_managed_by() {
+        let mut all = parse(TSERVER_YAML).unwrap();
+        all.extend(parse(AFFINITY_YAML).unwrap());
+        all.extend(parse(RBAC_YAML).unwrap());
+        assert_eq!(all.len(), 2 + 2 + 6);
+        for o in &all {
+            assert_eq!(o["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1, "{}", name(o));
+        }
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_profile() {
+        let mut all = parse(TSERVER_YAML).unwrap();
+        all.extend(parse(AFFINITY_YAML).unwrap());
+        for d in all.iter().filter(|o| kind(o) == "Deployment") {
+            let pod = &d["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+            assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+            assert_eq!(d["spec"]["template"]["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1);
+            for c in pod["containers"].as_array().unwrap() {
+                let sc = &c["securityContext"];
+                assert_eq!(sc["allowPrivilegeEscalation"], false);
+                assert_eq!(sc["readOnlyRootFilesystem"], true);
+                assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+                let env: Vec<&str> = c["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["name"].as_str().unwrap())
+                    .collect();
+                assert_eq!(env, ["POD_NAME", "NODE_NAME"]);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_render_a_nodeport_service_without_affinity() {
+        let objs = render(&Options::default()).unwrap();
+        assert_eq!(objs.len(), 2);
+        let d = find(&objs, "Deployment", TSERVER);
+        assert_eq!(d["spec"]["replicas"], 4);
+        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], DEFAULT_IMAGE);
+        let s = find(&objs, "Service", TSERVER);
+        assert_eq!(s["spec"]["type"], "NodePort");
+        assert_eq!(s["spec"]["sessionAffinity"], "None");
+        assert!(s["spec"].get("trafficDistribution").is_none());
+        let ports: Vec<(u64, &str)> = s["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["port"].as_u64().unwrap(), p["protocol"].as_str().unwrap()))
+            .collect();
+        assert_eq!(ports, [(5001, "TCP"), (5001, "UDP"), (8080, "TCP")]);
+    }
+
+    #[test]
+    fn options_render_into_the_objects() {
+        let o = Options {
+            namespace: "lb-test".into(),
+            image: "registry.example/svclb:dev".into(),
+            replicas: 12,
+            service_type: ServiceType::LoadBalancer,
+            affinity_timeout: Some(30),
+            external_traffic_policy: Policy::Local,
+            internal_traffic_policy: Policy::Local,
+            traffic_distribution: Some(TrafficDistribution::PreferClose),
+            affinity_server: true,
+        };
+        let objs = render(&o).unwrap();
+        assert_eq!(objs.len(), 4);
+        for obj in &objs {
+            assert_eq!(obj["metadata"]["namespace"], "lb-test");
+        }
+        let d = find(&objs, "Deployment", TSERVER);
+        assert_eq!(d["spec"]["replicas"], 12);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["image"],
+            "registry.example/svclb:dev"
+        );
+        let s = &find(&objs, "Service", TSERVER)["spec"];
+        assert_eq!(s["type"], "LoadBalancer");
+        assert_eq!(s["sessionAffinity"], "ClientIP");
+        assert_eq!(s["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 30);
+        assert_eq!(s["externalTrafficPolicy"], "Local");
+        assert_eq!(s["internalTrafficPolicy"], "Local");
+        assert_eq!(s["trafficDistribution"], "PreferClose");
+        let a = &find(&objs, "Service", AFFINITY)["spec"];
+        assert_eq!(a["type"], "LoadBalancer");
+        assert_eq!(a["sessionAffinity"], "ClientIP");
+        assert_eq!(a["externalTrafficPolicy"], "Local");
+        let ad = find(&objs, "Deployment", AFFINITY);
+        assert_eq!(
+            ad["spec"]["template"]["spec"]["containers"][0]["image"],
+            "registry.example/svclb:dev"
+        );
+    }
+
+    #[test]
+    fn rendered_yaml_parses_back_to_the_same_objects() {
+        let objs = render(&Options {
+            affinity_server: true,
+            ..Options::default()
+        })
+        .unwrap();
+        assert_eq!(parse(&to_yaml(&objs).unwrap()).unwrap(), objs);
+    }
+
+    #[test]
+    fn rbac_renders_for_the_namespace_and_keeps_kube_system() {
+        let objs = render_rbac("team-a").unwrap();
+        let ns: Vec<Option<&str>> = objs.iter().map(|o| o["metadata"]["namespace"].as_str()).collect();
+        assert_eq!(
+            ns,
+            [
+                Some("team-a"),
+                Some("team-a"),
+                None,
+                None,
+                Some("kube-system"),
+                Some("kube-system")
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_options_are_one_line_errors() {
+        for (o, want) in [
+            (
+                Options {
+                    replicas: 0,
+                    ..Options::default()
+                },
+                "--replicas",
+            ),
+            (
+                Options {
+                    image: "a b".into(),
+                    ..Options::default()
+                },
+                "--image",
+            ),
+            (
+                Options {
+                    affinity_timeout: Some(0),
+                    ..Options::default()
+                },
+                "--affinity-timeout",
+            ),
+            (
+                Options {
+                    namespace: "Bad_NS".into(),
+                    ..Options::default()
+                },
+                "namespace",
+            ),
+        ] {
+            let e = render(&o).unwrap_err().to_string();
+            assert!(e.contains(want) && !e.contains('\n'), "{e}");
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! `deploy`, `status`, `cleanup` and `manifests`: the test servers on a real cluster.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use tabled::builder::Builder;
+use tabled::settings::Style;
+
+use crate::cli::KubeFlags;
+use crate::cluster::manifests::{self, Options, Policy, ServiceType, TrafficDistribution};
+use crate::cluster::{self, ops};
+
+/// `--session-affinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SessionAffinity {
+    #[value(name = "None")]
+    None,
+    #[value(name = "ClientIP")]
+    ClientIp,
+}
+
+/// How the test servers are rendered (`deploy`, `manifests`).
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// tserver pods (spread over nodes and zones).
+    #[arg(long, default_value_t = 4)]
+    pub replicas: u32,
+    /// Container image with the kubectl-svclb binary [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Type of the tserver Service (both also have a clusterIP and nodePorts).
+    #[arg(long, value_enum, default_value_t = ServiceType::NodePort)]
+    pub service_type: ServiceType,
+    /// sessionAffinity of the tserver Service.
+    #[arg(long, value_enum, default_value_t = SessionAffinity::None)]
+    pub session_affinity: SessionAffinity,
+    /// sessionAffinityConfig.clientIP.timeoutSeconds (with --session-affinity ClientIP).
+    #[arg(long, value_name = "SECONDS")]
+    pub affinity_timeout: Option<u32>,
+    /// externalTrafficPolicy of the tserver Service.
+    #[arg(long, value_enum, default_value_t = Policy::Cluster)]
+    pub external_traffic_policy: Policy,
+    /// internalTrafficPolicy of the tserver Service.
+    #[arg(long, value_enum, default_value_t = Policy::Cluster)]
+    pub internal_traffic_policy: Policy,
+    /// trafficDistribution of the tserver Service (unset by default).
+    #[arg(long, value_enum)]
+    pub traffic_distribution: Option<TrafficDistribution>,
+    /// Also the affinity server: LoadBalancer Service, sessionAffinity ClientIP, eTP Local.
+    #[arg(long)]
+    pub affinity_server: bool,
+}
+
+impl ServerArgs {
+    pub fn options(&self, namespace: &str) -> Result<Options> {
+        let affinity_timeout = match (self.session_affinity, self.affinity_timeout) {
+            (SessionAffinity::None, Some(_)) => {
+                bail!("--affinity-timeout needs --session-affinity ClientIP")
+            }
+            (SessionAffinity::None, None) => None,
+            (SessionAffinity::ClientIp, t) => Some(t.unwrap_or(10_800)),
+        };
+        Ok(Options {
+            namespace: namespace.to_string(),
+            image: self
+                .image
+                .clone()
+                .unwrap_or_else(|| manifests::DEFAULT_IMAGE.to_string()),
+            replicas: self.replicas,
+            service_type: self.service_type,
+            affinity_timeout,
+            external_traffic_policy: self.external_traffic_policy,
+            internal_traffic_policy: self.internal_traffic_policy,
+            traffic_distribution: self.traffic_distribution,
+            affinity_server: self.affinity_server,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// How long to wait for the pods to become ready.
+    #[arg(long, default_value = "3m", value_parser = super::parse_duration)]
+    pub wait_timeout: Duration,
+    /// Apply and return without waiting for readiness.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(short = 'o', long, value_enum, default_value_t = StatusFormat::Table)]
+    pub output: StatusFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {}
+
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Print the RBAC a user of the plugin needs (Role, ClusterRole, bindings) instead.
+    #[arg(long)]
+    pub rbac: bool,
+}
+
+/// Applies the rendered servers and waits for them (the shared step of `deploy` and `spread`).
+pub async fn deploy_servers(c: &cluster::Cluster, o: &Options, wait: Option<Duration>) -> Result<()> {
+    let objs = manifests::render(o)?;
+    for name in ops::apply(c, &objs).await? {
+        eprintln!("svclb: applied {name} in {} (context {})", c.namespace, c.context);
+    }
+    if let Some(timeout) = wait {
+        ops::wait_ready(c, manifests::TSERVER, timeout, Duration::from_secs(1)).await?;
+        if o.affinity_server {
+            ops::wait_ready(c, manifests::AFFINITY, timeout, Duration::from_secs(1)).await?;
+        }
+        eprintln!(
+            "svclb: {} pod(s) ready",
+            o.replicas * if o.affinity_server { 2 } else { 1 }
+        );
+    }
+    Ok(())
+}
+
+pub fn deploy(args: DeployArgs, kube: &KubeFlags) -> Result<ExitCode> {
+    let rt = super::runtime(2)?;
+    rt.block_on(async {
+        let (c, _) = cluster::connect(kube).await?;
+        let o = args.server.options(&c.namespace)?;
+        deploy_servers(&c, &o, (!args.no_wait).then_some(args.wait_timeout)).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(args: StatusArgs, kube: &KubeFlags) -> Result<ExitCode> {
+    let rt = super::runtime(2)?;
+    let st = rt.block_on(async {
+        let (c, version) = cluster::connect(kube).await?;
+        ops::status(&c, version).await
+    })?;
+    match args.output {
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&st)?),
+        StatusFormat::Yaml => print!("{}", serde_saphyr::to_string(&st)?),
+        StatusFormat::Table => print!("{}", render_status(&st)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cleanup(_args: CleanupArgs, kube: &KubeFlags) -> Result<ExitCode> {
+    let rt = super::runtime(2)?;
+    let (deleted, c) = rt.block_on(async {
+        let (c, _) = cluster::connect(kube).await?;
+        anyhow::Ok((ops::cleanup(&c).await?, c))
+    })?;
+    if deleted.is_empty() {
+        eprintln!(
+            "svclb: nothing made by kubectl-svclb in {} (context {})",
+            c.namespace, c.context
+        );
+    }
+    for d in deleted {
+        println!("deleted {d}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The namespace for offline rendering: `-n`, else the context's, else `default`.
+async fn offline_namespace(kube: &KubeFlags) -> String {
+    if let Some(ns) = &kube.namespace {
+        return ns.clone();
+    }
+    match cluster::config(kube).await {
+        Ok((config, _)) => config.default_namespace,
+        Err(_) => "default".into(),
+    }
+}
+
+pub fn manifests(args: ManifestsArgs, kube: &KubeFlags) -> Result<ExitCode> {
+    let rt = super::runtime(1)?;
+    let ns = rt.block_on(offline_namespace(kube));
+    let objs = if args.rbac {
+        if !manifests::is_dns_label(&ns) {
+            bail!("namespace {ns:?} is not a valid name (lowercase letters, digits, '-')");
+        }
+        manifests::render_rbac(&ns)?
+    } else {
+        manifests::render(&args.server.options(&ns)?)?
+    };
+    print!("{}", manifests::to_yaml(&objs)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut b = Builder::default();
+    b.push_record(header.iter().map(|h| h.to_string()));
+    for r in rows {
+        b.push_record(r);
+    }
+    b.build().with(Style::blank()).to_string()
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_string() }
+}
+
+/// `status` as tables.
+pub fn render_status(st: &ops::Status) -> String {
+    let mut out = format!(
+        "context {} namespace {} (server {}, kube-proxy mode {})\n",
+        st.context,
+        st.namespace,
+        st.server_version,
+        st.proxy_mode.as_deref().unwrap_or("unknown")
+    );
+    if st.pods.is_empty() && st.services.is_empty() {
+        out.push_str("no test servers here: `kubectl svclb deploy` makes them\n");
+        return out;
+    }
+    let pods = st
+        .pods
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                or_dash(&p.node),
+                or_dash(&p.zone),
+                p.ip.clone().unwrap_or_else(|| "-".into()),
+                if p.ready { "yes" } else { "no" }.into(),
+                p.state.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["POD", "NODE", "ZONE", "IP", "READY", "STATE"], pods));
+    out.push('\n');
+    let ready = st.pods.iter().filter(|p| p.ready).count();
+    let per = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter()
+            .map(|(k, v)| format!("{}={v}", or_dash(k)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    out.push_str(&format!(
+        "ready pods: {ready}/{}; per node: {}; per zone: {}\n",
+        st.pods.len(),
+        per(&st.per_node),
+        per(&st.per_zone)
+    ));
+    for s in &st.services {
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .map(|(p, np)| match np {
+                Some(n) => format!("{p}:{n}"),
+                None => p.clone(),
+            })
+            .collect();
+        out.push_str(&format!(
+            "service {} ({}): clusterIP {} ports {}{}\n  sessionAffinity {}, externalTrafficPolicy {}, internalTrafficPolicy {}, trafficDistribution {}\n",
+            s.name,
+            s.type_,
+            or_dash(&s.cluster_ips.join(",")),
+            ports.join(" "),
+            if s.lb_ips.is_empty() {
+                if s.type_ == "LoadBalancer" { " LB pending".to_string() } else { String::new() }
+            } else {
+                format!(" LB {}", s.lb_ips.join(","))
+            },
+            s.session_affinity,
+            s.external_traffic_policy.as_deref().unwrap_or("-"),
+            s.internal_traffic_policy.as_deref().unwrap_or("-"),
+            s.traffic_distribution.as_deref().unwrap_or("-"),
+        ));
+    }
+    if !st.endpoints.is_empty() {
+        let rows = st
+            .endpoints
+            .iter()
+            .map(|e| {
+                vec![
+                    e.slice.clone(),
+                    or_dash(&e.pod),
+                    e.addresses.join(","),
+                    or_dash(&e.zone),
+                    if e.ready { "yes" } else { "no" }.into(),
+                    or_dash(&e.hints.join(",")),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["ENDPOINTSLICE", "POD", "ADDRESS", "ZONE", "READY", "HINTS (forZones)"],
+            rows,
+        ));
+        out.push('\n');
+    }
+    out
+}
