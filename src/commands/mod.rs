@@ -6,6 +6,7 @@ pub mod completion;
 pub mod lab;
 pub mod serve;
 pub mod spread;
+mod spread_cluster;
 mod spread_lab;
 
 use std::time::Duration;

@@ -91,6 +91,19 @@ pub struct SpreadArgs {
     /// histogram, save nothing.
     #[arg(long, hide = true)]
     pub agent: bool,
+    /// Agent only: a line `stop` on stdin interrupts the storm (how a cluster run stops an
+    /// agent it runs through exec, where no signal can be sent).
+    #[arg(long, hide = true, requires = "agent")]
+    pub stdin_stop: bool,
+    /// Cluster: fail when the test servers are not deployed instead of deploying them.
+    #[arg(long, conflicts_with_all = ["address", "lab"])]
+    pub no_deploy: bool,
+    /// Cluster: image of the test servers when this run deploys them [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["address", "lab", "no_deploy"])]
+    pub image: Option<String>,
+    /// Cluster: delete what the plugin made in the namespace after the run (also when interrupted).
+    #[arg(long, conflicts_with_all = ["address", "lab"])]
+    pub cleanup: bool,
 }
 
 /// `--from`.
@@ -334,12 +347,15 @@ pub fn build_record(
 }
 
 /// Runs a storm with a progress bar (on a terminal) and Ctrl-C/SIGTERM handling.
-pub async fn storm_with_progress(cfg: &StormConfig) -> Result<Outcome> {
+pub async fn storm_with_progress(cfg: &StormConfig, stdin_stop: bool) -> Result<Outcome> {
     let control = Control::new();
     let watcher = {
         let control = control.clone();
         tokio::spawn(async move {
-            super::shutdown_signal().await;
+            tokio::select! {
+                _ = super::shutdown_signal() => {}
+                _ = stop_line(stdin_stop) => {}
+            }
             eprintln!("svclb: interrupted: finishing connections in flight, then saving what was measured");
             control.interrupt();
         })
@@ -372,6 +388,20 @@ pub async fn storm_with_progress(cfg: &StormConfig) -> Result<Outcome> {
     outcome
 }
 
+/// Completes when stdin carries a line `stop` (when `enabled`); never otherwise, nor at EOF.
+async fn stop_line(enabled: bool) {
+    use tokio::io::AsyncBufReadExt;
+    if enabled {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim() == "stop" {
+                return;
+            }
+        }
+    }
+    std::future::pending().await
+}
+
 /// Prints the run, saves it unless told not to, and maps the verdict to the exit code.
 pub fn finish(mut run: SpreadRun, args_save: Option<&std::path::Path>, output: RunFormat) -> Result<ExitCode> {
     if let Some(dir) = args_save {
@@ -392,10 +422,7 @@ pub fn run(args: SpreadArgs, kube: &crate::cli::KubeFlags) -> Result<ExitCode> {
         return super::spread_lab::run(&args, lab);
     }
     let Some(address) = args.address.clone() else {
-        bail!(
-            "no target: give --address HOST:PORT to storm any address, or --lab to storm an emulated cluster \
-             (see `kubectl svclb spread --help`)"
-        );
+        return super::spread_cluster::run(&args, kube);
     };
     super::raise_nofile();
     let rt = super::runtime(0)?;
@@ -414,7 +441,7 @@ pub fn run(args: SpreadArgs, kube: &crate::cli::KubeFlags) -> Result<ExitCode> {
             session: format!("{:08x}", rand::random::<u32>()),
         };
         let started_at = jiff::Timestamp::now();
-        let outcome = storm_with_progress(&cfg).await?;
+        let outcome = storm_with_progress(&cfg, args.stdin_stop).await?;
         anyhow::Ok((started_at, cfg, outcome))
     })?;
     let info = TargetInfo {

@@ -86,7 +86,10 @@ pub(super) fn run(args: &SpreadArgs, name: &str) -> Result<ExitCode> {
         });
         let (lab, made) = open_lab(name, &interrupted).await?;
         let ephemeral = made.then(|| Ephemeral(lab.name().to_string()));
-        let result = storm(args, &lab, signal).await;
+        let result = match LabTarget::new(&lab) {
+            Ok(target) => storm(args, &target, signal).await,
+            Err(e) => Err(e),
+        };
         anyhow::Ok((result, ephemeral))
     })?;
     let run = run?;
@@ -95,8 +98,13 @@ pub(super) fn run(args: &SpreadArgs, name: &str) -> Result<ExitCode> {
     finish(run, (!args.no_save).then_some(args.save.as_path()), args.output)
 }
 
-async fn storm(args: &SpreadArgs, lab: &Lab, signal: tokio::task::JoinHandle<()>) -> Result<SpreadRun> {
-    let target = LabTarget::new(lab)?;
+/// Plans the storm through the target, runs its agents (forwarding `signal` as an interrupt),
+/// and merges their records exactly (shared by the lab and the cluster paths).
+pub(super) async fn storm<T: Target>(
+    args: &SpreadArgs,
+    target: &T,
+    signal: tokio::task::JoinHandle<()>,
+) -> Result<SpreadRun> {
     let proto = if args.udp { Proto::Udp } else { Proto::Tcp };
     let plan = target.plan(&args.from(), &args.path(), proto)?;
     let meta = target.meta();
@@ -194,7 +202,12 @@ async fn storm(args: &SpreadArgs, lab: &Lab, signal: tokio::task::JoinHandle<()>
     };
     let info = TargetInfo {
         address: format!("{} ({})", plan.address, args.path().describe()),
-        mode: meta.mode,
+        // A cluster run says where it stormed from (`pod` or `host`); a lab run says `lab`.
+        mode: match (meta.mode.as_str(), args.from()) {
+            ("lab", _) => meta.mode,
+            (_, crate::target::From::Host) => "host".into(),
+            (_, crate::target::From::Pods { .. }) => "pod".into(),
+        },
         protocol: proto,
         service: Some(meta.service),
         source: Some(source),
@@ -215,6 +228,8 @@ async fn storm(args: &SpreadArgs, lab: &Lab, signal: tokio::task::JoinHandle<()>
         record.sources = sources;
     }
     record.environment.proxy_mode = meta.proxy_mode;
+    record.environment.context = meta.context;
+    record.environment.server_version = meta.server_version;
     if args.output == RunFormat::Table {
         eprintln!(
             "svclb: {} connection(s) from {} source(s) to {}",

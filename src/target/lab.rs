@@ -77,6 +77,7 @@ impl Target for LabTarget<'_> {
             service: format!("{}/{}", s.service.namespace, s.service.name),
             proxy_mode: Some(format!("{:?}", s.proxy_mode).to_lowercase()),
             context: None,
+            server_version: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! (`kubectl-svclb spread --agent`) at a source, which returns its run record as JSON.
 //! The same `spread` code then runs against a lab or a cluster.
 
+pub mod kube;
 pub mod lab;
 
 use std::future::Future;
@@ -77,6 +78,7 @@ pub struct Meta {
     pub service: String,
     pub proxy_mode: Option<String>,
     pub context: Option<String>,
+    pub server_version: Option<String>,
 }
 
 /// A storm agent that was started: its output (the agent's stdout, a run record as JSON) and a

@@ -1,0 +1,400 @@
+//! A real cluster as a [`Target`]: backends are the ready tserver pods (pod → node → zone from
+//! the API), storm agents run inside tserver pods through exec (websocket) or, from the host,
+//! as a child process of this machine.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use super::{Agent, Endpoint, From, Meta, Path, Plan, Source, Target};
+use crate::cluster::manifests::{IMAGE_BINARY, TSERVER};
+use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
+use crate::cluster::{ApiResult, Cluster};
+use crate::storm::Proto;
+
+/// The service port of the tserver (TCP and UDP) and its HTTP port.
+pub const PORT: u16 = 5001;
+pub const HTTP_PORT: u16 = 8080;
+
+/// Output of a storm agent: its stdout once it exits.
+pub type AgentOutput = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
+
+/// Runs a storm agent command somewhere and hands back its stdout; `stop` is notified when the
+/// agent must stop early (it is then told through its stdin: a line `stop`).
+pub trait AgentRunner: Send + Sync {
+    fn run(&self, source: &Source, command: Vec<String>, stop: Arc<Notify>) -> AgentOutput;
+}
+
+/// Agents in pods, through the exec subresource (websocket).
+pub struct PodExec {
+    pub cluster: Cluster,
+    pub container: String,
+}
+
+impl AgentRunner for PodExec {
+    fn run(&self, source: &Source, command: Vec<String>, stop: Arc<Notify>) -> AgentOutput {
+        let pods: Api<Pod> = Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace);
+        let ns = self.cluster.namespace.clone();
+        let pod = source.name.clone();
+        let params = AttachParams::default()
+            .container(self.container.clone())
+            .stdin(true)
+            .stdout(true)
+            .stderr(true);
+        Box::pin(async move {
+            let mut proc = pods
+                .exec(&pod, command, &params)
+                .await
+                .api("create", "pods/exec", &ns)
+                .with_context(|| format!("cannot start the storm agent in pod {pod}"))?;
+            let mut stdin = proc.stdin().context("exec without stdin")?;
+            let mut stdout = proc.stdout().context("exec without stdout")?;
+            let mut stderr = proc.stderr().context("exec without stderr")?;
+            let stopper = tokio::spawn(async move {
+                stop.notified().await;
+                let _ = stdin.write_all(b"stop\n").await;
+                let _ = stdin.flush().await;
+                // Keep stdin open: closing it could end the exec session before the record.
+                std::future::pending::<()>().await;
+            });
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            // stderr only explains a failure: a broken stderr stream is not one.
+            let (o, _) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+            stopper.abort();
+            o.with_context(|| format!("reading the storm agent's output in pod {pod}"))?;
+            // The exit status is in the record (verdict); a lost status channel changes nothing.
+            let _ = proc.join().await;
+            agent_output(&pod, out, &err)
+        })
+    }
+}
+
+/// The agent as a child process of this machine (`--from host`; tests use it for pods too).
+pub struct LocalRun {
+    /// Replaces the image's binary path (the command's first word) with this program.
+    pub program: std::path::PathBuf,
+}
+
+impl AgentRunner for LocalRun {
+    fn run(&self, source: &Source, command: Vec<String>, stop: Arc<Notify>) -> AgentOutput {
+        let program = self.program.clone();
+        let name = source.name.clone();
+        Box::pin(async move {
+            let mut child = tokio::process::Command::new(&program)
+                .args(command.iter().skip(1))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start the storm agent {}", program.display()))?;
+            let mut stdin = child.stdin.take().context("agent without stdin")?;
+            let stopper = tokio::spawn(async move {
+                stop.notified().await;
+                let _ = stdin.write_all(b"stop\n").await;
+                std::future::pending::<()>().await;
+            });
+            let out = child.wait_with_output().await;
+            stopper.abort();
+            let out = out?;
+            agent_output(&name, out.stdout, &out.stderr)
+        })
+    }
+}
+
+fn agent_output(name: &str, stdout: Vec<u8>, stderr: &[u8]) -> Result<Vec<u8>> {
+    if stdout.is_empty() {
+        let err = String::from_utf8_lossy(stderr);
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        bail!("storm agent in {name} failed: {last}");
+    }
+    Ok(stdout)
+}
+
+/// What the target knows of the cluster, read once through the API.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub context: String,
+    pub namespace: String,
+    pub server_version: String,
+    pub proxy_mode: Option<String>,
+    pub nodes: Vec<NodeInfo>,
+    /// Every tserver pod (ready or not).
+    pub pods: Vec<PodInfo>,
+    pub service: ServiceInfo,
+    pub slices: Vec<SliceEndpoint>,
+}
+
+impl ClusterView {
+    pub async fn load(cluster: &Cluster, server_version: String) -> Result<Self> {
+        let nodes = ops::nodes(cluster).await?;
+        let pods = ops::pods(cluster, TSERVER, &nodes).await?;
+        let service = ops::service(cluster, TSERVER).await?.ok_or_else(|| {
+            anyhow!(
+                "no Service {TSERVER} in namespace {} (context {}): `kubectl svclb deploy` makes it",
+                cluster.namespace,
+                cluster.context
+            )
+        })?;
+        let slices = ops::endpoint_slices(cluster, TSERVER).await?;
+        Ok(Self {
+            context: cluster.context.clone(),
+            namespace: cluster.namespace.clone(),
+            server_version,
+            proxy_mode: ops::proxy_mode(cluster).await,
+            nodes,
+            pods,
+            service,
+            slices,
+        })
+    }
+}
+
+/// A cluster target: the view, and runners for agents in pods and on this host.
+pub struct KubeTarget<P: AgentRunner, H: AgentRunner> {
+    pub view: ClusterView,
+    pub pods: P,
+    pub host: H,
+}
+
+fn endpoint(p: &PodInfo) -> Option<Endpoint> {
+    Some(Endpoint {
+        name: p.name.clone(),
+        ip: p.ip.as_deref()?.parse().ok()?,
+        node: p.node.clone(),
+        zone: p.zone.clone(),
+    })
+}
+
+fn source(p: &PodInfo) -> Source {
+    Source {
+        name: p.name.clone(),
+        node: p.node.clone(),
+        zone: p.zone.clone(),
+    }
+}
+
+impl<P: AgentRunner, H: AgentRunner> KubeTarget<P, H> {
+    fn ready(&self) -> impl Iterator<Item = &PodInfo> {
+        self.view.pods.iter().filter(|p| p.ready)
+    }
+
+    fn where_(&self) -> String {
+        format!("namespace {} (context {})", self.view.namespace, self.view.context)
+    }
+
+    /// The backends kube-proxy picks for traffic from inside the cluster at `from`.
+    fn internal(&self, from: &Source) -> Vec<Endpoint> {
+        let all: Vec<&PodInfo> = self.ready().collect();
+        let svc = &self.view.service;
+        if svc.internal_traffic_policy.as_deref() == Some("Local") {
+            return all
+                .iter()
+                .filter(|p| p.node == from.node)
+                .filter_map(|p| endpoint(p))
+                .collect();
+        }
+        // Topology: kube-proxy uses zone hints only when every ready endpoint has them.
+        let ready_slices: Vec<&SliceEndpoint> = self.view.slices.iter().filter(|e| e.ready).collect();
+        if !ready_slices.is_empty() && ready_slices.iter().all(|e| !e.hints.is_empty()) {
+            let near: Vec<Endpoint> = ready_slices
+                .iter()
+                .filter(|e| e.hints.contains(&from.zone))
+                .filter_map(|e| all.iter().find(|p| p.name == e.pod).and_then(|p| endpoint(p)))
+                .collect();
+            if !near.is_empty() {
+                return near;
+            }
+        }
+        all.iter().filter_map(|p| endpoint(p)).collect()
+    }
+
+    /// The backends for external traffic arriving at `node` (None: any node, e.g. a LB).
+    fn external(&self, node: Option<&str>) -> Vec<Endpoint> {
+        let local = self.view.service.external_traffic_policy.as_deref() == Some("Local");
+        self.ready()
+            .filter(|p| !local || node.is_none_or(|n| p.node == n))
+            .filter_map(endpoint)
+            .collect()
+    }
+
+    fn node_address(&self, n: &NodeInfo) -> Result<IpAddr> {
+        n.external_ip
+            .as_deref()
+            .or(n.internal_ip.as_deref())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("node {} has no address in its status", n.name))
+    }
+
+    fn pick_node(&self, name: &Option<String>) -> Result<&NodeInfo> {
+        match name {
+            Some(n) => self.view.nodes.iter().find(|x| &x.name == n).ok_or_else(|| {
+                let names: Vec<&str> = self.view.nodes.iter().map(|n| n.name.as_str()).collect();
+                anyhow!("no node named {n}; nodes: {}", names.join(", "))
+            }),
+            None => self
+                .view
+                .nodes
+                .first()
+                .ok_or_else(|| anyhow!("the cluster lists no nodes")),
+        }
+    }
+
+    /// The HTTP address of the same path (for a reachability probe before a host storm).
+    pub fn http_address(&self, path: &Path) -> Result<SocketAddr> {
+        match path {
+            Path::NodePort(n) => {
+                let node = self.pick_node(n)?;
+                let port = self
+                    .view
+                    .service
+                    .node_port(HTTP_PORT, "TCP")
+                    .ok_or_else(|| anyhow!("Service {TSERVER} has no nodePort for {HTTP_PORT}/TCP"))?;
+                Ok(SocketAddr::new(self.node_address(node)?, port))
+            }
+            Path::LoadBalancer => Ok(SocketAddr::new(self.lb_ip()?, HTTP_PORT)),
+            Path::ClusterIp => Ok(SocketAddr::new(self.cluster_ip()?, HTTP_PORT)),
+        }
+    }
+
+    fn cluster_ip(&self) -> Result<IpAddr> {
+        self.view
+            .service
+            .cluster_ips
+            .first()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| anyhow!("Service {TSERVER} has no clusterIP"))
+    }
+
+    fn lb_ip(&self) -> Result<IpAddr> {
+        let svc = &self.view.service;
+        if svc.type_ != "LoadBalancer" {
+            bail!(
+                "Service {TSERVER} is of type {}: redeploy with `kubectl svclb deploy --service-type LoadBalancer` to storm a LB",
+                svc.type_
+            );
+        }
+        svc.lb_ips
+            .iter()
+            .find_map(|ip| ip.parse().ok())
+            .ok_or_else(|| anyhow!("Service {TSERVER} has no LoadBalancer IP yet (is a LB controller installed?)"))
+    }
+}
+
+impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
+    fn meta(&self) -> Meta {
+        Meta {
+            mode: "cluster".into(),
+            name: None,
+            service: format!("{}/{TSERVER}", self.view.namespace),
+            proxy_mode: self.view.proxy_mode.clone(),
+            context: Some(self.view.context.clone()),
+            server_version: Some(self.view.server_version.clone()),
+        }
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        Ok(self.ready().filter_map(endpoint).collect())
+    }
+
+    fn plan(&self, from: &From, path: &Path, proto: Proto) -> Result<Plan> {
+        let ready: Vec<&PodInfo> = self.ready().collect();
+        if ready.is_empty() {
+            bail!(
+                "no ready {TSERVER} pod in {}: see `kubectl svclb status`",
+                self.where_()
+            );
+        }
+        let sources: Vec<Source> = match from {
+            From::Host => vec![Source {
+                name: "this-host".into(),
+                node: String::new(),
+                zone: String::new(),
+            }],
+            From::Pods { pod: Some(name), .. } => {
+                let p = ready.iter().find(|p| &p.name == name).ok_or_else(|| {
+                    anyhow!(
+                        "no ready {TSERVER} pod named {name} in {}: the storm runs in a tserver pod",
+                        self.where_()
+                    )
+                })?;
+                vec![source(p)]
+            }
+            From::Pods { pod: None, per_node } => {
+                let mut out: Vec<Source> = Vec::new();
+                for p in &ready {
+                    if !out.iter().any(|s| s.node == p.node) {
+                        out.push(source(p));
+                    }
+                }
+                if !per_node {
+                    out.truncate(1);
+                }
+                out
+            }
+        };
+        let proto_name = match proto {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        };
+        let (address, expected) = match path {
+            Path::ClusterIp => {
+                if *from == From::Host {
+                    bail!(
+                        "the clusterIP is not reachable from outside the cluster: use --node-port or --lb with --from host"
+                    );
+                }
+                let mut expected: Vec<Endpoint> = Vec::new();
+                for s in &sources {
+                    for e in self.internal(s) {
+                        if !expected.iter().any(|x| x.name == e.name) {
+                            expected.push(e);
+                        }
+                    }
+                }
+                (SocketAddr::new(self.cluster_ip()?, PORT), expected)
+            }
+            Path::NodePort(n) => {
+                let node = self.pick_node(n)?;
+                let port = self
+                    .view
+                    .service
+                    .node_port(PORT, proto_name)
+                    .ok_or_else(|| anyhow!("Service {TSERVER} has no nodePort for {PORT}/{proto_name}"))?;
+                (
+                    SocketAddr::new(self.node_address(node)?, port),
+                    self.external(Some(&node.name)),
+                )
+            }
+            Path::LoadBalancer => (SocketAddr::new(self.lb_ip()?, PORT), self.external(None)),
+        };
+        Ok(Plan {
+            address,
+            sources,
+            expected,
+        })
+    }
+
+    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent> {
+        let stop = Arc::new(Notify::new());
+        let mut command = vec![IMAGE_BINARY.to_string(), "spread".to_string()];
+        command.extend(args.iter().cloned());
+        command.push("--stdin-stop".into());
+        // Pod sources always have a node (only scheduled, ready pods are sources); the host none.
+        let runner: &dyn AgentRunner = if source.node.is_empty() { &self.host } else { &self.pods };
+        let output = runner.run(source, command, stop.clone());
+        Ok(Agent {
+            source: source.clone(),
+            output,
+            interrupt: Box::new(move || stop.notify_one()),
+        })
+    }
+}
