@@ -1,6 +1,8 @@
 //! A real cluster through kube-rs: connecting the way kubectl does (kubeconfig, context,
 //! namespace, impersonation), the bundled manifests, and deploy/status/cleanup.
 
+#[cfg(test)]
+pub mod fake;
 pub mod manifests;
 pub mod ops;
 

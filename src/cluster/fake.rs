@@ -1,0 +1,313 @@
+//! Test support: an in-memory API server behind kube's tower-test mock (no network). Objects are
+//! stored by their API path; GET (item, or list with a label selector), server-side apply
+//! (PATCH), DELETE and `/version` behave as the API server does for the calls the plugin makes.
+//! A fake Deployment controller makes pods for applied Deployments, ready or failing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::Cluster;
+
+/// What the fake controller does with an applied Deployment's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pods {
+    Ready,
+    ImagePullBackOff,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    log: Vec<String>,
+    forbid: Option<(String, String, String)>,
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+    pods: Pods,
+}
+
+pub const NS: &str = "svclb-test";
+
+impl FakeApi {
+    pub fn new(pods: Pods) -> Self {
+        Self {
+            state: Arc::default(),
+            pods,
+        }
+    }
+
+    /// Stores `obj` at its API path.
+    pub fn put(&self, obj: Value) {
+        let path = path_of(&obj);
+        self.state.lock().unwrap().objects.insert(path, obj);
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.state.lock().unwrap().objects.get(path).cloned()
+    }
+
+    /// `METHOD path?query` of every request, in order.
+    pub fn log(&self) -> Vec<String> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    /// Refuses `method` on paths containing `fragment` as RBAC would, for `user`.
+    pub fn forbid(&self, method: &str, fragment: &str, user: &str) {
+        self.state.lock().unwrap().forbid = Some((method.into(), fragment.into(), user.into()));
+    }
+
+    /// A client whose requests this fake answers.
+    pub fn cluster(&self) -> Cluster {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().to_string();
+                let uri = req.uri().clone();
+                let body = req.into_body().collect_bytes().await.unwrap_or_default();
+                let (code, v) = me.handle(&method, uri.path(), uri.query().unwrap_or(""), &body);
+                let resp = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&v).unwrap()))
+                    .unwrap();
+                send.send_response(resp);
+            }
+        });
+        Cluster {
+            client: Client::new(svc, NS),
+            context: "kind-test".into(),
+            namespace: NS.into(),
+        }
+    }
+
+    fn handle(&self, method: &str, path: &str, query: &str, body: &[u8]) -> (u16, Value) {
+        let mut st = self.state.lock().unwrap();
+        st.log.push(if query.is_empty() {
+            format!("{method} {path}")
+        } else {
+            format!("{method} {path}?{query}")
+        });
+        if let Some((m, frag, user)) = &st.forbid
+            && m == method
+            && path.contains(frag.as_str())
+        {
+            let verb = match method {
+                "PATCH" => "patch",
+                "DELETE" => "delete",
+                "POST" => "create",
+                _ => "list",
+            };
+            let msg = format!(
+                "{frag} is forbidden: User \"{user}\" cannot {verb} resource \"{frag}\" in API group \"\" in the namespace \"{NS}\""
+            );
+            return status(403, "Forbidden", &msg);
+        }
+        if path == "/version" {
+            return (200, json!({"major": "1", "minor": "33", "gitVersion": "v1.33.1"}));
+        }
+        match method {
+            "GET" => {
+                if let Some(obj) = st.objects.get(path).cloned() {
+                    let obj = self.reconcile(&mut st, path, obj);
+                    return (200, obj);
+                }
+                let selector = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("labelSelector="))
+                    .map(|s| s.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/"));
+                let items: Vec<Value> = st
+                    .objects
+                    .iter()
+                    .filter(|(p, _)| p.rsplit_once('/').is_some_and(|(parent, _)| parent == path))
+                    .map(|(_, o)| o.clone())
+                    .filter(|o| selector.as_deref().is_none_or(|s| matches(o, s)))
+                    .collect();
+                if items.is_empty() && is_item_path(path) {
+                    return status(404, "NotFound", &format!("{path} not found"));
+                }
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            "PATCH" => {
+                let mut obj: Value = serde_json::from_slice(body).unwrap();
+                obj["metadata"]["generation"] = json!(1);
+                obj["metadata"]["uid"] = json!(format!("uid-{}", st.objects.len()));
+                st.objects.insert(path.to_string(), obj.clone());
+                (200, obj)
+            }
+            "DELETE" => match st.objects.remove(path) {
+                Some(o) => (200, o),
+                None => status(404, "NotFound", &format!("{path} not found")),
+            },
+            _ => status(405, "MethodNotAllowed", method),
+        }
+    }
+
+    /// The fake Deployment controller: an applied Deployment gets its pods and status.
+    fn reconcile(&self, st: &mut State, path: &str, mut obj: Value) -> Value {
+        if obj["kind"] != "Deployment" || obj.get("status").is_some() {
+            return obj;
+        }
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let replicas = obj["spec"]["replicas"].as_u64().unwrap_or(1);
+        let ready = self.pods == Pods::Ready;
+        for i in 0..replicas {
+            let node = format!("node-{}", i % 2 + 1);
+            let mut p = pod(
+                &format!("{name}-7d9f-{i}"),
+                &name,
+                &node,
+                &format!("10.244.{}.{}", i % 2 + 1, i + 10),
+                ready,
+            );
+            if !ready {
+                p["status"]["containerStatuses"] = json!([{
+                    "name": "tserver", "ready": false, "restartCount": 0, "image": "bad/image:none", "imageID": "",
+                    "state": {"waiting": {"reason": "ImagePullBackOff",
+                        "message": "Back-off pulling image \"bad/image:none\""}}
+                }]);
+            }
+            st.objects.insert(path_of(&p), p);
+        }
+        let n = if ready { replicas } else { 0 };
+        obj["status"] = json!({"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+            "readyReplicas": n, "availableReplicas": n});
+        st.objects.insert(path.to_string(), obj.clone());
+        obj
+    }
+}
+
+fn is_item_path(path: &str) -> bool {
+    // /api/v1/namespaces/NS/KIND/NAME or /apis/G/V/namespaces/NS/KIND/NAME
+    let n = path.trim_start_matches('/').split('/').count();
+    (path.starts_with("/api/") && n == 6) || (path.starts_with("/apis/") && n == 7)
+}
+
+fn matches(obj: &Value, selector: &str) -> bool {
+    selector.split(',').all(|kv| match kv.split_once('=') {
+        Some((k, v)) => obj["metadata"]["labels"][k] == v,
+        None => true,
+    })
+}
+
+fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code}),
+    )
+}
+
+/// The API path of an object.
+pub fn path_of(obj: &Value) -> String {
+    let api_version = obj["apiVersion"].as_str().unwrap();
+    let kind = obj["kind"].as_str().unwrap();
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    let plural = match kind {
+        "EndpointSlice" => "endpointslices".to_string(),
+        "ConfigMap" => "configmaps".to_string(),
+        k => format!("{}s", k.to_lowercase()),
+    };
+    let prefix = if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    };
+    match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{prefix}/namespaces/{ns}/{plural}/{name}"),
+        None => format!("{prefix}/{plural}/{name}"),
+    }
+}
+
+pub fn node(name: &str, zone: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+            "topology.kubernetes.io/zone": zone}},
+        "spec": {"podCIDR": "10.244.1.0/24"},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+pub fn pod(name: &str, app: &str, node: &str, ip: &str, ready: bool) -> Value {
+    let r = if ready { "True" } else { "False" };
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+            "labels": {"app.kubernetes.io/name": app, "app.kubernetes.io/managed-by": "kubectl-svclb",
+                       "pod-template-hash": "7d9f"}},
+        "spec": {"nodeName": node, "containers": [{"name": "tserver", "image": "ghcr.io/kubectl-svclb/kubectl-svclb:v0.1.0"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "172.18.0.2",
+            "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": r},
+                           {"type": "ContainersReady", "status": r}]}
+    })
+}
+
+/// The tserver Service as the API returns it (allocated clusterIP and nodePorts).
+pub fn service(type_: &str, cluster_ip: &str, spec_extra: Value, lb_ip: Option<&str>) -> Value {
+    let mut spec = json!({
+        "type": type_, "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+        "selector": {"app.kubernetes.io/name": "svclb-tserver"}, "sessionAffinity": "None",
+        "externalTrafficPolicy": "Cluster", "internalTrafficPolicy": "Cluster",
+        "ports": [
+            {"name": "tcp", "port": 5001, "protocol": "TCP", "targetPort": "tcp", "nodePort": 30501},
+            {"name": "udp", "port": 5001, "protocol": "UDP", "targetPort": "udp", "nodePort": 30501},
+            {"name": "http", "port": 8080, "protocol": "TCP", "targetPort": "http", "nodePort": 30880}]
+    });
+    for (k, v) in spec_extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    let ingress = lb_ip
+        .map(|ip| json!([{"ip": ip, "ipMode": "VIP"}]))
+        .unwrap_or(json!([]));
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "svclb-tserver", "namespace": NS,
+            "labels": {"app.kubernetes.io/name": "svclb-tserver", "app.kubernetes.io/managed-by": "kubectl-svclb"}},
+        "spec": spec,
+        "status": {"loadBalancer": {"ingress": ingress}}
+    })
+}
+
+/// An EndpointSlice of the tserver Service: `(pod, ip, zone, hints)`.
+pub fn slice(endpoints: &[(&str, &str, &str, &[&str])]) -> Value {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(pod, ip, zone, hints)| {
+            let mut e = json!({"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false},
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}, "zone": zone});
+            if !hints.is_empty() {
+                e["hints"] = json!({"forZones": hints.iter().map(|z| json!({"name": z})).collect::<Vec<_>>()});
+            }
+            e
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "svclb-tserver-abcde", "namespace": NS,
+            "labels": {"kubernetes.io/service-name": "svclb-tserver", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{"name": "tcp", "port": 5001, "protocol": "TCP"}]
+    })
+}
+
+pub fn kube_proxy_configmap(mode: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
+        "data": {"config.conf": format!("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: {mode}\n")}
+    })
+}
