@@ -389,14 +389,25 @@ pub async fn storm_with_progress(cfg: &StormConfig, stdin_stop: bool) -> Result<
 }
 
 /// Completes when stdin carries a line `stop` (when `enabled`); never otherwise, nor at EOF.
+/// stdin is read on a plain thread: a read pending in tokio's blocking pool would keep the
+/// runtime, and so the agent, from exiting after it printed its record.
 async fn stop_line(enabled: bool) {
-    use tokio::io::AsyncBufReadExt;
     if enabled {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.trim() == "stop" {
-                return;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                match line {
+                    Ok(l) if l.trim() == "stop" => {
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
             }
+        });
+        if rx.await.is_ok() {
+            return;
         }
     }
     std::future::pending().await

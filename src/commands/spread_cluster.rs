@@ -104,3 +104,128 @@ pub async fn probe(address: &std::net::SocketAddr) -> Result<String> {
     }
     Ok(resp.text().await?.trim().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The cluster flow end to end against the in-memory API, with storm agents run locally
+    //! (the real binary, stopped through stdin) against loopback test servers.
+    use std::net::SocketAddr;
+
+    use clap::Parser;
+    use serde_json::json;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::cluster::fake::{self, FakeApi, Pods};
+    use crate::record::SpreadRun;
+    use crate::server::{Listeners, ServeConfig};
+    use crate::storm::Stop;
+    use crate::wire::Identity;
+
+    fn binary() -> std::path::PathBuf {
+        // target/debug/deps/<this test> → target/debug/kubectl-svclb (built by `cargo test`).
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("kubectl-svclb");
+        assert!(bin.exists(), "{} missing: run the whole `cargo test`", bin.display());
+        bin
+    }
+
+    fn spread_args(args: &[&str]) -> SpreadArgs {
+        let mut argv = vec!["kubectl-svclb", "spread", "--no-save"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Spread(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    /// A tserver on a loopback address, named like the pod.
+    fn serve(address: &str, http: Option<&str>, pod: &str) -> tokio::task::JoinHandle<()> {
+        let l = Listeners::bind(&ServeConfig {
+            address: address.parse().unwrap(),
+            http: http.map(|h| h.parse::<SocketAddr>().unwrap()),
+            identity: Identity {
+                name: pod.into(),
+                node: "node-1".into(),
+                zone: String::new(),
+            },
+        })
+        .unwrap();
+        tokio::spawn(async move {
+            let _ = l.serve(std::future::pending()).await;
+        })
+    }
+
+    /// One node, one ready pod; the Service's clusterIP and the node's IP are loopback.
+    async fn target(cluster_ip: &str, node_ip: &str) -> KubeTarget<LocalRun, LocalRun> {
+        let api = FakeApi::new(Pods::Ready);
+        api.put(fake::node("node-1", "zone-a", node_ip));
+        api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
+        api.put(fake::service("NodePort", cluster_ip, json!({}), None));
+        api.put(fake::kube_proxy_configmap("iptables"));
+        let view = ClusterView::load(&api.cluster(), "v1.33.1".into()).await.unwrap();
+        KubeTarget {
+            view,
+            pods: LocalRun { program: binary() },
+            host: LocalRun { program: binary() },
+        }
+    }
+
+    fn never() -> tokio::task::JoinHandle<()> {
+        tokio::spawn(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn from_pod_runs_the_agent_and_fills_zone_and_environment() {
+        let server = serve("127.77.1.10:5001", None, "svclb-tserver-1");
+        let t = target("127.77.1.10", "127.77.1.20").await;
+        let args = spread_args(&["--conns", "300"]);
+        let run = crate::commands::spread_lab::storm(&args, &t, never()).await.unwrap();
+        server.abort();
+        assert_eq!((run.conns, run.ok), (300, 300));
+        assert_eq!(run.target.mode, "pod");
+        assert_eq!(run.target.source.as_deref(), Some("svclb-tserver-1"));
+        assert_eq!(run.backends.len(), 1);
+        // The zone comes from the node's label through the API, not from the server.
+        assert_eq!(
+            (run.backends[0].node.as_str(), run.backends[0].zone.as_str()),
+            ("node-1", "zone-a")
+        );
+        assert_eq!(run.environment.context.as_deref(), Some("kind-test"));
+        assert_eq!(run.environment.server_version.as_deref(), Some("v1.33.1"));
+        assert_eq!(run.environment.proxy_mode.as_deref(), Some("iptables"));
+    }
+
+    #[tokio::test]
+    async fn ctrl_c_stops_the_agents_through_stdin_and_keeps_what_they_measured() {
+        let server = serve("127.77.2.10:5001", None, "svclb-tserver-1");
+        let t = target("127.77.2.10", "127.77.2.20").await;
+        let args = spread_args(&["--conns", "1000000", "--rate", "200"]);
+        let signal = tokio::spawn(tokio::time::sleep(Duration::from_millis(800)));
+        let run: SpreadRun = crate::commands::spread_lab::storm(&args, &t, signal).await.unwrap();
+        server.abort();
+        assert_eq!(run.stopped, Some(Stop::Interrupted));
+        assert!(run.ok > 0 && run.conns < 1_000_000, "{} conns", run.conns);
+    }
+
+    #[tokio::test]
+    async fn from_host_probes_http_then_storms_the_node_port() {
+        let server = serve("127.77.3.20:30501", Some("127.77.3.20:30880"), "svclb-tserver-1");
+        let t = target("127.77.3.10", "127.77.3.20").await;
+        let args = spread_args(&["--from", "host", "--node-port", "--udp", "--conns", "200"]);
+        assert_eq!(
+            probe(&t.http_address(&args.path()).unwrap()).await.unwrap(),
+            "svclb-tserver-1"
+        );
+        let run = crate::commands::spread_lab::storm(&args, &t, never()).await.unwrap();
+        server.abort();
+        assert_eq!(run.target.mode, "host");
+        assert_eq!(run.ok, 200);
+        assert_eq!(run.target.address, "127.77.3.20:30501 (nodePort)");
+        let e = probe(&"127.77.3.21:30880".parse().unwrap()).await.unwrap_err();
+        assert!(
+            e.to_string().contains("cannot reach http://127.77.3.21:30880/hostname"),
+            "{e}"
+        );
+    }
+}

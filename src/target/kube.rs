@@ -398,3 +398,159 @@ impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::cluster::fake::{self, FakeApi, Pods};
+
+    /// Plans without running agents: runners that are never called.
+    struct Never;
+    impl AgentRunner for Never {
+        fn run(&self, _: &Source, _: Vec<String>, _: Arc<Notify>) -> AgentOutput {
+            unreachable!("plans only")
+        }
+    }
+
+    async fn target(spec: serde_json::Value, slices: &[(&str, &str, &str, &[&str])]) -> KubeTarget<Never, Never> {
+        let api = FakeApi::new(Pods::Ready);
+        api.put(fake::node("node-1", "zone-a", "172.18.0.2"));
+        api.put(fake::node("node-2", "zone-b", "172.18.0.3"));
+        api.put(fake::pod("svclb-tserver-a1", TSERVER, "node-1", "10.244.1.10", true));
+        api.put(fake::pod("svclb-tserver-a2", TSERVER, "node-1", "10.244.1.11", true));
+        api.put(fake::pod("svclb-tserver-b1", TSERVER, "node-2", "10.244.2.10", true));
+        api.put(fake::pod("svclb-tserver-b2", TSERVER, "node-2", "10.244.2.11", false));
+        api.put(fake::service(
+            "LoadBalancer",
+            "10.96.12.34",
+            spec,
+            Some("172.18.255.200"),
+        ));
+        api.put(fake::slice(slices));
+        let view = ClusterView::load(&api.cluster(), "v1.33.1".into()).await.unwrap();
+        KubeTarget {
+            view,
+            pods: Never,
+            host: Never,
+        }
+    }
+
+    fn names(eps: &[Endpoint]) -> Vec<&str> {
+        eps.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    const NO_HINTS: &[(&str, &str, &str, &[&str])] = &[
+        ("svclb-tserver-a1", "10.244.1.10", "zone-a", &[]),
+        ("svclb-tserver-a2", "10.244.1.11", "zone-a", &[]),
+        ("svclb-tserver-b1", "10.244.2.10", "zone-b", &[]),
+    ];
+
+    #[tokio::test]
+    async fn backends_map_pod_to_node_to_zone() {
+        let t = target(json!({}), NO_HINTS).await;
+        let eps = t.endpoints().unwrap();
+        assert_eq!(
+            names(&eps),
+            ["svclb-tserver-a1", "svclb-tserver-a2", "svclb-tserver-b1"]
+        );
+        assert_eq!((eps[2].node.as_str(), eps[2].zone.as_str()), ("node-2", "zone-b"));
+        assert_eq!(t.meta().context.as_deref(), Some("kind-test"));
+    }
+
+    #[tokio::test]
+    async fn cluster_ip_per_node_sources_and_expected_backends() {
+        let t = target(json!({}), NO_HINTS).await;
+        let from = From::Pods {
+            pod: None,
+            per_node: true,
+        };
+        let plan = t.plan(&from, &Path::ClusterIp, Proto::Tcp).unwrap();
+        assert_eq!(plan.address, "10.96.12.34:5001".parse().unwrap());
+        let sources: Vec<(&str, &str)> = plan
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.zone.as_str()))
+            .collect();
+        assert_eq!(
+            sources,
+            [("svclb-tserver-a1", "zone-a"), ("svclb-tserver-b1", "zone-b")]
+        );
+        assert_eq!(plan.expected.len(), 3);
+        let e = t
+            .plan(
+                &From::Pods {
+                    pod: Some("svclb-tserver-b2".into()),
+                    per_node: false,
+                },
+                &Path::ClusterIp,
+                Proto::Tcp,
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no ready svclb-tserver pod named svclb-tserver-b2"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn internal_traffic_policy_local_and_zone_hints_narrow_the_backends() {
+        let one = From::Pods {
+            pod: Some("svclb-tserver-b1".into()),
+            per_node: false,
+        };
+        let t = target(json!({"internalTrafficPolicy": "Local"}), NO_HINTS).await;
+        let plan = t.plan(&one, &Path::ClusterIp, Proto::Tcp).unwrap();
+        assert_eq!(names(&plan.expected), ["svclb-tserver-b1"]);
+        let hinted: &[(&str, &str, &str, &[&str])] = &[
+            ("svclb-tserver-a1", "10.244.1.10", "zone-a", &["zone-a"]),
+            ("svclb-tserver-a2", "10.244.1.11", "zone-a", &["zone-a"]),
+            ("svclb-tserver-b1", "10.244.2.10", "zone-b", &["zone-b"]),
+        ];
+        let t = target(json!({"trafficDistribution": "PreferClose"}), hinted).await;
+        let plan = t
+            .plan(
+                &From::Pods {
+                    pod: Some("svclb-tserver-a2".into()),
+                    per_node: false,
+                },
+                &Path::ClusterIp,
+                Proto::Tcp,
+            )
+            .unwrap();
+        assert_eq!(names(&plan.expected), ["svclb-tserver-a1", "svclb-tserver-a2"]);
+    }
+
+    #[tokio::test]
+    async fn host_paths_node_port_with_local_policy_and_lb() {
+        let t = target(json!({"externalTrafficPolicy": "Local"}), NO_HINTS).await;
+        let plan = t
+            .plan(&From::Host, &Path::NodePort(Some("node-2".into())), Proto::Udp)
+            .unwrap();
+        assert_eq!(plan.address, "172.18.0.3:30501".parse().unwrap());
+        assert_eq!(names(&plan.expected), ["svclb-tserver-b1"]);
+        assert_eq!(plan.sources[0].name, "this-host");
+        assert_eq!(
+            t.http_address(&Path::NodePort(None)).unwrap(),
+            "172.18.0.2:30880".parse().unwrap()
+        );
+        let plan = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap();
+        assert_eq!(plan.address, "172.18.255.200:5001".parse().unwrap());
+        assert_eq!(plan.expected.len(), 3);
+        let e = t.plan(&From::Host, &Path::ClusterIp, Proto::Tcp).unwrap_err();
+        assert!(e.to_string().contains("not reachable from outside"), "{e}");
+        let e = t
+            .plan(&From::Host, &Path::NodePort(Some("node-9".into())), Proto::Tcp)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no node named node-9; nodes: node-1, node-2");
+    }
+
+    #[tokio::test]
+    async fn lb_needs_a_load_balancer_service() {
+        let t = target(json!({"type": "NodePort"}), NO_HINTS).await;
+        let e = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap_err();
+        assert!(e.to_string().contains("--service-type LoadBalancer"), "{e}");
+    }
+}
