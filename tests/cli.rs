@@ -17,6 +17,76 @@ fn one_line_error(args: &[&str], needle: &str) {
     assert!(out.is_empty(), "{args:?} printed to stdout: {out}");
 }
 
+/// A kubeconfig whose API server is a closed loopback port (nothing is ever contacted beyond it).
+const KUBECONFIG_DOWN: (&str, &str) = (
+    "tests/data/kubeconfig-down.yaml",
+    "context kind-down: cannot reach the API server",
+);
+
+#[test]
+fn unreachable_api_is_one_line_naming_the_context() {
+    one_line_error(&["status", "--kubeconfig", KUBECONFIG_DOWN.0], KUBECONFIG_DOWN.1);
+    one_line_error(
+        &["cleanup", "--kubeconfig", KUBECONFIG_DOWN.0, "--context", "kind-down"],
+        KUBECONFIG_DOWN.1,
+    );
+    one_line_error(
+        &["status", "--kubeconfig", KUBECONFIG_DOWN.0, "--context", "nope"],
+        "nope",
+    );
+}
+
+#[test]
+fn manifests_print_rendered_yaml_offline() {
+    let (code, out, err) = svclb(&[
+        "manifests",
+        "-n",
+        "lb",
+        "--replicas",
+        "6",
+        "--service-type",
+        "LoadBalancer",
+        "--session-affinity",
+        "ClientIP",
+        "--external-traffic-policy",
+        "Local",
+        "--traffic-distribution",
+        "PreferClose",
+        "--image",
+        "example.org/svclb:dev",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "kind: Deployment",
+        "namespace: lb",
+        "replicas: 6",
+        "type: LoadBalancer",
+        "sessionAffinity: ClientIP",
+        "timeoutSeconds: 10800",
+        "externalTrafficPolicy: Local",
+        "trafficDistribution: PreferClose",
+        "image: example.org/svclb:dev",
+    ] {
+        assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+    let (code, out, _) = svclb(&["manifests", "--rbac", "-n", "team"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("kind: ClusterRole") && out.contains("pods/exec") && out.contains("namespace: team"));
+}
+
+#[test]
+fn completion_scripts_and_the_kubectl_shim() {
+    let (code, out, _) = svclb(&["completion", "bash"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("kubectl-svclb") && out.contains("spread"));
+    let (code, out, _) = svclb(&["completion", "--kubectl-shim"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("#!/usr/bin/env sh") && out.contains("kubectl-svclb __complete \"$@\""));
+    let (code, out, _) = svclb(&["__complete", "spread", "--sources", ""]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "one\nper-node\n:4\n");
+}
+
 #[test]
 fn help_reads_as_a_kubectl_plugin() {
     Command::new(common::BIN)
@@ -86,7 +156,24 @@ fn bad_input_is_one_line_and_exit_2() {
         &["spread", "--address", "127.0.0.1:5001", "--srccidr", "10.0.0.0/33"],
         "--srccidr",
     );
-    one_line_error(&["spread", "--conns", "5"], "give --address");
+    // Without --address or --lab the cluster is the target; these never reach a real cluster.
+    one_line_error(
+        &["spread", "--conns", "5", "--kubeconfig", "/nonexistent/kubeconfig"],
+        "cannot read kubeconfig /nonexistent/kubeconfig",
+    );
+    one_line_error(
+        &["deploy", "--kubeconfig", "/nonexistent/kubeconfig"],
+        "cannot read kubeconfig",
+    );
+    one_line_error(&["manifests", "--replicas", "0", "-n", "x"], "--replicas 0");
+    one_line_error(
+        &["manifests", "-n", "x", "--affinity-timeout", "5"],
+        "--affinity-timeout needs --session-affinity ClientIP",
+    );
+    one_line_error(
+        &["status", "--as-group", "g", "--kubeconfig", KUBECONFIG_DOWN.0],
+        "--as-group needs --as",
+    );
     one_line_error(&["compare", "-o", "pdf", "x.json"], "possible values");
     one_line_error(&["frobnicate"], "unrecognized subcommand");
 }
