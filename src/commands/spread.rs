@@ -286,11 +286,13 @@ pub fn build_record(
     let mut backends: Vec<BackendCount> = outcome.backends.clone();
     for k in known {
         match backends.iter_mut().find(|b| b.name == k.name) {
+            // The target's view (a lab's state, the API's pod -> node -> zone) wins over what a
+            // server reports: a tserver cannot read its node's zone label and reports its hostname.
             Some(b) => {
-                if b.node.is_empty() {
+                if !k.node.is_empty() {
                     b.node.clone_from(&k.node);
                 }
-                if b.zone.is_empty() {
+                if !k.zone.is_empty() {
                     b.zone.clone_from(&k.zone);
                 }
             }

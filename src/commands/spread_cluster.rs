@@ -147,7 +147,8 @@ mod tests {
             identity: Identity {
                 name: pod.into(),
                 node: "node-1".into(),
-                zone: String::new(),
+                // What a tserver in a pod reports: its hostname, not the zone.
+                zone: pod.into(),
             },
         })
         .unwrap();

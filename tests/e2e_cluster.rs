@@ -1,0 +1,106 @@
+//! End to end on a real cluster (kind in .github/workflows/e2e.yml). Skipped unless
+//! SVCLB_E2E_KUBECONFIG points at a cluster's kubeconfig: `cargo test` never contacts one.
+//! SVCLB_E2E_IMAGE names the image loaded into the cluster; SVCLB_E2E_PROXY_MODE the expected
+//! kube-proxy mode.
+
+mod common;
+
+use common::svclb;
+
+const NS: &str = "svclb-e2e";
+
+fn cluster() -> Option<(String, String)> {
+    let kubeconfig = std::env::var("SVCLB_E2E_KUBECONFIG").ok()?;
+    let image = std::env::var("SVCLB_E2E_IMAGE").expect("SVCLB_E2E_IMAGE with SVCLB_E2E_KUBECONFIG");
+    Some((kubeconfig, image))
+}
+
+fn run(kubeconfig: &str, args: &[&str]) -> (i32, String, String) {
+    let mut a = args.to_vec();
+    a.extend(["--kubeconfig", kubeconfig, "-n", NS]);
+    let r = svclb(&a);
+    eprintln!("$ kubectl svclb {}\n{}{}", args.join(" "), r.1, r.2);
+    r
+}
+
+#[test]
+fn e2e_deploy_status_spread_cleanup() {
+    let Some((kc, image)) = cluster() else {
+        eprintln!("skipped: SVCLB_E2E_KUBECONFIG is not set");
+        return;
+    };
+    // The namespace is the test's (kubectl is on the CI runner).
+    let _ = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &kc, "create", "namespace", NS])
+        .status();
+    let (code, _, err) = run(&kc, &["deploy", "--image", &image, "--replicas", "4"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(&kc, &["status", "-o", "json"]);
+    assert_eq!(code, 0);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["ready"] == true)
+            .count(),
+        4
+    );
+    if let Ok(mode) = std::env::var("SVCLB_E2E_PROXY_MODE") {
+        assert_eq!(st["proxy_mode"], mode.as_str());
+    }
+
+    let (code, out, err) = run(
+        &kc,
+        &["spread", "--no-deploy", "--conns", "2000", "--no-save", "-o", "json"],
+    );
+    assert!(code == 0 || code == 1, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["ok"], 2000, "{out}");
+    assert_eq!(r["backends"].as_array().unwrap().len(), 4);
+    assert!(r["backends"].as_array().unwrap().iter().all(|b| b["zone"] != ""));
+
+    let (code, out, err) = run(
+        &kc,
+        &[
+            "spread",
+            "--no-deploy",
+            "--sources",
+            "per-node",
+            "--conns",
+            "500",
+            "--udp",
+            "--no-save",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(code == 0 || code == 1, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["sources"].as_array().unwrap().len() >= 2, "{out}");
+
+    // From this machine to a nodePort (kind nodes are reachable from the runner).
+    let (code, out, err) = run(
+        &kc,
+        &[
+            "spread",
+            "--no-deploy",
+            "--from",
+            "host",
+            "--node-port",
+            "--conns",
+            "500",
+            "--no-save",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(code == 0 || code == 1, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["target"]["mode"], "host");
+
+    let (code, out, _) = run(&kc, &["cleanup"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deployment/svclb-tserver") && out.contains("service/svclb-tserver"));
+}
