@@ -516,11 +516,21 @@ impl Lab {
                 b.push_str(&format!("route add {}/32 dev {} scope link\n", p.ip, p.veth));
             }
             netns::ip_batch(Some(&node.netns), &b, false)?;
+            // Calico's settings: answer every ARP from the pod, and at once (the default
+            // proxy_delay of up to 0.8 s stalls a pod's first burst of connections).
             let keys: Vec<String> = pods
                 .iter()
-                .map(|p| format!("net/ipv4/conf/{}/proxy_arp", p.veth))
+                .flat_map(|p| {
+                    [
+                        format!("net/ipv4/conf/{}/proxy_arp", p.veth),
+                        format!("net/ipv4/neigh/{}/proxy_delay", p.veth),
+                    ]
+                })
                 .collect();
-            let kv: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "1")).collect();
+            let kv: Vec<(&str, &str)> = keys
+                .iter()
+                .map(|k| (k.as_str(), if k.ends_with("proxy_arp") { "1" } else { "0" }))
+                .collect();
             netns::sysctls(&node.netns, &kv)
         })?;
         netns::par_each(&new, THREADS, |p| {

@@ -513,10 +513,10 @@ pub fn ipt_existing(save: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// iptables-restore --noflush input for one node: every KUBE-* chain this proxier writes is
-/// declared (so iptables-restore flushes and refills it) and stale service chains are
-/// deleted (`-X`). `initial` adds the jumps from the built-in chains (kube-proxy's
-/// EnsureChain/EnsureRule at startup).
+/// iptables-restore --noflush input for one node, one atomic transaction: every KUBE-*
+/// chain this proxier writes is declared (so iptables-restore flushes and refills it), and
+/// stale service chains are declared and deleted (`-X`). `initial` adds the jumps from the
+/// built-in chains (kube-proxy's EnsureChain/EnsureRule at startup).
 pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<String>, initial: bool) -> String {
     let o = c.options;
     let eps = NodeEndpoints::categorize(c, node);
@@ -708,7 +708,11 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
     for ch in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
         let _ = writeln!(out, ":{ch} - [0:0]");
     }
-    for ch in &nat_chains {
+    let stale: Vec<&String> = existing
+        .iter()
+        .filter(|ch| IPT_SERVICE_CHAIN_PREFIXES.iter().any(|p| ch.starts_with(p)) && !nat_chains.contains(ch))
+        .collect();
+    for ch in nat_chains.iter().chain(stale.iter().copied()) {
         let _ = writeln!(out, ":{ch} - [0:0]");
     }
     if initial {
@@ -730,10 +734,10 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
         "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
     );
     out.push_str(&nat);
-    for ch in existing {
-        if IPT_SERVICE_CHAIN_PREFIXES.iter().any(|p| ch.starts_with(p)) && !nat_chains.contains(ch) {
-            let _ = writeln!(out, "-X {ch}");
-        }
+    // Stale service chains: declared (so they are flushed) and deleted, in the same
+    // transaction, as kube-proxy does (a chain must be empty to be deleted).
+    for ch in &stale {
+        let _ = writeln!(out, "-X {ch}");
     }
     out.push_str("COMMIT\n");
     out
