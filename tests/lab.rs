@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use svclb::lab::{self, Affinity, Lab, LabChanges, LabConfig, ProxyMode, ServiceOptions, TrafficDistribution, TrafficPolicy};
+use svclb::lab::{
+    self, Affinity, Lab, LabChanges, LabConfig, ProxyMode, ServiceOptions, TrafficDistribution, TrafficPolicy,
+};
 
 const EXE: &str = env!("CARGO_BIN_EXE_kubectl-svclb");
 
@@ -26,9 +28,8 @@ fn is_root() -> bool {
 }
 
 fn root_net() -> (String, String) {
-    let run = |args: &[&str]| {
-        String::from_utf8(Command::new("ip").args(args).output().expect("ip").stdout).expect("utf8")
-    };
+    let run =
+        |args: &[&str]| String::from_utf8(Command::new("ip").args(args).output().expect("ip").stdout).expect("utf8");
     (run(&["route", "show", "table", "all"]), run(&["addr"]))
 }
 
@@ -43,11 +44,19 @@ impl TestLab {
     fn up(base: &str, cfg: LabConfig) -> TestLab {
         let name = format!("{base}-{}", std::process::id() % 100_000);
         let root_before = root_net();
-        let cfg = LabConfig { name: name.clone(), server: Some(EXE.into()), ..cfg };
+        let cfg = LabConfig {
+            name: name.clone(),
+            server: Some(EXE.into()),
+            ..cfg
+        };
         // Leftovers of an earlier crashed run with the same pid would block `up`.
         let _ = lab::down_by_name(&name);
         let lab = Lab::up(&cfg).unwrap_or_else(|e| panic!("lab up {name}: {e:#}"));
-        TestLab { lab: Some(lab), name, root_before }
+        TestLab {
+            lab: Some(lab),
+            name,
+            root_before,
+        }
     }
 
     fn lab(&mut self) -> &mut Lab {
@@ -97,12 +106,21 @@ fn assert_clean(name: &str, pids: &[u32], root_before: &(String, String)) {
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
 fn small(nodes: usize, pods: usize, mode: ProxyMode) -> LabConfig {
-    LabConfig { nodes, pods, zones: 3, proxy_mode: mode, ..LabConfig::default() }
+    LabConfig {
+        nodes,
+        pods,
+        zones: 3,
+        proxy_mode: mode,
+        ..LabConfig::default()
+    }
 }
 
 /// What one storm saw.
@@ -115,15 +133,27 @@ struct Storm {
 
 impl Storm {
     fn names(&self) -> Vec<&str> {
-        self.backends.iter().filter(|(_, c)| **c > 0).map(|(n, _)| n.as_str()).collect()
+        self.backends
+            .iter()
+            .filter(|(_, c)| **c > 0)
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 }
 
 /// Runs `kubectl-svclb spread` inside `who`'s namespace against `addr`.
 fn spread(lab: &Lab, who: &str, addr: &str, conns: u64, udp: bool) -> Storm {
     let mut cmd = lab.command(who, Path::new(EXE)).expect("command");
-    cmd.args(["spread", "--address", addr, "--conns", &conns.to_string(), "--parallel", "20"])
-        .args(["--timeout", "1s", "--deadline", "30s", "-o", "json", "--no-save"]);
+    cmd.args([
+        "spread",
+        "--address",
+        addr,
+        "--conns",
+        &conns.to_string(),
+        "--parallel",
+        "20",
+    ])
+    .args(["--timeout", "1s", "--deadline", "30s", "-o", "json", "--no-save"]);
     if udp {
         cmd.arg("--udp");
     }
@@ -138,9 +168,18 @@ fn spread(lab: &Lab, who: &str, addr: &str, conns: u64, udp: bool) -> Storm {
         .as_array()
         .expect("backends")
         .iter()
-        .map(|b| (b["name"].as_str().expect("name").to_string(), b["count"].as_u64().expect("count")))
+        .map(|b| {
+            (
+                b["name"].as_str().expect("name").to_string(),
+                b["count"].as_u64().expect("count"),
+            )
+        })
         .collect();
-    Storm { ok: v["ok"].as_u64().expect("ok"), failed: v["failed"]["total"].as_u64().expect("failed"), backends }
+    Storm {
+        ok: v["ok"].as_u64().expect("ok"),
+        failed: v["failed"]["total"].as_u64().expect("failed"),
+        backends,
+    }
 }
 
 /// The first line a TCP server at `ip:port` sends to a connection from `who` (bash /dev/tcp).
@@ -158,16 +197,27 @@ fn hello(lab: &Lab, who: &str, ip: &str, port: u16) -> Option<String> {
 
 /// `client=` address (without port) from a server line.
 fn client_ip(line: &str) -> String {
-    let c = line.split_whitespace().find_map(|t| t.strip_prefix("client=")).expect("client= field");
+    let c = line
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("client="))
+        .expect("client= field");
     c.rsplit_once(':').expect("ip:port").0.to_string()
 }
 
 fn pods_on(lab: &Lab, node: &str) -> Vec<String> {
-    lab.pods().iter().filter(|p| p.node == node).map(|p| p.name.clone()).collect()
+    lab.pods()
+        .iter()
+        .filter(|p| p.node == node)
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 fn pods_in_zone(lab: &Lab, zone: &str) -> Vec<String> {
-    lab.pods().iter().filter(|p| p.zone == zone).map(|p| p.name.clone()).collect()
+    lab.pods()
+        .iter()
+        .filter(|p| p.zone == zone)
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 fn all_pods(lab: &Lab) -> Vec<String> {
@@ -180,7 +230,11 @@ fn assert_plausible(s: &Storm, pods: &[String]) {
     assert_eq!(s.names(), pods.iter().map(String::as_str).collect::<Vec<_>>(), "{s:?}");
     let fair = s.ok as f64 / pods.len() as f64;
     for (n, c) in &s.backends {
-        assert!((*c as f64) > fair / 3.0, "{n} got {c} of {} (fair {fair:.0}): {s:?}", s.ok);
+        assert!(
+            (*c as f64) > fair / 3.0,
+            "{n} got {c} of {} (fair {fair:.0}): {s:?}",
+            s.ok
+        );
     }
 }
 
@@ -208,7 +262,10 @@ fn cluster_spread(mode: ProxyMode, base: &str) {
             break;
         }
     }
-    assert!(other > 0 && hairpin > 0, "saw {other} other / {hairpin} hairpin answers");
+    assert!(
+        other > 0 && hairpin > 0,
+        "saw {other} other / {hairpin} hairpin answers"
+    );
     let rules = lab.rules("node1").expect("rules");
     match mode {
         ProxyMode::Nftables => {
@@ -218,10 +275,16 @@ fn cluster_spread(mode: ProxyMode, base: &str) {
         ProxyMode::Iptables => {
             // The kernel keeps the probability as a 32-bit fraction: iptables-save prints
             // 0.11111111101; the restore input carries kube-proxy's %0.10f.
-            assert!(rules.contains("-m statistic --mode random --probability 0.1111111"), "{rules}");
+            assert!(
+                rules.contains("-m statistic --mode random --probability 0.1111111"),
+                "{rules}"
+            );
             assert!(rules.contains("MASQUERADE --random-fully"), "{rules}");
             let generated = lab.generated_rules("node1").expect("generated");
-            assert!(generated.contains("--probability 0.1111111111 -j KUBE-SEP-"), "{generated}");
+            assert!(
+                generated.contains("--probability 0.1111111111 -j KUBE-SEP-"),
+                "{generated}"
+            );
         }
     }
     t.finish();
@@ -243,7 +306,10 @@ fn lab_iptables_clusterip_spread_tcp_udp() {
 
 fn affinity(mode: ProxyMode, base: &str) {
     let cfg = LabConfig {
-        options: ServiceOptions { affinity: Affinity::ClientIp, ..ServiceOptions::default() },
+        options: ServiceOptions {
+            affinity: Affinity::ClientIp,
+            ..ServiceOptions::default()
+        },
         ..small(3, 6, mode)
     };
     let mut t = TestLab::up(base, cfg);
@@ -256,12 +322,23 @@ fn affinity(mode: ProxyMode, base: &str) {
     assert_eq!(from_client.names().len(), 1, "one client, one backend: {from_client:?}");
     // Deleting another pod rewrites the rules but keeps the affinity state.
     let pinned = from_pod.names()[0].to_string();
-    let other = all_pods(lab).into_iter().find(|p| *p != pinned && p != "pod-001").expect("another pod");
+    let other = all_pods(lab)
+        .into_iter()
+        .find(|p| *p != pinned && p != "pod-001")
+        .expect("another pod");
     lab.delete_pod(&other).expect("delete pod");
     let again = spread(lab, "pod-001", "10.96.0.10:5001", 100, false);
-    assert_eq!(again.names(), vec![pinned.as_str()], "affinity survives the rewrite: {again:?}");
+    assert_eq!(
+        again.names(),
+        vec![pinned.as_str()],
+        "affinity survives the rewrite: {again:?}"
+    );
     // Without affinity the same client is spread again.
-    lab.set(&LabChanges { affinity: Some(Affinity::None), ..Default::default() }).expect("set");
+    lab.set(&LabChanges {
+        affinity: Some(Affinity::None),
+        ..Default::default()
+    })
+    .expect("set");
     let spread_again = spread(lab, "pod-001", "10.96.0.10:5001", 300, false);
     assert_eq!(spread_again.names().len(), 5, "{spread_again:?}");
     t.finish();
@@ -284,7 +361,10 @@ fn lab_iptables_affinity_clientip() {
 /// 3 nodes, 4 pods: node1 has pod-001 and pod-004, node2 pod-002, node3 pod-003.
 fn etp_local(mode: ProxyMode, base: &str) {
     let cfg = LabConfig {
-        options: ServiceOptions { external_traffic_policy: TrafficPolicy::Local, ..ServiceOptions::default() },
+        options: ServiceOptions {
+            external_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
         ..small(3, 4, mode)
     };
     let mut t = TestLab::up(base, cfg);
@@ -297,17 +377,28 @@ fn etp_local(mode: ProxyMode, base: &str) {
     let n1 = spread(lab, "client", "172.31.0.11:30001", 400, false);
     assert_plausible(&n1, &pods_on(lab, "node1"));
     let line = hello(lab, "client", "172.31.0.11", 30001).expect("answer");
-    assert_eq!(client_ip(&line), "172.31.0.2", "eTP Local keeps the client address: {line}");
+    assert_eq!(
+        client_ip(&line),
+        "172.31.0.2",
+        "eTP Local keeps the client address: {line}"
+    );
     // The LoadBalancer IP goes to node1 as well.
     let lb = spread(lab, "client", "172.30.0.10:5001", 200, false);
     assert_plausible(&lb, &pods_on(lab, "node1"));
     // eTP Cluster: every pod answers via any node, masqueraded to the node's address.
-    lab.set(&LabChanges { external_traffic_policy: Some(TrafficPolicy::Cluster), ..Default::default() })
-        .expect("set");
+    lab.set(&LabChanges {
+        external_traffic_policy: Some(TrafficPolicy::Cluster),
+        ..Default::default()
+    })
+    .expect("set");
     let all = spread(lab, "client", "172.31.0.13:30001", 600, false);
     assert_plausible(&all, &all_pods(lab));
     let line = hello(lab, "client", "172.31.0.11", 30001).expect("answer");
-    assert_eq!(client_ip(&line), "172.31.0.11", "eTP Cluster masquerades to the node: {line}");
+    assert_eq!(
+        client_ip(&line),
+        "172.31.0.11",
+        "eTP Cluster masquerades to the node: {line}"
+    );
     t.finish();
 }
 
@@ -327,7 +418,10 @@ fn lab_iptables_external_traffic_policy_local() {
 
 fn itp_local(mode: ProxyMode, base: &str) {
     let cfg = LabConfig {
-        options: ServiceOptions { internal_traffic_policy: TrafficPolicy::Local, ..ServiceOptions::default() },
+        options: ServiceOptions {
+            internal_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
         ..small(3, 5, mode)
     };
     let mut t = TestLab::up(base, cfg);
@@ -373,11 +467,24 @@ fn prefer_close(mode: ProxyMode, base: &str) {
     let s = spread(lab, "pod-001", "10.96.0.10:5001", 600, false);
     assert_plausible(&s, &zone_a);
     // One endpoint without a hint: kube-proxy ignores topology, every pod answers.
-    lab.set(&LabChanges { drop_hints: vec!["pod-005".into()], ..Default::default() }).expect("set");
-    assert!(lab.status().pods.iter().any(|p| p.name == "pod-005" && p.hint.is_none()));
+    lab.set(&LabChanges {
+        drop_hints: vec!["pod-005".into()],
+        ..Default::default()
+    })
+    .expect("set");
+    assert!(
+        lab.status()
+            .pods
+            .iter()
+            .any(|p| p.name == "pod-005" && p.hint.is_none())
+    );
     let s = spread(lab, "pod-001", "10.96.0.10:5001", 1800, false);
     assert_plausible(&s, &all_pods(lab));
-    lab.set(&LabChanges { restore_hints: true, ..Default::default() }).expect("set");
+    lab.set(&LabChanges {
+        restore_hints: true,
+        ..Default::default()
+    })
+    .expect("set");
     let s = spread(lab, "pod-002", "10.96.0.10:5001", 600, false);
     assert_plausible(&s, &pods_in_zone(lab, "zone-b"));
     t.finish();
@@ -400,9 +507,18 @@ fn lab_iptables_prefer_close() {
 fn delete_and_scale(mode: ProxyMode, base: &str) {
     let mut t = TestLab::up(base, small(3, 6, mode));
     let lab = t.lab();
-    let gone_ip = lab.pods().iter().find(|p| p.name == "pod-003").expect("pod-003").ip.to_string();
+    let gone_ip = lab
+        .pods()
+        .iter()
+        .find(|p| p.name == "pod-003")
+        .expect("pod-003")
+        .ip
+        .to_string();
     lab.delete_pod("pod-003").expect("delete");
-    assert!(!lab.rules("node1").expect("rules").contains(&gone_ip), "rules still name {gone_ip}");
+    assert!(
+        !lab.rules("node1").expect("rules").contains(&gone_ip),
+        "rules still name {gone_ip}"
+    );
     assert!(lab.netns("pod-003").is_err());
     let s = spread(lab, "pod-001", "10.96.0.10:5001", 600, false);
     assert_plausible(&s, &all_pods(lab));
@@ -446,7 +562,10 @@ fn lab_ecmp_loadbalancer_reaches_every_node() {
     }
     let cfg = LabConfig {
         ecmp: true,
-        options: ServiceOptions { external_traffic_policy: TrafficPolicy::Local, ..ServiceOptions::default() },
+        options: ServiceOptions {
+            external_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
         ..small(3, 6, ProxyMode::Nftables)
     };
     let mut t = TestLab::up("ecmp", cfg);
@@ -486,16 +605,29 @@ fn lab_down_after_state_loss() {
     let name = format!("lost-{}", std::process::id() % 100_000);
     let before = root_net();
     let _ = lab::down_by_name(&name);
-    let lab = Lab::up(&LabConfig { name: name.clone(), server: Some(EXE.into()), ..small(2, 4, ProxyMode::Nftables) })
-        .expect("up");
+    let lab = Lab::up(&LabConfig {
+        name: name.clone(),
+        server: Some(EXE.into()),
+        ..small(2, 4, ProxyMode::Nftables)
+    })
+    .expect("up");
     let pids: Vec<u32> = lab.status().pods.iter().map(|p| p.pid).collect();
     assert!(pids.iter().all(|p| alive(*p)));
     // A process someone started in the lab (not recorded anywhere) goes too.
-    let mut stray = lab.command("client", Path::new("sleep")).expect("command").arg("600").spawn().expect("sleep");
+    let mut stray = lab
+        .command("client", Path::new("sleep"))
+        .expect("command")
+        .arg("600")
+        .spawn()
+        .expect("sleep");
     // `ip netns exec` enters the namespace, then execs sleep: wait until it is in there.
     let client_ns = std::fs::metadata(format!("/run/netns/{}", lab.netns("client").expect("client"))).expect("ns");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::metadata(format!("/proc/{}/ns/net", stray.id())).map(|m| m.ino()).ok() != Some(client_ns.ino()) {
+    while std::fs::metadata(format!("/proc/{}/ns/net", stray.id()))
+        .map(|m| m.ino())
+        .ok()
+        != Some(client_ns.ino())
+    {
         assert!(Instant::now() < deadline, "sleep never entered the client namespace");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -514,7 +646,13 @@ fn lab_down_after_state_loss() {
 
 fn big(mode: ProxyMode, base: &str) {
     let t0 = Instant::now();
-    let mut t = TestLab::up(base, LabConfig { proxy_mode: mode, ..LabConfig::default() });
+    let mut t = TestLab::up(
+        base,
+        LabConfig {
+            proxy_mode: mode,
+            ..LabConfig::default()
+        },
+    );
     let up = t0.elapsed();
     let lab = t.lab();
     assert_eq!(lab.pods().len(), 100);
@@ -527,7 +665,11 @@ fn big(mode: ProxyMode, base: &str) {
     let t1 = Instant::now();
     t.finish();
     let down = t1.elapsed();
-    eprintln!("{base}: up {:.2}s, down (with checks) {:.2}s", up.as_secs_f64(), down.as_secs_f64());
+    eprintln!(
+        "{base}: up {:.2}s, down (with checks) {:.2}s",
+        up.as_secs_f64(),
+        down.as_secs_f64()
+    );
     assert!(up < Duration::from_secs(10), "up took {up:?}");
     assert!(down < Duration::from_secs(5), "down took {down:?}");
 }
@@ -555,7 +697,17 @@ fn lab_cli_up_status_exec_rules_down() {
     let before = root_net();
     let _ = lab::down_by_name(&name);
     let cli = |args: &[&str]| Command::new(EXE).arg("lab").args(args).output().expect("run");
-    let out = cli(&["up", "--name", &name, "--nodes", "2", "--pods", "2", "--proxy-mode", "iptables"]);
+    let out = cli(&[
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods",
+        "2",
+        "--proxy-mode",
+        "iptables",
+    ]);
     // Torn down below even if an assertion fails.
     struct Down(String);
     impl Drop for Down {
@@ -566,13 +718,21 @@ fn lab_cli_up_status_exec_rules_down() {
     let _guard = Down(name.clone());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("10.96.0.10") && text.contains("30001") && text.contains("172.30.0.10"), "{text}");
+    assert!(
+        text.contains("10.96.0.10") && text.contains("30001") && text.contains("172.30.0.10"),
+        "{text}"
+    );
 
     let out = cli(&["status", "--name", &name, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
     assert_eq!(v["pods"].as_array().expect("pods").len(), 2);
     assert_eq!(v["service"]["cluster_ip"], "10.96.0.10");
-    let pids: Vec<u32> = v["pods"].as_array().unwrap().iter().map(|p| p["pid"].as_u64().unwrap() as u32).collect();
+    let pids: Vec<u32> = v["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect();
     let out = cli(&["status", "--name", &name, "-o", "yaml"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("cluster_ip"));
 
@@ -584,7 +744,15 @@ fn lab_cli_up_status_exec_rules_down() {
 
     let out = cli(&["rules", "--name", &name, "node2"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("KUBE-SVC-"));
-    let out = cli(&["set", "--name", &name, "--drop-hint", "pod-001", "--traffic-distribution", "PreferClose"]);
+    let out = cli(&[
+        "set",
+        "--name",
+        &name,
+        "--drop-hint",
+        "pod-001",
+        "--traffic-distribution",
+        "PreferClose",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let out = cli(&["status", "--name", "nosuchlab"]);

@@ -186,7 +186,11 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::Rules(a) => {
             let lab = Lab::open(&a.name.name)?;
             let node = a.node.unwrap_or_else(|| lab.nodes()[0].name.clone());
-            let text = if a.generated { lab.generated_rules(&node)? } else { lab.rules(&node)? };
+            let text = if a.generated {
+                lab.generated_rules(&node)?
+            } else {
+                lab.rules(&node)?
+            };
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
@@ -321,7 +325,12 @@ fn print_status(st: &LabStatus, f: StatusFormat) -> Result<()> {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(st)?),
         StatusFormat::Yaml => print!("{}", serde_saphyr::to_string(st)?),
         StatusFormat::Table => {
-            println!("lab {} (proxy mode {}, state {})", st.name, proxy_mode(st.proxy_mode), st.state_dir.display());
+            println!(
+                "lab {} (proxy mode {}, state {})",
+                st.name,
+                proxy_mode(st.proxy_mode),
+                st.state_dir.display()
+            );
             println!("{}", nodes_table(st));
             let mut b = Builder::default();
             b.push_record(["POD", "NODE", "ZONE", "IP", "PID", "ALIVE", "HINT"]);
@@ -347,7 +356,13 @@ fn nodes_table(st: &LabStatus) -> String {
     let mut b = Builder::default();
     b.push_record(["NODE", "ZONE", "IP", "POD CIDR", "PODS"]);
     for n in &st.nodes {
-        b.push_record([n.name.clone(), n.zone.clone(), n.ip.to_string(), n.pod_cidr.to_string(), n.pods.to_string()]);
+        b.push_record([
+            n.name.clone(),
+            n.zone.clone(),
+            n.ip.to_string(),
+            n.pod_cidr.to_string(),
+            n.pods.to_string(),
+        ]);
     }
     b.build().with(Style::blank()).to_string()
 }
@@ -360,7 +375,12 @@ fn print_service(st: &LabStatus) {
         s.namespace, s.name, s.cluster_ip, s.port, s.http_port
     );
     let ips: Vec<String> = s.node_ips.iter().map(|i| i.to_string()).collect();
-    println!("  nodePort {} (tcp, udp), {} (http) on {}", s.node_port, s.http_node_port, ips.join(" "));
+    println!(
+        "  nodePort {} (tcp, udp), {} (http) on {}",
+        s.node_port,
+        s.http_node_port,
+        ips.join(" ")
+    );
     println!(
         "  loadBalancer {} via {}{}",
         s.lb_ip,
@@ -373,7 +393,9 @@ fn print_service(st: &LabStatus) {
         o.affinity_timeout,
         o.external_traffic_policy,
         o.internal_traffic_policy,
-        o.traffic_distribution.map(|t| format!("{t:?}")).unwrap_or_else(|| "-".to_string())
+        o.traffic_distribution
+            .map(|t| format!("{t:?}"))
+            .unwrap_or_else(|| "-".to_string())
     );
     println!("  client {} in {}", st.client.ip, st.client.netns);
 }

@@ -280,11 +280,15 @@ pub fn netns_prefix(name: &str) -> String {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if !ok {
-        bail!("invalid lab name {name:?}: use 1-{MAX_NAME_LEN} characters of [a-z0-9-], not starting or ending with '-'");
+        bail!(
+            "invalid lab name {name:?}: use 1-{MAX_NAME_LEN} characters of [a-z0-9-], not starting or ending with '-'"
+        );
     }
     Ok(())
 }
@@ -338,7 +342,11 @@ impl Lab {
             bail!("--zones must be 1..=26");
         }
         if cfg.pods > cfg.nodes * MAX_PODS_PER_NODE {
-            bail!("--pods must be at most {} for {} nodes", cfg.nodes * MAX_PODS_PER_NODE, cfg.nodes);
+            bail!(
+                "--pods must be at most {} for {} nodes",
+                cfg.nodes * MAX_PODS_PER_NODE,
+                cfg.nodes
+            );
         }
         let name = &cfg.name;
         let dir = labs_dir().join(name);
@@ -349,8 +357,7 @@ impl Lab {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find this executable")?,
         };
-        std::fs::create_dir_all(dir.join("logs"))
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
         let prefix = netns_prefix(name);
         let nodes: Vec<Node> = (0..cfg.nodes)
             .map(|i| Node {
@@ -434,7 +441,9 @@ impl Lab {
         })?;
         let mut c = String::from("link set lo up\n");
         c.push_str(&format!("link add eth0 type veth peer name client netns {net}\n"));
-        c.push_str(&format!("addr add {CLIENT_IP}/{NODE_NET_PREFIX} dev eth0\nlink set eth0 up\n"));
+        c.push_str(&format!(
+            "addr add {CLIENT_IP}/{NODE_NET_PREFIX} dev eth0\nlink set eth0 up\n"
+        ));
         if s.ecmp {
             netns::sysctls(&client, &[("net/ipv4/fib_multipath_hash_policy", "1")])?;
             let hops: Vec<String> = nodes.iter().map(|n| format!("nexthop via {} dev eth0", n.ip)).collect();
@@ -467,9 +476,7 @@ impl Lab {
                 .state
                 .nodes
                 .iter()
-                .min_by_key(|n| {
-                    self.state.pods.iter().chain(&new).filter(|p| p.node == n.name).count()
-                })
+                .min_by_key(|n| self.state.pods.iter().chain(&new).filter(|p| p.node == n.name).count())
                 .expect("a lab has nodes")
                 .clone();
             let used: HashSet<Ipv4Addr> = self.state.pods.iter().chain(&new).map(|p| p.ip).collect();
@@ -511,7 +518,10 @@ impl Lab {
         netns::par_each(&groups, THREADS, |(node, pods)| {
             let mut b = String::new();
             for p in pods {
-                b.push_str(&format!("link add {} type veth peer name eth0 netns {}\n", p.veth, p.netns));
+                b.push_str(&format!(
+                    "link add {} type veth peer name eth0 netns {}\n",
+                    p.veth, p.netns
+                ));
                 b.push_str(&format!("link set {} up\n", p.veth));
                 b.push_str(&format!("route add {}/32 dev {} scope link\n", p.ip, p.veth));
             }
@@ -562,7 +572,16 @@ impl Lab {
         let fd = ns.as_raw_fd();
         let mut cmd = Command::new(&self.state.server);
         cmd.args(["serve", "--address", "[::]:5001", "--http", "[::]:8080"])
-            .args(["--name", &p.name, "--node", &p.node, "--zone", &p.zone, "--workers", "1"])
+            .args([
+                "--name",
+                &p.name,
+                "--node",
+                &p.node,
+                "--zone",
+                &p.zone,
+                "--workers",
+                "1",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -794,7 +813,10 @@ impl Lab {
                     hint: p.hint.clone(),
                 })
                 .collect(),
-            client: ClientStatus { netns: self.netns_of("client"), ip: CLIENT_IP },
+            client: ClientStatus {
+                netns: self.netns_of("client"),
+                ip: CLIENT_IP,
+            },
             service: ServiceStatus {
                 namespace: rules::SERVICE_NAMESPACE.to_string(),
                 name: rules::SERVICE_NAME.to_string(),

@@ -59,8 +59,7 @@ pub fn ip_batch(ns: Option<&str>, script: &str, force: bool) -> Result<()> {
 pub fn exec_with_stdin(ns: &str, program: &str, args: &[&str], input: &str) -> Result<()> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, program]).args(args);
-    run_with_stdin(cmd, input.as_bytes())
-        .with_context(|| format!("{program} {} in {ns}", args.join(" ")))
+    run_with_stdin(cmd, input.as_bytes()).with_context(|| format!("{program} {} in {ns}", args.join(" ")))
 }
 
 /// Runs a command inside namespace `ns` and returns its stdout.
@@ -127,8 +126,7 @@ pub fn sysctls(ns: &str, kv: &[(&str, &str)]) -> Result<()> {
     in_netns(ns, || {
         for (k, v) in kv {
             let path = Path::new("/proc/sys").join(k);
-            std::fs::write(&path, v)
-                .with_context(|| format!("sysctl {} = {v} in {ns}", path.display()))?;
+            std::fs::write(&path, v).with_context(|| format!("sysctl {} = {v} in {ns}", path.display()))?;
         }
         Ok(())
     })
@@ -141,9 +139,7 @@ pub fn netns_inode(ns: &str) -> Option<u64> {
 
 /// Network-namespace inode of a process, if it still exists.
 pub fn pid_netns_inode(pid: u32) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/net"))
-        .ok()
-        .map(|m| m.ino())
+    std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())
 }
 
 /// Every process whose network namespace is one of `inodes`.

@@ -49,9 +49,27 @@ pub struct ServicePort {
 
 /// The Service's ports: the storm port over TCP and UDP, and HTTP.
 pub const PORTS: [ServicePort; 3] = [
-    ServicePort { name: "tcp", proto: Proto::Tcp, port: 5001, target_port: 5001, node_port: 30001 },
-    ServicePort { name: "udp", proto: Proto::Udp, port: 5001, target_port: 5001, node_port: 30001 },
-    ServicePort { name: "http", proto: Proto::Tcp, port: 8080, target_port: 8080, node_port: 30080 },
+    ServicePort {
+        name: "tcp",
+        proto: Proto::Tcp,
+        port: 5001,
+        target_port: 5001,
+        node_port: 30001,
+    },
+    ServicePort {
+        name: "udp",
+        proto: Proto::Udp,
+        port: 5001,
+        target_port: 5001,
+        node_port: 30001,
+    },
+    ServicePort {
+        name: "http",
+        proto: Proto::Tcp,
+        port: 8080,
+        target_port: 8080,
+        node_port: 30080,
+    },
 ];
 
 /// The cluster-wide facts every node's rules depend on.
@@ -93,7 +111,11 @@ impl<'a> NodeEndpoints<'a> {
         } else {
             ready
         };
-        NodeEndpoints { cluster, local, topology }
+        NodeEndpoints {
+            cluster,
+            local,
+            topology,
+        }
     }
 
     /// Endpoints for traffic to the ClusterIP from this node and its pods.
@@ -185,7 +207,10 @@ impl NftExisting {
                 .map(str::to_string)
                 .collect()
         };
-        NftExisting { chains: grab(chains, "chain "), sets: grab(sets, "set ") }
+        NftExisting {
+            chains: grab(chains, "chain "),
+            sets: grab(sets, "set "),
+        }
     }
 }
 
@@ -261,7 +286,11 @@ fn nft_is_service_object(name: &str, prefixes: &[&str]) -> bool {
     prefixes.iter().any(|p| {
         name.strip_prefix(p).is_some_and(|rest| {
             let b = rest.as_bytes();
-            b.len() > 9 && b[..8].iter().all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(c)) && b[8] == b'-'
+            b.len() > 9
+                && b[..8]
+                    .iter()
+                    .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(c))
+                && b[8] == b'-'
         })
     })
 }
@@ -325,7 +354,11 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             let ep_base = nft_ep_base(sp, p);
             let ep_chain = format!("endpoint-{ep_base}");
             let _ = writeln!(chains, "add chain ip kube-proxy {ep_chain}");
-            let _ = writeln!(chains, "add rule ip kube-proxy {ep_chain} ip saddr {} jump mark-for-masquerade", p.ip);
+            let _ = writeln!(
+                chains,
+                "add rule ip kube-proxy {ep_chain} ip saddr {} jump mark-for-masquerade",
+                p.ip
+            );
             if affinity {
                 let set = format!("affinity-{ep_base}");
                 let _ = writeln!(
@@ -441,7 +474,10 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
                 }
                 TrafficPolicy::Local => {}
             }
-            let _ = writeln!(chains, "add rule ip kube-proxy {ext_chain} goto {external_policy_chain}");
+            let _ = writeln!(
+                chains,
+                "add rule ip kube-proxy {ext_chain} goto {external_policy_chain}"
+            );
             want_chains.insert(ext_chain.clone());
             let _ = writeln!(
                 elements,
@@ -471,7 +507,11 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             let _ = writeln!(tx, "delete chain ip kube-proxy {ch}");
         }
     }
-    for set in existing.sets.iter().filter(|s| nft_is_service_object(s, &["affinity-"])) {
+    for set in existing
+        .sets
+        .iter()
+        .filter(|s| nft_is_service_object(s, &["affinity-"]))
+    {
         if reset_affinity || !want_sets.contains(set) {
             let _ = writeln!(tx, "delete set ip kube-proxy {set}");
         }
@@ -532,7 +572,11 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
     for sp in &PORTS {
         let spn = service_port_name(sp);
         let h = ipt_hash(sp);
-        let (svc, svl, ext) = (format!("KUBE-SVC-{h}"), format!("KUBE-SVL-{h}"), format!("KUBE-EXT-{h}"));
+        let (svc, svl, ext) = (
+            format!("KUBE-SVC-{h}"),
+            format!("KUBE-SVL-{h}"),
+            format!("KUBE-EXT-{h}"),
+        );
         let proto = sp.proto.as_str();
         let (port, np) = (sp.port, sp.node_port);
         let internal = eps.internal(o);
@@ -684,7 +728,12 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
 
     let mut out = String::new();
     out.push_str("*filter\n");
-    for ch in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS"] {
+    for ch in [
+        "KUBE-SERVICES",
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-FORWARD",
+        "KUBE-NODEPORTS",
+    ] {
         let _ = writeln!(out, ":{ch} - [0:0]");
     }
     if initial {
@@ -728,7 +777,10 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
     );
     out.push_str(&nodeports);
     let _ = writeln!(out, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
-    let _ = writeln!(out, "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN");
+    let _ = writeln!(
+        out,
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    );
     let _ = writeln!(out, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
     out.push_str(
         "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
