@@ -12,4 +12,5 @@ pub mod report;
 pub mod server;
 pub mod stats;
 pub mod storm;
+pub mod target;
 pub mod wire;

@@ -163,8 +163,26 @@ pub struct SpreadRun {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceRun>,
     pub latency_ms: Latency,
+    /// Storm agents only: the latency histogram as `[microseconds, count]` pairs, so that runs from
+    /// several sources merge into exact percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_histogram_us: Option<Vec<[u64; 2]>>,
     pub stats: Stats,
     pub environment: Environment,
+}
+
+/// A histogram as `[value, count]` pairs of its recorded buckets.
+pub fn histogram_buckets(h: &hdrhistogram::Histogram<u64>) -> Vec<[u64; 2]> {
+    h.iter_recorded()
+        .map(|v| [h.highest_equivalent(v.value_iterated_to()), v.count_at_value()])
+        .collect()
+}
+
+/// Adds `[value, count]` pairs to a histogram.
+pub fn add_buckets(h: &mut hdrhistogram::Histogram<u64>, buckets: &[[u64; 2]]) {
+    for [value, count] in buckets {
+        h.saturating_record_n(*value, *count);
+    }
 }
 
 /// A run as `compare` sees it, whatever file it came from.
@@ -312,4 +330,170 @@ fn write_json(mut file: File, run: &SpreadRun) -> Result<()> {
     file.write_all(b"\n")?;
     file.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Criteria, evaluate};
+
+    fn sample() -> SpreadRun {
+        let backends = vec![
+            BackendCount {
+                name: "a".into(),
+                node: "n1".into(),
+                zone: "z1".into(),
+                count: 60,
+            },
+            BackendCount {
+                name: "b".into(),
+                node: "n2".into(),
+                zone: "z2".into(),
+                count: 40,
+            },
+        ];
+        let criteria = Criteria {
+            expect_backends: Some(2),
+            margin_pct: 50.0,
+            alpha: None,
+        };
+        SpreadRun {
+            kind: SPREAD_KIND.into(),
+            version: SPREAD_VERSION,
+            tag: "t".into(),
+            started_at: "2026-11-21T10:00:00Z".parse().unwrap(),
+            duration_s: 1.5,
+            target: TargetInfo {
+                address: "10.96.0.10:5001".into(),
+                mode: "lab".into(),
+                protocol: Proto::Tcp,
+                service: Some("tserver".into()),
+                source: Some("pod-x".into()),
+                lab: Some("lab1".into()),
+            },
+            params: Params {
+                conns: 101,
+                parallel: 10,
+                rate: Some(50.0),
+                timeout_s: 2.0,
+                deadline_s: None,
+                srccidr: Some("127.1.0.0/16".into()),
+                expect_backends: Some(2),
+                margin_pct: 50.0,
+                alpha: Some(0.001),
+                graceful_close: false,
+            },
+            conns: 101,
+            ok: 100,
+            failed: Failures {
+                timeout: 1,
+                ..Failures::default()
+            }
+            .into(),
+            stopped: None,
+            stats: evaluate(&[("a", 60), ("b", 40)], 1, &criteria),
+            backends,
+            sources: vec![],
+            latency_ms: Latency {
+                p50: 0.1,
+                p90: 0.2,
+                p99: 0.5,
+                max: 1.0,
+                mean: 0.12,
+            },
+            latency_histogram_us: None,
+            environment: Environment::local(),
+        }
+    }
+
+    #[test]
+    fn record_round_trips_through_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = sample();
+        let path = save(dir.path(), &mut run).unwrap();
+        let back: SpreadRun = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back, run);
+        assert_eq!(back.failed.total, 1);
+        let loaded = load(
+            &path,
+            &Criteria {
+                expect_backends: None,
+                margin_pct: 50.0,
+                alpha: None,
+            },
+        )
+        .unwrap();
+        assert_eq!((loaded.tag.as_str(), loaded.ok, loaded.failed), ("t", 100, 1));
+        // A second save of the same tag never overwrites.
+        let mut again = sample();
+        let p2 = save(dir.path(), &mut again).unwrap();
+        assert_eq!(p2.file_name().unwrap(), "t-2.json");
+        assert_eq!(again.tag, "t-2");
+    }
+
+    #[test]
+    fn histogram_buckets_merge_exactly() {
+        let (mut a, mut b) = (crate::storm::new_histogram(), crate::storm::new_histogram());
+        for v in [100u64, 250, 250, 900, 12_000] {
+            a.record(v).unwrap();
+        }
+        for v in [80u64, 250, 70_000] {
+            b.record(v).unwrap();
+        }
+        let mut merged = crate::storm::new_histogram();
+        add_buckets(&mut merged, &histogram_buckets(&a));
+        add_buckets(&mut merged, &histogram_buckets(&b));
+        let mut direct = a.clone();
+        direct.add(&b).unwrap();
+        assert_eq!(merged.len(), 8);
+        for q in [0.0, 0.25, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(merged.value_at_quantile(q), direct.value_at_quantile(q), "q={q}");
+        }
+    }
+
+    #[test]
+    fn mconnect_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mconnect-iptables.json");
+        std::fs::write(
+            &path,
+            r#"{"hosts":{"p1":9,"p2":31},"failed_connects":2,"failed_reads":1,"time":"0.1s"}"#,
+        )
+        .unwrap();
+        let l = load(
+            &path,
+            &Criteria {
+                expect_backends: None,
+                margin_pct: 50.0,
+                alpha: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(l.tag, "iptables");
+        assert_eq!((l.conns, l.ok, l.failed), (43, 40, 3));
+        assert_eq!(l.source, Source::Mconnect);
+        assert_eq!(l.backends.len(), 2);
+        // 9 and 31 are outside ±50% of 20, and 3 connections failed.
+        assert_eq!(l.stats.verdict, crate::stats::Verdict::Fail);
+        assert_eq!(l.stats.reasons.len(), 2);
+    }
+
+    #[test]
+    fn unsupported_version_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("future.json");
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["version"] = 99.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = load(
+            &path,
+            &Criteria {
+                expect_backends: None,
+                margin_pct: 50.0,
+                alpha: None,
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("version 99"), "{err}");
+    }
 }

@@ -4,6 +4,7 @@ pub mod compare;
 pub mod lab;
 pub mod serve;
 pub mod spread;
+mod spread_lab;
 
 use std::time::Duration;
 

@@ -14,13 +14,34 @@ use crate::record::{Environment, Latency, Params, SPREAD_KIND, SPREAD_VERSION, S
 use crate::report::{self, RunFormat};
 use crate::stats::{Criteria, Verdict, evaluate};
 use crate::storm::{self, BackendCount, Control, Outcome, Proto, Stop, StormConfig};
+use crate::target::{From, Path};
 
 #[derive(Debug, Args)]
 pub struct SpreadArgs {
     /// Storm this address (HOST:PORT) directly: any server speaking the wire protocol or
     /// replying with its hostname (mconnect, agnhost serve-hostname).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "lab")]
     pub address: Option<String>,
+    /// Storm a lab (needs root): the one named, the one running, or, with none running, a
+    /// default lab (10 nodes, 100 pods) made for this run and removed after it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "NAME")]
+    pub lab: Option<String>,
+    /// Where the storm comes from: a pod (to the clusterIP by default) or the host, outside the
+    /// cluster (to a nodePort or the LoadBalancer IP).
+    #[arg(long, value_enum, default_value_t = FromKind::Pod)]
+    pub from: FromKind,
+    /// With --from pod: storm from this pod (default: the first pod).
+    #[arg(long, value_name = "POD", conflicts_with = "sources")]
+    pub pod: Option<String>,
+    /// With --from pod: one storm, or one from a pod on every node at once (per-source breakdown).
+    #[arg(long, value_enum, default_value_t = SourcesKind::One)]
+    pub sources: SourcesKind,
+    /// Storm the nodePort of NODE (default: the first node).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "NODE")]
+    pub node_port: Option<String>,
+    /// Storm the LoadBalancer IP.
+    #[arg(long, conflicts_with = "node_port")]
+    pub lb: bool,
     /// Connections to make.
     #[arg(long, default_value_t = 10_000)]
     pub conns: u64,
@@ -28,7 +49,7 @@ pub struct SpreadArgs {
     #[arg(long, default_value_t = 100)]
     pub parallel: usize,
     /// Connections per second (default: as fast as possible).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rate: Option<f64>,
     /// Per connection: connect and first reply.
     #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
@@ -46,7 +67,7 @@ pub struct SpreadArgs {
     #[arg(long, value_name = "N")]
     pub expect_backends: Option<usize>,
     /// Each backend must get within ±PCT % of the fair share.
-    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    #[arg(long, default_value_t = 50.0, value_name = "PCT", allow_negative_numbers = true)]
     pub margin: f64,
     /// Also fail when the chi-square p-value against a uniform spread is below ALPHA.
     #[arg(long, value_name = "ALPHA")]
@@ -66,6 +87,24 @@ pub struct SpreadArgs {
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
+    /// Run as a storm agent for a lab or cluster run: print the JSON record with its latency
+    /// histogram, save nothing.
+    #[arg(long, hide = true)]
+    pub agent: bool,
+}
+
+/// `--from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FromKind {
+    Pod,
+    Host,
+}
+
+/// `--sources`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourcesKind {
+    One,
+    PerNode,
 }
 
 impl SpreadArgs {
@@ -100,10 +139,76 @@ impl SpreadArgs {
         {
             bail!("--tag {tag:?}: give a non-empty name without '/'");
         }
+        if self.address.is_some()
+            && (self.from != FromKind::Pod
+                || self.pod.is_some()
+                || self.sources != SourcesKind::One
+                || self.node_port.is_some()
+                || self.lb)
+        {
+            bail!(
+                "--from, --pod, --sources, --node-port and --lb choose a lab or cluster path: drop them with --address"
+            );
+        }
+        if self.from == FromKind::Host && (self.pod.is_some() || self.sources != SourcesKind::One) {
+            bail!("--pod and --sources pick pods to storm from: use them with --from pod");
+        }
+        if self.from == FromKind::Host && self.node_port.is_none() && !self.lb {
+            bail!("--from host needs --node-port [NODE] or --lb: the clusterIP is not reachable from outside");
+        }
         Ok(())
     }
 
-    fn criteria(&self) -> Criteria {
+    pub(crate) fn path(&self) -> Path {
+        match (&self.node_port, self.lb) {
+            (Some(n), _) => Path::NodePort((!n.is_empty()).then(|| n.clone())),
+            (None, true) => Path::LoadBalancer,
+            (None, false) => Path::ClusterIp,
+        }
+    }
+
+    pub(crate) fn from(&self) -> From {
+        match self.from {
+            FromKind::Host => From::Host,
+            FromKind::Pod => From::Pods {
+                pod: self.pod.clone(),
+                per_node: self.sources == SourcesKind::PerNode,
+            },
+        }
+    }
+
+    /// The arguments of the agent that storms `address` for this run.
+    pub(crate) fn agent_args(&self, address: SocketAddr) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--agent".into(),
+            "--address".into(),
+            address.to_string(),
+            "--conns".into(),
+            self.conns.to_string(),
+            "--parallel".into(),
+            self.parallel.to_string(),
+            "--timeout".into(),
+            format!("{}ms", self.timeout.as_millis()),
+        ];
+        if let Some(r) = self.rate {
+            a.extend(["--rate".into(), r.to_string()]);
+        }
+        if let Some(d) = self.deadline {
+            a.extend(["--deadline".into(), format!("{}ms", d.as_millis())]);
+        }
+        if let Some(c) = self.srccidr {
+            a.extend(["--srccidr".into(), c.to_string()]);
+        }
+        if self.udp {
+            a.push("--udp".into());
+        }
+        if self.graceful_close {
+            a.push("--graceful-close".into());
+        }
+        a
+    }
+
+    pub(crate) fn criteria(&self) -> Criteria {
         Criteria {
             expect_backends: self.expect_backends,
             margin_pct: self.margin,
@@ -111,7 +216,7 @@ impl SpreadArgs {
         }
     }
 
-    fn params(&self) -> Params {
+    pub(crate) fn params(&self) -> Params {
         Params {
             conns: self.conns,
             parallel: self.parallel,
@@ -126,7 +231,7 @@ impl SpreadArgs {
         }
     }
 
-    fn tag(&self, started: jiff::Timestamp) -> String {
+    pub(crate) fn tag(&self, started: jiff::Timestamp) -> String {
         self.tag.clone().unwrap_or_else(|| {
             let local = started.to_zoned(jiff::tz::TimeZone::system());
             format!("spread-{}", local.strftime("%Y%m%d-%H%M%S"))
@@ -189,6 +294,15 @@ pub fn build_record(
         expect_backends: criteria.expect_backends.or((!known.is_empty()).then_some(known.len())),
         ..*criteria
     };
+    // Backends that must exist but never answered, when their names are unknown (--address runs):
+    // listed with 0 so the tables and the frequency table show them.
+    let missing = criteria.expect_backends.unwrap_or(0).saturating_sub(backends.len());
+    backends.extend((1..=missing).map(|i| BackendCount {
+        name: format!("<missing-{i}>"),
+        node: String::new(),
+        zone: String::new(),
+        count: 0,
+    }));
     let counts: Vec<(&str, u64)> = backends.iter().map(|b| (b.name.as_str(), b.count)).collect();
     let mut stats = evaluate(&counts, outcome.failures.total(), &criteria);
     if outcome.stopped == Some(Stop::Interrupted) {
@@ -213,6 +327,7 @@ pub fn build_record(
         backends,
         sources: Vec::new(),
         latency_ms: Latency::from_histogram(&outcome.latency),
+        latency_histogram_us: None,
         stats,
         environment: Environment::local(),
     }
@@ -268,16 +383,19 @@ pub fn finish(mut run: SpreadRun, args_save: Option<&std::path::Path>, output: R
         eprintln!("svclb: saved {}", path.display());
     }
     print!("{}", report::spread(&run, output)?);
-    Ok(match run.stats.verdict {
-        Verdict::Pass => ExitCode::SUCCESS,
-        Verdict::Fail => ExitCode::from(1),
-    })
+    Ok(verdict_code(&run))
 }
 
 pub fn run(args: SpreadArgs) -> Result<ExitCode> {
     args.validate()?;
+    if let Some(lab) = &args.lab {
+        return super::spread_lab::run(&args, lab);
+    }
     let Some(address) = args.address.clone() else {
-        bail!("no target: give --address HOST:PORT to storm any address (see `kubectl svclb spread --help`)");
+        bail!(
+            "no target: give --address HOST:PORT to storm any address, or --lab to storm an emulated cluster \
+             (see `kubectl svclb spread --help`)"
+        );
     };
     super::raise_nofile();
     let rt = super::runtime(0)?;
@@ -307,7 +425,7 @@ pub fn run(args: SpreadArgs) -> Result<ExitCode> {
         source: None,
         lab: None,
     };
-    let run = build_record(
+    let mut run = build_record(
         args.tag(started_at),
         started_at,
         info,
@@ -316,5 +434,17 @@ pub fn run(args: SpreadArgs) -> Result<ExitCode> {
         &[],
         &args.criteria(),
     );
+    if args.agent {
+        run.latency_histogram_us = Some(crate::record::histogram_buckets(&outcome.latency));
+        print!("{}", report::spread(&run, RunFormat::Json)?);
+        return Ok(verdict_code(&run));
+    }
     finish(run, (!args.no_save).then_some(args.save.as_path()), args.output)
+}
+
+fn verdict_code(run: &SpreadRun) -> ExitCode {
+    match run.stats.verdict {
+        Verdict::Pass => ExitCode::SUCCESS,
+        Verdict::Fail => ExitCode::from(1),
+    }
 }

@@ -111,6 +111,27 @@ fn text(run: &SpreadRun, md: bool) -> String {
             ]);
         }
         let _ = writeln!(out, "{}", styled(b, md));
+
+        // Source x backend node: where each source's connections landed.
+        let nodes: std::collections::BTreeSet<&str> = run.backends.iter().map(|b| b.node.as_str()).collect();
+        heading(&mut out, "Source x backend node");
+        let mut b = Builder::default();
+        b.push_record(std::iter::once("source").chain(nodes.iter().copied()));
+        for s in &run.sources {
+            let mut row = vec![s.name.clone()];
+            for n in &nodes {
+                row.push(
+                    s.backends
+                        .iter()
+                        .filter(|b| b.node == *n)
+                        .map(|b| b.count)
+                        .sum::<u64>()
+                        .to_string(),
+                );
+            }
+            b.push_record(row);
+        }
+        let _ = writeln!(out, "{}", styled(b, md));
     }
 
     heading(&mut out, "Frequency (pods conns)");
@@ -152,8 +173,9 @@ fn text(run: &SpreadRun, md: bool) -> String {
             );
         }
         Verdict::Fail => {
+            out.push('\n');
             for r in &s.reasons {
-                let _ = writeln!(out, "\nFAIL: {r}");
+                let _ = writeln!(out, "FAIL: {r}");
             }
         }
     }

@@ -411,33 +411,29 @@ async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Res
             .bind(SocketAddr::new(src, 0))
             .map_err(|e| bind_error(src, e, cfg.srccidr))?;
     }
+    // One timer per connection covers connect and first reply.
     let t0 = Instant::now();
-    let until = t0 + cfg.timeout;
-    let stream = match timeout_at(until, socket.connect(cfg.target)).await {
-        Err(_) => return Err(FailKind::Timeout.into()),
-        Ok(Err(e)) => return Err(classify(&e).into()),
-        Ok(Ok(s)) => s,
-    };
-    let latency = t0.elapsed();
-    let read = timeout_at(until, async {
-        let mut stream = stream;
+    let attempt = timeout_at(t0 + cfg.timeout, async {
+        let mut stream = socket.connect(cfg.target).await.map_err(|e| classify(&e))?;
+        let latency = t0.elapsed();
         let n = stream.read(buf).await;
         if !cfg.graceful_close {
             // RST instead of FIN: no TIME_WAIT on the client (DESIGN.md).
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         }
-        n
+        match n {
+            Ok(0) => Err(FailKind::Read),
+            Ok(n) => Ok((latency, n)),
+            Err(e) => Err(match classify(&e) {
+                FailKind::Other => FailKind::Read,
+                k => k,
+            }),
+        }
     })
     .await;
-    match read {
+    match attempt {
         Err(_) => Err(FailKind::Timeout.into()),
-        Ok(Err(e)) => Err(match classify(&e) {
-            FailKind::Other => FailKind::Read,
-            k => k,
-        }
-        .into()),
-        Ok(Ok(0)) => Err(FailKind::Read.into()),
-        Ok(Ok(n)) => Ok((latency, n)),
+        Ok(r) => r.map_err(Attempt::from),
     }
 }
 

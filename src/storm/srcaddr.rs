@@ -67,15 +67,16 @@ fn family(ip: IpAddr) -> &'static str {
 /// The one-line error for a source address that cannot be bound, with the fix.
 pub fn bind_hint(src: IpAddr, e: &std::io::Error, cidr: Option<IpNet>) -> anyhow::Error {
     let cidr = cidr.map_or_else(|| src.to_string(), |c| c.to_string());
-    let (ip, sysctl) = if src.is_ipv4() {
-        ("ip", "net.ipv4.ip_nonlocal_bind=1")
+    let fix = if src.is_ipv4() {
+        format!(
+            "`ip route add local {cidr} dev lo` (plus `sysctl -w net.ipv4.ip_nonlocal_bind=1` to send from it \
+             over other interfaces)"
+        )
     } else {
-        ("ip -6", "net.ipv6.ip_nonlocal_bind=1")
+        // IPv6 binds only assigned addresses unless non-local binding is allowed.
+        format!("`ip -6 route add local {cidr} dev lo` and `sysctl -w net.ipv6.ip_nonlocal_bind=1`")
     };
-    anyhow::anyhow!(
-        "cannot bind source address {src} of --srccidr {cidr}: {e}; make the range local first: \
-         `{ip} route add local {cidr} dev lo` (plus `sysctl -w {sysctl}` to send from it over other interfaces)"
-    )
+    anyhow::anyhow!("cannot bind source address {src} of --srccidr {cidr}: {e}; make the range local first: {fix}")
 }
 
 #[cfg(test)]

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The project's benchmark: the figures in README.md come from here. Release build, loopback only.
+#   scripts/bench.sh [ROUNDS]   (default 5 rounds; medians reported)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+conns=100000
+parallel=100
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+
+cargo build --release --locked --bins --examples 2>&1 | tail -1
+bin=target/release/kubectl-svclb
+base=target/release/examples/tokio_baseline
+work=$(mktemp -d)
+server_pid=
+lab=
+cleanup() {
+    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null
+    [[ -n $lab ]] && "$bin" lab down --name "$lab" >/dev/null 2>&1
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+addr=127.0.0.1:15901
+"$bin" serve --address "$addr" --no-http 2>/dev/null &
+server_pid=$!
+sleep 0.5
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+rate_of() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["ok"]/r["duration_s"]))'; }
+
+echo "== TCP: $conns conns, --parallel $parallel, $rounds rounds (baseline and spread alternate)"
+: >"$work/base" ; : >"$work/spread" ; : >"$work/rss"
+for ((i = 1; i <= rounds; i++)); do
+    "$base" "$addr" "$conns" "$parallel" | awk '{print $3}' >>"$work/base"
+    /usr/bin/time -f %M -o "$work/time" "$bin" spread --address "$addr" --conns "$conns" --parallel "$parallel" \
+        --no-save -o json | rate_of >>"$work/spread"
+    cat "$work/time" >>"$work/rss"
+    echo "round $i: baseline $(tail -1 "$work/base") conn/s, spread $(tail -1 "$work/spread") conn/s, peak RSS $(tail -1 "$work/rss") KB"
+done
+b=$(median <"$work/base"); s=$(median <"$work/spread"); r=$(sort -n "$work/rss" | tail -1)
+echo "median baseline ${b} conn/s, median spread ${s} conn/s, ratio $(awk -v s="$s" -v b="$b" 'BEGIN{printf "%.1f%%", 100*s/b}'), max peak RSS ${r} KB"
+
+echo "== UDP: $conns datagram sessions, --parallel $parallel"
+: >"$work/udp"
+for ((i = 1; i <= 3; i++)); do
+    "$bin" spread --address "$addr" --udp --conns "$conns" --parallel "$parallel" --no-save -o json | rate_of >>"$work/udp"
+done
+echo "median UDP spread $(median <"$work/udp") sessions/s"
+
+echo "== compare of 1000 saved runs"
+mkdir -p "$work/saves"
+"$bin" spread --address "$addr" --conns 1000 --tag seed --save "$work/saves" -o json >/dev/null 2>&1
+python3 - "$work/saves" <<'PY'
+import json, sys, pathlib
+d = pathlib.Path(sys.argv[1]); seed = json.loads((d / "seed.json").read_text())
+# 100 backends each, like a 100-pod lab run.
+seed["backends"] = [{"name": f"pod-{i:03}", "node": f"node{i % 10}", "zone": "zone-a", "count": 100 + (i % 7)} for i in range(100)]
+for n in range(1000):
+    seed["tag"] = f"run-{n:04}"
+    (d / f"run-{n:04}.json").write_text(json.dumps(seed))
+(d / "seed.json").unlink()
+PY
+: >"$work/cmp"
+for ((i = 1; i <= 3; i++)); do
+    /usr/bin/time -f "%e %M" -o "$work/time" "$bin" compare "$work/saves" >/dev/null
+    cat "$work/time" >>"$work/cmp"
+done
+echo "compare 1000 runs: $(awk '{print $1}' "$work/cmp" | median) s median, peak RSS $(awk '{print $2}' "$work/cmp" | sort -n | tail -1) KB"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "== lab: skipped (needs root)"
+    exit 0
+fi
+echo "== lab: 10 nodes x 100 pods, nftables; 10,000 conns from a pod to the ClusterIP"
+export SVCLB_LAB_DIR="$work/labs"
+t0=$(date +%s.%N)
+lab=bench$$
+"$bin" lab up --name "$lab" >/dev/null
+t1=$(date +%s.%N)
+echo "lab up: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"
+# Warm up: the first contact of each pod resolves neighbours.
+"$bin" spread --lab "$lab" --conns 2000 --no-save -o json >/dev/null 2>&1 || true
+: >"$work/lbase"; : >"$work/lspread"
+for ((i = 1; i <= 3; i++)); do
+    "$bin" lab exec --name "$lab" pod-001 -- "$PWD/$base" 10.96.0.10:5001 10000 100 | awk '{print $3}' >>"$work/lbase"
+    "$bin" spread --lab "$lab" --conns 10000 --no-save -o json 2>/dev/null | rate_of >>"$work/lspread"
+    echo "round $i: minimal loop in pod-001 $(tail -1 "$work/lbase") conn/s, spread --lab $(tail -1 "$work/lspread") conn/s"
+done
+lb=$(median <"$work/lbase"); ls=$(median <"$work/lspread")
+echo "median minimal loop ${lb} conn/s, median spread --lab ${ls} conn/s, ratio $(awk -v s="$ls" -v b="$lb" 'BEGIN{printf "%.1f%%", 100*s/b}')"
+t0=$(date +%s.%N)
+"$bin" lab down --name "$lab" >/dev/null
+t1=$(date +%s.%N)
+lab=
+echo "lab down: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"

@@ -1,0 +1,203 @@
+//! The lab as a [`Target`]: agents run in lab namespaces through `ip netns exec`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+
+use super::{Agent, Endpoint, From, Meta, Path, Plan, Source, Target};
+use crate::lab::rules::{Cluster, NodeEndpoints};
+use crate::lab::{Lab, Pod};
+use crate::storm::Proto;
+
+/// A lab target over an open lab.
+pub struct LabTarget<'a> {
+    lab: &'a Lab,
+    program: std::path::PathBuf,
+}
+
+impl<'a> LabTarget<'a> {
+    pub fn new(lab: &'a Lab) -> Result<Self> {
+        Ok(Self {
+            lab,
+            program: std::env::current_exe().context("cannot find this executable to run the storm agent")?,
+        })
+    }
+
+    fn endpoint(p: &Pod) -> Endpoint {
+        Endpoint {
+            name: p.name.clone(),
+            ip: IpAddr::V4(p.ip),
+            node: p.node.clone(),
+            zone: p.zone.clone(),
+        }
+    }
+
+    /// The endpoints the kube-proxy of `node` picks: internal (ClusterIP) or external (nodePort, LB).
+    fn selected(&self, node: &str, external: bool) -> Result<Vec<Endpoint>> {
+        let status = self.lab.status();
+        let node = self
+            .lab
+            .nodes()
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("no node named {node} in lab {}", self.lab.name()))?;
+        let cluster = Cluster {
+            cluster_ip: status.service.cluster_ip,
+            service_cidr: "",
+            cluster_cidr: "",
+            lb_ip: status.service.lb_ip,
+            options: self.lab.options(),
+            pods: self.lab.pods(),
+        };
+        let eps = NodeEndpoints::categorize(&cluster, node);
+        let chosen = if external {
+            eps.external(self.lab.options())
+        } else {
+            eps.internal(self.lab.options())
+        };
+        Ok(chosen.iter().map(|p| Self::endpoint(p)).collect())
+    }
+}
+
+fn union(into: &mut Vec<Endpoint>, more: Vec<Endpoint>) {
+    for e in more {
+        if !into.iter().any(|x| x.name == e.name) {
+            into.push(e);
+        }
+    }
+}
+
+impl Target for LabTarget<'_> {
+    fn meta(&self) -> Meta {
+        let s = self.lab.status();
+        Meta {
+            mode: "lab".into(),
+            name: Some(s.name),
+            service: format!("{}/{}", s.service.namespace, s.service.name),
+            proxy_mode: Some(format!("{:?}", s.proxy_mode).to_lowercase()),
+            context: None,
+        }
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        Ok(self.lab.pods().iter().map(Self::endpoint).collect())
+    }
+
+    fn plan(&self, from: &From, path: &Path, _proto: Proto) -> Result<Plan> {
+        let status = self.lab.status();
+        let svc = &status.service;
+        let lab = self.lab.name();
+        let sources: Vec<Source> = match from {
+            From::Host => vec![Source {
+                name: "client".into(),
+                node: String::new(),
+                zone: String::new(),
+            }],
+            From::Pods { pod: Some(name), .. } => {
+                let p = self.lab.pods().iter().find(|p| &p.name == name).with_context(|| {
+                    format!("no pod named {name} in lab {lab}; see `kubectl svclb lab status --name {lab}`")
+                })?;
+                vec![Source {
+                    name: p.name.clone(),
+                    node: p.node.clone(),
+                    zone: p.zone.clone(),
+                }]
+            }
+            From::Pods { pod: None, per_node } => {
+                let mut out = Vec::new();
+                for n in self.lab.nodes() {
+                    if let Some(p) = self.lab.pods().iter().find(|p| p.node == n.name) {
+                        out.push(Source {
+                            name: p.name.clone(),
+                            node: p.node.clone(),
+                            zone: p.zone.clone(),
+                        });
+                        if !per_node {
+                            break;
+                        }
+                    }
+                }
+                if out.is_empty() {
+                    bail!("lab {lab} has no pods to storm from: `kubectl svclb lab scale --name {lab} --pods N`");
+                }
+                out
+            }
+        };
+        let (address, expected) = match path {
+            Path::ClusterIp => {
+                if *from == From::Host {
+                    bail!(
+                        "the clusterIP is not reachable from outside the cluster: use --node-port or --lb with --from host"
+                    );
+                }
+                let mut expected = Vec::new();
+                for s in &sources {
+                    union(&mut expected, self.selected(&s.node, false)?);
+                }
+                (SocketAddr::new(IpAddr::V4(svc.cluster_ip), svc.port), expected)
+            }
+            Path::NodePort(node) => {
+                let node = match node {
+                    Some(n) => self.lab.nodes().iter().find(|x| &x.name == n).with_context(|| {
+                        format!("no node named {n} in lab {lab}; see `kubectl svclb lab status --name {lab}`")
+                    })?,
+                    None => &self.lab.nodes()[0],
+                };
+                (
+                    SocketAddr::new(IpAddr::V4(node.ip), svc.node_port),
+                    self.selected(&node.name.clone(), true)?,
+                )
+            }
+            Path::LoadBalancer => {
+                let mut expected = Vec::new();
+                for hop in &svc.lb_next_hops {
+                    union(&mut expected, self.selected(hop, true)?);
+                }
+                (SocketAddr::new(IpAddr::V4(svc.lb_ip), svc.port), expected)
+            }
+        };
+        Ok(Plan {
+            address,
+            sources,
+            expected,
+        })
+    }
+
+    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent> {
+        let ns = self.lab.netns(&source.name)?;
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns])
+            .arg(&self.program)
+            .arg("spread")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the storm agent in {ns} (is iproute2 installed?)"))?;
+        // `ip netns exec` execs the agent: the pid is the agent's.
+        let pid = child.id().map(|p| p as i32);
+        let name = source.name.clone();
+        Ok(Agent {
+            source: source.clone(),
+            output: Box::pin(async move {
+                let out = child.wait_with_output().await?;
+                if out.stdout.is_empty() {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+                    bail!("storm agent in {name} failed: {last}");
+                }
+                Ok(out.stdout)
+            }),
+            interrupt: Box::new(move || {
+                if let Some(pid) = pid {
+                    // SAFETY: signalling a child we spawned.
+                    unsafe { libc::kill(pid, libc::SIGINT) };
+                }
+            }),
+        })
+    }
+}

@@ -1,0 +1,209 @@
+//! The command line: help, kubectl flags, exit codes and one-line errors, saves and compare.
+
+mod common;
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use common::{Server, svclb};
+use predicates::prelude::*;
+
+fn one_line_error(args: &[&str], needle: &str) {
+    let (code, out, err) = svclb(args);
+    assert_eq!(code, 2, "{args:?}: exit {code}, stdout {out}, stderr {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+    assert!(out.is_empty(), "{args:?} printed to stdout: {out}");
+}
+
+#[test]
+fn help_reads_as_a_kubectl_plugin() {
+    Command::new(common::BIN)
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Usage: kubectl svclb"))
+        .stdout(predicate::str::contains("spread"))
+        .stdout(predicate::str::contains("compare"))
+        .stdout(predicate::str::contains("serve"));
+    Command::new(common::BIN)
+        .args(["spread", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Usage: kubectl svclb spread"))
+        .stdout(predicate::str::contains("--kubeconfig"))
+        .stdout(predicate::str::contains("--srccidr"));
+}
+
+#[test]
+fn kubectl_global_flags_are_accepted_after_the_verb() {
+    let s = Server::start("127.0.0.41", "pod-k", "n", "z");
+    let (code, out, err) = svclb(&[
+        "spread",
+        "--address",
+        &s.addr.to_string(),
+        "--conns",
+        "20",
+        "--no-save",
+        "--kubeconfig",
+        "/nonexistent",
+        "--context",
+        "kind-x",
+        "-n",
+        "svclb",
+        "--as",
+        "someone",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"SpreadRun\""));
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    one_line_error(&["spread", "--address", "nonsense", "--no-save"], "want HOST:PORT");
+    one_line_error(
+        &["spread", "--address", "127.0.0.1:99999", "--no-save"],
+        "want HOST:PORT",
+    );
+    one_line_error(&["spread", "--address", "127.0.0.1:5001", "--conns", "0"], "--conns 0");
+    one_line_error(
+        &["spread", "--address", "127.0.0.1:5001", "--parallel", "0"],
+        "--parallel 0",
+    );
+    one_line_error(&["spread", "--address", "127.0.0.1:5001", "--rate", "-3"], "--rate");
+    one_line_error(
+        &["spread", "--address", "127.0.0.1:5001", "--timeout", "soon"],
+        "bad duration",
+    );
+    one_line_error(
+        &["spread", "--address", "127.0.0.1:5001", "-o", "xml"],
+        "possible values",
+    );
+    one_line_error(
+        &["spread", "--address", "127.0.0.1:5001", "--srccidr", "10.0.0.0/33"],
+        "--srccidr",
+    );
+    one_line_error(&["spread", "--conns", "5"], "give --address");
+    one_line_error(&["compare", "-o", "pdf", "x.json"], "possible values");
+    one_line_error(&["frobnicate"], "unrecognized subcommand");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn compare_rejects_bad_files_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = write(
+        dir.path(),
+        "corrupt.json",
+        "{\"kind\":\"SpreadRun\",\"version\":1,\"tag\":",
+    );
+    let other = write(dir.path(), "other.json", "{\"hello\": 1}");
+    let wrong = write(
+        dir.path(),
+        "wrong.json",
+        "{\"kind\":\"SpreadRun\",\"version\":1,\"tag\":\"x\"}",
+    );
+    let missing = dir.path().join("missing.json").to_string_lossy().into_owned();
+    one_line_error(&["compare", &corrupt], "corrupt.json is not JSON");
+    one_line_error(&["compare", &other], "other.json: neither a svclb run record");
+    one_line_error(&["compare", &wrong], "wrong.json: corrupt SpreadRun record");
+    one_line_error(&["compare", &missing], "cannot read");
+    let empty = tempfile::tempdir().unwrap();
+    one_line_error(&["compare", &empty.path().to_string_lossy()], "holds no .json files");
+}
+
+const MCONNECT: &str = r#"{"hosts":{"mconnect-a":30,"mconnect-b":36,"mconnect-c":34},"connects":100,"failed_connects":0,"failed_reads":0}"#;
+
+#[test]
+fn saves_never_overwrite_and_compare_aligns_runs() {
+    let s = Server::start("127.0.0.42", "pod-s", "n", "z");
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().to_string_lossy().into_owned();
+    let addr = s.addr.to_string();
+    for expect in ["same", "same-2"] {
+        let (code, out, err) = svclb(&[
+            "spread",
+            "--address",
+            &addr,
+            "--conns",
+            "40",
+            "--tag",
+            "same",
+            "--save",
+            &save,
+            "-o",
+            "json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        // -o json prints exactly the saved record.
+        let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(format!("{expect}.json"))).unwrap()).unwrap();
+        assert_eq!(printed, saved);
+        assert_eq!(saved["tag"], expect);
+    }
+    let mc = write(dir.path(), "mconnect-ipvs.json", MCONNECT);
+    let (code, out, err) = svclb(&["compare", &save]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("same-2"), "{out}");
+    assert!(out.contains("ipvs"), "mconnect tag without prefix: {out}");
+    // Frequency rows are aligned by connection count: 30, 34, 36 (mconnect) and 40 (ours).
+    let freq: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Frequency"))
+        .skip(2)
+        .collect();
+    let first: Vec<&str> = freq.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(first, ["30", "34", "36", "40"], "{out}");
+    let row40: Vec<&str> = freq[3].split_whitespace().collect();
+    assert_eq!(row40, ["40", "1", "1"], "{out}");
+
+    let (code, out, _) = svclb(&[
+        "compare",
+        "-o",
+        "json",
+        &mc,
+        &dir.path().join("same.json").to_string_lossy(),
+    ]);
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = doc["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["tag"], "ipvs");
+    assert_eq!(runs[0]["conns"], 100);
+    assert_eq!(runs[0]["ok"], 100);
+    assert_eq!(runs[0]["stats"]["verdict"], "PASS");
+    assert_eq!(runs[0]["stats"]["backends"], 3);
+    assert_eq!(runs[1]["tag"], "same");
+    let (_, csv, _) = svclb(&["compare", "-o", "csv", &mc]);
+    assert_eq!(
+        csv.lines().next(),
+        Some("tag,conns,ok,failed,backends,min,max,CV,p-value,verdict")
+    );
+    assert!(csv.lines().nth(1).unwrap().starts_with("ipvs,100,100,0,3,30,36,"));
+    let (_, md, _) = svclb(&["compare", "-o", "markdown", &mc]);
+    assert!(md.contains("| tag "), "{md}");
+}
+
+#[test]
+fn spread_outputs_render() {
+    let s = Server::start("127.0.0.43", "pod-o", "n", "z");
+    let addr = s.addr.to_string();
+    for (fmt, needle) in [
+        ("table", "Frequency (pods conns)"),
+        ("markdown", "| backend"),
+        ("yaml", "kind: SpreadRun"),
+    ] {
+        let (code, out, err) = svclb(&["spread", "--address", &addr, "--conns", "30", "--no-save", "-o", fmt]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(needle), "{fmt}: {out}");
+    }
+}

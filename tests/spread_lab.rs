@@ -1,0 +1,231 @@
+//! `spread --lab` end to end (root): real namespaces, kube-proxy rules, server processes, storms.
+//! Every test uses its own lab state directory (SVCLB_LAB_DIR) and unique lab names, and checks
+//! that nothing is left behind.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+fn root_routes() -> String {
+    let out = Command::new("ip")
+        .args(["route", "show", "table", "all"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn svclb(dir: &Path, args: &[&str]) -> Output {
+    Command::new(common::BIN)
+        .args(args)
+        .env("SVCLB_LAB_DIR", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kubectl-svclb")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A named lab, removed on drop (also when the test fails).
+struct LabGuard {
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+impl LabGuard {
+    fn up(tag: &str, args: &[&str]) -> Self {
+        let name = format!("{tag}{}", std::process::id() % 100_000);
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = vec!["lab", "up", "--name", name.as_str()];
+        all.extend_from_slice(args);
+        let out = svclb(dir.path(), &all);
+        let guard = Self { name, dir };
+        assert!(out.status.success(), "lab up: {}", String::from_utf8_lossy(&out.stderr));
+        guard
+    }
+    fn spread(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let mut all = vec!["spread", "--lab", self.name.as_str(), "-o", "json", "--no-save"];
+        all.extend_from_slice(args);
+        let out = svclb(self.dir.path(), &all);
+        (out.status.code(), json(&out))
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = svclb(self.dir.path(), &["lab", "down", "--name", &self.name]);
+        let left = netns_with_prefix(&format!("svclb-{}.", self.name));
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "lab down left namespaces: {left:?}");
+        }
+    }
+}
+
+fn counts(r: &serde_json::Value) -> Vec<(String, String, u64)> {
+    r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["node"].as_str().unwrap().to_string(),
+                b["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn lab_spread_default_ephemeral_lab_reaches_all_100_pods() {
+    let routes_before = root_routes();
+    let dir = tempfile::tempdir().unwrap();
+    let out = svclb(
+        dir.path(),
+        &["spread", "--lab", "--conns", "10000", "-o", "json", "--no-save"],
+    );
+    let r = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(r["target"]["mode"], "lab");
+    assert_eq!(r["conns"], 10000);
+    assert_eq!(r["ok"], 10000);
+    let c = counts(&r);
+    assert_eq!(c.len(), 100);
+    assert!(c.iter().all(|(_, _, n)| *n > 0), "every pod answers: {c:?}");
+    assert_eq!(r["stats"]["verdict"], "PASS");
+    assert!(
+        r["stats"]["p_value"].as_f64().unwrap() > 1e-6,
+        "kernel-random spread looks uniform: {}",
+        r["stats"]
+    );
+    assert_eq!(r["environment"]["proxy_mode"], "nftables");
+    // The lab made for the run is gone, and the root namespace is untouched.
+    let lab = r["target"]["lab"].as_str().unwrap();
+    assert!(netns_with_prefix(&format!("svclb-{lab}.")).is_empty());
+    assert_eq!(root_routes(), routes_before);
+}
+
+#[test]
+fn lab_spread_per_node_sources_and_host_paths() {
+    let lab = LabGuard::up("sp", &["--nodes", "3", "--pods", "9", "--proxy-mode", "iptables"]);
+    let (code, r) = lab.spread(&["--conns", "900", "--sources", "per-node"]);
+    assert_eq!(code, Some(0), "{} {}", r["failed"], r["stats"]);
+    let sources = r["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 3);
+    assert_eq!(r["conns"], 2700);
+    assert_eq!(r["ok"], 2700);
+    for s in sources {
+        assert_eq!(s["ok"], 900);
+        let landed: u64 = s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(landed, 900);
+    }
+    assert_eq!(counts(&r).len(), 9);
+
+    for (args, what) in [
+        (&["--from", "host", "--node-port", "node2"][..], "nodePort"),
+        (&["--from", "host", "--lb"][..], "loadBalancer"),
+        (&["--from", "host", "--lb", "--udp"][..], "loadBalancer"),
+    ] {
+        let mut all = vec!["--conns", "450"];
+        all.extend_from_slice(args);
+        let (code, r) = lab.spread(&all);
+        assert_eq!(code, Some(0), "{args:?}: {r}");
+        assert_eq!(r["ok"], 450, "{args:?}");
+        assert_eq!(r["target"]["source"], "client");
+        assert!(r["target"]["address"].as_str().unwrap().contains(what));
+        assert_eq!(counts(&r).len(), 9);
+    }
+    // A named source pod and an unknown one.
+    let (code, r) = lab.spread(&["--conns", "900", "--pod", "pod-002"]);
+    assert_eq!(code, Some(0), "{}", r["stats"]);
+    assert_eq!(r["target"]["source"], "pod-002");
+    let out = svclb(
+        lab.dir.path(),
+        &["spread", "--lab", &lab.name, "--pod", "pod-999", "--no-save"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pod named pod-999"));
+}
+
+#[test]
+fn lab_spread_interrupt_saves_partial_record_and_removes_the_lab() {
+    let dir = tempfile::tempdir().unwrap();
+    let saves = tempfile::tempdir().unwrap();
+    let child = Command::new(common::BIN)
+        .args([
+            "spread", "--lab", "--conns", "1000000", "--rate", "2000", "--tag", "cut",
+        ])
+        .arg("--save")
+        .arg(saves.path())
+        .env("SVCLB_LAB_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("svclb-run{}.", child.id());
+    let t0 = Instant::now();
+    while netns_with_prefix(&format!("{prefix}client")).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "lab never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saves.path().join("cut.json")).unwrap()).unwrap();
+    assert_eq!(saved["stopped"], "interrupted");
+    let ok = saved["ok"].as_u64().unwrap();
+    assert!(ok > 0 && ok < 1_000_000, "partial: {ok}");
+    assert_eq!(counts(&saved).len(), 100, "known pods listed, zeros included");
+    assert!(netns_with_prefix(&prefix).is_empty(), "interrupted run removed its lab");
+}
+
+#[test]
+fn lab_spread_needs_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::BIN,
+            "spread",
+            "--lab",
+            "--no-save",
+        ])
+        .env("SVCLB_LAB_DIR", dir.path())
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)"), "{err}");
+}
