@@ -143,17 +143,14 @@ impl Storm {
 
 /// Runs `kubectl-svclb spread` inside `who`'s namespace against `addr`.
 fn spread(lab: &Lab, who: &str, addr: &str, conns: u64, udp: bool) -> Storm {
+    spread_parallel(lab, who, addr, conns, 20, udp)
+}
+
+fn spread_parallel(lab: &Lab, who: &str, addr: &str, conns: u64, parallel: usize, udp: bool) -> Storm {
     let mut cmd = lab.command(who, Path::new(EXE)).expect("command");
-    cmd.args([
-        "spread",
-        "--address",
-        addr,
-        "--conns",
-        &conns.to_string(),
-        "--parallel",
-        "20",
-    ])
-    .args(["--timeout", "1s", "--deadline", "30s", "-o", "json", "--no-save"]);
+    cmd.args(["spread", "--address", addr, "--conns", &conns.to_string()])
+        .args(["--parallel", &parallel.to_string()])
+        .args(["--timeout", "1s", "--deadline", "30s", "-o", "json", "--no-save"]);
     if udp {
         cmd.arg("--udp");
     }
@@ -314,6 +311,10 @@ fn affinity(mode: ProxyMode, base: &str) {
     };
     let mut t = TestLab::up(base, cfg);
     let lab = t.lab();
+    // The first connection creates the affinity entry; connections racing it (first
+    // packets in flight together) are balanced independently, in a real cluster too.
+    spread_parallel(lab, "pod-001", "10.96.0.10:5001", 1, 1, false);
+    spread_parallel(lab, "client", "172.31.0.12:30001", 1, 1, false);
     let from_pod = spread(lab, "pod-001", "10.96.0.10:5001", 200, false);
     assert_eq!(from_pod.ok, 200, "{from_pod:?}");
     assert_eq!(from_pod.names().len(), 1, "one client, one backend: {from_pod:?}");
