@@ -465,6 +465,13 @@ fn prefer_close(mode: ProxyMode, base: &str) {
     let lab = t.lab();
     let zone_a = pods_in_zone(lab, "zone-a");
     assert_eq!(zone_a.len(), 3);
+    let expected: Vec<String> = lab
+        .endpoints("node1", false)
+        .unwrap()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(expected, zone_a);
     let s = spread(lab, "pod-001", "10.96.0.10:5001", 600, false);
     assert_plausible(&s, &zone_a);
     // One endpoint without a hint: kube-proxy ignores topology, every pod answers.
@@ -776,4 +783,24 @@ fn lab_names_are_validated() {
         assert!(lab::validate_name(bad).is_err(), "{bad}");
     }
     assert_eq!(lab::netns_prefix("a"), "svclb-a.");
+}
+
+#[test]
+fn lab_needs_root() {
+    if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        return;
+    }
+    // As nobody: one line saying what to do, exit 2, nothing built.
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", EXE])
+        .args(["lab", "up", "--name", "noroot", "--nodes", "1", "--pods", "1"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "error: the lab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run with sudo"
+    );
+    assert!(!Path::new("/run/netns/svclb-noroot.client").exists());
 }

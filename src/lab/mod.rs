@@ -685,6 +685,17 @@ impl Lab {
         }
     }
 
+    /// The endpoints `node`'s kube-proxy balances over: ClusterIP traffic from the node and
+    /// its pods (`external` false) or NodePort / LoadBalancer traffic arriving at the node
+    /// (`external` true), after traffic policies and zone hints.
+    pub fn endpoints(&self, node: &str, external: bool) -> Result<Vec<&Pod>> {
+        let n = self.node(node).with_context(|| self.unknown(node))?;
+        let c = self.cluster();
+        let eps = rules::NodeEndpoints::categorize(&c, n);
+        let o = &self.state.options;
+        Ok(if external { eps.external(o) } else { eps.internal(o) }.to_vec())
+    }
+
     /// The generated rules for `node` (what the lab feeds to `nft -f` / `iptables-restore`).
     pub fn generated_rules(&self, node: &str) -> Result<String> {
         let n = self.node(node).with_context(|| self.unknown(node))?;
