@@ -804,3 +804,68 @@ fn lab_needs_root() {
     );
     assert!(!Path::new("/run/netns/svclb-noroot.client").exists());
 }
+
+/// A UDP socket created inside `who`'s namespace (a socket stays in the namespace it was
+/// created in), connected to `addr`: one long-lived UDP flow from a fixed source port.
+fn udp_flow(lab: &Lab, who: &str, addr: &str) -> std::net::UdpSocket {
+    let ns = std::fs::File::open(format!("/run/netns/{}", lab.netns(who).expect("netns"))).expect("open netns");
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this short-lived thread only.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        s
+    })
+    .join()
+    .expect("thread")
+}
+
+/// The backend answering one datagram on `flow`, if any.
+fn ask(flow: &std::net::UdpSocket) -> Option<String> {
+    flow.send(b"hello").ok()?;
+    let mut buf = [0u8; 512];
+    let n = flow.recv(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+fn udp_flow_moves_on_delete(mode: ProxyMode, base: &str) {
+    let mut t = TestLab::up(base, small(2, 4, mode));
+    let lab = t.lab();
+    let flow = udp_flow(lab, "node1", "10.96.0.10:5001");
+    let first = ask(&flow).expect("an answer");
+    for _ in 0..5 {
+        assert_eq!(
+            ask(&flow).as_deref(),
+            Some(first.as_str()),
+            "conntrack keeps a UDP flow on one backend"
+        );
+    }
+    // kube-proxy deletes the flow's conntrack entry with the endpoint: the next datagram is
+    // balanced again instead of vanishing until the entry times out.
+    lab.delete_pod(&first).expect("delete");
+    let next = ask(&flow)
+        .or_else(|| ask(&flow))
+        .expect("the flow is answered again at once");
+    assert_ne!(next, first);
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_udp_flow_moves_when_its_pod_is_deleted() {
+    if is_root() {
+        udp_flow_moves_on_delete(ProxyMode::Nftables, "nftudp");
+    }
+}
+
+#[test]
+fn lab_iptables_udp_flow_moves_when_its_pod_is_deleted() {
+    if is_root() {
+        udp_flow_moves_on_delete(ProxyMode::Iptables, "iptudp");
+    }
+}

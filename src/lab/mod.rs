@@ -10,6 +10,7 @@
 //!
 //! Nothing is ever added to the root namespace. See docs/lab.md.
 
+mod conntrack;
 mod netns;
 pub mod rules;
 
@@ -883,6 +884,7 @@ impl Lab {
         let gone = self.state.pods.remove(i);
         self.write_rules(false, false)?;
         self.save()?;
+        self.clear_udp_conntrack(std::slice::from_ref(&gone))?;
         remove_pods(&[gone])
     }
 
@@ -904,7 +906,18 @@ impl Lab {
         }
         self.write_rules(false, false)?;
         self.save()?;
+        self.clear_udp_conntrack(&gone)?;
         remove_pods(&gone)
+    }
+
+    /// After endpoints left the rules, kube-proxy deletes the UDP conntrack entries that
+    /// still point at them (UDP has no close to end them; they would blackhole the flow until
+    /// they time out). TCP entries are left alone, as kube-proxy does.
+    fn clear_udp_conntrack(&self, gone: &[Pod]) -> Result<()> {
+        let ips: HashSet<Ipv4Addr> = gone.iter().map(|p| p.ip).collect();
+        netns::par_each(&self.state.nodes, THREADS, |n| {
+            netns::in_netns(&n.netns, || conntrack::delete_udp_to(&ips)).map(|_| ())
+        })
     }
 
     /// Changes Service options or endpoint hints and rewrites the rules.
