@@ -186,6 +186,9 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::Rules(a) => {
             let lab = Lab::open(&a.name.name)?;
             let node = a.node.unwrap_or_else(|| lab.nodes()[0].name.clone());
+            if !a.generated {
+                lab::require_root()?;
+            }
             let text = if a.generated {
                 lab.generated_rules(&node)?
             } else {
