@@ -391,14 +391,22 @@ fn print_service(st: &LabStatus) {
         if s.ecmp { " (ECMP)" } else { "" }
     );
     println!(
-        "  sessionAffinity {:?} (timeout {}s), externalTrafficPolicy {:?}, internalTrafficPolicy {:?}, trafficDistribution {}",
-        o.affinity,
+        "  sessionAffinity {} (timeout {}s), externalTrafficPolicy {}, internalTrafficPolicy {}, trafficDistribution {}",
+        kube_name(&o.affinity),
         o.affinity_timeout,
-        o.external_traffic_policy,
-        o.internal_traffic_policy,
+        kube_name(&o.external_traffic_policy),
+        kube_name(&o.internal_traffic_policy),
         o.traffic_distribution
-            .map(|t| format!("{t:?}"))
+            .map(|t| kube_name(&t))
             .unwrap_or_else(|| "-".to_string())
     );
     println!("  client {} in {}", st.client.ip, st.client.netns);
+}
+
+/// The Kubernetes spelling of an option (its serde name: `ClientIP`, `Local`, `PreferClose`).
+fn kube_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".to_string(),
+    }
 }
