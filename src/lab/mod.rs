@@ -350,15 +350,20 @@ impl Lab {
             );
         }
         let name = &cfg.name;
-        let dir = labs_dir().join(name);
-        if state_path(&dir).exists() || !netns::list_with_prefix(&netns_prefix(name)).is_empty() {
-            bail!("a lab named {name} already exists; run `kubectl svclb lab down --name {name}` first");
+        if cfg.options.affinity_timeout == 0 || cfg.options.affinity_timeout > 86400 {
+            bail!("--affinity-timeout must be 1..=86400 seconds");
         }
         let server = match &cfg.server {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find this executable")?,
         };
+        let dir = labs_dir().join(name);
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Locked before the check, so two `lab up` of one name cannot both build.
+        let lock = DirLock::take(&dir)?;
+        if state_path(&dir).exists() || !netns::list_with_prefix(&netns_prefix(name)).is_empty() {
+            bail!("a lab named {name} already exists; run `kubectl svclb lab down --name {name}` first");
+        }
         let prefix = netns_prefix(name);
         let nodes: Vec<Node> = (0..cfg.nodes)
             .map(|i| Node {
@@ -386,9 +391,10 @@ impl Lab {
                 next_pod: 1,
             },
         };
-        let _lock = DirLock::take(&lab.dir)?;
         lab.save()?;
-        match lab.build(cfg.pods) {
+        let built = lab.build(cfg.pods);
+        drop(lock);
+        match built {
             Ok(()) => Ok(lab),
             Err(e) => {
                 let _ = down_by_name(name);
