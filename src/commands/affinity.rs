@@ -54,7 +54,7 @@ pub struct AffinityArgs {
     #[arg(long)]
     pub new_connection_per_message: bool,
     /// UDP without quinn-udp: plain send_to/recv_from, no batched receive, no GRO.
-    #[arg(long, requires = "udp")]
+    #[arg(long)]
     pub plain_udp: bool,
     /// Run the sessions against this address (HOST:PORT) from here; the backend pool is unknown,
     /// so any change violates.
@@ -92,7 +92,7 @@ pub struct AffinityArgs {
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
     /// Run as the agent of a lab or cluster run: events as JSON lines on stdout, save nothing.
-    #[arg(long, hide = true, requires = "address")]
+    #[arg(long, hide = true)]
     pub agent: bool,
 }
 
@@ -117,6 +117,12 @@ impl AffinityArgs {
             && (tag.is_empty() || tag.contains('/'))
         {
             bail!("--tag {tag:?}: give a non-empty name without '/'");
+        }
+        if self.plain_udp && !self.udp {
+            bail!("--plain-udp chooses the UDP socket path: use it with --udp");
+        }
+        if self.agent && self.address.is_none() {
+            bail!("--agent runs the sessions against --address HOST:PORT");
         }
         let lab_path = self.from != FromKind::Host || self.pod.is_some() || self.node_port.is_some() || self.lb;
         if self.lab.is_none() && lab_path {
