@@ -387,7 +387,7 @@ impl Engine {
         let prefix = cfg.prefix.clone();
         let started = Instant::now();
         let parts = match cfg.proto {
-            Proto::Udp => udp::start(Arc::new(cfg), sink, stop.clone(), started)?,
+            Proto::Udp => udp::start(Arc::new(cfg), sink, stop.clone())?,
             Proto::Tcp => tcp::start(Arc::new(cfg), sink, stop_rx, started),
         };
         Ok(Engine {

@@ -115,7 +115,7 @@ struct Shard {
 }
 
 /// Opens every session's socket and starts the threads; returns how many parts report rows.
-pub(super) fn start(cfg: Arc<Config>, sink: Sink, stop: Arc<AtomicBool>, start: Instant) -> Result<usize> {
+pub(super) fn start(cfg: Arc<Config>, sink: Sink, stop: Arc<AtomicBool>) -> Result<usize> {
     let n = cfg.sessions as usize;
     let threads = n.div_ceil(SESSIONS_PER_THREAD).clamp(1, MAX_THREADS);
     let mut shards: Vec<Shard> = Vec::with_capacity(threads);
@@ -124,7 +124,7 @@ pub(super) fn start(cfg: Arc<Config>, sink: Sink, stop: Arc<AtomicBool>, start: 
             cfg: cfg.clone(),
             sink: sink.clone(),
             stop: stop.clone(),
-            start,
+            start: Instant::now(),
             epoll: Epoll::new()?,
             sessions: Vec::new(),
             socks: Vec::new(),
@@ -149,7 +149,11 @@ pub(super) fn start(cfg: Arc<Config>, sink: Sink, stop: Arc<AtomicBool>, start: 
         shard.socks.push(Some(sock));
         shard.offsets.push(cfg.offset(i));
     }
-    for (k, shard) in shards.into_iter().enumerate() {
+    // The schedule starts once every socket is open (10,000 opens take a while): otherwise the
+    // first messages would go out in one burst to catch up.
+    let start = Instant::now();
+    for (k, mut shard) in shards.into_iter().enumerate() {
+        shard.start = start;
         std::thread::Builder::new()
             .name(format!("affinity-udp-{k}"))
             .spawn(move || shard.run())
