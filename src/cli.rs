@@ -42,6 +42,9 @@ pub enum Command {
     Serve(commands::serve::ServeArgs),
     /// Storm a Service with connections and judge how they spread over backends.
     Spread(commands::spread::SpreadArgs),
+    /// Many long-lived client sessions: log every change of serving pod or reflective address, judge
+    /// session affinity.
+    Affinity(commands::affinity::AffinityArgs),
     /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
     Compare(commands::compare::CompareArgs),
     /// An emulated cluster in network namespaces with kube-proxy's own rules (needs root).

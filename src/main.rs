@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Spread(args) => commands::spread::run(args),
+        Command::Affinity(args) => commands::affinity::run(args),
         Command::Compare(args) => commands::compare::run(args),
         Command::Lab { cmd } => commands::lab::run(cmd),
     };

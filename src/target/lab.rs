@@ -164,17 +164,23 @@ impl Target for LabTarget<'_> {
         })
     }
 
-    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent> {
+    fn agent_command(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<tokio::process::Command> {
         let ns = self.lab.netns(&source.name)?;
         let mut cmd = tokio::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .arg(&self.program)
-            .arg("spread")
+            .arg(subcommand)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent> {
+        let ns = self.lab.netns(&source.name)?;
+        let mut cmd = self.agent_command(source, "spread", args)?;
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start the storm agent in {ns} (is iproute2 installed?)"))?;
