@@ -6,7 +6,6 @@ use std::process::Stdio;
 use anyhow::{Context, Result, bail};
 
 use super::{Agent, Endpoint, From, Meta, Path, Plan, Source, Target};
-use crate::lab::rules::{Cluster, NodeEndpoints};
 use crate::lab::{Lab, Pod};
 use crate::storm::Proto;
 
@@ -35,28 +34,7 @@ impl<'a> LabTarget<'a> {
 
     /// The endpoints the kube-proxy of `node` picks: internal (ClusterIP) or external (nodePort, LB).
     fn selected(&self, node: &str, external: bool) -> Result<Vec<Endpoint>> {
-        let status = self.lab.status();
-        let node = self
-            .lab
-            .nodes()
-            .iter()
-            .find(|n| n.name == node)
-            .with_context(|| format!("no node named {node} in lab {}", self.lab.name()))?;
-        let cluster = Cluster {
-            cluster_ip: status.service.cluster_ip,
-            service_cidr: "",
-            cluster_cidr: "",
-            lb_ip: status.service.lb_ip,
-            options: self.lab.options(),
-            pods: self.lab.pods(),
-        };
-        let eps = NodeEndpoints::categorize(&cluster, node);
-        let chosen = if external {
-            eps.external(self.lab.options())
-        } else {
-            eps.internal(self.lab.options())
-        };
-        Ok(chosen.iter().map(|p| Self::endpoint(p)).collect())
+        Ok(self.lab.endpoints(node, external)?.into_iter().map(Self::endpoint).collect())
     }
 }
 
