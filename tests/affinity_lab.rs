@@ -69,17 +69,6 @@ impl LabGuard {
         (out.status.code(), json(&out))
     }
 
-    fn set(&self, args: &[&str]) {
-        let mut all = vec!["lab", "set", "--name", &self.name];
-        all.extend_from_slice(args);
-        let out = self.run(&all);
-        assert!(
-            out.status.success(),
-            "lab set: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// The pod's server counters (HTTP `/stats`, read inside the pod's namespace).
     fn pod_stats(&self, pod: &str) -> BTreeMap<String, u64> {
         let ns = format!("svclb-{}.{pod}", self.name);
@@ -298,12 +287,6 @@ fn lab_affinity_reflective_address_follows_external_traffic_policy() {
     let status = lab.run(&["lab", "status", "--name", &lab.name, "-o", "json"]);
     let status = json(&status);
     let client_ip = status["client"]["ip"].as_str().unwrap().to_string();
-    let node_ips: Vec<String> = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["ip"].as_str().unwrap().to_string())
-        .collect();
     let (code, r) = lab.affinity(&[
         "--udp",
         "--sessions",
@@ -323,7 +306,21 @@ fn lab_affinity_reflective_address_follows_external_traffic_policy() {
             "eTP Local keeps the client address: {s}"
         );
     }
-    lab.set(&["--external-traffic-policy", "Cluster"]);
+    // eTP Cluster in a lab of its own: switching the policy in place would leave the Local run's
+    // UDP conntrack entries (kube-proxy does not flush them on a policy change either), and a
+    // session that reuses a source port would keep its unmasqueraded entry.
+    drop(lab);
+    let lab = LabGuard::up(
+        "afc",
+        &["--nodes", "3", "--pods", "6", "--external-traffic-policy", "Cluster"],
+    );
+    let status = json(&lab.run(&["lab", "status", "--name", &lab.name, "-o", "json"]));
+    let node_ips: Vec<String> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["ip"].as_str().unwrap().to_string())
+        .collect();
     let (code, r) = lab.affinity(&[
         "--udp",
         "--sessions",

@@ -34,7 +34,12 @@ impl<'a> LabTarget<'a> {
 
     /// The endpoints the kube-proxy of `node` picks: internal (ClusterIP) or external (nodePort, LB).
     fn selected(&self, node: &str, external: bool) -> Result<Vec<Endpoint>> {
-        Ok(self.lab.endpoints(node, external)?.into_iter().map(Self::endpoint).collect())
+        Ok(self
+            .lab
+            .endpoints(node, external)?
+            .into_iter()
+            .map(Self::endpoint)
+            .collect())
     }
 }
 
