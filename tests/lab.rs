@@ -18,12 +18,14 @@ use svclb::lab::{
 
 const EXE: &str = env!("CARGO_BIN_EXE_kubectl-svclb");
 
+/// The lab tests need root: fail loudly (never pass without testing) when run without it.
 fn is_root() -> bool {
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: the lab tests need root");
-    }
+    assert!(
+        root,
+        "the lab tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run them as root, as CI does"
+    );
     root
 }
 
@@ -129,6 +131,8 @@ struct Storm {
     ok: u64,
     failed: u64,
     backends: BTreeMap<String, u64>,
+    verdict: String,
+    p_value: Option<f64>,
 }
 
 impl Storm {
@@ -176,6 +180,8 @@ fn spread_parallel(lab: &Lab, who: &str, addr: &str, conns: u64, parallel: usize
         ok: v["ok"].as_u64().expect("ok"),
         failed: v["failed"]["total"].as_u64().expect("failed"),
         backends,
+        verdict: v["stats"]["verdict"].as_str().expect("verdict").to_string(),
+        p_value: v["stats"]["p_value"].as_f64(),
     }
 }
 
@@ -665,9 +671,16 @@ fn big(mode: ProxyMode, base: &str) {
     let lab = t.lab();
     assert_eq!(lab.pods().len(), 100);
     assert!(lab.status().pods.iter().all(|p| p.alive));
-    let s = spread(lab, "pod-050", "10.96.0.10:5001", 5000, false);
-    assert_eq!(s.failed, 0, "{s:?}");
+    // xcluster's test: 10,000 connects reach all 100 pods, and the spread is kernel-random:
+    // within ±50% of the fair share and not rejected by chi-square against uniform.
+    let s = spread_parallel(lab, "pod-050", "10.96.0.10:5001", 10_000, 100, false);
+    assert_eq!((s.ok, s.failed), (10_000, 0), "{s:?}");
     assert_eq!(s.names().len(), 100, "{s:?}");
+    assert_eq!(s.verdict, "PASS", "{s:?}");
+    assert!(
+        s.p_value.is_some_and(|p| p > 1e-6),
+        "chi-square rejects the spread: {s:?}"
+    );
     let per_node: Vec<usize> = lab.status().nodes.iter().map(|n| n.pods).collect();
     assert_eq!(per_node, vec![10; 10]);
     let t1 = Instant::now();
