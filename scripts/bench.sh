@@ -68,6 +68,19 @@ for ((i = 1; i <= 3; i++)); do
 done
 echo "compare 1000 runs: $(awk '{print $1}' "$work/cmp" | median) s median, peak RSS $(awk '{print $2}' "$work/cmp" | sort -n | tail -1) KB"
 
+echo "== affinity: 10,000 UDP sessions (one socket each) x 1 message/s for ${AFFINITY_DURATION:=60s}"
+# 10,000 sockets need the open-file limit above 10,000 (affinity raises its soft limit to the hard one).
+/usr/bin/time -f "%e %U %S %M" -o "$work/time" "$bin" affinity --udp --address "$addr" --sessions 10000 \
+    --interval 1s --timeout 1s --duration "$AFFINITY_DURATION" --stats-interval 1h --no-save -o json >"$work/aff.json"
+python3 - "$work/aff.json" "$work/time" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); wall, user, sys_, rss = open(sys.argv[2]).read().split()
+cpu = 100 * (float(user) + float(sys_)) / float(wall)
+print(f"affinity 10k UDP sessions: sent {r['sent']}, answered {r['answered']}, lost {r['lost']} "
+      f"({100 * r['lost'] / r['sent']:.3f}%), late {r['late']}; client CPU {cpu:.0f}% of one core "
+      f"(user {user} s, sys {sys_} s over {wall} s), peak RSS {rss} KB")
+PY
+
 if [[ $(id -u) -ne 0 ]]; then
     echo "== lab: skipped (needs root)"
     exit 0

@@ -45,6 +45,9 @@ pub enum Command {
     Serve(commands::serve::ServeArgs),
     /// Storm a Service with connections and judge how they spread over backends.
     Spread(commands::spread::SpreadArgs),
+    /// Many long-lived client sessions: log every change of serving pod or reflective address, judge
+    /// session affinity.
+    Affinity(commands::affinity::AffinityArgs),
     /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
     Compare(commands::compare::CompareArgs),
     /// Deploy the test servers (tserver Deployment and Service) and wait until they are ready.

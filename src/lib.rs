@@ -2,8 +2,9 @@
 //!
 //! The engine behind `kubectl svclb`: the test server ([`server`]), the storm engine ([`storm`]),
 //! the run record ([`record`]), statistics and verdicts ([`stats`]) and reports ([`report`]);
-//! the emulated cluster in network namespaces ([`lab`]).
+//! session affinity checks ([`affinity`]); the emulated cluster in network namespaces ([`lab`]).
 
+pub mod affinity;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

@@ -19,6 +19,9 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // Like any Unix filter: `kubectl svclb ... | head` ends quietly on a closed pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Spread(args) => commands::spread::run(args, &cli.kube),
+        Command::Affinity(args) => commands::affinity::run(args),
         Command::Deploy(args) => commands::cluster::deploy(args, &cli.kube),
         Command::Status(args) => commands::cluster::status(args, &cli.kube),
         Command::Cleanup(args) => commands::cluster::cleanup(args, &cli.kube),

@@ -12,6 +12,12 @@ use crate::storm::{BackendCount, Failures, Proto, Stop};
 
 pub const SPREAD_KIND: &str = "SpreadRun";
 pub const SPREAD_VERSION: u32 = 1;
+pub const AFFINITY_KIND: &str = "AffinityRun";
+pub const AFFINITY_VERSION: u32 = 1;
+/// Changes an `AffinityRun` keeps in its change log (the first ones); the rest are counted.
+pub const MAX_CHANGES: usize = 1000;
+/// Runs with at most this many sessions keep every session's row.
+pub const MAX_SESSION_ROWS: usize = 1000;
 
 /// Where the storm went and from where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +177,89 @@ pub struct SpreadRun {
     pub environment: Environment,
 }
 
+/// `affinity`'s parameters, as given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AffinityParams {
+    pub sessions: u32,
+    pub interval_s: f64,
+    pub timeout_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    pub new_connection_per_message: bool,
+    #[serde(default)]
+    pub plain_udp: bool,
+}
+
+/// How many sessions a pod served at the end of the run, and how many messages it answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSessions {
+    pub name: String,
+    pub sessions: u64,
+    pub answered: u64,
+}
+
+/// The record of one `affinity` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AffinityRun {
+    pub kind: String,
+    pub version: u32,
+    pub tag: String,
+    pub started_at: jiff::Timestamp,
+    pub duration_s: f64,
+    pub target: TargetInfo,
+    pub params: AffinityParams,
+    /// Session names on the wire are `<session_prefix>-<n>` (what `stats <session>` takes).
+    pub session_prefix: String,
+    /// `interrupted` when Ctrl-C ended the run; absent when `--duration` did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Stop>,
+    pub sessions: u32,
+    #[serde(flatten)]
+    pub totals: crate::affinity::Totals,
+    /// Changes while the backend pool changed (listed, not violations).
+    pub changes_during_pool_change: u64,
+    /// Whether the backend pool was watched (lab); when not, every change counts.
+    pub pool_known: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pool_changes: Vec<crate::affinity::PoolChange>,
+    /// Per pod, sessions by the pod that served them last; zero-session pods of a known pool included.
+    pub pods: Vec<PodSessions>,
+    /// The first [`MAX_CHANGES`] changes.
+    pub changes: Vec<crate::affinity::Change>,
+    pub changes_dropped: u64,
+    /// Every session (runs of at most [`MAX_SESSION_ROWS`] sessions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session_detail: Vec<crate::affinity::SessionRow>,
+    pub verdict: crate::affinity::Verdict,
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    pub environment: Environment,
+}
+
+/// A record `save` can write: it has a tag that names its file.
+pub trait Saved: Serialize {
+    fn tag(&self) -> &str;
+    fn set_tag(&mut self, tag: String);
+}
+
+impl Saved for SpreadRun {
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+    fn set_tag(&mut self, tag: String) {
+        self.tag = tag;
+    }
+}
+
+impl Saved for AffinityRun {
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+    fn set_tag(&mut self, tag: String) {
+        self.tag = tag;
+    }
+}
+
 /// A histogram as `[value, count]` pairs of its recorded buckets.
 pub fn histogram_buckets(h: &hdrhistogram::Histogram<u64>) -> Vec<[u64; 2]> {
     h.iter_recorded()
@@ -217,8 +306,27 @@ struct Mconnect {
     failed_reads: u64,
 }
 
-/// Reads a run record or an mconnect JSON file. Errors name the file and what is wrong.
-pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<Loaded> {
+/// Any saved run `compare` reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyRun {
+    Spread(Loaded),
+    Affinity(Box<AffinityRun>),
+}
+
+fn check_version(path: &Path, value: &serde_json::Value, kind: &str, want: u32) -> Result<()> {
+    let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+    if version != u64::from(want) {
+        bail!(
+            "{}: {kind} version {version} is not supported (this kubectl-svclb reads version {want}); upgrade kubectl-svclb",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Reads a run record (spread or affinity) or an mconnect JSON file. Errors name the file and
+/// what is wrong.
+pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
@@ -227,17 +335,17 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<Loaded> {
         )
     })?;
     match value.get("kind").and_then(|k| k.as_str()) {
+        Some(AFFINITY_KIND) => {
+            check_version(path, &value, AFFINITY_KIND, AFFINITY_VERSION)?;
+            let run: AffinityRun = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("{}: corrupt AffinityRun record: {e}", path.display()))?;
+            Ok(AnyRun::Affinity(Box::new(run)))
+        }
         Some(SPREAD_KIND) => {
-            let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
-            if version != u64::from(SPREAD_VERSION) {
-                bail!(
-                    "{}: SpreadRun version {version} is not supported (this kubectl-svclb reads version {SPREAD_VERSION}); upgrade kubectl-svclb",
-                    path.display()
-                );
-            }
+            check_version(path, &value, SPREAD_KIND, SPREAD_VERSION)?;
             let run: SpreadRun = serde_json::from_value(value)
                 .map_err(|e| anyhow::anyhow!("{}: corrupt SpreadRun record: {e}", path.display()))?;
-            Ok(Loaded {
+            Ok(AnyRun::Spread(Loaded {
                 tag: run.tag,
                 conns: run.conns,
                 ok: run.ok,
@@ -245,10 +353,10 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<Loaded> {
                 backends: run.backends,
                 stats: run.stats,
                 source: Source::Record,
-            })
+            }))
         }
         Some(other) => bail!(
-            "{}: record kind {other:?} cannot be compared as a spread run",
+            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun)",
             path.display()
         ),
         None if value.get("hosts").is_some() => {
@@ -272,7 +380,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<Loaded> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(Loaded {
+            Ok(AnyRun::Spread(Loaded {
                 tag: stem.strip_prefix("mconnect-").unwrap_or(&stem).to_string(),
                 conns: m.connects.unwrap_or(ok + failed),
                 ok,
@@ -280,7 +388,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<Loaded> {
                 backends,
                 stats,
                 source: Source::Mconnect,
-            })
+            }))
         }
         None => bail!(
             "{}: neither a svclb run record (no \"kind\") nor an mconnect -output json file (no \"hosts\")",
@@ -304,16 +412,16 @@ fn file_stem(tag: &str) -> String {
 
 /// Saves `run` as `DIR/<tag>.json`. An existing file is never overwritten: the run is saved as
 /// `<tag>-2.json` (then -3, ...) with its tag changed to match, and the caller is told.
-pub fn save(dir: &Path, run: &mut SpreadRun) -> Result<PathBuf> {
+pub fn save<R: Saved>(dir: &Path, run: &mut R) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create save directory {}", dir.display()))?;
-    let base = file_stem(&run.tag);
+    let base = file_stem(run.tag());
     for n in 1u32.. {
         let stem = if n == 1 { base.clone() } else { format!("{base}-{n}") };
         let path = dir.join(format!("{stem}.json"));
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(file) => {
                 if n > 1 {
-                    run.tag = stem;
+                    run.set_tag(stem);
                 }
                 write_json(file, run).with_context(|| format!("cannot write {}", path.display()))?;
                 return Ok(path);
@@ -325,7 +433,7 @@ pub fn save(dir: &Path, run: &mut SpreadRun) -> Result<PathBuf> {
     unreachable!("u32 suffixes exhausted")
 }
 
-fn write_json(mut file: File, run: &SpreadRun) -> Result<()> {
+fn write_json<R: Serialize>(mut file: File, run: &R) -> Result<()> {
     serde_json::to_writer_pretty(&mut file, run)?;
     file.write_all(b"\n")?;
     file.sync_all()?;
@@ -414,7 +522,7 @@ mod tests {
         let back: SpreadRun = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(back, run);
         assert_eq!(back.failed.total, 1);
-        let loaded = load(
+        let AnyRun::Spread(loaded) = load(
             &path,
             &Criteria {
                 expect_backends: None,
@@ -422,7 +530,9 @@ mod tests {
                 alpha: None,
             },
         )
-        .unwrap();
+        .unwrap() else {
+            panic!("a spread run")
+        };
         assert_eq!((loaded.tag.as_str(), loaded.ok, loaded.failed), ("t", 100, 1));
         // A second save of the same tag never overwrites.
         let mut again = sample();
@@ -460,7 +570,7 @@ mod tests {
             r#"{"hosts":{"p1":9,"p2":31},"failed_connects":2,"failed_reads":1,"time":"0.1s"}"#,
         )
         .unwrap();
-        let l = load(
+        let AnyRun::Spread(l) = load(
             &path,
             &Criteria {
                 expect_backends: None,
@@ -468,7 +578,9 @@ mod tests {
                 alpha: None,
             },
         )
-        .unwrap();
+        .unwrap() else {
+            panic!("a spread run")
+        };
         assert_eq!(l.tag, "iptables");
         assert_eq!((l.conns, l.ok, l.failed), (43, 40, 3));
         assert_eq!(l.source, Source::Mconnect);

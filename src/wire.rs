@@ -3,6 +3,7 @@
 //! A reply line is `<pod-name> node=<node> zone=<zone> client=<ip:port>`, optionally followed by
 //! ` seq=<seq>` when the request was `svclb <session> <seq>`. Peers that only send a bare
 //! hostname (mconnect's server, agnhost serve-hostname) are accepted: identity = first token.
+//! `stats <session>` asks a server how many requests of a session it received (affinity loss checks).
 
 use std::net::SocketAddr;
 
@@ -32,16 +33,33 @@ impl Identity {
     }
 }
 
-/// A request `svclb <session> <seq>`: returns the sequence token to echo.
-pub fn request_seq(request: &[u8]) -> Option<&str> {
+/// A request `svclb <session> <seq>`: returns the session and the sequence token to echo.
+pub fn request(request: &[u8]) -> Option<(&str, &str)> {
     let text = std::str::from_utf8(request).ok()?.trim_end();
     let mut parts = text.split_ascii_whitespace();
     if parts.next()? != "svclb" {
         return None;
     }
-    let _session = parts.next()?;
+    let session = parts.next()?;
     let seq = parts.next()?;
-    (parts.next().is_none() && seq.bytes().all(|b| b.is_ascii_digit())).then_some(seq)
+    (parts.next().is_none() && seq.bytes().all(|b| b.is_ascii_digit())).then_some((session, seq))
+}
+
+/// A request `stats <session>`: how many `svclb <session> <seq>` requests this server received.
+/// The reply is `<pod-name> session=<session> received=<n>`.
+pub fn stats_request(request: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(request).ok()?.trim_end();
+    let mut parts = text.split_ascii_whitespace();
+    if parts.next()? != "stats" {
+        return None;
+    }
+    let session = parts.next()?;
+    parts.next().is_none().then_some(session)
+}
+
+/// The reply to `stats <session>`, without the trailing newline.
+pub fn stats_line(pod: &str, session: &str, received: u64) -> String {
+    format!("{pod} session={session} received={received}")
 }
 
 /// A parsed reply. Fields other than `name` are empty/None when the peer did not send them.
@@ -112,10 +130,13 @@ mod tests {
     }
 
     #[test]
-    fn request_seq_only_for_svclb_requests() {
-        assert_eq!(request_seq(b"svclb s1 17\n"), Some("17"));
-        assert_eq!(request_seq(b"svclb s1 x"), None);
-        assert_eq!(request_seq(b"hostname"), None);
-        assert_eq!(request_seq(b"svclb s1 1 2"), None);
+    fn requests_only_for_svclb_requests() {
+        assert_eq!(request(b"svclb s1 17\n"), Some(("s1", "17")));
+        assert_eq!(request(b"svclb s1 x"), None);
+        assert_eq!(request(b"hostname"), None);
+        assert_eq!(request(b"svclb s1 1 2"), None);
+        assert_eq!(stats_request(b"stats s1\n"), Some("s1"));
+        assert_eq!(stats_request(b"stats"), None);
+        assert_eq!(stats_request(b"stats s1 2"), None);
     }
 }

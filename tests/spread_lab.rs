@@ -21,6 +21,24 @@ fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `parent` has a child process running `kubectl-svclb spread --agent`.
+fn has_agent_child(parent: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.filter_map(|e| e.ok()).any(|e| {
+        let dir = e.path();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|arg| arg == b"--agent")
+    })
+}
+
 fn root_routes() -> String {
     let out = Command::new("ip")
         .args(["route", "show", "table", "all"])
@@ -190,12 +208,13 @@ fn lab_spread_interrupt_saves_partial_record_and_removes_the_lab() {
         .spawn()
         .unwrap();
     let prefix = format!("svclb-run{}.", child.id());
+    // Wait until the lab is up and the storm agent runs (a child of ours with `--agent`).
     let t0 = Instant::now();
-    while netns_with_prefix(&format!("{prefix}client")).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "lab never came up");
+    while !has_agent_child(child.id()) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the storm agent never started");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(1500));
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));

@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::record::AnyRun;
 use crate::report::{self, CompareFormat};
 use crate::stats::Criteria;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Run records or mconnect `-output json` files; a directory stands for its *.json files.
+    /// Run records (spread and affinity runs) or mconnect `-output json` files; a directory stands for its *.json files.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format.
@@ -58,10 +59,13 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
         margin_pct: args.margin,
         alpha: None,
     };
-    let runs = expand(&args.files)?
-        .iter()
-        .map(|p| crate::record::load(p, &criteria))
-        .collect::<Result<Vec<_>>>()?;
-    print!("{}", report::compare(&runs, args.output)?);
+    let (mut spread, mut affinity) = (Vec::new(), Vec::new());
+    for path in expand(&args.files)? {
+        match crate::record::load(&path, &criteria)? {
+            AnyRun::Spread(r) => spread.push(r),
+            AnyRun::Affinity(r) => affinity.push(*r),
+        }
+    }
+    print!("{}", report::compare(&spread, &affinity, args.output)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -186,6 +186,9 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::Rules(a) => {
             let lab = Lab::open(&a.name.name)?;
             let node = a.node.unwrap_or_else(|| lab.nodes()[0].name.clone());
+            if !a.generated {
+                lab::require_root()?;
+            }
             let text = if a.generated {
                 lab.generated_rules(&node)?
             } else {
@@ -265,9 +268,6 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         },
         server: a.server,
     };
-    if cfg.options.affinity_timeout == 0 || cfg.options.affinity_timeout > 86400 {
-        bail!("--affinity-timeout must be 1..=86400 seconds");
-    }
     let t = Instant::now();
     let lab = Lab::up(&cfg)?;
     let took = t.elapsed().as_secs_f64();
@@ -388,14 +388,22 @@ fn print_service(st: &LabStatus) {
         if s.ecmp { " (ECMP)" } else { "" }
     );
     println!(
-        "  sessionAffinity {:?} (timeout {}s), externalTrafficPolicy {:?}, internalTrafficPolicy {:?}, trafficDistribution {}",
-        o.affinity,
+        "  sessionAffinity {} (timeout {}s), externalTrafficPolicy {}, internalTrafficPolicy {}, trafficDistribution {}",
+        kube_name(&o.affinity),
         o.affinity_timeout,
-        o.external_traffic_policy,
-        o.internal_traffic_policy,
+        kube_name(&o.external_traffic_policy),
+        kube_name(&o.internal_traffic_policy),
         o.traffic_distribution
-            .map(|t| format!("{t:?}"))
+            .map(|t| kube_name(&t))
             .unwrap_or_else(|| "-".to_string())
     );
     println!("  client {} in {}", st.client.ip, st.client.netns);
+}
+
+/// The Kubernetes spelling of an option (its serde name: `ClientIP`, `Local`, `PreferClose`).
+fn kube_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".to_string(),
+    }
 }

@@ -1,5 +1,6 @@
 //! One file per subcommand, each thin: parse → engine → report.
 
+pub mod affinity;
 pub mod cluster;
 pub mod compare;
 pub mod completion;

@@ -253,7 +253,7 @@ impl SpreadArgs {
 }
 
 /// Resolves HOST:PORT, preferring an address of `family_of` when given (e.g. the --srccidr family).
-async fn resolve(address: &str, family_of: Option<IpNet>) -> Result<SocketAddr> {
+pub(crate) async fn resolve(address: &str, family_of: Option<IpNet>) -> Result<SocketAddr> {
     let bad = || anyhow::anyhow!("bad --address {address:?}: want HOST:PORT, e.g. 127.0.0.1:5001 or [::1]:5001");
     let (_, port) = address.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;

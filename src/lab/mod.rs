@@ -10,6 +10,7 @@
 //!
 //! Nothing is ever added to the root namespace. See docs/lab.md.
 
+mod conntrack;
 mod netns;
 pub mod rules;
 
@@ -349,15 +350,20 @@ impl Lab {
             );
         }
         let name = &cfg.name;
-        let dir = labs_dir().join(name);
-        if state_path(&dir).exists() || !netns::list_with_prefix(&netns_prefix(name)).is_empty() {
-            bail!("a lab named {name} already exists; run `kubectl svclb lab down --name {name}` first");
+        if cfg.options.affinity_timeout == 0 || cfg.options.affinity_timeout > 86400 {
+            bail!("--affinity-timeout must be 1..=86400 seconds");
         }
         let server = match &cfg.server {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find this executable")?,
         };
+        let dir = labs_dir().join(name);
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Locked before the check, so two `lab up` of one name cannot both build.
+        let lock = DirLock::take(&dir)?;
+        if state_path(&dir).exists() || !netns::list_with_prefix(&netns_prefix(name)).is_empty() {
+            bail!("a lab named {name} already exists; run `kubectl svclb lab down --name {name}` first");
+        }
         let prefix = netns_prefix(name);
         let nodes: Vec<Node> = (0..cfg.nodes)
             .map(|i| Node {
@@ -385,9 +391,10 @@ impl Lab {
                 next_pod: 1,
             },
         };
-        let _lock = DirLock::take(&lab.dir)?;
         lab.save()?;
-        match lab.build(cfg.pods) {
+        let built = lab.build(cfg.pods);
+        drop(lock);
+        match built {
             Ok(()) => Ok(lab),
             Err(e) => {
                 let _ = down_by_name(name);
@@ -526,11 +533,21 @@ impl Lab {
                 b.push_str(&format!("route add {}/32 dev {} scope link\n", p.ip, p.veth));
             }
             netns::ip_batch(Some(&node.netns), &b, false)?;
+            // Calico's settings: answer every ARP from the pod, and at once (the default
+            // proxy_delay of up to 0.8 s stalls a pod's first burst of connections).
             let keys: Vec<String> = pods
                 .iter()
-                .map(|p| format!("net/ipv4/conf/{}/proxy_arp", p.veth))
+                .flat_map(|p| {
+                    [
+                        format!("net/ipv4/conf/{}/proxy_arp", p.veth),
+                        format!("net/ipv4/neigh/{}/proxy_delay", p.veth),
+                    ]
+                })
                 .collect();
-            let kv: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "1")).collect();
+            let kv: Vec<(&str, &str)> = keys
+                .iter()
+                .map(|k| (k.as_str(), if k.ends_with("proxy_arp") { "1" } else { "0" }))
+                .collect();
             netns::sysctls(&node.netns, &kv)
         })?;
         netns::par_each(&new, THREADS, |p| {
@@ -673,6 +690,17 @@ impl Lab {
             options: &self.state.options,
             pods: &self.state.pods,
         }
+    }
+
+    /// The endpoints `node`'s kube-proxy balances over: ClusterIP traffic from the node and
+    /// its pods (`external` false) or NodePort / LoadBalancer traffic arriving at the node
+    /// (`external` true), after traffic policies and zone hints.
+    pub fn endpoints(&self, node: &str, external: bool) -> Result<Vec<&Pod>> {
+        let n = self.node(node).with_context(|| self.unknown(node))?;
+        let c = self.cluster();
+        let eps = rules::NodeEndpoints::categorize(&c, n);
+        let o = &self.state.options;
+        Ok(if external { eps.external(o) } else { eps.internal(o) }.to_vec())
     }
 
     /// The generated rules for `node` (what the lab feeds to `nft -f` / `iptables-restore`).
@@ -862,6 +890,7 @@ impl Lab {
         let gone = self.state.pods.remove(i);
         self.write_rules(false, false)?;
         self.save()?;
+        self.clear_udp_conntrack(std::slice::from_ref(&gone))?;
         remove_pods(&[gone])
     }
 
@@ -883,7 +912,18 @@ impl Lab {
         }
         self.write_rules(false, false)?;
         self.save()?;
+        self.clear_udp_conntrack(&gone)?;
         remove_pods(&gone)
+    }
+
+    /// After endpoints left the rules, kube-proxy deletes the UDP conntrack entries that
+    /// still point at them (UDP has no close to end them; they would blackhole the flow until
+    /// they time out). TCP entries are left alone, as kube-proxy does.
+    fn clear_udp_conntrack(&self, gone: &[Pod]) -> Result<()> {
+        let ips: HashSet<Ipv4Addr> = gone.iter().map(|p| p.ip).collect();
+        netns::par_each(&self.state.nodes, THREADS, |n| {
+            netns::in_netns(&n.netns, || conntrack::delete_udp_to(&ips)).map(|_| ())
+        })
     }
 
     /// Changes Service options or endpoint hints and rewrites the rules.

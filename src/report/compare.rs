@@ -10,13 +10,50 @@ use tabled::settings::object::Columns;
 use tabled::settings::{Alignment, Style};
 
 use super::{CompareFormat, frequency, num, pval};
-use crate::record::Loaded;
+use crate::record::{AffinityRun, Loaded};
 use crate::stats::Stats;
 use crate::storm::BackendCount;
 
 #[derive(Serialize)]
 struct Doc<'a> {
     runs: Vec<RunDoc<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    affinity_runs: Vec<AffinityDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct AffinityDoc<'a> {
+    tag: &'a str,
+    target: &'a str,
+    protocol: crate::storm::Proto,
+    sessions: u32,
+    #[serde(flatten)]
+    totals: &'a crate::affinity::Totals,
+    changes_during_pool_change: u64,
+    pods: usize,
+    verdict: crate::affinity::Verdict,
+}
+
+const AFFINITY_SUMMARY: [&str; 12] = [
+    "tag", "target", "proto", "sessions", "sent", "answered", "lost", "late", "pod chg", "addr chg", "pool chg",
+    "verdict",
+];
+
+fn affinity_row(r: &AffinityRun) -> [String; 12] {
+    [
+        r.tag.clone(),
+        r.target.address.clone(),
+        r.target.protocol.to_string(),
+        r.sessions.to_string(),
+        r.totals.sent.to_string(),
+        r.totals.answered.to_string(),
+        r.totals.lost.to_string(),
+        r.totals.late.to_string(),
+        r.totals.pod_changes.to_string(),
+        r.totals.address_changes.to_string(),
+        r.changes_during_pool_change.to_string(),
+        r.verdict.to_string(),
+    ]
 }
 
 #[derive(Serialize)]
@@ -49,8 +86,8 @@ fn summary_row(r: &Loaded) -> [String; 10] {
     ]
 }
 
-/// Renders the comparison of `runs` in `format`.
-pub fn compare(runs: &[Loaded], format: CompareFormat) -> anyhow::Result<String> {
+/// Renders the comparison of spread `runs` and `affinity` runs in `format`.
+pub fn compare(runs: &[Loaded], affinity: &[AffinityRun], format: CompareFormat) -> anyhow::Result<String> {
     let doc = || Doc {
         runs: runs
             .iter()
@@ -67,20 +104,45 @@ pub fn compare(runs: &[Loaded], format: CompareFormat) -> anyhow::Result<String>
                 stats: &r.stats,
             })
             .collect(),
+        affinity_runs: affinity
+            .iter()
+            .map(|r| AffinityDoc {
+                tag: &r.tag,
+                target: &r.target.address,
+                protocol: r.target.protocol,
+                sessions: r.sessions,
+                totals: &r.totals,
+                changes_during_pool_change: r.changes_during_pool_change,
+                pods: r.pods.len(),
+                verdict: r.verdict,
+            })
+            .collect(),
     };
     Ok(match format {
         CompareFormat::Json => serde_json::to_string_pretty(&doc())? + "\n",
         CompareFormat::Yaml => serde_saphyr::to_string(&doc())?,
         CompareFormat::Csv => {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(SUMMARY)?;
-            for r in runs {
-                w.write_record(summary_row(r))?;
+            // Two sections when both kinds are given, each with its header, a blank line between.
+            let mut w = csv::WriterBuilder::new().flexible(true).from_writer(Vec::new());
+            if !runs.is_empty() {
+                w.write_record(SUMMARY)?;
+                for r in runs {
+                    w.write_record(summary_row(r))?;
+                }
+            }
+            if !affinity.is_empty() {
+                if !runs.is_empty() {
+                    w.write_record([""])?;
+                }
+                w.write_record(AFFINITY_SUMMARY)?;
+                for r in affinity {
+                    w.write_record(affinity_row(r))?;
+                }
             }
             String::from_utf8(w.into_inner()?)?
         }
-        CompareFormat::Table => text(runs, false),
-        CompareFormat::Markdown => text(runs, true),
+        CompareFormat::Table => text(runs, affinity, false),
+        CompareFormat::Markdown => text(runs, affinity, true),
     })
 }
 
@@ -95,8 +157,27 @@ fn styled(builder: Builder, md: bool) -> String {
     table.to_string()
 }
 
-fn text(runs: &[Loaded], md: bool) -> String {
+fn text(runs: &[Loaded], affinity: &[AffinityRun], md: bool) -> String {
     let mut out = String::new();
+    if !runs.is_empty() {
+        spread_text(runs, md, &mut out);
+    }
+    if !affinity.is_empty() {
+        if !runs.is_empty() {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "{}", if md { "### Affinity runs\n" } else { "Affinity runs:" });
+        let mut b = Builder::default();
+        b.push_record(AFFINITY_SUMMARY);
+        for r in affinity {
+            b.push_record(affinity_row(r));
+        }
+        let _ = writeln!(out, "{}", styled(b, md));
+    }
+    out
+}
+
+fn spread_text(runs: &[Loaded], md: bool, out: &mut String) {
     let mut b = Builder::default();
     b.push_record(SUMMARY);
     for r in runs {
@@ -134,5 +215,4 @@ fn text(runs: &[Loaded], md: bool) -> String {
         }
     );
     let _ = writeln!(out, "{}", styled(b, md));
-    out
 }

@@ -1,8 +1,10 @@
 //! Rendering: tables (tabled), markdown, JSON, YAML, CSV.
 
+mod affinity;
 mod compare;
 mod spread;
 
+pub use affinity::{affinity, clock};
 pub use compare::compare;
 pub use spread::spread;
 

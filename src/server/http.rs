@@ -1,5 +1,6 @@
 //! HTTP (hyper): `/` the identity line, `/hostname` and `/clientip` as agnhost netexec,
-//! `/bytes?n=N` N bytes streamed (for transfer and cost tests).
+//! `/bytes?n=N` N bytes streamed (for transfer and cost tests), `/stats` the per-session received
+//! counters as `<session> <received>` lines.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use super::SessionCounts;
 use crate::wire::{Identity, canonical};
 
 /// Largest `/bytes` response: 16 GiB is plenty for transfer tests and bounds a typo.
@@ -22,7 +24,7 @@ const MAX_BYTES: u64 = 16 << 30;
 const CHUNK: usize = 64 * 1024;
 static ZEROS: [u8; CHUNK] = [b'x'; CHUNK];
 
-pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>) -> Result<()> {
+pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>, counts: Arc<SessionCounts>) -> Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -33,10 +35,12 @@ pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>) -> Res
             }
         };
         let identity = identity.clone();
+        let counts = counts.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let identity = identity.clone();
-                async move { Ok::<_, Infallible>(route(&req, &identity, canonical(peer))) }
+                let counts = counts.clone();
+                async move { Ok::<_, Infallible>(route(&req, &identity, &counts, canonical(peer))) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -55,11 +59,12 @@ fn text(status: StatusCode, body: String) -> Reply {
         .expect("static response parts are valid")
 }
 
-fn route(req: &Request<hyper::body::Incoming>, identity: &Identity, peer: SocketAddr) -> Reply {
+fn route(req: &Request<hyper::body::Incoming>, identity: &Identity, counts: &SessionCounts, peer: SocketAddr) -> Reply {
     match req.uri().path() {
         "/" => text(StatusCode::OK, format!("{}\n", identity.line(peer))),
         "/hostname" => text(StatusCode::OK, identity.name.clone()),
         "/clientip" => text(StatusCode::OK, peer.to_string()),
+        "/stats" => text(StatusCode::OK, counts.lines()),
         "/bytes" => match bytes_param(req.uri().query()) {
             Ok(n) => Response::builder()
                 .header("content-type", "application/octet-stream")
@@ -70,7 +75,7 @@ fn route(req: &Request<hyper::body::Incoming>, identity: &Identity, peer: Socket
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /, /hostname, /clientip or /bytes?n=N\n".into(),
+            "not found: try /, /hostname, /clientip, /stats or /bytes?n=N\n".into(),
         ),
     }
 }

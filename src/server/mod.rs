@@ -6,14 +6,48 @@ mod http;
 mod tcp;
 mod udp;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::wire::Identity;
+
+/// Most sessions a server counts; requests of further new sessions are answered but not counted
+/// (`stats` then says `received=0`), which bounds the server's memory.
+pub const MAX_SESSIONS: usize = 1_000_000;
+
+/// Per-session received counters: how many `svclb <session> <seq>` requests arrived (TCP and UDP),
+/// reported by `stats <session>` and HTTP `/stats`.
+#[derive(Debug, Default)]
+pub struct SessionCounts(Mutex<HashMap<Box<str>, u64>>);
+
+impl SessionCounts {
+    pub fn record(&self, session: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(session) {
+            *n += 1;
+        } else if map.len() < MAX_SESSIONS {
+            map.insert(session.into(), 1);
+        }
+    }
+
+    pub fn get(&self, session: &str) -> u64 {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(session).copied().unwrap_or(0)
+    }
+
+    /// Every counted session as `<session> <received>` lines, sorted.
+    pub fn lines(&self) -> String {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = map.iter().collect();
+        rows.sort();
+        rows.iter().map(|(s, n)| format!("{s} {n}\n")).collect()
+    }
+}
 
 /// What to serve, where.
 #[derive(Debug, Clone)]
@@ -32,6 +66,7 @@ pub struct Listeners {
     udp: tokio::net::UdpSocket,
     http: Option<tokio::net::TcpListener>,
     identity: Arc<Identity>,
+    counts: Arc<SessionCounts>,
 }
 
 /// Binds `[::]:port` dual-stack, falling back to `0.0.0.0:port` where IPv6 is unavailable
@@ -83,6 +118,7 @@ impl Listeners {
             udp,
             http,
             identity: Arc::new(cfg.identity.clone()),
+            counts: Arc::default(),
         })
     }
 
@@ -98,12 +134,12 @@ impl Listeners {
 
     /// Serves until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let udp = udp::UdpServer::new(self.udp, self.identity.clone())?;
+        let udp = udp::UdpServer::new(self.udp, self.identity.clone(), self.counts.clone())?;
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(tcp::serve(self.tcp, self.identity.clone()));
+        tasks.spawn(tcp::serve(self.tcp, self.identity.clone(), self.counts.clone()));
         tasks.spawn(udp.serve());
         if let Some(http) = self.http {
-            tasks.spawn(http::serve(http, self.identity.clone()));
+            tasks.spawn(http::serve(http, self.identity.clone(), self.counts.clone()));
         }
         tokio::select! {
             () = shutdown => Ok(()),

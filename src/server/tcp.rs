@@ -7,16 +7,17 @@ use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::wire::{Identity, request_seq};
+use super::SessionCounts;
+use crate::wire::{Identity, request, stats_line, stats_request};
 
 /// Longest request line kept; longer input is answered per 256-byte chunk.
 const MAX_LINE: usize = 256;
 
-pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>) -> Result<()> {
+pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>, counts: Arc<SessionCounts>) -> Result<()> {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer, identity.clone()));
+                tokio::spawn(handle(stream, peer, identity.clone(), counts.clone()));
             }
             // Out of file descriptors or a transient error: keep serving the others.
             Err(e) => {
@@ -27,7 +28,10 @@ pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>) -> Res
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, identity: Arc<Identity>) {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, identity: Arc<Identity>, counts: Arc<SessionCounts>) {
+    // Replies are small writes after the greeting: without NODELAY, Nagle holds each one until the
+    // client's delayed ACK of the previous (up to 200 ms).
+    let _ = stream.set_nodelay(true);
     let line = identity.line(peer);
     let mut out = Vec::with_capacity(line.len() + 32);
     out.extend_from_slice(line.as_bytes());
@@ -46,13 +50,18 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, identity: Arc<Identity>
         while let Some(pos) = buf
             .iter()
             .position(|&b| b == b'\n')
-            .or((buf.len() >= MAX_LINE).then_some(buf.len() - 1))
+            .or_else(|| (buf.len() >= MAX_LINE).then(|| buf.len() - 1))
         {
             out.clear();
-            out.extend_from_slice(line.as_bytes());
-            if let Some(seq) = request_seq(&buf[..pos]) {
-                out.extend_from_slice(b" seq=");
-                out.extend_from_slice(seq.as_bytes());
+            if let Some(session) = stats_request(&buf[..pos]) {
+                out.extend_from_slice(stats_line(&identity.name, session, counts.get(session)).as_bytes());
+            } else {
+                out.extend_from_slice(line.as_bytes());
+                if let Some((session, seq)) = request(&buf[..pos]) {
+                    counts.record(session);
+                    out.extend_from_slice(b" seq=");
+                    out.extend_from_slice(seq.as_bytes());
+                }
             }
             out.push(b'\n');
             buf.drain(..=pos);

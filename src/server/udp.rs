@@ -9,7 +9,8 @@ use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::wire::{Identity, canonical, request_seq};
+use super::SessionCounts;
+use crate::wire::{Identity, canonical, request, stats_line, stats_request};
 
 const BUF_SIZE: usize = 64 * 1024;
 
@@ -17,15 +18,17 @@ pub(super) struct UdpServer {
     socket: UdpSocket,
     state: UdpSocketState,
     identity: Arc<Identity>,
+    counts: Arc<SessionCounts>,
 }
 
 impl UdpServer {
-    pub(super) fn new(socket: UdpSocket, identity: Arc<Identity>) -> Result<Self> {
+    pub(super) fn new(socket: UdpSocket, identity: Arc<Identity>, counts: Arc<SessionCounts>) -> Result<Self> {
         let state = UdpSocketState::new((&socket).into())?;
         Ok(Self {
             socket,
             state,
             identity,
+            counts,
         })
     }
 
@@ -77,9 +80,16 @@ impl UdpServer {
         match trimmed(datagram) {
             b"hostname" => reply.extend_from_slice(self.identity.name.as_bytes()),
             b"clientip" => reply.extend_from_slice(peer.to_string().as_bytes()),
-            _ => {
+            data => {
+                if let Some(session) = stats_request(data) {
+                    let line = stats_line(&self.identity.name, session, self.counts.get(session));
+                    reply.extend_from_slice(line.as_bytes());
+                    reply.push(b'\n');
+                    return;
+                }
                 reply.extend_from_slice(self.identity.line(peer).as_bytes());
-                if let Some(seq) = request_seq(datagram) {
+                if let Some((session, seq)) = request(datagram) {
+                    self.counts.record(session);
                     reply.extend_from_slice(b" seq=");
                     reply.extend_from_slice(seq.as_bytes());
                 }

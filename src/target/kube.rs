@@ -31,6 +31,8 @@ pub type AgentOutput = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
 /// agent must stop early (it is then told through its stdin: a line `stop`).
 pub trait AgentRunner: Send + Sync {
     fn run(&self, source: &Source, command: Vec<String>, stop: Arc<Notify>) -> AgentOutput;
+    /// The agent as a local process whose output streams (for `Target::agent_command`).
+    fn command(&self, source: &Source, command: Vec<String>) -> Result<tokio::process::Command>;
 }
 
 /// Agents in pods, through the exec subresource (websocket).
@@ -75,6 +77,13 @@ impl AgentRunner for PodExec {
             agent_output(&pod, out, &err)
         })
     }
+
+    fn command(&self, source: &Source, _command: Vec<String>) -> Result<tokio::process::Command> {
+        bail!(
+            "a streaming agent cannot run in pod {} yet (exec output is collected at the end): use --from host",
+            source.name
+        )
+    }
 }
 
 /// The agent as a child process of this machine (`--from host`; tests use it for pods too).
@@ -107,6 +116,16 @@ impl AgentRunner for LocalRun {
             let out = out?;
             agent_output(&name, out.stdout, &out.stderr)
         })
+    }
+
+    fn command(&self, _source: &Source, command: Vec<String>) -> Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(command.iter().skip(1))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd)
     }
 }
 
@@ -183,6 +202,11 @@ fn source(p: &PodInfo) -> Source {
 }
 
 impl<P: AgentRunner, H: AgentRunner> KubeTarget<P, H> {
+    /// Pod sources always have a node (only scheduled, ready pods are sources); the host none.
+    fn runner(&self, source: &Source) -> &dyn AgentRunner {
+        if source.node.is_empty() { &self.host } else { &self.pods }
+    }
+
     fn ready(&self) -> impl Iterator<Item = &PodInfo> {
         self.view.pods.iter().filter(|p| p.ready)
     }
@@ -397,6 +421,12 @@ impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
             interrupt: Box::new(move || stop.notify_one()),
         })
     }
+
+    fn agent_command(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<tokio::process::Command> {
+        let mut command = vec![IMAGE_BINARY.to_string(), subcommand.to_string()];
+        command.extend(args.iter().cloned());
+        self.runner(source).command(source, command)
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +440,9 @@ mod tests {
     struct Never;
     impl AgentRunner for Never {
         fn run(&self, _: &Source, _: Vec<String>, _: Arc<Notify>) -> AgentOutput {
+            unreachable!("plans only")
+        }
+        fn command(&self, _: &Source, _: Vec<String>) -> Result<tokio::process::Command> {
             unreachable!("plans only")
         }
     }

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use anyhow::{Context, Result, bail};
 
 use super::{Agent, Endpoint, From, Meta, Path, Plan, Source, Target};
-use crate::lab::rules::{Cluster, NodeEndpoints};
 use crate::lab::{Lab, Pod};
 use crate::storm::Proto;
 
@@ -35,28 +34,12 @@ impl<'a> LabTarget<'a> {
 
     /// The endpoints the kube-proxy of `node` picks: internal (ClusterIP) or external (nodePort, LB).
     fn selected(&self, node: &str, external: bool) -> Result<Vec<Endpoint>> {
-        let status = self.lab.status();
-        let node = self
+        Ok(self
             .lab
-            .nodes()
-            .iter()
-            .find(|n| n.name == node)
-            .with_context(|| format!("no node named {node} in lab {}", self.lab.name()))?;
-        let cluster = Cluster {
-            cluster_ip: status.service.cluster_ip,
-            service_cidr: "",
-            cluster_cidr: "",
-            lb_ip: status.service.lb_ip,
-            options: self.lab.options(),
-            pods: self.lab.pods(),
-        };
-        let eps = NodeEndpoints::categorize(&cluster, node);
-        let chosen = if external {
-            eps.external(self.lab.options())
-        } else {
-            eps.internal(self.lab.options())
-        };
-        Ok(chosen.iter().map(|p| Self::endpoint(p)).collect())
+            .endpoints(node, external)?
+            .into_iter()
+            .map(Self::endpoint)
+            .collect())
     }
 }
 
@@ -165,17 +148,23 @@ impl Target for LabTarget<'_> {
         })
     }
 
-    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent> {
+    fn agent_command(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<tokio::process::Command> {
         let ns = self.lab.netns(&source.name)?;
         let mut cmd = tokio::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .arg(&self.program)
-            .arg("spread")
+            .arg(subcommand)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent> {
+        let ns = self.lab.netns(&source.name)?;
+        let mut cmd = self.agent_command(source, "spread", args)?;
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start the storm agent in {ns} (is iproute2 installed?)"))?;

@@ -98,4 +98,7 @@ pub trait Target {
     fn plan(&self, from: &From, path: &Path, proto: Proto) -> Result<Plan>;
     /// Starts `kubectl-svclb spread <args>` at `source`. Must be called inside a tokio runtime.
     fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent>;
+    /// The command that runs `kubectl-svclb <subcommand> <args>` at `source`, for agents that
+    /// stream their output (`affinity --agent` prints JSON lines as things happen).
+    fn agent_command(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<tokio::process::Command>;
 }

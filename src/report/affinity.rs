@@ -1,0 +1,151 @@
+//! One affinity run: summary, pods, changes, pool changes, verdict.
+
+use std::fmt::Write;
+
+use tabled::builder::Builder;
+use tabled::settings::object::Columns;
+use tabled::settings::{Alignment, Style};
+
+use super::{RunFormat, num};
+use crate::affinity::{ChangeKind, Verdict};
+use crate::record::AffinityRun;
+
+/// Changes listed in the text report (the record keeps more).
+const SHOWN_CHANGES: usize = 20;
+
+/// Renders a run in `format`. JSON is exactly the run record.
+pub fn affinity(run: &AffinityRun, format: RunFormat) -> anyhow::Result<String> {
+    Ok(match format {
+        RunFormat::Json => serde_json::to_string_pretty(run)? + "\n",
+        RunFormat::Yaml => serde_saphyr::to_string(run)?,
+        RunFormat::Table => text(run, false),
+        RunFormat::Markdown => text(run, true),
+    })
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a time in ms since the epoch.
+pub fn clock(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|t| t.strftime("%H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+fn styled(builder: Builder, markdown: bool) -> String {
+    let mut table = builder.build();
+    if markdown {
+        table.with(Style::markdown());
+    } else {
+        table.with(Style::blank());
+    }
+    table.modify(Columns::new(1..), Alignment::right());
+    table.to_string()
+}
+
+fn text(run: &AffinityRun, md: bool) -> String {
+    let mut out = String::new();
+    let heading = |out: &mut String, title: &str| {
+        if md {
+            let _ = writeln!(out, "\n### {title}\n");
+        } else {
+            let _ = writeln!(out, "\n{title}:");
+        }
+    };
+    if md {
+        let _ = writeln!(out, "## Affinity run `{}`\n", run.tag);
+    } else {
+        let _ = writeln!(out, "Affinity run {}", run.tag);
+    }
+    let t = &run.totals;
+    let lost_pct = if t.sent > 0 {
+        100.0 * t.lost as f64 / t.sent as f64
+    } else {
+        0.0
+    };
+    let mut b = Builder::default();
+    b.push_record([
+        "target", "proto", "sessions", "sent", "answered", "lost", "lost %", "late", "pod chg", "addr chg", "pool chg",
+        "seconds",
+    ]);
+    b.push_record([
+        format!("{} ({})", run.target.address, run.target.mode),
+        run.target.protocol.to_string(),
+        run.sessions.to_string(),
+        t.sent.to_string(),
+        t.answered.to_string(),
+        t.lost.to_string(),
+        num(Some(lost_pct), 3),
+        t.late.to_string(),
+        t.pod_changes.to_string(),
+        t.address_changes.to_string(),
+        run.changes_during_pool_change.to_string(),
+        num(Some(run.duration_s), 1),
+    ]);
+    let _ = writeln!(out, "{}", styled(b, md));
+    if t.stray + t.connect_failures > 0 {
+        let _ = writeln!(
+            out,
+            "{} stray repl(ies), {} failed connect(s)/socket(s)",
+            t.stray, t.connect_failures
+        );
+    }
+
+    heading(&mut out, "Pods (sessions by the pod that answered them last)");
+    let mut b = Builder::default();
+    b.push_record(["pod", "sessions", "answered"]);
+    for p in &run.pods {
+        b.push_record([p.name.clone(), p.sessions.to_string(), p.answered.to_string()]);
+    }
+    let _ = writeln!(out, "{}", styled(b, md));
+
+    if !run.pool_changes.is_empty() {
+        heading(&mut out, "Backend pool changes");
+        let mut b = Builder::default();
+        b.push_record(["time", "removed", "added"]);
+        for p in &run.pool_changes {
+            b.push_record([clock(p.at_ms), p.removed.join(" "), p.added.join(" ")]);
+        }
+        let _ = writeln!(out, "{}", styled(b, md));
+    }
+
+    let total = t.pod_changes + t.address_changes;
+    if total > 0 {
+        let shown = run.changes.len().min(SHOWN_CHANGES);
+        heading(&mut out, &format!("Changes (first {shown} of {total})"));
+        let mut b = Builder::default();
+        b.push_record(["time", "session", "what", "old", "new", "pool changing"]);
+        for c in run.changes.iter().take(SHOWN_CHANGES) {
+            b.push_record([
+                clock(c.at_ms),
+                c.session.to_string(),
+                match c.kind {
+                    ChangeKind::Pod => "pod".to_string(),
+                    ChangeKind::Address => "address".to_string(),
+                },
+                c.old.clone(),
+                c.new.clone(),
+                if c.during_pool_change { "yes" } else { "no" }.to_string(),
+            ]);
+        }
+        let _ = writeln!(out, "{}", styled(b, md));
+    }
+
+    let _ = writeln!(out);
+    match run.verdict {
+        Verdict::Holds => {
+            let rule = if run.params.new_connection_per_message {
+                "the last 15 replies of every session came from one pod"
+            } else if run.pool_known {
+                "no session changed pod or reflective address while the backend pool was unchanged"
+            } else {
+                "no session changed pod or reflective address"
+            };
+            let _ = writeln!(out, "HOLDS: {rule}");
+        }
+        Verdict::Violated => {
+            for r in &run.reasons {
+                let _ = writeln!(out, "VIOLATED: {r}");
+            }
+        }
+    }
+    out
+}

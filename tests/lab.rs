@@ -1,0 +1,884 @@
+//! End-to-end tests of the lab: real namespaces, real kube-proxy rules, real servers, real
+//! storms (`kubectl-svclb spread` run inside lab namespaces). They need root (CI runs as
+//! root); without it they are skipped with a note on stderr.
+//!
+//! Every test builds labs with unique names, tears them down even when it panics (a guard
+//! whose Drop runs `down_by_name`), and checks that no namespace, process, root-namespace
+//! route or address was left behind.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use svclb::lab::{
+    self, Affinity, Lab, LabChanges, LabConfig, ProxyMode, ServiceOptions, TrafficDistribution, TrafficPolicy,
+};
+
+const EXE: &str = env!("CARGO_BIN_EXE_kubectl-svclb");
+
+/// The lab tests need root: fail loudly (never pass without testing) when run without it.
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "the lab tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run them as root, as CI does"
+    );
+    root
+}
+
+fn root_net() -> (String, String) {
+    let run =
+        |args: &[&str]| String::from_utf8(Command::new("ip").args(args).output().expect("ip").stdout).expect("utf8");
+    (run(&["route", "show", "table", "all"]), run(&["addr"]))
+}
+
+/// A lab that is always torn down; `finish` also checks nothing was left.
+struct TestLab {
+    lab: Option<Lab>,
+    name: String,
+    root_before: (String, String),
+}
+
+impl TestLab {
+    fn up(base: &str, cfg: LabConfig) -> TestLab {
+        let name = format!("{base}-{}", std::process::id() % 100_000);
+        let root_before = root_net();
+        let cfg = LabConfig {
+            name: name.clone(),
+            server: Some(EXE.into()),
+            ..cfg
+        };
+        // Leftovers of an earlier crashed run with the same pid would block `up`.
+        let _ = lab::down_by_name(&name);
+        let lab = Lab::up(&cfg).unwrap_or_else(|e| panic!("lab up {name}: {e:#}"));
+        TestLab {
+            lab: Some(lab),
+            name,
+            root_before,
+        }
+    }
+
+    fn lab(&mut self) -> &mut Lab {
+        self.lab.as_mut().expect("lab is up")
+    }
+
+    fn finish(mut self) {
+        let lab = self.lab.take().expect("lab is up");
+        let pids: Vec<u32> = lab.status().pods.iter().map(|p| p.pid).collect();
+        lab.down().expect("lab down");
+        assert_clean(&self.name, &pids, &self.root_before);
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if self.lab.is_some() {
+            let _ = lab::down_by_name(&self.name);
+        }
+    }
+}
+
+fn assert_clean(name: &str, pids: &[u32], root_before: &(String, String)) {
+    let prefix = lab::netns_prefix(name);
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes left: {alive:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!lab::labs_dir().join(name).exists(), "state dir left");
+    let after = root_net();
+    assert_eq!(root_before.0, after.0, "root namespace routes changed");
+    assert_eq!(root_before.1, after.1, "root namespace addresses changed");
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn small(nodes: usize, pods: usize, mode: ProxyMode) -> LabConfig {
+    LabConfig {
+        nodes,
+        pods,
+        zones: 3,
+        proxy_mode: mode,
+        ..LabConfig::default()
+    }
+}
+
+/// What one storm saw.
+#[derive(Debug)]
+struct Storm {
+    ok: u64,
+    failed: u64,
+    backends: BTreeMap<String, u64>,
+    verdict: String,
+    p_value: Option<f64>,
+}
+
+impl Storm {
+    fn names(&self) -> Vec<&str> {
+        self.backends
+            .iter()
+            .filter(|(_, c)| **c > 0)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
+/// Runs `kubectl-svclb spread` inside `who`'s namespace against `addr`.
+fn spread(lab: &Lab, who: &str, addr: &str, conns: u64, udp: bool) -> Storm {
+    spread_parallel(lab, who, addr, conns, 20, udp)
+}
+
+fn spread_parallel(lab: &Lab, who: &str, addr: &str, conns: u64, parallel: usize, udp: bool) -> Storm {
+    let mut cmd = lab.command(who, Path::new(EXE)).expect("command");
+    cmd.args(["spread", "--address", addr, "--conns", &conns.to_string()])
+        .args(["--parallel", &parallel.to_string()])
+        .args(["--timeout", "1s", "--deadline", "30s", "-o", "json", "--no-save"]);
+    if udp {
+        cmd.arg("--udp");
+    }
+    let out = cmd.output().expect("run spread");
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "spread in {who} to {addr} could not run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("spread prints a JSON run record");
+    let backends = v["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().expect("name").to_string(),
+                b["count"].as_u64().expect("count"),
+            )
+        })
+        .collect();
+    Storm {
+        ok: v["ok"].as_u64().expect("ok"),
+        failed: v["failed"]["total"].as_u64().expect("failed"),
+        backends,
+        verdict: v["stats"]["verdict"].as_str().expect("verdict").to_string(),
+        p_value: v["stats"]["p_value"].as_f64(),
+    }
+}
+
+/// The first line a TCP server at `ip:port` sends to a connection from `who` (bash /dev/tcp).
+fn hello(lab: &Lab, who: &str, ip: &str, port: u16) -> Option<String> {
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && head -1 <&3");
+    let out = lab
+        .command(who, Path::new("timeout"))
+        .expect("command")
+        .args(["2", "bash", "-c", &script])
+        .output()
+        .expect("run bash");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !line.is_empty()).then_some(line)
+}
+
+/// `client=` address (without port) from a server line.
+fn client_ip(line: &str) -> String {
+    let c = line
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("client="))
+        .expect("client= field");
+    c.rsplit_once(':').expect("ip:port").0.to_string()
+}
+
+fn pods_on(lab: &Lab, node: &str) -> Vec<String> {
+    lab.pods()
+        .iter()
+        .filter(|p| p.node == node)
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+fn pods_in_zone(lab: &Lab, zone: &str) -> Vec<String> {
+    lab.pods()
+        .iter()
+        .filter(|p| p.zone == zone)
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+fn all_pods(lab: &Lab) -> Vec<String> {
+    lab.pods().iter().map(|p| p.name.clone()).collect()
+}
+
+/// Every pod answered, none got less than a third of its fair share.
+fn assert_plausible(s: &Storm, pods: &[String]) {
+    assert_eq!(s.failed, 0, "{s:?}");
+    assert_eq!(s.names(), pods.iter().map(String::as_str).collect::<Vec<_>>(), "{s:?}");
+    let fair = s.ok as f64 / pods.len() as f64;
+    for (n, c) in &s.backends {
+        assert!(
+            (*c as f64) > fair / 3.0,
+            "{n} got {c} of {} (fair {fair:.0}): {s:?}",
+            s.ok
+        );
+    }
+}
+
+fn cluster_spread(mode: ProxyMode, base: &str) {
+    let mut t = TestLab::up(base, small(3, 9, mode));
+    let lab = t.lab();
+    let pods = all_pods(lab);
+    let tcp = spread(lab, "pod-001", "10.96.0.10:5001", 1800, false);
+    assert_plausible(&tcp, &pods);
+    let udp = spread(lab, "pod-002", "10.96.0.10:5001", 900, true);
+    assert_plausible(&udp, &pods);
+    // Pod to ClusterIP is not masqueraded: another backend sees the pod's own address; a
+    // hairpin (the pod reaching itself) is masqueraded to the node's address.
+    let (mut other, mut hairpin) = (0, 0);
+    for _ in 0..60 {
+        let line = hello(lab, "pod-001", "10.96.0.10", 5001).expect("answer");
+        if line.starts_with("pod-001 ") {
+            assert_eq!(client_ip(&line), "172.31.0.11", "hairpin is masqueraded: {line}");
+            hairpin += 1;
+        } else {
+            assert_eq!(client_ip(&line), lab.pods()[0].ip.to_string(), "{line}");
+            other += 1;
+        }
+        if other > 0 && hairpin > 0 {
+            break;
+        }
+    }
+    assert!(
+        other > 0 && hairpin > 0,
+        "saw {other} other / {hairpin} hairpin answers"
+    );
+    let rules = lab.rules("node1").expect("rules");
+    match mode {
+        ProxyMode::Nftables => {
+            assert!(rules.contains("numgen random mod 9 vmap"), "{rules}");
+            assert!(rules.contains("masquerade fully-random"), "{rules}");
+        }
+        ProxyMode::Iptables => {
+            // The kernel keeps the probability as a 32-bit fraction: iptables-save prints
+            // 0.11111111101; the restore input carries kube-proxy's %0.10f.
+            assert!(
+                rules.contains("-m statistic --mode random --probability 0.1111111"),
+                "{rules}"
+            );
+            assert!(rules.contains("MASQUERADE --random-fully"), "{rules}");
+            let generated = lab.generated_rules("node1").expect("generated");
+            assert!(
+                generated.contains("--probability 0.1111111111 -j KUBE-SEP-"),
+                "{generated}"
+            );
+        }
+    }
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_clusterip_spread_tcp_udp() {
+    if is_root() {
+        cluster_spread(ProxyMode::Nftables, "nftcip");
+    }
+}
+
+#[test]
+fn lab_iptables_clusterip_spread_tcp_udp() {
+    if is_root() {
+        cluster_spread(ProxyMode::Iptables, "iptcip");
+    }
+}
+
+fn affinity(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        options: ServiceOptions {
+            affinity: Affinity::ClientIp,
+            ..ServiceOptions::default()
+        },
+        ..small(3, 6, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let lab = t.lab();
+    // The first connection creates the affinity entry; connections racing it (first
+    // packets in flight together) are balanced independently, in a real cluster too.
+    spread_parallel(lab, "pod-001", "10.96.0.10:5001", 1, 1, false);
+    spread_parallel(lab, "client", "172.31.0.12:30001", 1, 1, false);
+    let from_pod = spread(lab, "pod-001", "10.96.0.10:5001", 200, false);
+    assert_eq!(from_pod.ok, 200, "{from_pod:?}");
+    assert_eq!(from_pod.names().len(), 1, "one client, one backend: {from_pod:?}");
+    let from_client = spread(lab, "client", "172.31.0.12:30001", 200, false);
+    assert_eq!(from_client.ok, 200, "{from_client:?}");
+    assert_eq!(from_client.names().len(), 1, "one client, one backend: {from_client:?}");
+    // Deleting another pod rewrites the rules but keeps the affinity state.
+    let pinned = from_pod.names()[0].to_string();
+    let other = all_pods(lab)
+        .into_iter()
+        .find(|p| *p != pinned && p != "pod-001")
+        .expect("another pod");
+    lab.delete_pod(&other).expect("delete pod");
+    let again = spread(lab, "pod-001", "10.96.0.10:5001", 100, false);
+    assert_eq!(
+        again.names(),
+        vec![pinned.as_str()],
+        "affinity survives the rewrite: {again:?}"
+    );
+    // Without affinity the same client is spread again.
+    lab.set(&LabChanges {
+        affinity: Some(Affinity::None),
+        ..Default::default()
+    })
+    .expect("set");
+    let spread_again = spread(lab, "pod-001", "10.96.0.10:5001", 300, false);
+    assert_eq!(spread_again.names().len(), 5, "{spread_again:?}");
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_affinity_clientip() {
+    if is_root() {
+        affinity(ProxyMode::Nftables, "nftaff");
+    }
+}
+
+#[test]
+fn lab_iptables_affinity_clientip() {
+    if is_root() {
+        affinity(ProxyMode::Iptables, "iptaff");
+    }
+}
+
+/// 3 nodes, 4 pods: node1 has pod-001 and pod-004, node2 pod-002, node3 pod-003.
+fn etp_local(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        options: ServiceOptions {
+            external_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
+        ..small(3, 4, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let lab = t.lab();
+    lab.delete_pod("pod-003").expect("empty node3");
+    // node3 has no local endpoint: its nodePort gets nothing.
+    let none = spread(lab, "client", "172.31.0.13:30001", 20, false);
+    assert_eq!(none.ok, 0, "{none:?}");
+    // node1: only its own pods answer, and they see the client's own address.
+    let n1 = spread(lab, "client", "172.31.0.11:30001", 400, false);
+    assert_plausible(&n1, &pods_on(lab, "node1"));
+    let line = hello(lab, "client", "172.31.0.11", 30001).expect("answer");
+    assert_eq!(
+        client_ip(&line),
+        "172.31.0.2",
+        "eTP Local keeps the client address: {line}"
+    );
+    // The LoadBalancer IP goes to node1 as well.
+    let lb = spread(lab, "client", "172.30.0.10:5001", 200, false);
+    assert_plausible(&lb, &pods_on(lab, "node1"));
+    // eTP Cluster: every pod answers via any node, masqueraded to the node's address.
+    lab.set(&LabChanges {
+        external_traffic_policy: Some(TrafficPolicy::Cluster),
+        ..Default::default()
+    })
+    .expect("set");
+    let all = spread(lab, "client", "172.31.0.13:30001", 600, false);
+    assert_plausible(&all, &all_pods(lab));
+    let line = hello(lab, "client", "172.31.0.11", 30001).expect("answer");
+    assert_eq!(
+        client_ip(&line),
+        "172.31.0.11",
+        "eTP Cluster masquerades to the node: {line}"
+    );
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_external_traffic_policy_local() {
+    if is_root() {
+        etp_local(ProxyMode::Nftables, "nftetp");
+    }
+}
+
+#[test]
+fn lab_iptables_external_traffic_policy_local() {
+    if is_root() {
+        etp_local(ProxyMode::Iptables, "iptetp");
+    }
+}
+
+fn itp_local(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        options: ServiceOptions {
+            internal_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
+        ..small(3, 5, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let lab = t.lab();
+    // node1: pod-001, pod-004; node2: pod-002, pod-005; node3: pod-003.
+    let s = spread(lab, "pod-001", "10.96.0.10:5001", 400, false);
+    assert_plausible(&s, &pods_on(lab, "node1"));
+    let s = spread(lab, "pod-003", "10.96.0.10:5001", 100, false);
+    assert_plausible(&s, &pods_on(lab, "node3"));
+    lab.delete_pod("pod-003").expect("empty node3");
+    // No local endpoint: node3's ClusterIP traffic is dropped.
+    let s = spread(lab, "node3", "10.96.0.10:5001", 10, false);
+    assert_eq!(s.ok, 0, "{s:?}");
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_internal_traffic_policy_local() {
+    if is_root() {
+        itp_local(ProxyMode::Nftables, "nftitp");
+    }
+}
+
+#[test]
+fn lab_iptables_internal_traffic_policy_local() {
+    if is_root() {
+        itp_local(ProxyMode::Iptables, "iptitp");
+    }
+}
+
+fn prefer_close(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        options: ServiceOptions {
+            traffic_distribution: Some(TrafficDistribution::PreferClose),
+            ..ServiceOptions::default()
+        },
+        ..small(3, 9, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let lab = t.lab();
+    let zone_a = pods_in_zone(lab, "zone-a");
+    assert_eq!(zone_a.len(), 3);
+    let expected: Vec<String> = lab
+        .endpoints("node1", false)
+        .unwrap()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(expected, zone_a);
+    let s = spread(lab, "pod-001", "10.96.0.10:5001", 600, false);
+    assert_plausible(&s, &zone_a);
+    // One endpoint without a hint: kube-proxy ignores topology, every pod answers.
+    lab.set(&LabChanges {
+        drop_hints: vec!["pod-005".into()],
+        ..Default::default()
+    })
+    .expect("set");
+    assert!(
+        lab.status()
+            .pods
+            .iter()
+            .any(|p| p.name == "pod-005" && p.hint.is_none())
+    );
+    let s = spread(lab, "pod-001", "10.96.0.10:5001", 1800, false);
+    assert_plausible(&s, &all_pods(lab));
+    lab.set(&LabChanges {
+        restore_hints: true,
+        ..Default::default()
+    })
+    .expect("set");
+    let s = spread(lab, "pod-002", "10.96.0.10:5001", 600, false);
+    assert_plausible(&s, &pods_in_zone(lab, "zone-b"));
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_prefer_close() {
+    if is_root() {
+        prefer_close(ProxyMode::Nftables, "nftpc");
+    }
+}
+
+#[test]
+fn lab_iptables_prefer_close() {
+    if is_root() {
+        prefer_close(ProxyMode::Iptables, "iptpc");
+    }
+}
+
+fn delete_and_scale(mode: ProxyMode, base: &str) {
+    let mut t = TestLab::up(base, small(3, 6, mode));
+    let lab = t.lab();
+    let gone_ip = lab
+        .pods()
+        .iter()
+        .find(|p| p.name == "pod-003")
+        .expect("pod-003")
+        .ip
+        .to_string();
+    lab.delete_pod("pod-003").expect("delete");
+    assert!(
+        !lab.rules("node1").expect("rules").contains(&gone_ip),
+        "rules still name {gone_ip}"
+    );
+    assert!(lab.netns("pod-003").is_err());
+    let s = spread(lab, "pod-001", "10.96.0.10:5001", 600, false);
+    assert_plausible(&s, &all_pods(lab));
+    assert!(!s.backends.contains_key("pod-003"));
+    lab.scale(9).expect("scale up");
+    assert_eq!(lab.pods().len(), 9);
+    let s = spread(lab, "pod-001", "10.96.0.10:5001", 1800, false);
+    assert_plausible(&s, &all_pods(lab));
+    lab.scale(2).expect("scale down");
+    assert_eq!(all_pods(lab), vec!["pod-001", "pod-002"]);
+    let s = spread(lab, "client", "172.31.0.13:30001", 200, false);
+    assert_plausible(&s, &all_pods(lab));
+    let prefix = lab::netns_prefix(lab.name());
+    let namespaces = std::fs::read_dir("/run/netns")
+        .expect("netns dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .count();
+    assert_eq!(namespaces, 2 + 3 + 2, "net, client, 3 nodes, 2 pods");
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_delete_pod_and_scale() {
+    if is_root() {
+        delete_and_scale(ProxyMode::Nftables, "nftscale");
+    }
+}
+
+#[test]
+fn lab_iptables_delete_pod_and_scale() {
+    if is_root() {
+        delete_and_scale(ProxyMode::Iptables, "iptscale");
+    }
+}
+
+#[test]
+fn lab_ecmp_loadbalancer_reaches_every_node() {
+    if !is_root() {
+        return;
+    }
+    let cfg = LabConfig {
+        ecmp: true,
+        options: ServiceOptions {
+            external_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
+        ..small(3, 6, ProxyMode::Nftables)
+    };
+    let mut t = TestLab::up("ecmp", cfg);
+    let lab = t.lab();
+    // ECMP with an L4 hash spreads connections over the nodes; eTP Local keeps each on
+    // its node's pods, so every pod answers.
+    let s = spread(lab, "client", "172.30.0.10:5001", 1200, false);
+    assert_eq!(s.failed, 0, "{s:?}");
+    assert_eq!(s.names().len(), 6, "{s:?}");
+    t.finish();
+}
+
+#[test]
+fn lab_two_labs_coexist() {
+    if !is_root() {
+        return;
+    }
+    let mut a = TestLab::up("twoa", small(2, 4, ProxyMode::Nftables));
+    let mut b = TestLab::up("twob", small(3, 3, ProxyMode::Iptables));
+    let sa = spread(a.lab(), "pod-001", "10.96.0.10:5001", 400, false);
+    let pods_a = all_pods(a.lab());
+    assert_plausible(&sa, &pods_a);
+    let sb = spread(b.lab(), "pod-001", "10.96.0.10:5001", 300, false);
+    let pods_b = all_pods(b.lab());
+    assert_plausible(&sb, &pods_b);
+    a.finish();
+    let sb = spread(b.lab(), "client", "172.31.0.11:30001", 300, false);
+    assert_plausible(&sb, &pods_b);
+    b.finish();
+}
+
+#[test]
+fn lab_down_after_state_loss() {
+    if !is_root() {
+        return;
+    }
+    let name = format!("lost-{}", std::process::id() % 100_000);
+    let before = root_net();
+    let _ = lab::down_by_name(&name);
+    let lab = Lab::up(&LabConfig {
+        name: name.clone(),
+        server: Some(EXE.into()),
+        ..small(2, 4, ProxyMode::Nftables)
+    })
+    .expect("up");
+    let pids: Vec<u32> = lab.status().pods.iter().map(|p| p.pid).collect();
+    assert!(pids.iter().all(|p| alive(*p)));
+    // A process someone started in the lab (not recorded anywhere) goes too.
+    let mut stray = lab
+        .command("client", Path::new("sleep"))
+        .expect("command")
+        .arg("600")
+        .spawn()
+        .expect("sleep");
+    // `ip netns exec` enters the namespace, then execs sleep: wait until it is in there.
+    let client_ns = std::fs::metadata(format!("/run/netns/{}", lab.netns("client").expect("client"))).expect("ns");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(format!("/proc/{}/ns/net", stray.id()))
+        .map(|m| m.ino())
+        .ok()
+        != Some(client_ns.ino())
+    {
+        assert!(Instant::now() < deadline, "sleep never entered the client namespace");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The state is lost, as after a crash or kill -9 of the tool.
+    std::fs::remove_dir_all(lab::labs_dir().join(&name)).expect("remove state");
+    drop(lab);
+    assert!(Lab::open(&name).is_err());
+    assert!(Lab::list().expect("list").contains(&name), "found from the namespaces");
+    lab::down_by_name(&name).expect("down from the prefix");
+    let _ = stray.wait();
+    let mut all = pids.clone();
+    all.push(stray.id());
+    assert_clean(&name, &all, &before);
+    assert!(lab::down_by_name(&name).is_err(), "nothing left to remove");
+}
+
+fn big(mode: ProxyMode, base: &str) {
+    let t0 = Instant::now();
+    let mut t = TestLab::up(
+        base,
+        LabConfig {
+            proxy_mode: mode,
+            ..LabConfig::default()
+        },
+    );
+    let up = t0.elapsed();
+    let lab = t.lab();
+    assert_eq!(lab.pods().len(), 100);
+    assert!(lab.status().pods.iter().all(|p| p.alive));
+    // xcluster's test: 10,000 connects reach all 100 pods, and the spread is kernel-random:
+    // within ±50% of the fair share and not rejected by chi-square against uniform.
+    let s = spread_parallel(lab, "pod-050", "10.96.0.10:5001", 10_000, 100, false);
+    assert_eq!((s.ok, s.failed), (10_000, 0), "{s:?}");
+    assert_eq!(s.names().len(), 100, "{s:?}");
+    assert_eq!(s.verdict, "PASS", "{s:?}");
+    assert!(
+        s.p_value.is_some_and(|p| p > 1e-6),
+        "chi-square rejects the spread: {s:?}"
+    );
+    let per_node: Vec<usize> = lab.status().nodes.iter().map(|n| n.pods).collect();
+    assert_eq!(per_node, vec![10; 10]);
+    let t1 = Instant::now();
+    t.finish();
+    let down = t1.elapsed();
+    eprintln!(
+        "{base}: up {:.2}s, down (with checks) {:.2}s",
+        up.as_secs_f64(),
+        down.as_secs_f64()
+    );
+    assert!(up < Duration::from_secs(10), "up took {up:?}");
+    assert!(down < Duration::from_secs(5), "down took {down:?}");
+}
+
+#[test]
+fn lab_nftables_10_nodes_100_pods() {
+    if is_root() {
+        big(ProxyMode::Nftables, "bignft");
+    }
+}
+
+#[test]
+fn lab_iptables_10_nodes_100_pods() {
+    if is_root() {
+        big(ProxyMode::Iptables, "bigipt");
+    }
+}
+
+#[test]
+fn lab_cli_up_status_exec_rules_down() {
+    if !is_root() {
+        return;
+    }
+    let name = format!("cli-{}", std::process::id() % 100_000);
+    let before = root_net();
+    let _ = lab::down_by_name(&name);
+    let cli = |args: &[&str]| Command::new(EXE).arg("lab").args(args).output().expect("run");
+    let out = cli(&[
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods",
+        "2",
+        "--proxy-mode",
+        "iptables",
+    ]);
+    // Torn down below even if an assertion fails.
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = lab::down_by_name(&self.0);
+        }
+    }
+    let _guard = Down(name.clone());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("10.96.0.10") && text.contains("30001") && text.contains("172.30.0.10"),
+        "{text}"
+    );
+
+    let out = cli(&["status", "--name", &name, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(v["pods"].as_array().expect("pods").len(), 2);
+    assert_eq!(v["service"]["cluster_ip"], "10.96.0.10");
+    let pids: Vec<u32> = v["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect();
+    let out = cli(&["status", "--name", &name, "-o", "yaml"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cluster_ip"));
+
+    let out = cli(&["exec", "--name", &name, "client", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "exit code passed through");
+    let out = cli(&["exec", "--name", &name, "nosuch", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node or pod named nosuch"));
+
+    let out = cli(&["rules", "--name", &name, "node2"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("KUBE-SVC-"));
+    let out = cli(&[
+        "set",
+        "--name",
+        &name,
+        "--drop-hint",
+        "pod-001",
+        "--traffic-distribution",
+        "PreferClose",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = cli(&["status", "--name", "nosuchlab"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run `kubectl svclb lab up --name nosuchlab`"));
+    let out = cli(&["up", "--name", "Bad_Name"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = cli(&["down", "--name", &name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_clean(&name, &pids, &before);
+}
+
+#[test]
+fn lab_names_are_validated() {
+    for ok in ["a", "lab", "my-lab-2", "abcdefghijklmnop"] {
+        assert!(lab::validate_name(ok).is_ok(), "{ok}");
+    }
+    for bad in ["", "-a", "a-", "A", "a.b", "a_b", "abcdefghijklmnopq", "a/b"] {
+        assert!(lab::validate_name(bad).is_err(), "{bad}");
+    }
+    assert_eq!(lab::netns_prefix("a"), "svclb-a.");
+}
+
+#[test]
+fn lab_needs_root() {
+    if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        return;
+    }
+    // As nobody: one line saying what to do, exit 2, nothing built.
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", EXE])
+        .args(["lab", "up", "--name", "noroot", "--nodes", "1", "--pods", "1"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "error: the lab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run with sudo"
+    );
+    assert!(!Path::new("/run/netns/svclb-noroot.client").exists());
+}
+
+/// A UDP socket created inside `who`'s namespace (a socket stays in the namespace it was
+/// created in), connected to `addr`: one long-lived UDP flow from a fixed source port.
+fn udp_flow(lab: &Lab, who: &str, addr: &str) -> std::net::UdpSocket {
+    let ns = std::fs::File::open(format!("/run/netns/{}", lab.netns(who).expect("netns"))).expect("open netns");
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this short-lived thread only.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        s
+    })
+    .join()
+    .expect("thread")
+}
+
+/// The backend answering one datagram on `flow`, if any.
+fn ask(flow: &std::net::UdpSocket) -> Option<String> {
+    flow.send(b"hello").ok()?;
+    let mut buf = [0u8; 512];
+    let n = flow.recv(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+fn udp_flow_moves_on_delete(mode: ProxyMode, base: &str) {
+    let mut t = TestLab::up(base, small(2, 4, mode));
+    let lab = t.lab();
+    let flow = udp_flow(lab, "node1", "10.96.0.10:5001");
+    let first = ask(&flow).expect("an answer");
+    for _ in 0..5 {
+        assert_eq!(
+            ask(&flow).as_deref(),
+            Some(first.as_str()),
+            "conntrack keeps a UDP flow on one backend"
+        );
+    }
+    // kube-proxy deletes the flow's conntrack entry with the endpoint: the next datagram is
+    // balanced again instead of vanishing until the entry times out.
+    lab.delete_pod(&first).expect("delete");
+    let next = ask(&flow)
+        .or_else(|| ask(&flow))
+        .expect("the flow is answered again at once");
+    assert_ne!(next, first);
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_udp_flow_moves_when_its_pod_is_deleted() {
+    if is_root() {
+        udp_flow_moves_on_delete(ProxyMode::Nftables, "nftudp");
+    }
+}
+
+#[test]
+fn lab_iptables_udp_flow_moves_when_its_pod_is_deleted() {
+    if is_root() {
+        udp_flow_moves_on_delete(ProxyMode::Iptables, "iptudp");
+    }
+}
