@@ -35,15 +35,7 @@ async fn open_lab(name: &str, interrupted: &AtomicBool) -> Result<(Lab, bool)> {
         return Ok((Lab::open(name)?, false));
     }
     // Labs this user can open (state under the labs directory); `lab list` also shows remnants.
-    let mut running: Vec<String> = std::fs::read_dir(crate::lab::labs_dir())
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("state.json").exists())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    running.sort();
+    let running = Lab::saved();
     match running.as_slice() {
         [one] => return Ok((Lab::open(one)?, false)),
         [] => {}

@@ -742,8 +742,8 @@ impl Lab {
         Ok(Lab { dir, state })
     }
 
-    /// Names of the labs on this machine (with state or with namespaces left).
-    pub fn list() -> Result<Vec<String>> {
+    /// Names of the labs that can be opened: those with state under [`labs_dir`], sorted.
+    pub fn saved() -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(labs_dir())
             .map(|d| {
                 d.filter_map(|e| e.ok())
@@ -752,6 +752,13 @@ impl Lab {
                     .collect()
             })
             .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Names of the labs on this machine (with state or with namespaces left).
+    pub fn list() -> Result<Vec<String>> {
+        let mut names = Lab::saved();
         for ns in netns::list_with_prefix("svclb-") {
             if let Some((lab, _)) = ns["svclb-".len()..].split_once('.') {
                 names.push(lab.to_string());

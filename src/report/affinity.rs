@@ -3,10 +3,8 @@
 use std::fmt::Write;
 
 use tabled::builder::Builder;
-use tabled::settings::object::Columns;
-use tabled::settings::{Alignment, Style};
 
-use super::{RunFormat, num};
+use super::{RunFormat, num, styled};
 use crate::affinity::{ChangeKind, Verdict};
 use crate::record::AffinityRun;
 
@@ -28,17 +26,6 @@ pub fn clock(ms: u64) -> String {
     jiff::Timestamp::from_millisecond(ms as i64)
         .map(|t| t.strftime("%H:%M:%S%.3f").to_string())
         .unwrap_or_else(|_| ms.to_string())
-}
-
-fn styled(builder: Builder, markdown: bool) -> String {
-    let mut table = builder.build();
-    if markdown {
-        table.with(Style::markdown());
-    } else {
-        table.with(Style::blank());
-    }
-    table.modify(Columns::new(1..), Alignment::right());
-    table.to_string()
 }
 
 fn text(run: &AffinityRun, md: bool) -> String {

@@ -6,10 +6,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 use tabled::builder::Builder;
-use tabled::settings::object::Columns;
-use tabled::settings::{Alignment, Style};
 
-use super::{CompareFormat, frequency, num, pval};
+use super::{CompareFormat, frequency, num, pval, styled};
 use crate::record::{AffinityRun, Loaded};
 use crate::stats::Stats;
 use crate::storm::BackendCount;
@@ -144,17 +142,6 @@ pub fn compare(runs: &[Loaded], affinity: &[AffinityRun], format: CompareFormat)
         CompareFormat::Table => text(runs, affinity, false),
         CompareFormat::Markdown => text(runs, affinity, true),
     })
-}
-
-fn styled(builder: Builder, md: bool) -> String {
-    let mut table = builder.build();
-    table.with(if md {
-        Style::markdown().into()
-    } else {
-        tabled::settings::Theme::from_style(Style::blank())
-    });
-    table.modify(Columns::new(1..), Alignment::right());
-    table.to_string()
 }
 
 fn text(runs: &[Loaded], affinity: &[AffinityRun], md: bool) -> String {

@@ -39,6 +39,19 @@ pub fn frequency(counts: impl IntoIterator<Item = u64>) -> Vec<(u64, usize)> {
     map.into_iter().collect()
 }
 
+/// A table: blank-bordered for terminals, GitHub markdown otherwise; numeric columns right-aligned.
+fn styled(builder: tabled::builder::Builder, markdown: bool) -> String {
+    use tabled::settings::{Alignment, Style, object::Columns};
+    let mut table = builder.build();
+    if markdown {
+        table.with(Style::markdown());
+    } else {
+        table.with(Style::blank());
+    }
+    table.modify(Columns::new(1..), Alignment::right());
+    table.to_string()
+}
+
 /// A float for a table cell: fixed decimals, `-` when absent.
 fn num(v: Option<f64>, decimals: usize) -> String {
     match v {

@@ -3,10 +3,8 @@
 use std::fmt::Write;
 
 use tabled::builder::Builder;
-use tabled::settings::object::Columns;
-use tabled::settings::{Alignment, Style};
 
-use super::{RunFormat, frequency, num, pval};
+use super::{RunFormat, frequency, num, pval, styled};
 use crate::record::SpreadRun;
 use crate::stats::Verdict;
 
@@ -18,17 +16,6 @@ pub fn spread(run: &SpreadRun, format: RunFormat) -> anyhow::Result<String> {
         RunFormat::Table => text(run, false),
         RunFormat::Markdown => text(run, true),
     })
-}
-
-fn styled(builder: Builder, markdown: bool) -> String {
-    let mut table = builder.build();
-    if markdown {
-        table.with(Style::markdown());
-    } else {
-        table.with(Style::blank());
-    }
-    table.modify(Columns::new(1..), Alignment::right());
-    table.to_string()
 }
 
 fn text(run: &SpreadRun, md: bool) -> String {
