@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -79,15 +78,8 @@ pub struct AffinityArgs {
     /// Print a stats line this often.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     pub stats_interval: Duration,
-    /// Name of the run (default: affinity-<date>-<time>).
-    #[arg(long)]
-    pub tag: Option<String>,
-    /// Directory for the run record.
-    #[arg(long, default_value = "saves", value_name = "DIR")]
-    pub save: PathBuf,
-    /// Do not save the run record.
-    #[arg(long)]
-    pub no_save: bool,
+    #[command(flatten)]
+    pub record: super::SaveArgs,
     /// Output format of the summary; json prints exactly the run record (live lines go to stderr).
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
@@ -113,11 +105,7 @@ impl AffinityArgs {
                 bail!("{flag} 0s: give a positive duration, e.g. 1s");
             }
         }
-        if let Some(tag) = &self.tag
-            && (tag.is_empty() || tag.contains('/'))
-        {
-            bail!("--tag {tag:?}: give a non-empty name without '/'");
-        }
+        self.record.validate()?;
         if self.plain_udp && !self.udp {
             bail!("--plain-udp chooses the UDP socket path: use it with --udp");
         }
@@ -200,10 +188,7 @@ impl AffinityArgs {
     }
 
     fn tag(&self, started: jiff::Timestamp) -> String {
-        self.tag.clone().unwrap_or_else(|| {
-            let local = started.to_zoned(jiff::tz::TimeZone::system());
-            format!("affinity-{}", local.strftime("%Y%m%d-%H%M%S"))
-        })
+        self.record.tag("affinity", started)
     }
 }
 
@@ -669,17 +654,7 @@ pub fn run(args: AffinityArgs) -> Result<ExitCode> {
     }
     let mut record = build_record(&args, started_at, info, finished, &known);
     record.environment.proxy_mode = proxy_mode;
-    if !args.no_save {
-        let wanted = record.tag.clone();
-        let path = crate::record::save(&args.save, &mut record)?;
-        if record.tag != wanted {
-            eprintln!(
-                "svclb: a run tagged {wanted:?} exists; saved this one as {:?}",
-                record.tag
-            );
-        }
-        eprintln!("svclb: saved {}", path.display());
-    }
+    args.record.save(&mut record)?;
     if args.output == RunFormat::Table {
         println!();
     }

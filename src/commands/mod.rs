@@ -10,7 +10,63 @@ pub mod spread;
 mod spread_cluster;
 mod spread_lab;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::record::Saved;
+
+/// How a measuring command names and saves its run record (`--tag`, `--save`, `--no-save`).
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Name of the run (default: <command>-<date>-<time>).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Directory for the run record.
+    #[arg(long, default_value = "saves", value_name = "DIR")]
+    pub save: PathBuf,
+    /// Do not save the run record.
+    #[arg(long)]
+    pub no_save: bool,
+}
+
+impl SaveArgs {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(tag) = &self.tag
+            && (tag.is_empty() || tag.contains('/'))
+        {
+            bail!("--tag {tag:?}: give a non-empty name without '/'");
+        }
+        Ok(())
+    }
+
+    /// The run's tag: `--tag`, else `<command>-<local date>-<time>` of its start.
+    pub fn tag(&self, command: &str, started: jiff::Timestamp) -> String {
+        self.tag.clone().unwrap_or_else(|| {
+            let local = started.to_zoned(jiff::tz::TimeZone::system());
+            format!("{command}-{}", local.strftime("%Y%m%d-%H%M%S"))
+        })
+    }
+
+    /// Saves `run` unless `--no-save`, telling the user where (and about a renamed tag).
+    pub fn save<R: Saved>(&self, run: &mut R) -> Result<()> {
+        if self.no_save {
+            return Ok(());
+        }
+        let wanted = run.tag().to_string();
+        let path = crate::record::save(&self.save, run)?;
+        if run.tag() != wanted {
+            eprintln!(
+                "svclb: a run tagged {wanted:?} exists; saved this one as {:?}",
+                run.tag()
+            );
+        }
+        eprintln!("svclb: saved {}", path.display());
+        Ok(())
+    }
+}
 
 /// Parses durations as `2s`, `500ms`, `1m30s`, `1.5s`, `10m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -75,15 +74,8 @@ pub struct SpreadArgs {
     /// Close with FIN instead of RST (SO_LINGER 0); leaves TIME_WAIT on this side.
     #[arg(long)]
     pub graceful_close: bool,
-    /// Name of the run (default: spread-<date>-<time>).
-    #[arg(long)]
-    pub tag: Option<String>,
-    /// Directory for the run record.
-    #[arg(long, default_value = "saves", value_name = "DIR")]
-    pub save: PathBuf,
-    /// Do not save the run record.
-    #[arg(long)]
-    pub no_save: bool,
+    #[command(flatten)]
+    pub record: super::SaveArgs,
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
@@ -147,11 +139,7 @@ impl SpreadArgs {
         if self.expect_backends == Some(0) {
             bail!("--expect-backends 0: give the number of backends that must answer");
         }
-        if let Some(tag) = &self.tag
-            && (tag.is_empty() || tag.contains('/'))
-        {
-            bail!("--tag {tag:?}: give a non-empty name without '/'");
-        }
+        self.record.validate()?;
         if self.address.is_some()
             && (self.from != FromKind::Pod
                 || self.pod.is_some()
@@ -245,10 +233,7 @@ impl SpreadArgs {
     }
 
     pub(crate) fn tag(&self, started: jiff::Timestamp) -> String {
-        self.tag.clone().unwrap_or_else(|| {
-            let local = started.to_zoned(jiff::tz::TimeZone::system());
-            format!("spread-{}", local.strftime("%Y%m%d-%H%M%S"))
-        })
+        self.record.tag("spread", started)
     }
 }
 
@@ -416,15 +401,8 @@ async fn stop_line(enabled: bool) {
 }
 
 /// Prints the run, saves it unless told not to, and maps the verdict to the exit code.
-pub fn finish(mut run: SpreadRun, args_save: Option<&std::path::Path>, output: RunFormat) -> Result<ExitCode> {
-    if let Some(dir) = args_save {
-        let wanted = run.tag.clone();
-        let path = crate::record::save(dir, &mut run)?;
-        if run.tag != wanted {
-            eprintln!("svclb: a run tagged {wanted:?} exists; saved this one as {:?}", run.tag);
-        }
-        eprintln!("svclb: saved {}", path.display());
-    }
+pub fn finish(mut run: SpreadRun, save: &super::SaveArgs, output: RunFormat) -> Result<ExitCode> {
+    save.save(&mut run)?;
     print!("{}", report::spread(&run, output)?);
     Ok(verdict_code(&run))
 }
@@ -479,7 +457,7 @@ pub fn run(args: SpreadArgs, kube: &crate::cli::KubeFlags) -> Result<ExitCode> {
         print!("{}", report::spread(&run, RunFormat::Json)?);
         return Ok(verdict_code(&run));
     }
-    finish(run, (!args.no_save).then_some(args.save.as_path()), args.output)
+    finish(run, &args.record, args.output)
 }
 
 fn verdict_code(run: &SpreadRun) -> ExitCode {

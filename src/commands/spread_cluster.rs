@@ -59,7 +59,7 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
         let deleted = rt.block_on(ops::cleanup(&cluster))?;
         eprintln!("svclb: cleanup: deleted {}", deleted.join(", "));
     }
-    finish(result?, (!args.no_save).then_some(args.save.as_path()), args.output)
+    finish(result?, &args.record, args.output)
 }
 
 /// Makes sure the tserver runs: deploys it (default options) when missing, waits until ready.

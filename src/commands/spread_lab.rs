@@ -87,7 +87,7 @@ pub(super) fn run(args: &SpreadArgs, name: &str) -> Result<ExitCode> {
     let run = run?;
     // The lab (if made for this run) goes before the verdict is printed.
     drop(ephemeral);
-    finish(run, (!args.no_save).then_some(args.save.as_path()), args.output)
+    finish(run, &args.record, args.output)
 }
 
 /// Plans the storm through the target, runs its agents (forwarding `signal` as an interrupt),
