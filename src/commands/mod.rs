@@ -94,6 +94,24 @@ pub fn raise_nofile() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
+/// Watches for Ctrl-C/SIGTERM from the start of a run: the flag tells a setup phase (building a
+/// lab, deploying) that it was interrupted; the task completes on the signal, for the storm phase
+/// to await. Must be called inside a tokio runtime.
+pub fn watch_interrupt() -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signal = tokio::spawn({
+        let flag = flag.clone();
+        async move {
+            shutdown_signal().await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (flag, signal)
+}
+
 /// Completes on the first SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

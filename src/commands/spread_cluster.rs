@@ -2,8 +2,7 @@
 //! agents in tserver pods through exec (or on this host), merge, save, optionally clean up.
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -23,14 +22,7 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
     let rt = super::runtime(0)?;
     let (result, cluster) = rt.block_on(async {
         let (cluster, version) = cluster::connect(kube).await?;
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let signal = tokio::spawn({
-            let interrupted = interrupted.clone();
-            async move {
-                super::shutdown_signal().await;
-                interrupted.store(true, Ordering::Relaxed);
-            }
-        });
+        let (interrupted, signal) = super::watch_interrupt();
         let result = async {
             prepare(args, &cluster).await?;
             if interrupted.load(Ordering::Relaxed) {

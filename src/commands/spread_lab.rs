@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -68,14 +67,7 @@ pub(super) fn run(args: &SpreadArgs, name: &str) -> Result<ExitCode> {
     super::raise_nofile();
     let rt = super::runtime(0)?;
     let (run, ephemeral) = rt.block_on(async {
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let signal = tokio::spawn({
-            let interrupted = interrupted.clone();
-            async move {
-                super::shutdown_signal().await;
-                interrupted.store(true, Ordering::Relaxed);
-            }
-        });
+        let (interrupted, signal) = super::watch_interrupt();
         let (lab, made) = open_lab(name, &interrupted).await?;
         let ephemeral = made.then(|| Ephemeral(lab.name().to_string()));
         let result = match LabTarget::new(&lab) {

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use tabled::builder::Builder;
 
-use super::{RunFormat, num, styled};
+use super::{RunFormat, heading, num, styled, title};
 use crate::affinity::{ChangeKind, Verdict};
 use crate::record::AffinityRun;
 
@@ -30,18 +30,7 @@ pub fn clock(ms: u64) -> String {
 
 fn text(run: &AffinityRun, md: bool) -> String {
     let mut out = String::new();
-    let heading = |out: &mut String, title: &str| {
-        if md {
-            let _ = writeln!(out, "\n### {title}\n");
-        } else {
-            let _ = writeln!(out, "\n{title}:");
-        }
-    };
-    if md {
-        let _ = writeln!(out, "## Affinity run `{}`\n", run.tag);
-    } else {
-        let _ = writeln!(out, "Affinity run {}", run.tag);
-    }
+    title(&mut out, "Affinity", &run.tag, md);
     let t = &run.totals;
     let lost_pct = if t.sent > 0 {
         100.0 * t.lost as f64 / t.sent as f64
@@ -76,7 +65,7 @@ fn text(run: &AffinityRun, md: bool) -> String {
         );
     }
 
-    heading(&mut out, "Pods (sessions by the pod that answered them last)");
+    heading(&mut out, "Pods (sessions by the pod that answered them last)", md);
     let mut b = Builder::default();
     b.push_record(["pod", "sessions", "answered"]);
     for p in &run.pods {
@@ -85,7 +74,7 @@ fn text(run: &AffinityRun, md: bool) -> String {
     let _ = writeln!(out, "{}", styled(b, md));
 
     if !run.pool_changes.is_empty() {
-        heading(&mut out, "Backend pool changes");
+        heading(&mut out, "Backend pool changes", md);
         let mut b = Builder::default();
         b.push_record(["time", "removed", "added"]);
         for p in &run.pool_changes {
@@ -97,7 +86,7 @@ fn text(run: &AffinityRun, md: bool) -> String {
     let total = t.pod_changes + t.address_changes;
     if total > 0 {
         let shown = run.changes.len().min(SHOWN_CHANGES);
-        heading(&mut out, &format!("Changes (first {shown} of {total})"));
+        heading(&mut out, &format!("Changes (first {shown} of {total})"), md);
         let mut b = Builder::default();
         b.push_record(["time", "session", "what", "old", "new", "pool changing"]);
         for c in run.changes.iter().take(SHOWN_CHANGES) {

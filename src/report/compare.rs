@@ -7,7 +7,7 @@ use std::fmt::Write;
 use serde::Serialize;
 use tabled::builder::Builder;
 
-use super::{CompareFormat, frequency, num, pval, styled};
+use super::{CompareFormat, frequency, heading, num, pval, styled};
 use crate::record::{AffinityRun, Loaded};
 use crate::stats::Stats;
 use crate::storm::BackendCount;
@@ -192,14 +192,6 @@ fn spread_text(runs: &[Loaded], md: bool, out: &mut String) {
         }
         b.push_record(row);
     }
-    let _ = writeln!(
-        out,
-        "\n{}",
-        if md {
-            "### Frequency (pods per connection count)\n"
-        } else {
-            "Frequency (pods per connection count):"
-        }
-    );
+    heading(out, "Frequency (pods per connection count)", md);
     let _ = writeln!(out, "{}", styled(b, md));
 }

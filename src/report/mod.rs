@@ -39,6 +39,26 @@ pub fn frequency(counts: impl IntoIterator<Item = u64>) -> Vec<(u64, usize)> {
     map.into_iter().collect()
 }
 
+/// A section heading: `### Title` in markdown, `Title:` on a terminal.
+fn heading(out: &mut String, title: &str, markdown: bool) {
+    use std::fmt::Write;
+    let _ = if markdown {
+        writeln!(out, "\n### {title}\n")
+    } else {
+        writeln!(out, "\n{title}:")
+    };
+}
+
+/// The report's first line: `## Kind run `tag`` in markdown, `Kind run tag` on a terminal.
+fn title(out: &mut String, kind: &str, tag: &str, markdown: bool) {
+    use std::fmt::Write;
+    let _ = if markdown {
+        writeln!(out, "## {kind} run `{tag}`\n")
+    } else {
+        writeln!(out, "{kind} run {tag}")
+    };
+}
+
 /// A table: blank-bordered for terminals, GitHub markdown otherwise; numeric columns right-aligned.
 fn styled(builder: tabled::builder::Builder, markdown: bool) -> String {
     use tabled::settings::{Alignment, Style, object::Columns};

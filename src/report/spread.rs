@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use tabled::builder::Builder;
 
-use super::{RunFormat, frequency, num, pval, styled};
+use super::{RunFormat, frequency, heading, num, pval, styled, title};
 use crate::record::SpreadRun;
 use crate::stats::Verdict;
 
@@ -25,18 +25,7 @@ fn text(run: &SpreadRun, md: bool) -> String {
     } else {
         0.0
     };
-    let heading = |out: &mut String, title: &str| {
-        if md {
-            let _ = writeln!(out, "\n### {title}\n");
-        } else {
-            let _ = writeln!(out, "\n{title}:");
-        }
-    };
-    if md {
-        let _ = writeln!(out, "## Spread run `{}`\n", run.tag);
-    } else {
-        let _ = writeln!(out, "Spread run {}", run.tag);
-    }
+    title(&mut out, "Spread", &run.tag, md);
     let mut b = Builder::default();
     b.push_record([
         "target", "protocol", "conns", "ok", "failed", "seconds", "conn/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
@@ -67,7 +56,7 @@ fn text(run: &SpreadRun, md: bool) -> String {
         let _ = writeln!(out, "failed: {}", kinds.join(", "));
     }
 
-    heading(&mut out, "Backends");
+    heading(&mut out, "Backends", md);
     let mut b = Builder::default();
     b.push_record(["backend", "node", "zone", "count", "share"]);
     let total = run.ok.max(1) as f64;
@@ -83,7 +72,7 @@ fn text(run: &SpreadRun, md: bool) -> String {
     let _ = writeln!(out, "{}", styled(b, md));
 
     if !run.sources.is_empty() {
-        heading(&mut out, "Sources");
+        heading(&mut out, "Sources", md);
         let mut b = Builder::default();
         b.push_record(["source", "node", "zone", "conns", "ok", "failed", "backends"]);
         for s in &run.sources {
@@ -101,7 +90,7 @@ fn text(run: &SpreadRun, md: bool) -> String {
 
         // Source x backend node: where each source's connections landed.
         let nodes: std::collections::BTreeSet<&str> = run.backends.iter().map(|b| b.node.as_str()).collect();
-        heading(&mut out, "Source x backend node");
+        heading(&mut out, "Source x backend node", md);
         let mut b = Builder::default();
         b.push_record(std::iter::once("source").chain(nodes.iter().copied()));
         for s in &run.sources {
@@ -121,7 +110,7 @@ fn text(run: &SpreadRun, md: bool) -> String {
         let _ = writeln!(out, "{}", styled(b, md));
     }
 
-    heading(&mut out, "Frequency (pods conns)");
+    heading(&mut out, "Frequency (pods conns)", md);
     if md {
         out.push_str("```\n");
     }
@@ -132,7 +121,7 @@ fn text(run: &SpreadRun, md: bool) -> String {
         out.push_str("```\n");
     }
 
-    heading(&mut out, "Summary");
+    heading(&mut out, "Summary", md);
     let s = &run.stats;
     let mut b = Builder::default();
     b.push_record([
