@@ -135,6 +135,32 @@ impl<'a> NodeEndpoints<'a> {
     }
 }
 
+/// The two policy chains of a service port, as both proxy modes use them: where ClusterIP traffic
+/// and external traffic jump (by internal/externalTrafficPolicy), and which of the Cluster and Local
+/// chains exist (a policy uses them and they have endpoints).
+struct PolicyChains<'c> {
+    internal: &'c str,
+    external: &'c str,
+    uses_cluster: bool,
+    uses_local: bool,
+}
+
+impl<'c> PolicyChains<'c> {
+    fn new(o: &ServiceOptions, eps: &NodeEndpoints, cluster: &'c str, local: &'c str) -> Self {
+        let chain = |p: TrafficPolicy| match p {
+            TrafficPolicy::Cluster => cluster,
+            TrafficPolicy::Local => local,
+        };
+        let uses = |p: TrafficPolicy| o.internal_traffic_policy == p || o.external_traffic_policy == p;
+        PolicyChains {
+            internal: chain(o.internal_traffic_policy),
+            external: chain(o.external_traffic_policy),
+            uses_cluster: uses(TrafficPolicy::Cluster) && !eps.cluster.is_empty(),
+            uses_local: uses(TrafficPolicy::Local) && !eps.local.is_empty(),
+        }
+    }
+}
+
 /// `ns/svc:port` as kube-proxy prints a ServicePortName.
 fn service_port_name(sp: &ServicePort) -> String {
     format!("{SERVICE_NAMESPACE}/{SERVICE_NAME}:{}", sp.name)
@@ -330,20 +356,12 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
 
         let internal = eps.internal(o);
         let external = eps.external(o);
-        let internal_chain = match o.internal_traffic_policy {
-            TrafficPolicy::Cluster => &svc_chain,
-            TrafficPolicy::Local => &local_chain,
-        };
-        let external_policy_chain = match o.external_traffic_policy {
-            TrafficPolicy::Cluster => &svc_chain,
-            TrafficPolicy::Local => &local_chain,
-        };
-        let uses_cluster = (o.internal_traffic_policy == TrafficPolicy::Cluster
-            || o.external_traffic_policy == TrafficPolicy::Cluster)
-            && !eps.cluster.is_empty();
-        let uses_local = (o.internal_traffic_policy == TrafficPolicy::Local
-            || o.external_traffic_policy == TrafficPolicy::Local)
-            && !eps.local.is_empty();
+        let PolicyChains {
+            internal: internal_chain,
+            external: external_policy_chain,
+            uses_cluster,
+            uses_local,
+        } = PolicyChains::new(o, &eps, &svc_chain, &local_chain);
 
         let _ = writeln!(chains, "# {}", service_port_name(sp));
         // Endpoint chains (and affinity sets) for every endpoint a policy chain uses.
@@ -417,10 +435,10 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             want_chains.insert(chain.to_string());
         };
         if uses_cluster {
-            policy(&svc_chain, &eps.cluster, internal_chain == &svc_chain);
+            policy(&svc_chain, &eps.cluster, internal_chain == svc_chain);
         }
         if uses_local {
-            policy(&local_chain, &eps.local, internal_chain == &local_chain);
+            policy(&local_chain, &eps.local, internal_chain == local_chain);
         }
 
         // ClusterIP.
@@ -596,20 +614,12 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
         let (port, np) = (sp.port, sp.node_port);
         let internal = eps.internal(o);
         let external = eps.external(o);
-        let internal_chain = match o.internal_traffic_policy {
-            TrafficPolicy::Cluster => &svc,
-            TrafficPolicy::Local => &svl,
-        };
-        let external_policy_chain = match o.external_traffic_policy {
-            TrafficPolicy::Cluster => &svc,
-            TrafficPolicy::Local => &svl,
-        };
-        let uses_cluster = (o.internal_traffic_policy == TrafficPolicy::Cluster
-            || o.external_traffic_policy == TrafficPolicy::Cluster)
-            && !eps.cluster.is_empty();
-        let uses_local = (o.internal_traffic_policy == TrafficPolicy::Local
-            || o.external_traffic_policy == TrafficPolicy::Local)
-            && !eps.local.is_empty();
+        let PolicyChains {
+            internal: internal_chain,
+            external: external_policy_chain,
+            uses_cluster,
+            uses_local,
+        } = PolicyChains::new(o, &eps, &svc, &svl);
 
         // ClusterIP.
         if internal.is_empty() {
@@ -719,10 +729,10 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
             }
         };
         if uses_cluster {
-            policy(&svc, &eps.cluster, internal_chain == &svc);
+            policy(&svc, &eps.cluster, internal_chain == svc);
         }
         if uses_local {
-            policy(&svl, &eps.local, internal_chain == &svl);
+            policy(&svl, &eps.local, internal_chain == svl);
         }
         for p in seps {
             let sep = ipt_sep(sp, p);
