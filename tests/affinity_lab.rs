@@ -4,55 +4,17 @@
 
 mod common;
 
+use common::{LabGuard, output_json as json};
+
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn svclb(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .env("SVCLB_LAB_DIR", dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kubectl-svclb")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn n(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
 }
 
-struct LabGuard {
-    name: String,
-    dir: tempfile::TempDir,
-}
-
 impl LabGuard {
-    fn up(tag: &str, args: &[&str]) -> Self {
-        let name = format!("{tag}{}", std::process::id() % 100_000);
-        let dir = tempfile::tempdir().unwrap();
-        let mut all = vec!["lab", "up", "--name", name.as_str()];
-        all.extend_from_slice(args);
-        let out = svclb(dir.path(), &all);
-        let guard = Self { name, dir };
-        assert!(out.status.success(), "lab up: {}", String::from_utf8_lossy(&out.stderr));
-        guard
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        svclb(self.dir.path(), args)
-    }
-
     fn affinity(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
         let mut all = vec![
             "affinity",
@@ -86,12 +48,6 @@ impl LabGuard {
             .filter_map(|l| l.split_once(' '))
             .map(|(s, c)| (s.to_string(), c.parse().unwrap()))
             .collect()
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = svclb(self.dir.path(), &["lab", "down", "--name", &self.name]);
     }
 }
 

@@ -4,22 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use common::{LabGuard, lab_svclb as svclb, netns_with_prefix, output_json as json};
 
-fn netns_with_prefix(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Whether `parent` has a child process running `kubectl-svclb spread --agent`.
 fn has_agent_child(parent: u32) -> bool {
@@ -47,57 +35,12 @@ fn root_routes() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn svclb(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .env("SVCLB_LAB_DIR", dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kubectl-svclb")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// A named lab, removed on drop (also when the test fails).
-struct LabGuard {
-    name: String,
-    dir: tempfile::TempDir,
-}
-
 impl LabGuard {
-    fn up(tag: &str, args: &[&str]) -> Self {
-        let name = format!("{tag}{}", std::process::id() % 100_000);
-        let dir = tempfile::tempdir().unwrap();
-        let mut all = vec!["lab", "up", "--name", name.as_str()];
-        all.extend_from_slice(args);
-        let out = svclb(dir.path(), &all);
-        let guard = Self { name, dir };
-        assert!(out.status.success(), "lab up: {}", String::from_utf8_lossy(&out.stderr));
-        guard
-    }
     fn spread(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
         let mut all = vec!["spread", "--lab", self.name.as_str(), "-o", "json", "--no-save"];
         all.extend_from_slice(args);
-        let out = svclb(self.dir.path(), &all);
+        let out = self.run(&all);
         (out.status.code(), json(&out))
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = svclb(self.dir.path(), &["lab", "down", "--name", &self.name]);
-        let left = netns_with_prefix(&format!("svclb-{}.", self.name));
-        if !std::thread::panicking() {
-            assert!(left.is_empty(), "lab down left namespaces: {left:?}");
-        }
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kubectl-svclb");
 
@@ -88,4 +89,75 @@ pub fn spread_json(args: &[&str]) -> (i32, serde_json::Value) {
     let (code, out, err) = svclb(&all);
     let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\nstderr: {err}"));
     (code, v)
+}
+
+/// Runs the CLI with its lab state in `dir` (SVCLB_LAB_DIR), as the lab tests do.
+pub fn lab_svclb(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SVCLB_LAB_DIR", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kubectl-svclb")
+}
+
+/// The command's stdout as JSON; panics with stdout and stderr when it is not.
+pub fn output_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Network namespaces whose names start with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A named lab in its own state directory, removed on drop (also when the test fails); a passing
+/// test also checks that `lab down` left no namespace.
+pub struct LabGuard {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl LabGuard {
+    /// `lab up --name <tag><pid> ARGS`.
+    pub fn up(tag: &str, args: &[&str]) -> Self {
+        let name = format!("{tag}{}", std::process::id() % 100_000);
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = vec!["lab", "up", "--name", name.as_str()];
+        all.extend_from_slice(args);
+        let out = lab_svclb(dir.path(), &all);
+        let guard = Self { name, dir };
+        assert!(out.status.success(), "lab up: {}", String::from_utf8_lossy(&out.stderr));
+        guard
+    }
+
+    /// Runs the CLI against this lab's state directory.
+    pub fn run(&self, args: &[&str]) -> Output {
+        lab_svclb(self.dir.path(), args)
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = self.run(&["lab", "down", "--name", &self.name]);
+        let left = netns_with_prefix(&format!("svclb-{}.", self.name));
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "lab down left namespaces: {left:?}");
+        }
+    }
 }
