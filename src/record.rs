@@ -445,6 +445,13 @@ mod tests {
     use super::*;
     use crate::stats::{Criteria, evaluate};
 
+    /// xcluster's ±50% margin, nothing else demanded.
+    const LOOSE: Criteria = Criteria {
+        expect_backends: None,
+        margin_pct: 50.0,
+        alpha: None,
+    };
+
     fn sample() -> SpreadRun {
         let backends = vec![
             BackendCount {
@@ -522,15 +529,7 @@ mod tests {
         let back: SpreadRun = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(back, run);
         assert_eq!(back.failed.total, 1);
-        let AnyRun::Spread(loaded) = load(
-            &path,
-            &Criteria {
-                expect_backends: None,
-                margin_pct: 50.0,
-                alpha: None,
-            },
-        )
-        .unwrap() else {
+        let AnyRun::Spread(loaded) = load(&path, &LOOSE).unwrap() else {
             panic!("a spread run")
         };
         assert_eq!((loaded.tag.as_str(), loaded.ok, loaded.failed), ("t", 100, 1));
@@ -570,15 +569,7 @@ mod tests {
             r#"{"hosts":{"p1":9,"p2":31},"failed_connects":2,"failed_reads":1,"time":"0.1s"}"#,
         )
         .unwrap();
-        let AnyRun::Spread(l) = load(
-            &path,
-            &Criteria {
-                expect_backends: None,
-                margin_pct: 50.0,
-                alpha: None,
-            },
-        )
-        .unwrap() else {
+        let AnyRun::Spread(l) = load(&path, &LOOSE).unwrap() else {
             panic!("a spread run")
         };
         assert_eq!(l.tag, "iptables");
@@ -597,15 +588,7 @@ mod tests {
         let mut v = serde_json::to_value(sample()).unwrap();
         v["version"] = 99.into();
         std::fs::write(&path, v.to_string()).unwrap();
-        let err = load(
-            &path,
-            &Criteria {
-                expect_backends: None,
-                margin_pct: 50.0,
-                alpha: None,
-            },
-        )
-        .unwrap_err();
+        let err = load(&path, &LOOSE).unwrap_err();
         assert!(err.to_string().contains("version 99"), "{err}");
     }
 }
