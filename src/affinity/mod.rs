@@ -7,7 +7,7 @@
 //! run stops, no new message is sent and the engine waits out the timeout of every message in
 //! flight, so `sent == answered + lost` always holds.
 //!
-//! UDP runs in a few threads (`udp`), each driving its share of the sessions with one epoll set and
+//! UDP runs in a few threads (`udp`), each driving its share of the sessions with one mio poll set and
 //! one schedule (no per-session timers); TCP runs one tokio task per session (`tcp`).
 
 mod tcp;

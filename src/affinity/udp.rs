@@ -1,18 +1,19 @@
 //! UDP sessions: one socket (one source port) per session, driven by a few threads. Each thread owns
-//! a share of the sessions, one epoll set for their sockets and one send schedule: sessions send
+//! a share of the sessions, one mio poll (epoll on Linux, kqueue on macOS) for their sockets and one send schedule: sessions send
 //! round-robin in a fixed order, so the next due message and the next timeout are always at the
 //! front of a queue (no per-session timers). Sockets go through quinn-udp (batched receive with
 //! recvmmsg, GRO where the kernel has it) or, with `plain_udp`, plain `send_to`/`recv_from`.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSliceMut};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 
 use super::{Config, Counters, Msg, Session, Sink};
@@ -39,8 +40,8 @@ impl Sock {
         } else {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         };
+        // mio sockets are non-blocking.
         let socket = UdpSocket::bind(bind)?;
-        socket.set_nonblocking(true)?;
         let state = if plain {
             None
         } else {
@@ -66,37 +67,30 @@ impl Sock {
     }
 }
 
-struct Epoll(OwnedFd);
+/// Sessions' sockets registered by session index; edge-triggered, so a ready socket is read until
+/// it would block.
+struct Poller(Poll);
 
-impl Epoll {
-    fn new() -> Result<Epoll> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("epoll_create1");
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+impl Poller {
+    fn new() -> Result<Poller> {
+        Ok(Poller(Poll::new().context("cannot create a poll set")?))
     }
 
-    fn add(&self, socket: &UdpSocket, token: usize) -> std::io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token as u64,
-        };
-        // SAFETY: both fds are valid; ev outlives the call.
-        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, socket.as_raw_fd(), &mut ev) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+    fn add(&self, sock: &mut Sock, token: usize) -> std::io::Result<()> {
+        self.0
+            .registry()
+            .register(&mut sock.socket, Token(token), Interest::READABLE)
     }
 
-    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> usize {
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: events is a valid buffer of events.len() entries.
-        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, ms) };
-        n.max(0) as usize
+    fn remove(&self, sock: &mut Sock) {
+        let _ = self.0.registry().deregister(&mut sock.socket);
+    }
+
+    fn wait(&mut self, events: &mut Events, timeout: Duration) {
+        // EINTR and other failures end up as an empty wake-up; the loop re-checks its clocks.
+        if self.0.poll(events, Some(timeout)).is_err() {
+            events.clear();
+        }
     }
 }
 
@@ -105,7 +99,7 @@ struct Shard {
     sink: Sink,
     stop: Arc<AtomicBool>,
     start: Instant,
-    epoll: Epoll,
+    poller: Poller,
     sessions: Vec<Session>,
     /// Sessions' sockets; `None` when opening a new one failed (new socket per message).
     socks: Vec<Option<Sock>>,
@@ -125,7 +119,7 @@ pub(super) fn start(cfg: Arc<Config>, sink: Sink, stop: Arc<AtomicBool>) -> Resu
             sink: sink.clone(),
             stop: stop.clone(),
             start: Instant::now(),
-            epoll: Epoll::new()?,
+            poller: Poller::new()?,
             sessions: Vec::new(),
             socks: Vec::new(),
             offsets: Vec::new(),
@@ -135,7 +129,7 @@ pub(super) fn start(cfg: Arc<Config>, sink: Sink, stop: Arc<AtomicBool>) -> Resu
     // Session i goes to shard i % threads, so every shard's schedule is spread over the interval.
     for i in 0..cfg.sessions {
         let shard = &mut shards[i as usize % threads];
-        let sock = match Sock::open(cfg.address, cfg.plain_udp) {
+        let mut sock = match Sock::open(cfg.address, cfg.plain_udp) {
             Ok(s) => s,
             Err(e) if e.raw_os_error() == Some(libc::EMFILE) => bail!(
                 "cannot open socket {} of {}: too many open files: raise the limit (ulimit -n) or use fewer --sessions",
@@ -144,7 +138,7 @@ pub(super) fn start(cfg: Arc<Config>, sink: Sink, stop: Arc<AtomicBool>) -> Resu
             ),
             Err(e) => return Err(e).context(format!("cannot open a UDP socket for session {i}")),
         };
-        shard.epoll.add(&sock.socket, shard.sessions.len())?;
+        shard.poller.add(&mut sock, shard.sessions.len())?;
         shard.sessions.push(Session::new(i));
         shard.socks.push(Some(sock));
         shard.offsets.push(cfg.offset(i));
@@ -166,7 +160,7 @@ impl Shard {
     fn run(mut self) {
         let mut storage = vec![0u8; SLOT * BATCH_SIZE];
         let mut meta = [RecvMeta::default(); BATCH_SIZE];
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut events = Events::with_capacity(256);
         let mut out = Vec::with_capacity(64);
         let (mut next, mut round) = (0usize, 0u32);
         let due = |this: &Shard, next: usize, round: u32| this.start + this.offsets[next] + this.cfg.interval * round;
@@ -201,10 +195,9 @@ impl Shard {
             if let Some(&(_, _, d)) = self.deadlines.front() {
                 wake = wake.min(d);
             }
-            let ready = self.epoll.wait(&mut events, wake.saturating_duration_since(now));
-            for ev in &events[..ready] {
-                let j = ev.u64 as usize;
-                self.drain(j, &mut storage, &mut meta);
+            self.poller.wait(&mut events, wake.saturating_duration_since(now));
+            for ev in &events {
+                self.drain(ev.token().0, &mut storage, &mut meta);
             }
         }
         let rows = self.sessions.iter().map(Session::row).collect();
@@ -214,11 +207,15 @@ impl Shard {
     fn send(&mut self, j: usize, out: &mut Vec<u8>) {
         let now = Instant::now();
         if self.cfg.new_connection_per_message {
-            // The old socket closes (and leaves the epoll set); its messages in flight expire as lost.
-            self.socks[j] = None;
-            match Sock::open(self.cfg.address, self.cfg.plain_udp) {
-                Ok(sock) if self.epoll.add(&sock.socket, j).is_ok() => self.socks[j] = Some(sock),
-                _ => Counters::add(&self.sink.counters.connect_failures),
+            // The old socket leaves the poll set and closes; its messages in flight expire as lost.
+            if let Some(mut old) = self.socks[j].take() {
+                self.poller.remove(&mut old);
+            }
+            let opened = Sock::open(self.cfg.address, self.cfg.plain_udp)
+                .and_then(|mut sock| self.poller.add(&mut sock, j).map(|()| sock));
+            match opened {
+                Ok(sock) => self.socks[j] = Some(sock),
+                Err(_) => Counters::add(&self.sink.counters.connect_failures),
             }
         }
         let seq = self.sessions[j].message(&self.cfg.prefix, out, now, &self.sink);
@@ -233,7 +230,8 @@ impl Shard {
     /// Reads every datagram waiting on session `j`'s socket.
     fn drain(&mut self, j: usize, storage: &mut [u8], meta: &mut [RecvMeta; BATCH_SIZE]) {
         let target = canonical(self.cfg.address);
-        // Errors are pending ICMP reports, one per read; a bound keeps a broken socket from spinning.
+        // Errors are pending ICMP reports, one per read (the socket keeps one, cleared by the read that
+        // returns it); a bound keeps a socket that keeps failing from spinning.
         let mut errors = 0;
         loop {
             if errors == 8 {
