@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod host;
 pub mod lab;
 pub mod record;
 pub mod report;

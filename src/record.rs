@@ -133,15 +133,11 @@ pub struct Environment {
 impl Environment {
     /// This machine: tool version, hostname, kernel release.
     pub fn local() -> Self {
-        let read = |p: &str| {
-            std::fs::read_to_string(p)
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default()
-        };
+        let (hostname, kernel) = crate::host::uname();
         Self {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            hostname: read("/proc/sys/kernel/hostname"),
-            kernel: read("/proc/sys/kernel/osrelease"),
+            hostname,
+            kernel,
             ..Self::default()
         }
     }

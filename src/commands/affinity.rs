@@ -619,7 +619,7 @@ pub fn run(args: AffinityArgs) -> Result<ExitCode> {
         );
     }
     if let Some(name) = &args.lab {
-        crate::lab::require_root()?;
+        crate::lab::require_host()?;
         if !name.is_empty() {
             crate::lab::validate_name(name)?;
         }

@@ -187,7 +187,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             let lab = Lab::open(&a.name.name)?;
             let node = a.node.unwrap_or_else(|| lab.nodes()[0].name.clone());
             if !a.generated {
-                lab::require_root()?;
+                lab::require_host()?;
             }
             let text = if a.generated {
                 lab.generated_rules(&node)?
@@ -198,7 +198,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Exec(a) => {
-            lab::require_root()?;
+            lab::require_host()?;
             let lab = Lab::open(&a.name.name)?;
             let status = lab
                 .command(&a.who, a.cmd[0].as_ref())?

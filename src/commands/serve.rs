@@ -35,9 +35,7 @@ pub struct ServeArgs {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
+    Some(crate::host::uname().0)
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }

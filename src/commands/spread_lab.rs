@@ -60,7 +60,7 @@ async fn open_lab(name: &str, interrupted: &AtomicBool) -> Result<(Lab, bool)> {
 }
 
 pub(super) fn run(args: &SpreadArgs, name: &str) -> Result<ExitCode> {
-    crate::lab::require_root()?;
+    crate::lab::require_host()?;
     if !name.is_empty() {
         crate::lab::validate_name(name)?;
     }

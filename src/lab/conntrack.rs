@@ -8,7 +8,13 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
 
+// Netlink's ABI numbers (linux/netlink.h), written here so the parser builds on every platform.
 const NETLINK_NETFILTER: libc::c_int = 12;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
@@ -34,6 +40,7 @@ impl Drop for Socket {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Socket {
     fn open() -> Result<Socket> {
         // SAFETY: plain socket(2); the fd is owned by the returned Socket.
@@ -71,6 +78,22 @@ impl Socket {
             bail!("ctnetlink recv: {}", std::io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+}
+
+/// Netlink is Linux's; `require_host` refuses the lab before anything gets here.
+#[cfg(not(target_os = "linux"))]
+impl Socket {
+    fn open() -> Result<Socket> {
+        bail!("ctnetlink needs Linux")
+    }
+
+    fn send(&self, _msg: &[u8]) -> Result<()> {
+        bail!("ctnetlink needs Linux")
+    }
+
+    fn recv(&self, _buf: &mut [u8]) -> Result<usize> {
+        bail!("ctnetlink needs Linux")
     }
 }
 
@@ -131,7 +154,7 @@ pub fn delete_udp_to(endpoints: &HashSet<Ipv4Addr>) -> Result<usize> {
         return Ok(0);
     }
     let sock = Socket::open()?;
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    let flags = NLM_F_REQUEST | NLM_F_DUMP;
     sock.send(&message(IPCTNL_MSG_CT_GET, flags, 1, &[]))?;
     let mut stale: Vec<Vec<u8>> = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -144,9 +167,9 @@ pub fn delete_udp_to(endpoints: &HashSet<Ipv4Addr>) -> Result<usize> {
             if len < NLMSG_HDRLEN || off + len > n {
                 bail!("ctnetlink: malformed message");
             }
-            match kind as libc::c_int {
-                libc::NLMSG_DONE => break 'dump,
-                libc::NLMSG_ERROR => {
+            match kind {
+                NLMSG_DONE => break 'dump,
+                NLMSG_ERROR => {
                     let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4 bytes"));
                     if code != 0 {
                         bail!("ctnetlink dump: {}", std::io::Error::from_raw_os_error(-code));
@@ -172,10 +195,10 @@ pub fn delete_udp_to(endpoints: &HashSet<Ipv4Addr>) -> Result<usize> {
     }
     let mut deleted = 0;
     for (i, orig) in stale.iter().enumerate() {
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
         sock.send(&message(IPCTNL_MSG_CT_DELETE, flags, 2 + i as u32, orig))?;
         let n = sock.recv(&mut buf)?;
-        if n >= NLMSG_HDRLEN + 4 && u16::from_ne_bytes([buf[4], buf[5]]) as libc::c_int == libc::NLMSG_ERROR {
+        if n >= NLMSG_HDRLEN + 4 && u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
             let code = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
             // ENOENT: the entry expired meanwhile.
             if code == 0 {

@@ -294,8 +294,14 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The lab needs root for namespaces, links and netfilter.
-pub fn require_root() -> Result<()> {
+/// The lab needs Linux (network namespaces, netfilter) and root for namespaces, links and rules.
+pub fn require_host() -> Result<()> {
+    if !cfg!(target_os = "linux") {
+        bail!(
+            "the lab emulates nodes in Linux network namespaces and this is {}: run it on a Linux machine or VM, or storm a cluster or an --address from here",
+            std::env::consts::OS
+        );
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run with sudo");
@@ -334,7 +340,7 @@ impl Lab {
     /// Builds a lab: namespaces, links, routes, kube-proxy rules, pod servers.
     /// On failure everything built so far is removed.
     pub fn up(cfg: &LabConfig) -> Result<Lab> {
-        require_root()?;
+        require_host()?;
         validate_name(&cfg.name)?;
         if cfg.nodes == 0 || cfg.nodes > MAX_NODES {
             bail!("--nodes must be 1..={MAX_NODES}");
@@ -597,9 +603,7 @@ impl Lab {
         // async-signal-safe; `ns` outlives the spawn.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                netns::enter(fd)?;
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -888,7 +892,7 @@ impl Lab {
     /// Deletes a pod as Kubernetes would: its endpoint leaves every node's rules first
     /// (one atomic rewrite per node), then the server is killed and the namespace removed.
     pub fn delete_pod(&mut self, pod: &str) -> Result<()> {
-        require_root()?;
+        require_host()?;
         let Some(i) = self.state.pods.iter().position(|p| p.name == pod) else {
             let n = &self.state.name;
             bail!("no pod named {pod} in lab {n}; see `kubectl svclb lab status --name {n}`");
@@ -904,7 +908,7 @@ impl Lab {
     /// Scales the pods to `pods`: new pods go to the nodes with the fewest pods; scaling
     /// down removes the newest pods.
     pub fn scale(&mut self, pods: usize) -> Result<()> {
-        require_root()?;
+        require_host()?;
         if pods > self.state.nodes.len() * MAX_PODS_PER_NODE {
             bail!("--pods must be at most {}", self.state.nodes.len() * MAX_PODS_PER_NODE);
         }
@@ -935,7 +939,7 @@ impl Lab {
 
     /// Changes Service options or endpoint hints and rewrites the rules.
     pub fn set(&mut self, ch: &LabChanges) -> Result<()> {
-        require_root()?;
+        require_host()?;
         for p in &ch.drop_hints {
             if !self.state.pods.iter().any(|q| &q.name == p) {
                 let n = &self.state.name;
@@ -997,7 +1001,7 @@ fn remove_pods(pods: &[Pod]) -> Result<()> {
 /// namespaces (and the recorded servers), deletes the namespaces and the state. Works
 /// when the state file is gone.
 pub fn down_by_name(name: &str) -> Result<()> {
-    require_root()?;
+    require_host()?;
     validate_name(name)?;
     let dir = labs_dir().join(name);
     let namespaces = netns::list_with_prefix(&netns_prefix(name));

@@ -103,17 +103,30 @@ fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Moves the calling thread into the network namespace open at `fd` (setns(2)). Async-signal-safe,
+/// so it may run between fork and exec.
+#[cfg(target_os = "linux")]
+pub fn enter(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: setns on the calling thread only; the caller keeps fd open for the call.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Network namespaces are Linux's; `require_host` refuses the lab before anything gets here.
+#[cfg(not(target_os = "linux"))]
+pub fn enter(_fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
 /// Runs `f` on a thread that has entered namespace `ns` (setns). Used for sysctls:
 /// /proc/sys/net resolves to the namespace of the thread that opens it.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let file = File::open(netns_path(ns)).with_context(|| format!("no namespace {ns}"))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns on this thread only; the fd is valid for the call.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                bail!("setns {ns}: {}", std::io::Error::last_os_error());
-            }
+            enter(file.as_raw_fd()).with_context(|| format!("setns {ns}"))?;
             f()
         })
         .join()
