@@ -214,7 +214,7 @@ pub struct AffinityRun {
     pub totals: crate::affinity::Totals,
     /// Changes while the backend pool changed (listed, not violations).
     pub changes_during_pool_change: u64,
-    /// Whether the backend pool was watched (lab); when not, every change counts.
+    /// Whether the backend pool was watched (lab, cluster); when not, every change counts.
     pub pool_known: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pool_changes: Vec<crate::affinity::PoolChange>,

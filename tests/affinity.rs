@@ -331,17 +331,53 @@ fn affinity_saves_and_compare_lists_affinity_runs() {
 
 #[test]
 fn affinity_bad_input_is_one_line_exit_2() {
-    for args in [
-        &["affinity", "--address", "127.0.0.1:1"][..],
-        &["affinity", "--udp"],
-        &["affinity", "--udp", "--address", "127.0.0.1:1", "--sessions", "0"],
-        &["affinity", "--udp", "--address", "127.0.0.1:1", "--interval", "0s"],
-        &["affinity", "--udp", "--address", "127.0.0.1:1", "--pod", "pod-001"],
-        &["affinity", "--tcp", "--plain-udp", "--address", "127.0.0.1:1"],
-        &["affinity", "--udp", "--address", "nowhere"],
+    for (args, needle) in [
+        (&["affinity", "--address", "127.0.0.1:1"][..], "--udp"),
+        // Without --address or --lab the cluster is the target; these never reach a real cluster.
+        (
+            &["affinity", "--udp", "--kubeconfig", "/nonexistent/kubeconfig"],
+            "cannot read kubeconfig /nonexistent/kubeconfig",
+        ),
+        (
+            &[
+                "affinity",
+                "--udp",
+                "--from",
+                "pod",
+                "--kubeconfig",
+                "tests/data/kubeconfig-down.yaml",
+            ],
+            "context kind-down: cannot reach the API server",
+        ),
+        (
+            &["affinity", "--udp", "--address", "127.0.0.1:1", "--sessions", "0"],
+            "--sessions 0",
+        ),
+        (
+            &["affinity", "--udp", "--address", "127.0.0.1:1", "--interval", "0s"],
+            "--interval 0s",
+        ),
+        (
+            &["affinity", "--udp", "--address", "127.0.0.1:1", "--pod", "pod-001"],
+            "not with --address",
+        ),
+        (
+            &["affinity", "--udp", "--address", "127.0.0.1:1", "--from", "pod"],
+            "not with --address",
+        ),
+        (
+            &["affinity", "--udp", "--address", "127.0.0.1:1", "--no-deploy"],
+            "cannot be used with",
+        ),
+        (
+            &["affinity", "--tcp", "--plain-udp", "--address", "127.0.0.1:1"],
+            "--plain-udp",
+        ),
+        (&["affinity", "--udp", "--address", "nowhere"], "HOST:PORT"),
     ] {
         let (code, out, err) = svclb(args);
         assert_eq!(code, 2, "{args:?}: {out} {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
     }
 }

@@ -100,7 +100,62 @@ fn e2e_deploy_status_spread_cleanup() {
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["target"]["mode"], "host");
 
+    // Affinity: the run deploys the affinity server (the tserver stays as deployed), its agent
+    // runs in a tserver pod through exec, and an affinity pod is deleted mid-run: the change is
+    // seen in the EndpointSlices, sessions that switch pods are excused, the verdict holds.
+    let agent = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-svclb"))
+        .args([
+            "affinity",
+            "--udp",
+            "--from",
+            "pod",
+            "--image",
+            &image,
+            "--sessions",
+            "200",
+        ])
+        .args(["--interval", "500ms", "--duration", "40s", "--no-save", "-o", "json"])
+        .args(["--kubeconfig", &kc, "-n", NS])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut deleted = false;
+    for _ in 0..60 {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let pods = std::process::Command::new("kubectl")
+            .args(["--kubeconfig", &kc, "-n", NS, "get", "pods", "-o", "name"])
+            .args([
+                "-l",
+                "app.kubernetes.io/name=svclb-affinity",
+                "--field-selector=status.phase=Running",
+            ])
+            .output()
+            .unwrap();
+        let names = String::from_utf8_lossy(&pods.stdout).to_string();
+        if names.lines().count() >= 4 {
+            // Ready and sessions running: take one away.
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            let first = names.lines().next().unwrap().to_string();
+            let ok = std::process::Command::new("kubectl")
+                .args(["--kubeconfig", &kc, "-n", NS, "delete", &first, "--wait=false"])
+                .status()
+                .unwrap();
+            deleted = ok.success();
+            break;
+        }
+    }
+    let out = agent.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(deleted, "no affinity pods came up");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["kind"], "AffinityRun");
+    assert_eq!(r["verdict"], "HOLDS", "{text}");
+    assert!(r["pool_changes"].as_array().is_some_and(|p| !p.is_empty()), "{text}");
+    assert!(r["totals"]["sent"].as_u64().unwrap() > 0);
+
     let (code, out, _) = run(&kc, &["cleanup"]);
     assert_eq!(code, 0);
     assert!(out.contains("deployment/svclb-tserver") && out.contains("service/svclb-tserver"));
+    assert!(out.contains("deployment/svclb-affinity"));
 }

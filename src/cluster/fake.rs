@@ -304,6 +304,20 @@ pub fn slice(endpoints: &[(&str, &str, &str, &[&str])]) -> Value {
     })
 }
 
+/// `service(...)` or `slice(...)` made for another app (`svclb-affinity`): name, labels, selector.
+pub fn for_app(mut obj: Value, app: &str) -> Value {
+    let name = if obj["kind"] == "EndpointSlice" {
+        obj["metadata"]["labels"]["kubernetes.io/service-name"] = json!(app);
+        format!("{app}-abcde")
+    } else {
+        obj["metadata"]["labels"]["app.kubernetes.io/name"] = json!(app);
+        obj["spec"]["selector"]["app.kubernetes.io/name"] = json!(app);
+        app.to_string()
+    };
+    obj["metadata"]["name"] = json!(name);
+    obj
+}
+
 pub fn kube_proxy_configmap(mode: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",

@@ -17,6 +17,9 @@ use tokio::io::AsyncBufReadExt;
 
 use super::spread::FromKind;
 use crate::affinity::{Change, ChangeKind, Config, Done, Engine, Event, PoolChange, Totals, Verdict, now_ms};
+use crate::cli::KubeFlags;
+use crate::cluster::manifests::{self, AFFINITY, Options, TSERVER};
+use crate::cluster::{self, Cluster, ops};
 use crate::lab::Lab;
 use crate::record::{
     AFFINITY_KIND, AFFINITY_VERSION, AffinityParams, AffinityRun, Environment, MAX_CHANGES, MAX_SESSION_ROWS,
@@ -24,8 +27,9 @@ use crate::record::{
 };
 use crate::report::{self, RunFormat};
 use crate::storm::{Proto, Stop};
+use crate::target::kube::{ClusterView, KubeTarget, LocalRun, PodExec};
 use crate::target::lab::LabTarget;
-use crate::target::{From, Path, Target};
+use crate::target::{From, Meta, Path, Target};
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("protocol").required(true).args(["udp", "tcp"])))]
@@ -56,14 +60,15 @@ pub struct AffinityArgs {
     #[arg(long)]
     pub plain_udp: bool,
     /// Run the sessions against this address (HOST:PORT) from here; the backend pool is unknown,
-    /// so any change violates.
+    /// so any change violates. Without --address or --lab: the affinity server of the cluster.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "lab")]
     pub address: Option<String>,
     /// Run the sessions in a lab (needs root): the one named or the only one running.
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "NAME")]
     pub lab: Option<String>,
-    /// Where the sessions run: the lab's external client (to the LoadBalancer IP or a nodePort)
-    /// or a pod (to the clusterIP).
+    /// Where the sessions run: outside (the lab's external client, or this machine for a
+    /// cluster; to the LoadBalancer IP or a nodePort) or in a pod (to the clusterIP; on a
+    /// cluster a tserver pod, through exec).
     #[arg(long, value_enum, default_value_t = FromKind::Host)]
     pub from: FromKind,
     /// With --from pod: run in this pod (default: the first pod).
@@ -83,9 +88,14 @@ pub struct AffinityArgs {
     /// Output format of the summary; json prints exactly the run record (live lines go to stderr).
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
+    #[command(flatten)]
+    pub cluster: super::ClusterRunArgs,
     /// Run as the agent of a lab or cluster run: events as JSON lines on stdout, save nothing.
     #[arg(long, hide = true)]
     pub agent: bool,
+    /// Agent only: a line `stop` on stdin ends the run like Ctrl-C.
+    #[arg(long, hide = true, requires = "agent")]
+    pub stdin_stop: bool,
 }
 
 const MAX_SESSIONS: u32 = 100_000;
@@ -112,9 +122,11 @@ impl AffinityArgs {
         if self.agent && self.address.is_none() {
             bail!("--agent runs the sessions against --address HOST:PORT");
         }
-        let lab_path = self.from != FromKind::Host || self.pod.is_some() || self.node_port.is_some() || self.lb;
-        if self.lab.is_none() && lab_path {
-            bail!("--from, --pod, --node-port and --lb choose a path in a lab: use them with --lab");
+        let path_given = self.from != FromKind::Host || self.pod.is_some() || self.node_port.is_some() || self.lb;
+        if self.address.is_some() && path_given {
+            bail!(
+                "--from, --pod, --node-port and --lb choose a path to a lab's or a cluster's Service: not with --address"
+            );
         }
         if self.from == FromKind::Pod && (self.node_port.is_some() || self.lb) {
             bail!(
@@ -349,7 +361,12 @@ async fn run_here(args: &AffinityArgs, address: SocketAddr, live: &Live) -> Resu
     let mut stats = tokio::time::interval_at(tokio::time::Instant::now() + args.stats_interval, args.stats_interval);
     let end = tokio::time::sleep(args.duration);
     tokio::pin!(end);
-    let signal = super::shutdown_signal();
+    let signal = async {
+        tokio::select! {
+            () = super::shutdown_signal() => {}
+            () = super::stop_line(args.stdin_stop) => {}
+        }
+    };
     tokio::pin!(signal);
     let (mut stopping, mut interrupted) = (false, false);
     let done = loop {
@@ -416,42 +433,62 @@ fn open_lab(name: &str) -> Result<Lab> {
     }
 }
 
-fn pool_of(name: &str) -> Option<BTreeSet<String>> {
-    Lab::open(name)
-        .ok()
-        .map(|lab| lab.pods().iter().map(|p| p.name.clone()).collect())
+/// Where the backend pool is read while the sessions run.
+enum Pool<'a> {
+    /// The lab's pods.
+    Lab(&'a str),
+    /// The ready endpoints in the affinity Service's EndpointSlices: what kube-proxy programs.
+    Cluster(&'a Cluster),
 }
 
-/// The sessions run as an agent in a lab namespace; this process watches the pool.
-async fn run_lab(
-    args: &AffinityArgs,
-    lab: &Lab,
-    live: &Live,
-) -> Result<(Finished, TargetInfo, Vec<String>, Option<String>)> {
-    let target = LabTarget::new(lab)?;
-    let plan = target.plan(&args.from_(), &args.path(), args.proto())?;
-    let source = plan.sources.first().context("the lab plan has no source")?.clone();
-    let meta = target.meta();
-    let mut cmd = target.agent_command(&source, "affinity", &args.agent_args(plan.address))?;
-    let mut child = cmd.spawn().with_context(|| {
-        format!(
-            "cannot start the affinity agent in {} (is iproute2 installed?)",
-            source.name
-        )
-    })?;
-    let pid = child.id().map(|p| p as i32);
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("agent stdout")?).lines();
-    let stderr = child.stderr.take().context("agent stderr")?;
-    let errors = tokio::spawn(async move {
-        let mut last = String::new();
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            if !l.trim().is_empty() {
-                last = l;
-            }
+impl Pool<'_> {
+    async fn read(&self) -> Option<BTreeSet<String>> {
+        match self {
+            Pool::Lab(name) => Lab::open(name)
+                .ok()
+                .map(|lab| lab.pods().iter().map(|p| p.name.clone()).collect()),
+            Pool::Cluster(c) => ops::endpoint_slices(c, AFFINITY)
+                .await
+                .ok()
+                .map(|eps| eps.into_iter().filter(|e| e.ready).map(|e| e.pod).collect()),
         }
-        last
-    });
+    }
+
+    /// How long after a pool change the proxy may still be switching: the polling period, plus
+    /// on a cluster kube-proxy's minimum sync period (1 s by default) between an EndpointSlice
+    /// update and its rules.
+    fn slack(&self, poll: Duration) -> Duration {
+        match self {
+            Pool::Lab(_) => poll,
+            Pool::Cluster(_) => poll + Duration::from_secs(1),
+        }
+    }
+}
+
+/// What an agent run saw, and where it ran.
+struct AgentRun {
+    finished: Finished,
+    info: TargetInfo,
+    /// The backends at the start (they get rows even when they served nothing).
+    known_pods: Vec<String>,
+    meta: Meta,
+}
+
+/// The sessions run as an agent at the target's source (a lab namespace, a pod through exec, or
+/// a child process of this machine); this process prints its events and watches the pool.
+/// `signal` (Ctrl-C) stops the agent, which then reports what it measured.
+async fn run_agent<T: Target>(
+    args: &AffinityArgs,
+    target: &T,
+    pool: Pool<'_>,
+    live: &Live,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<AgentRun> {
+    let plan = target.plan(&args.from_(), &args.path(), args.proto())?;
+    let source = plan.sources.first().context("the plan has no source")?.clone();
+    let meta = target.meta();
+    let stream = target.start_stream(&source, "affinity", &args.agent_args(plan.address))?;
+    let mut lines = tokio::io::BufReader::new(stream.stdout).lines();
     if args.output == RunFormat::Table {
         eprintln!(
             "svclb: {} {} session(s) from {} to {} ({})",
@@ -464,11 +501,10 @@ async fn run_lab(
     }
 
     let poll_every = args.interval.clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let mut judge = Judge::new(true, poll_every);
-    let mut pool = pool_of(lab.name()).context("cannot read the lab's pods")?;
-    let all_pods: Vec<String> = pool.iter().cloned().collect();
+    let mut judge = Judge::new(true, pool.slack(poll_every));
+    let mut current = pool.read().await.context("cannot read the backend pool")?;
+    let known_pods: Vec<String> = current.iter().cloned().collect();
     let mut poll = tokio::time::interval(poll_every);
-    let signal = super::shutdown_signal();
     tokio::pin!(signal);
     let mut interrupted = false;
     let mut done = None;
@@ -487,31 +523,27 @@ async fn run_lab(
                 _ => break,
             },
             _ = poll.tick() => {
-                if let Some(now) = pool_of(lab.name()) && now != pool {
+                if let Some(now) = pool.read().await && now != current {
                     let change = PoolChange {
                         at_ms: now_ms(),
-                        added: now.difference(&pool).cloned().collect(),
-                        removed: pool.difference(&now).cloned().collect(),
+                        added: now.difference(&current).cloned().collect(),
+                        removed: current.difference(&now).cloned().collect(),
                     };
                     live.pool(&change);
                     judge.pool.push(change);
-                    pool = now;
+                    current = now;
                 }
                 judge.settle(false);
             }
             () = &mut signal, if !interrupted => {
                 interrupted = true;
                 eprintln!("svclb: interrupted: stopping the sessions (in-flight messages get their timeout)");
-                if let Some(pid) = pid {
-                    // SAFETY: signalling the agent we spawned (`ip netns exec` execs it).
-                    unsafe { libc::kill(pid, libc::SIGINT) };
-                }
+                (stream.interrupt)();
             }
         }
     }
-    let _ = child.wait().await;
+    let last = stream.ended.await;
     let Some(done) = done else {
-        let last = errors.await.unwrap_or_default();
         bail!(
             "the affinity agent in {} ended without a summary: {}",
             source.name,
@@ -520,22 +552,94 @@ async fn run_lab(
     };
     let info = TargetInfo {
         address: format!("{} ({})", plan.address, args.path().describe()),
-        mode: meta.mode,
+        mode: meta.mode.clone(),
         protocol: args.proto(),
-        service: Some(meta.service),
+        service: Some(meta.service.clone()),
         source: Some(source.name),
-        lab: meta.name,
+        lab: meta.name.clone(),
     };
-    Ok((
-        Finished {
+    Ok(AgentRun {
+        finished: Finished {
             done,
             judge,
             interrupted,
         },
         info,
-        all_pods,
-        meta.proxy_mode,
-    ))
+        known_pods,
+        meta,
+    })
+}
+
+/// Makes sure the affinity server runs (and the tserver, whose pods run the agent, with `--from
+/// pod`): deploys what is missing, leaves what exists as it is, waits until ready.
+async fn prepare_cluster(args: &AffinityArgs, c: &Cluster) -> Result<()> {
+    let with_clients = args.from == FromKind::Pod;
+    let mut missing: Vec<&str> = Vec::new();
+    if !ops::deployment_exists(c, AFFINITY).await? {
+        missing.push(AFFINITY);
+    }
+    if with_clients && !ops::deployment_exists(c, TSERVER).await? {
+        missing.push(TSERVER);
+    }
+    if !missing.is_empty() {
+        if args.cluster.no_deploy {
+            bail!(
+                "no {} deployment in namespace {} (context {}): run `kubectl svclb deploy --affinity-server` or drop --no-deploy",
+                missing.join(" or "),
+                c.namespace,
+                c.context
+            );
+        }
+        let o = Options {
+            namespace: c.namespace.clone(),
+            image: args.cluster.image(),
+            affinity_server: true,
+            ..Options::default()
+        };
+        let mut objs = manifests::render(&o)?;
+        objs.retain(|obj| missing.iter().any(|m| obj["metadata"]["name"] == *m));
+        eprintln!("svclb: deploying {} in {}", missing.join(" and "), c.namespace);
+        for name in ops::apply(c, &objs).await? {
+            eprintln!("svclb: applied {name} in {} (context {})", c.namespace, c.context);
+        }
+    }
+    let poll = Duration::from_secs(1);
+    ops::wait_ready(c, AFFINITY, super::spread_cluster::READY_TIMEOUT, poll).await?;
+    if with_clients {
+        ops::wait_ready(c, TSERVER, super::spread_cluster::READY_TIMEOUT, poll).await?;
+    }
+    Ok(())
+}
+
+/// The sessions against the affinity server of a cluster (the default target).
+async fn run_cluster(args: &AffinityArgs, kube: &KubeFlags, live: &Live) -> Result<AgentRun> {
+    let (c, version) = cluster::connect(kube).await?;
+    let result = async {
+        let signal = super::shutdown_signal();
+        tokio::pin!(signal);
+        tokio::select! {
+            r = prepare_cluster(args, &c) => r?,
+            () = &mut signal => bail!("interrupted while the servers were being deployed"),
+        }
+        let view = ClusterView::load(&c, version, AFFINITY, TSERVER).await?;
+        let target = KubeTarget {
+            view,
+            pods: PodExec {
+                cluster: c.clone(),
+                container: "tserver".into(),
+            },
+            host: LocalRun {
+                program: std::env::current_exe()?,
+            },
+        };
+        run_agent(args, &target, Pool::Cluster(&c), live, super::shutdown_signal()).await
+    }
+    .await;
+    if args.cluster.cleanup {
+        let deleted = ops::cleanup(&c).await?;
+        eprintln!("svclb: cleanup: deleted {}", deleted.join(", "));
+    }
+    result
 }
 
 fn build_record(
@@ -610,14 +714,8 @@ fn build_record(
     }
 }
 
-pub fn run(args: AffinityArgs) -> Result<ExitCode> {
+pub fn run(args: AffinityArgs, kube: &KubeFlags) -> Result<ExitCode> {
     args.validate()?;
-    if args.lab.is_none() && args.address.is_none() {
-        bail!(
-            "no target: give --address HOST:PORT to run sessions against any address, or --lab [NAME] for an \
-             emulated cluster (the cluster target comes with the kube target)"
-        );
-    }
     if let Some(name) = &args.lab {
         crate::lab::require_host()?;
         if !name.is_empty() {
@@ -628,15 +726,17 @@ pub fn run(args: AffinityArgs) -> Result<ExitCode> {
     let live = Live::new(args.output);
     let started_at = jiff::Timestamp::now();
     let rt = super::runtime(0)?;
-    let (finished, info, known, proxy_mode) = rt.block_on(async {
+    let run = rt.block_on(async {
         if let Some(name) = &args.lab {
             let lab = open_lab(name)?;
-            let (f, info, known, proxy) = run_lab(&args, &lab, &live).await?;
-            return anyhow::Ok((f, info, known, proxy));
+            let target = LabTarget::new(&lab)?;
+            return run_agent(&args, &target, Pool::Lab(lab.name()), &live, super::shutdown_signal()).await;
         }
-        let text = args.address.as_deref().expect("checked above");
+        let Some(text) = args.address.as_deref() else {
+            return run_cluster(&args, kube, &live).await;
+        };
         let address = super::spread::resolve(text, None).await?;
-        let f = run_here(&args, address, &live).await?;
+        let finished = run_here(&args, address, &live).await?;
         let info = TargetInfo {
             address: address.to_string(),
             mode: "address".into(),
@@ -645,15 +745,22 @@ pub fn run(args: AffinityArgs) -> Result<ExitCode> {
             source: None,
             lab: None,
         };
-        Ok((f, info, Vec::new(), None))
+        Ok(AgentRun {
+            finished,
+            info,
+            known_pods: Vec::new(),
+            meta: Meta::default(),
+        })
     })?;
     // The runtime goes first: UDP session threads end with the run, nothing else may linger.
     drop(rt);
     if args.agent {
         return Ok(ExitCode::SUCCESS);
     }
-    let mut record = build_record(&args, started_at, info, finished, &known);
-    record.environment.proxy_mode = proxy_mode;
+    let mut record = build_record(&args, started_at, run.info, run.finished, &run.known_pods);
+    record.environment.proxy_mode = run.meta.proxy_mode;
+    record.environment.context = run.meta.context;
+    record.environment.server_version = run.meta.server_version;
     args.record.save(&mut record)?;
     if args.output == RunFormat::Table {
         println!();
@@ -663,4 +770,182 @@ pub fn run(args: AffinityArgs) -> Result<ExitCode> {
         Verdict::Holds => ExitCode::SUCCESS,
         Verdict::Violated => ExitCode::from(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The cluster flow against the in-memory API, with the affinity agent run locally (the real
+    //! binary, stopped through stdin) against loopback servers named like the pods.
+    use clap::Parser;
+    use serde_json::json;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::cluster::fake::{self, FakeApi, NS, Pods};
+    use crate::commands::test_support::{binary, serve};
+
+    fn affinity_args(args: &[&str]) -> AffinityArgs {
+        let mut argv = vec!["kubectl-svclb", "affinity", "--no-save", "-o", "json"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Affinity(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    type Endpoints<'a> = &'a [(&'a str, &'a str, &'a str, &'a [&'a str])];
+
+    const TWO: Endpoints = &[
+        ("svclb-affinity-1", "10.244.1.20", "zone-a", &[]),
+        ("svclb-affinity-2", "10.244.2.20", "zone-b", &[]),
+    ];
+
+    /// Two nodes; a tserver pod (agents run there) and two affinity pods; the affinity Service's
+    /// clusterIP and node-1's address are loopback.
+    fn api(cluster_ip: &str, node_ip: &str) -> FakeApi {
+        let api = FakeApi::new(Pods::Ready);
+        api.put(fake::node("node-1", "zone-a", node_ip));
+        api.put(fake::node("node-2", "zone-b", "127.78.0.2"));
+        api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
+        api.put(fake::pod("svclb-affinity-1", AFFINITY, "node-1", "10.244.1.20", true));
+        api.put(fake::pod("svclb-affinity-2", AFFINITY, "node-2", "10.244.2.20", true));
+        let spec = json!({"sessionAffinity": "ClientIP", "externalTrafficPolicy": "Local"});
+        api.put(fake::for_app(
+            fake::service("LoadBalancer", cluster_ip, spec, None),
+            AFFINITY,
+        ));
+        api.put(fake::for_app(fake::slice(TWO), AFFINITY));
+        api
+    }
+
+    async fn target(api: &FakeApi) -> KubeTarget<LocalRun, LocalRun> {
+        let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), AFFINITY, TSERVER)
+            .await
+            .unwrap();
+        KubeTarget {
+            view,
+            pods: LocalRun { program: binary() },
+            host: LocalRun { program: binary() },
+        }
+    }
+
+    #[tokio::test]
+    async fn from_pod_runs_in_a_tserver_pod_and_judges_against_endpoint_slices() {
+        let server = serve("127.78.1.10:5001", None, "svclb-affinity-1");
+        let api = api("127.78.1.10", "127.78.1.20");
+        let t = target(&api).await;
+        let args = affinity_args(&[
+            "--udp",
+            "--from",
+            "pod",
+            "--sessions",
+            "20",
+            "--interval",
+            "100ms",
+            "--timeout",
+            "500ms",
+            "--duration",
+            "1500ms",
+        ]);
+        // svclb-affinity-2 leaves the Service's endpoints mid-run.
+        let scaler = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                api.put(fake::for_app(fake::slice(&TWO[..1]), AFFINITY));
+            })
+        };
+        let c = api.cluster();
+        let live = Live::new(RunFormat::Json);
+        let run = run_agent(&args, &t, Pool::Cluster(&c), &live, std::future::pending())
+            .await
+            .unwrap();
+        scaler.await.unwrap();
+        server.abort();
+        let totals = &run.finished.done.totals;
+        assert!(totals.sent >= 200, "{totals:?}");
+        assert_eq!((totals.answered, totals.lost), (totals.sent, 0), "{totals:?}");
+        assert_eq!(run.info.mode, "cluster");
+        assert_eq!(run.info.source.as_deref(), Some("svclb-tserver-1"));
+        assert_eq!(run.info.address, "127.78.1.10:5001 (clusterIP)");
+        assert_eq!(run.info.service.as_deref(), Some(&*format!("{NS}/{AFFINITY}")));
+        assert_eq!(run.known_pods, ["svclb-affinity-1", "svclb-affinity-2"]);
+        let pool = &run.finished.judge.pool;
+        assert_eq!(pool.len(), 1, "{pool:?}");
+        assert_eq!(pool[0].removed, ["svclb-affinity-2"]);
+        assert_eq!(run.meta.context.as_deref(), Some("kind-test"));
+
+        let record = build_record(&args, jiff::Timestamp::now(), run.info, run.finished, &run.known_pods);
+        assert_eq!(record.verdict, Verdict::Holds, "{:?}", record.reasons);
+        assert!(record.pool_known);
+        assert!(record.changes.is_empty());
+        let served: Vec<(&str, u64)> = record.pods.iter().map(|p| (p.name.as_str(), p.sessions)).collect();
+        assert_eq!(served, [("svclb-affinity-1", 20), ("svclb-affinity-2", 0)]);
+    }
+
+    #[tokio::test]
+    async fn from_host_to_a_node_port_and_ctrl_c_stops_the_agent_through_stdin() {
+        let server = serve("127.78.2.20:30501", None, "svclb-affinity-1");
+        let api = api("127.78.2.10", "127.78.2.20");
+        let t = target(&api).await;
+        let args = affinity_args(&[
+            "--tcp",
+            "--node-port",
+            "node-1",
+            "--sessions",
+            "10",
+            "--interval",
+            "100ms",
+            "--duration",
+            "1m",
+        ]);
+        let c = api.cluster();
+        let live = Live::new(RunFormat::Json);
+        let started = std::time::Instant::now();
+        let signal = tokio::time::sleep(Duration::from_millis(800));
+        let run = run_agent(&args, &t, Pool::Cluster(&c), &live, signal).await.unwrap();
+        server.abort();
+        assert!(run.finished.interrupted);
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        let totals = &run.finished.done.totals;
+        assert!(totals.sent >= 10, "{totals:?}");
+        assert_eq!(totals.sent, totals.answered + totals.lost, "{totals:?}");
+        assert_eq!(run.info.source.as_deref(), Some("this-host"));
+        assert_eq!(run.info.address, "127.78.2.20:30501 (nodePort)");
+        assert!(run.finished.judge.pool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn deploys_only_what_is_missing_and_no_deploy_refuses() {
+        let api = FakeApi::new(Pods::Ready);
+        api.put(fake::node("node-1", "zone-a", "172.18.0.2"));
+        let c = api.cluster();
+        // A tserver deployed earlier with its own options: left as it is.
+        let o = Options {
+            namespace: NS.into(),
+            replicas: 7,
+            ..Options::default()
+        };
+        for obj in manifests::render(&o).unwrap() {
+            api.put(obj);
+        }
+        let e = prepare_cluster(&affinity_args(&["--udp", "--no-deploy"]), &c)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("no svclb-affinity deployment in namespace svclb-test"),
+            "{e}"
+        );
+        prepare_cluster(&affinity_args(&["--udp", "--from", "pod"]), &c)
+            .await
+            .unwrap();
+        let patched: Vec<String> = api.log().into_iter().filter(|l| l.starts_with("PATCH")).collect();
+        assert_eq!(patched.len(), 2, "{patched:?}");
+        assert!(patched.iter().all(|l| l.contains("/svclb-affinity?")), "{patched:?}");
+        let tserver = api
+            .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/{TSERVER}"))
+            .unwrap();
+        assert_eq!(tserver["spec"]["replicas"], 7);
+    }
 }

@@ -94,6 +94,53 @@ pub fn raise_nofile() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
+/// How a measuring command treats a cluster, its default target (`--no-deploy`, `--image`,
+/// `--cleanup`); meaningless with `--address` or `--lab`.
+#[derive(Debug, Args)]
+pub struct ClusterRunArgs {
+    /// Cluster: fail when the test servers are not deployed instead of deploying them.
+    #[arg(long, conflicts_with_all = ["address", "lab"])]
+    pub no_deploy: bool,
+    /// Cluster: image of the test servers when this run deploys them [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["address", "lab", "no_deploy"])]
+    pub image: Option<String>,
+    /// Cluster: delete what the plugin made in the namespace after the run (also when interrupted).
+    #[arg(long, conflicts_with_all = ["address", "lab"])]
+    pub cleanup: bool,
+}
+
+impl ClusterRunArgs {
+    pub fn image(&self) -> String {
+        self.image
+            .clone()
+            .unwrap_or_else(|| crate::cluster::manifests::DEFAULT_IMAGE.into())
+    }
+}
+
+/// Completes when a line `stop` arrives on stdin (`enabled`; never otherwise, nor at EOF): how a
+/// run stops an agent it runs through exec, where no signal can be sent.
+pub async fn stop_line(enabled: bool) {
+    if enabled {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                match line {
+                    Ok(l) if l.trim() == "stop" => {
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        if rx.await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
 /// Watches for Ctrl-C/SIGTERM from the start of a run: the flag tells a setup phase (building a
 /// lab, deploying) that it was interrupted; the task completes on the signal, for the storm phase
 /// to await. Must be called inside a tokio runtime.
@@ -137,5 +184,40 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("soon").is_err());
+    }
+}
+
+/// What the cluster-flow tests share: the real binary as the agent, loopback test servers.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::net::SocketAddr;
+
+    use crate::server::{Listeners, ServeConfig};
+    use crate::wire::Identity;
+
+    /// target/debug/deps/<this test> → target/debug/kubectl-svclb (built by `cargo test`).
+    pub fn binary() -> std::path::PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("kubectl-svclb");
+        assert!(bin.exists(), "{} missing: run the whole `cargo test`", bin.display());
+        bin
+    }
+
+    /// A test server on a loopback address, named like the pod.
+    pub fn serve(address: &str, http: Option<&str>, pod: &str) -> tokio::task::JoinHandle<()> {
+        let l = Listeners::bind(&ServeConfig {
+            address: address.parse().unwrap(),
+            http: http.map(|h| h.parse::<SocketAddr>().unwrap()),
+            identity: Identity {
+                name: pod.into(),
+                node: "node-1".into(),
+                // What a server in a pod reports: its hostname, not the zone.
+                zone: pod.into(),
+            },
+        })
+        .unwrap();
+        tokio::spawn(async move {
+            let _ = l.serve(std::future::pending()).await;
+        })
     }
 }

@@ -87,15 +87,8 @@ pub struct SpreadArgs {
     /// agent it runs through exec, where no signal can be sent).
     #[arg(long, hide = true, requires = "agent")]
     pub stdin_stop: bool,
-    /// Cluster: fail when the test servers are not deployed instead of deploying them.
-    #[arg(long, conflicts_with_all = ["address", "lab"])]
-    pub no_deploy: bool,
-    /// Cluster: image of the test servers when this run deploys them [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
-    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["address", "lab", "no_deploy"])]
-    pub image: Option<String>,
-    /// Cluster: delete what the plugin made in the namespace after the run (also when interrupted).
-    #[arg(long, conflicts_with_all = ["address", "lab"])]
-    pub cleanup: bool,
+    #[command(flatten)]
+    pub cluster: super::ClusterRunArgs,
 }
 
 /// `--from`.
@@ -341,7 +334,7 @@ pub async fn storm_with_progress(cfg: &StormConfig, stdin_stop: bool) -> Result<
         tokio::spawn(async move {
             tokio::select! {
                 _ = super::shutdown_signal() => {}
-                _ = stop_line(stdin_stop) => {}
+                _ = super::stop_line(stdin_stop) => {}
             }
             eprintln!("svclb: interrupted: finishing connections in flight, then saving what was measured");
             control.interrupt();
@@ -378,28 +371,6 @@ pub async fn storm_with_progress(cfg: &StormConfig, stdin_stop: bool) -> Result<
 /// Completes when stdin carries a line `stop` (when `enabled`); never otherwise, nor at EOF.
 /// stdin is read on a plain thread: a read pending in tokio's blocking pool would keep the
 /// runtime, and so the agent, from exiting after it printed its record.
-async fn stop_line(enabled: bool) {
-    if enabled {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            for line in std::io::stdin().lines() {
-                match line {
-                    Ok(l) if l.trim() == "stop" => {
-                        let _ = tx.send(());
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        if rx.await.is_ok() {
-            return;
-        }
-    }
-    std::future::pending().await
-}
-
 /// Prints the run, saves it unless told not to, and maps the verdict to the exit code.
 pub fn finish(mut run: SpreadRun, save: &super::SaveArgs, output: RunFormat) -> Result<ExitCode> {
     save.save(&mut run)?;

@@ -9,13 +9,13 @@ use anyhow::{Result, bail};
 
 use super::spread::{SpreadArgs, finish};
 use crate::cli::KubeFlags;
-use crate::cluster::manifests::{self, Options, ServiceType, TSERVER};
+use crate::cluster::manifests::{Options, ServiceType, TSERVER};
 use crate::cluster::{self, Cluster, ops};
 use crate::target::kube::{ClusterView, KubeTarget, LocalRun, PodExec};
 use crate::target::{From, Path};
 
 /// How long a run waits for the servers it deployed (or found not ready).
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
     super::raise_nofile();
@@ -28,7 +28,7 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
             if interrupted.load(Ordering::Relaxed) {
                 bail!("interrupted while the test servers were being deployed");
             }
-            let view = ClusterView::load(&cluster, version).await?;
+            let view = ClusterView::load(&cluster, version, TSERVER, TSERVER).await?;
             let target = KubeTarget {
                 view,
                 pods: PodExec {
@@ -47,7 +47,7 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
         .await;
         anyhow::Ok((result, cluster))
     })?;
-    if args.cleanup {
+    if args.cluster.cleanup {
         let deleted = rt.block_on(ops::cleanup(&cluster))?;
         eprintln!("svclb: cleanup: deleted {}", deleted.join(", "));
     }
@@ -57,7 +57,7 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
 /// Makes sure the tserver runs: deploys it (default options) when missing, waits until ready.
 async fn prepare(args: &SpreadArgs, c: &Cluster) -> Result<()> {
     if !ops::deployment_exists(c, TSERVER).await? {
-        if args.no_deploy {
+        if args.cluster.no_deploy {
             bail!(
                 "no {TSERVER} deployment in namespace {} (context {}): run `kubectl svclb deploy` or drop --no-deploy",
                 c.namespace,
@@ -66,7 +66,7 @@ async fn prepare(args: &SpreadArgs, c: &Cluster) -> Result<()> {
         }
         let o = Options {
             namespace: c.namespace.clone(),
-            image: args.image.clone().unwrap_or_else(|| manifests::DEFAULT_IMAGE.into()),
+            image: args.cluster.image(),
             service_type: if args.path() == Path::LoadBalancer {
                 ServiceType::LoadBalancer
             } else {
@@ -83,6 +83,8 @@ async fn prepare(args: &SpreadArgs, c: &Cluster) -> Result<()> {
 /// One HTTP request through the same path before a host storm: an unreachable nodePort or LB
 /// is one clear error instead of thousands of timeouts.
 pub async fn probe(address: &std::net::SocketAddr) -> Result<String> {
+    // reqwest has no provider of its own (one provider for kube and reqwest).
+    cluster::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .no_proxy()
@@ -101,26 +103,15 @@ pub async fn probe(address: &std::net::SocketAddr) -> Result<String> {
 mod tests {
     //! The cluster flow end to end against the in-memory API, with storm agents run locally
     //! (the real binary, stopped through stdin) against loopback test servers.
-    use std::net::SocketAddr;
-
     use clap::Parser;
     use serde_json::json;
 
     use super::*;
     use crate::cli::{Cli, Command};
     use crate::cluster::fake::{self, FakeApi, Pods};
+    use crate::commands::test_support::{binary, serve};
     use crate::record::SpreadRun;
-    use crate::server::{Listeners, ServeConfig};
     use crate::storm::Stop;
-    use crate::wire::Identity;
-
-    fn binary() -> std::path::PathBuf {
-        // target/debug/deps/<this test> → target/debug/kubectl-svclb (built by `cargo test`).
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe.parent().unwrap().parent().unwrap().join("kubectl-svclb");
-        assert!(bin.exists(), "{} missing: run the whole `cargo test`", bin.display());
-        bin
-    }
 
     fn spread_args(args: &[&str]) -> SpreadArgs {
         let mut argv = vec!["kubectl-svclb", "spread", "--no-save"];
@@ -131,24 +122,6 @@ mod tests {
         }
     }
 
-    /// A tserver on a loopback address, named like the pod.
-    fn serve(address: &str, http: Option<&str>, pod: &str) -> tokio::task::JoinHandle<()> {
-        let l = Listeners::bind(&ServeConfig {
-            address: address.parse().unwrap(),
-            http: http.map(|h| h.parse::<SocketAddr>().unwrap()),
-            identity: Identity {
-                name: pod.into(),
-                node: "node-1".into(),
-                // What a tserver in a pod reports: its hostname, not the zone.
-                zone: pod.into(),
-            },
-        })
-        .unwrap();
-        tokio::spawn(async move {
-            let _ = l.serve(std::future::pending()).await;
-        })
-    }
-
     /// One node, one ready pod; the Service's clusterIP and the node's IP are loopback.
     async fn target(cluster_ip: &str, node_ip: &str) -> KubeTarget<LocalRun, LocalRun> {
         let api = FakeApi::new(Pods::Ready);
@@ -156,7 +129,9 @@ mod tests {
         api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
         api.put(fake::service("NodePort", cluster_ip, json!({}), None));
         api.put(fake::kube_proxy_configmap("iptables"));
-        let view = ClusterView::load(&api.cluster(), "v1.33.1".into()).await.unwrap();
+        let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
+            .await
+            .unwrap();
         KubeTarget {
             view,
             pods: LocalRun { program: binary() },

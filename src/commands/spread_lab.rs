@@ -97,7 +97,7 @@ pub(super) async fn storm<T: Target>(
     let mut agents: Vec<Agent> = plan
         .sources
         .iter()
-        .map(|s| target.start_agent(s, &agent_args))
+        .map(|s| Agent::start(target, s, &agent_args))
         .collect::<Result<_>>()?;
     let interrupts: Vec<_> = agents
         .iter_mut()

@@ -1,38 +1,31 @@
-//! A real cluster as a [`Target`]: backends are the ready tserver pods (pod → node → zone from
-//! the API), storm agents run inside tserver pods through exec (websocket) or, from the host,
-//! as a child process of this machine.
+//! A real cluster as a [`Target`]: backends are the ready pods of a Service (the tserver for
+//! `spread`, the affinity server for `affinity`; pod → node → zone from the API), agents run
+//! inside tserver pods through exec (websocket) or, from the host, as a child process of this
+//! machine.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::{Agent, Endpoint, From, Meta, Path, Plan, Source, Target};
+use super::{Endpoint, From, Meta, Path, Plan, Source, Stream, Target, agent_argv, last_line, local_stream};
 use crate::cluster::manifests::{IMAGE_BINARY, TSERVER};
 use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
 use crate::cluster::{ApiResult, Cluster};
 use crate::storm::Proto;
 
-/// The service port of the tserver (TCP and UDP) and its HTTP port.
+/// The service port of the test servers (TCP and UDP) and the tserver's HTTP port.
 pub const PORT: u16 = 5001;
 pub const HTTP_PORT: u16 = 8080;
 
-/// Output of a storm agent: its stdout once it exits.
-pub type AgentOutput = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
-
-/// Runs a storm agent command somewhere and hands back its stdout; `stop` is notified when the
-/// agent must stop early (it is then told through its stdin: a line `stop`).
+/// Starts an agent command (`IMAGE_BINARY <subcommand> ...`) somewhere; the stream's interrupt
+/// writes `stop` to the agent's stdin.
 pub trait AgentRunner: Send + Sync {
-    fn run(&self, source: &Source, command: Vec<String>, stop: Arc<Notify>) -> AgentOutput;
-    /// The agent as a local process whose output streams (for `Target::agent_command`).
-    fn command(&self, source: &Source, command: Vec<String>) -> Result<tokio::process::Command>;
+    fn stream(&self, source: &Source, command: Vec<String>) -> Result<Stream>;
 }
 
 /// Agents in pods, through the exec subresource (websocket).
@@ -41,8 +34,11 @@ pub struct PodExec {
     pub container: String,
 }
 
+/// Bytes of agent output buffered between the exec session and the reader.
+const EXEC_BUFFER: usize = 1 << 16;
+
 impl AgentRunner for PodExec {
-    fn run(&self, source: &Source, command: Vec<String>, stop: Arc<Notify>) -> AgentOutput {
+    fn stream(&self, source: &Source, command: Vec<String>) -> Result<Stream> {
         let pods: Api<Pod> = Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace);
         let ns = self.cluster.namespace.clone();
         let pod = source.name.clone();
@@ -51,38 +47,44 @@ impl AgentRunner for PodExec {
             .stdin(true)
             .stdout(true)
             .stderr(true);
-        Box::pin(async move {
-            let mut proc = pods
-                .exec(&pod, command, &params)
-                .await
-                .api("create", "pods/exec", &ns)
-                .with_context(|| format!("cannot start the storm agent in pod {pod}"))?;
-            let mut stdin = proc.stdin().context("exec without stdin")?;
-            let mut stdout = proc.stdout().context("exec without stdout")?;
-            let mut stderr = proc.stderr().context("exec without stderr")?;
-            let stopper = tokio::spawn(async move {
-                stop.notified().await;
+        let stop = Arc::new(Notify::new());
+        // The exec session's stdout is copied into a pipe as it arrives: the stream can be handed
+        // back before the session is up, and a failure to start ends it with the reason.
+        let (reader, mut writer) = tokio::io::duplex(EXEC_BUFFER);
+        let stopper = stop.clone();
+        let session = tokio::spawn(async move {
+            let mut proc = match pods.exec(&pod, command, &params).await.api("create", "pods/exec", &ns) {
+                Ok(p) => p,
+                Err(e) => return format!("cannot exec into pod {pod}: {e:#}"),
+            };
+            let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) = (proc.stdin(), proc.stdout(), proc.stderr())
+            else {
+                return format!("the exec session into pod {pod} has no stdin/stdout/stderr");
+            };
+            let stop_task = tokio::spawn(async move {
+                stopper.notified().await;
                 let _ = stdin.write_all(b"stop\n").await;
                 let _ = stdin.flush().await;
-                // Keep stdin open: closing it could end the exec session before the record.
+                // Keep stdin open: closing it could end the exec session before the agent's summary.
                 std::future::pending::<()>().await;
             });
-            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let mut err = Vec::new();
             // stderr only explains a failure: a broken stderr stream is not one.
-            let (o, _) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            stopper.abort();
-            o.with_context(|| format!("reading the storm agent's output in pod {pod}"))?;
-            // The exit status is in the record (verdict); a lost status channel changes nothing.
+            let (copied, _) = tokio::join!(tokio::io::copy(&mut stdout, &mut writer), stderr.read_to_end(&mut err));
+            drop(writer);
+            stop_task.abort();
+            // The agent's verdict is in its output; a lost status channel changes nothing.
             let _ = proc.join().await;
-            agent_output(&pod, out, &err)
+            match copied {
+                Err(e) => format!("reading the agent's output in pod {pod}: {e}"),
+                Ok(_) => last_line(&err),
+            }
+        });
+        Ok(Stream {
+            stdout: Box::pin(reader),
+            ended: Box::pin(async move { session.await.unwrap_or_else(|e| format!("exec task failed: {e}")) }),
+            interrupt: Box::new(move || stop.notify_one()),
         })
-    }
-
-    fn command(&self, source: &Source, _command: Vec<String>) -> Result<tokio::process::Command> {
-        bail!(
-            "a streaming agent cannot run in pod {} yet (exec output is collected at the end): use --from host",
-            source.name
-        )
     }
 }
 
@@ -93,49 +95,14 @@ pub struct LocalRun {
 }
 
 impl AgentRunner for LocalRun {
-    fn run(&self, source: &Source, command: Vec<String>, stop: Arc<Notify>) -> AgentOutput {
-        let program = self.program.clone();
-        let name = source.name.clone();
-        Box::pin(async move {
-            let mut child = tokio::process::Command::new(&program)
-                .args(command.iter().skip(1))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("cannot start the storm agent {}", program.display()))?;
-            let mut stdin = child.stdin.take().context("agent without stdin")?;
-            let stopper = tokio::spawn(async move {
-                stop.notified().await;
-                let _ = stdin.write_all(b"stop\n").await;
-                std::future::pending::<()>().await;
-            });
-            let out = child.wait_with_output().await;
-            stopper.abort();
-            let out = out?;
-            agent_output(&name, out.stdout, &out.stderr)
-        })
-    }
-
-    fn command(&self, _source: &Source, command: Vec<String>) -> Result<tokio::process::Command> {
+    fn stream(&self, source: &Source, command: Vec<String>) -> Result<Stream> {
         let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(command.iter().skip(1))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        Ok(cmd)
+        cmd.args(command.iter().skip(1));
+        local_stream(
+            cmd,
+            &format!("the agent for {} ({})", source.name, self.program.display()),
+        )
     }
-}
-
-fn agent_output(name: &str, stdout: Vec<u8>, stderr: &[u8]) -> Result<Vec<u8>> {
-    if stdout.is_empty() {
-        let err = String::from_utf8_lossy(stderr);
-        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-        bail!("storm agent in {name} failed: {last}");
-    }
-    Ok(stdout)
 }
 
 /// What the target knows of the cluster, read once through the API.
@@ -146,24 +113,36 @@ pub struct ClusterView {
     pub server_version: String,
     pub proxy_mode: Option<String>,
     pub nodes: Vec<NodeInfo>,
-    /// Every tserver pod (ready or not).
+    /// Every pod of the Service's app (ready or not): the backends.
     pub pods: Vec<PodInfo>,
     pub service: ServiceInfo,
     pub slices: Vec<SliceEndpoint>,
+    /// The app whose pods run agents (the tserver: it carries the binary, and it is not the
+    /// Service under test when that is the affinity server).
+    pub client_app: String,
+    /// Every pod of `client_app`.
+    pub clients: Vec<PodInfo>,
 }
 
 impl ClusterView {
-    pub async fn load(cluster: &Cluster, server_version: String) -> Result<Self> {
+    /// The Service `service` (also the app name of its pods), and agents in `clients` pods.
+    pub async fn load(cluster: &Cluster, server_version: String, service: &str, clients: &str) -> Result<Self> {
         let nodes = ops::nodes(cluster).await?;
-        let pods = ops::pods(cluster, TSERVER, &nodes).await?;
-        let service = ops::service(cluster, TSERVER).await?.ok_or_else(|| {
+        let pods = ops::pods(cluster, service, &nodes).await?;
+        let info = ops::service(cluster, service).await?.ok_or_else(|| {
             anyhow!(
-                "no Service {TSERVER} in namespace {} (context {}): `kubectl svclb deploy` makes it",
+                "no Service {service} in namespace {} (context {}): `kubectl svclb deploy{}` makes it",
                 cluster.namespace,
-                cluster.context
+                cluster.context,
+                if service == TSERVER { "" } else { " --affinity-server" }
             )
         })?;
-        let slices = ops::endpoint_slices(cluster, TSERVER).await?;
+        let slices = ops::endpoint_slices(cluster, service).await?;
+        let client_pods = if clients == service {
+            pods.clone()
+        } else {
+            ops::pods(cluster, clients, &nodes).await?
+        };
         Ok(Self {
             context: cluster.context.clone(),
             namespace: cluster.namespace.clone(),
@@ -171,8 +150,10 @@ impl ClusterView {
             proxy_mode: ops::proxy_mode(cluster).await,
             nodes,
             pods,
-            service,
+            service: info,
             slices,
+            client_app: clients.to_string(),
+            clients: client_pods,
         })
     }
 }
@@ -295,21 +276,24 @@ impl<P: AgentRunner, H: AgentRunner> KubeTarget<P, H> {
             .cluster_ips
             .first()
             .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| anyhow!("Service {TSERVER} has no clusterIP"))
+            .ok_or_else(|| anyhow!("Service {} has no clusterIP", self.view.service.name))
     }
 
     fn lb_ip(&self) -> Result<IpAddr> {
         let svc = &self.view.service;
         if svc.type_ != "LoadBalancer" {
             bail!(
-                "Service {TSERVER} is of type {}: redeploy with `kubectl svclb deploy --service-type LoadBalancer` to storm a LB",
+                "Service {} is of type {}: redeploy with `kubectl svclb deploy --service-type LoadBalancer` to storm a LB",
+                svc.name,
                 svc.type_
             );
         }
-        svc.lb_ips
-            .iter()
-            .find_map(|ip| ip.parse().ok())
-            .ok_or_else(|| anyhow!("Service {TSERVER} has no LoadBalancer IP yet (is a LB controller installed?)"))
+        svc.lb_ips.iter().find_map(|ip| ip.parse().ok()).ok_or_else(|| {
+            anyhow!(
+                "Service {} has no LoadBalancer IP yet (is a LB controller installed?): use --node-port",
+                svc.name
+            )
+        })
     }
 }
 
@@ -318,7 +302,7 @@ impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
         Meta {
             mode: "cluster".into(),
             name: None,
-            service: format!("{}/{TSERVER}", self.view.namespace),
+            service: format!("{}/{}", self.view.namespace, self.view.service.name),
             proxy_mode: self.view.proxy_mode.clone(),
             context: Some(self.view.context.clone()),
             server_version: Some(self.view.server_version.clone()),
@@ -330,10 +314,18 @@ impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
     }
 
     fn plan(&self, from: &From, path: &Path, proto: Proto) -> Result<Plan> {
-        let ready: Vec<&PodInfo> = self.ready().collect();
-        if ready.is_empty() {
+        if self.ready().next().is_none() {
             bail!(
-                "no ready {TSERVER} pod in {}: see `kubectl svclb status`",
+                "no ready {} pod in {}: see `kubectl svclb status`",
+                self.view.service.name,
+                self.where_()
+            );
+        }
+        let clients: Vec<&PodInfo> = self.view.clients.iter().filter(|p| p.ready).collect();
+        let app = &self.view.client_app;
+        if *from != From::Host && clients.is_empty() {
+            bail!(
+                "no ready {app} pod in {} to run the sessions in: `kubectl svclb deploy`, or use --from host",
                 self.where_()
             );
         }
@@ -344,9 +336,9 @@ impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
                 zone: String::new(),
             }],
             From::Pods { pod: Some(name), .. } => {
-                let p = ready.iter().find(|p| &p.name == name).ok_or_else(|| {
+                let p = clients.iter().find(|p| &p.name == name).ok_or_else(|| {
                     anyhow!(
-                        "no ready {TSERVER} pod named {name} in {}: the storm runs in a tserver pod",
+                        "no ready {app} pod named {name} in {}: agents run in {app} pods",
                         self.where_()
                     )
                 })?;
@@ -354,7 +346,7 @@ impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
             }
             From::Pods { pod: None, per_node } => {
                 let mut out: Vec<Source> = Vec::new();
-                for p in &ready {
+                for p in &clients {
                     if !out.iter().any(|s| s.node == p.node) {
                         out.push(source(p));
                     }
@@ -388,11 +380,12 @@ impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
             }
             Path::NodePort(n) => {
                 let node = self.pick_node(n)?;
-                let port = self
-                    .view
-                    .service
-                    .node_port(PORT, proto_name)
-                    .ok_or_else(|| anyhow!("Service {TSERVER} has no nodePort for {PORT}/{proto_name}"))?;
+                let port = self.view.service.node_port(PORT, proto_name).ok_or_else(|| {
+                    anyhow!(
+                        "Service {} has no nodePort for {PORT}/{proto_name}",
+                        self.view.service.name
+                    )
+                })?;
                 (
                     SocketAddr::new(self.node_address(node)?, port),
                     self.external(Some(&node.name)),
@@ -407,25 +400,10 @@ impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
         })
     }
 
-    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent> {
-        let stop = Arc::new(Notify::new());
-        let mut command = vec![IMAGE_BINARY.to_string(), "spread".to_string()];
-        command.extend(args.iter().cloned());
-        command.push("--stdin-stop".into());
-        // Pod sources always have a node (only scheduled, ready pods are sources); the host none.
-        let runner: &dyn AgentRunner = if source.node.is_empty() { &self.host } else { &self.pods };
-        let output = runner.run(source, command, stop.clone());
-        Ok(Agent {
-            source: source.clone(),
-            output,
-            interrupt: Box::new(move || stop.notify_one()),
-        })
-    }
-
-    fn agent_command(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<tokio::process::Command> {
-        let mut command = vec![IMAGE_BINARY.to_string(), subcommand.to_string()];
-        command.extend(args.iter().cloned());
-        self.runner(source).command(source, command)
+    fn start_stream(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<Stream> {
+        let mut command = vec![IMAGE_BINARY.to_string()];
+        command.extend(agent_argv(subcommand, args));
+        self.runner(source).stream(source, command)
     }
 }
 
@@ -439,10 +417,7 @@ mod tests {
     /// Plans without running agents: runners that are never called.
     struct Never;
     impl AgentRunner for Never {
-        fn run(&self, _: &Source, _: Vec<String>, _: Arc<Notify>) -> AgentOutput {
-            unreachable!("plans only")
-        }
-        fn command(&self, _: &Source, _: Vec<String>) -> Result<tokio::process::Command> {
+        fn stream(&self, _: &Source, _: Vec<String>) -> Result<Stream> {
             unreachable!("plans only")
         }
     }
@@ -462,7 +437,9 @@ mod tests {
             Some("172.18.255.200"),
         ));
         api.put(fake::slice(slices));
-        let view = ClusterView::load(&api.cluster(), "v1.33.1".into()).await.unwrap();
+        let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
+            .await
+            .unwrap();
         KubeTarget {
             view,
             pods: Never,

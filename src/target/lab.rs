@@ -1,11 +1,10 @@
 //! The lab as a [`Target`]: agents run in lab namespaces through `ip netns exec`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Agent, Endpoint, From, Meta, Path, Plan, Source, Target};
+use super::{Endpoint, From, Meta, Path, Plan, Source, Stream, Target, agent_argv, local_stream};
 use crate::lab::{Lab, Pod};
 use crate::storm::Proto;
 
@@ -148,46 +147,12 @@ impl Target for LabTarget<'_> {
         })
     }
 
-    fn agent_command(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<tokio::process::Command> {
+    fn start_stream(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<Stream> {
         let ns = self.lab.netns(&source.name)?;
         let mut cmd = tokio::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .arg(&self.program)
-            .arg(subcommand)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        Ok(cmd)
-    }
-
-    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent> {
-        let ns = self.lab.netns(&source.name)?;
-        let mut cmd = self.agent_command(source, "spread", args)?;
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start the storm agent in {ns} (is iproute2 installed?)"))?;
-        // `ip netns exec` execs the agent: the pid is the agent's.
-        let pid = child.id().map(|p| p as i32);
-        let name = source.name.clone();
-        Ok(Agent {
-            source: source.clone(),
-            output: Box::pin(async move {
-                let out = child.wait_with_output().await?;
-                if out.stdout.is_empty() {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-                    bail!("storm agent in {name} failed: {last}");
-                }
-                Ok(out.stdout)
-            }),
-            interrupt: Box::new(move || {
-                if let Some(pid) = pid {
-                    // SAFETY: signalling a child we spawned.
-                    unsafe { libc::kill(pid, libc::SIGINT) };
-                }
-            }),
-        })
+            .args(agent_argv(subcommand, args));
+        local_stream(cmd, &format!("the {subcommand} agent in {ns} (is iproute2 installed?)"))
     }
 }

@@ -1,7 +1,11 @@
 //! Where servers run and storms come from. Commands never talk to namespaces or to a cluster
-//! directly: they ask a [`Target`] for endpoints, a service address, and to run the storm agent
-//! (`kubectl-svclb spread --agent`) at a source, which returns its run record as JSON.
-//! The same `spread` code then runs against a lab or a cluster.
+//! directly: they ask a [`Target`] for endpoints, a service address, and to run an agent at a
+//! source: `kubectl-svclb spread --agent` returns its run record as JSON, `kubectl-svclb affinity
+//! --agent` streams its events as JSON lines. The same `spread` and `affinity` code then runs
+//! against a lab or a cluster.
+//!
+//! Every agent is stopped the same way, wherever it runs: a line `stop` on its stdin
+//! (`--stdin-stop`). An exec session into a pod can carry no signal; a pipe can.
 
 pub mod kube;
 pub mod lab;
@@ -9,8 +13,12 @@ pub mod lab;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use crate::storm::Proto;
 
@@ -81,12 +89,106 @@ pub struct Meta {
     pub server_version: Option<String>,
 }
 
+/// An agent that was started: its stdout as it prints, its end, and a way to interrupt it (it
+/// then reports what it measured so far).
+pub struct Stream {
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    /// Resolves when the agent has exited: the last line of its stderr (why it failed, if it did).
+    pub ended: Pin<Box<dyn Future<Output = String> + Send>>,
+    pub interrupt: Box<dyn Fn() + Send + Sync>,
+}
+
 /// A storm agent that was started: its output (the agent's stdout, a run record as JSON) and a
 /// way to interrupt it (it then reports what it measured so far).
 pub struct Agent {
     pub source: Source,
     pub output: Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>,
     pub interrupt: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Agent {
+    /// The storm agent (`spread --agent`) at `source`: its whole stdout once it exits.
+    pub fn start(target: &impl Target, source: &Source, args: &[String]) -> Result<Agent> {
+        let Stream {
+            mut stdout,
+            ended,
+            interrupt,
+        } = target.start_stream(source, "spread", args)?;
+        let name = source.name.clone();
+        Ok(Agent {
+            source: source.clone(),
+            output: Box::pin(async move {
+                let mut out = Vec::new();
+                let read = stdout.read_to_end(&mut out).await;
+                let last = ended.await;
+                read.with_context(|| format!("reading the storm agent's output in {name}"))?;
+                if out.is_empty() {
+                    bail!(
+                        "storm agent in {name} failed: {}",
+                        if last.is_empty() { "no output" } else { &last }
+                    );
+                }
+                Ok(out)
+            }),
+            interrupt,
+        })
+    }
+}
+
+/// `kubectl-svclb <subcommand> <args> --stdin-stop`: an agent's command line after the program.
+pub fn agent_argv(subcommand: &str, args: &[String]) -> Vec<String> {
+    let mut argv = vec![subcommand.to_string()];
+    argv.extend(args.iter().cloned());
+    argv.push("--stdin-stop".into());
+    argv
+}
+
+/// The last non-empty line of an agent's stderr.
+pub fn last_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Starts an agent as a child process of this machine (`ip netns exec` into a lab namespace, or
+/// plainly from the host); `interrupt` writes `stop` to its stdin.
+pub fn local_stream(mut cmd: tokio::process::Command, what: &str) -> Result<Stream> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {what}"))?;
+    let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        bail!("{what}: no pipes to the agent");
+    };
+    let stop = Arc::new(Notify::new());
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.notified().await;
+            let _ = stdin.write_all(b"stop\n").await;
+            let _ = stdin.flush().await;
+            // Keep stdin open: the agent reads EOF as "no more stop lines", not as a stop.
+            std::future::pending::<()>().await;
+        })
+    };
+    let ended = tokio::spawn(async move {
+        let mut err = Vec::new();
+        let _ = stderr.read_to_end(&mut err).await;
+        let _ = child.wait().await;
+        stopper.abort();
+        last_line(&err)
+    });
+    Ok(Stream {
+        stdout: Box::pin(stdout),
+        ended: Box::pin(async move { ended.await.unwrap_or_else(|e| format!("agent task failed: {e}")) }),
+        interrupt: Box::new(move || stop.notify_one()),
+    })
 }
 
 /// A place where the Service and its backends run.
@@ -96,9 +198,7 @@ pub trait Target {
     fn endpoints(&self) -> Result<Vec<Endpoint>>;
     /// Resolves sources, the address and the expected backends.
     fn plan(&self, from: &From, path: &Path, proto: Proto) -> Result<Plan>;
-    /// Starts `kubectl-svclb spread <args>` at `source`. Must be called inside a tokio runtime.
-    fn start_agent(&self, source: &Source, args: &[String]) -> Result<Agent>;
-    /// The command that runs `kubectl-svclb <subcommand> <args>` at `source`, for agents that
-    /// stream their output (`affinity --agent` prints JSON lines as things happen).
-    fn agent_command(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<tokio::process::Command>;
+    /// Starts `kubectl-svclb <subcommand> <args> --stdin-stop` at `source`. Must be called inside
+    /// a tokio runtime.
+    fn start_stream(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<Stream>;
 }
