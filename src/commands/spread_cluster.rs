@@ -165,6 +165,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn from_pod_through_a_websocket_exec_session() {
+        let server = serve("127.77.4.10:5001", None, "svclb-tserver-1");
+        let t = target("127.77.4.10", "127.77.4.20").await;
+        let t = KubeTarget {
+            view: t.view,
+            pods: PodExec {
+                cluster: fake::exec_server(binary()).await,
+                container: "tserver".into(),
+            },
+            host: t.host,
+        };
+        let args = spread_args(&["--conns", "300", "--udp"]);
+        let run = crate::commands::spread_lab::storm(&args, &t, never()).await.unwrap();
+        server.abort();
+        assert_eq!((run.conns, run.ok), (300, 300));
+        assert_eq!(run.target.source.as_deref(), Some("svclb-tserver-1"));
+    }
+
+    #[tokio::test]
     async fn ctrl_c_stops_the_agents_through_stdin_and_keeps_what_they_measured() {
         let server = serve("127.77.2.10:5001", None, "svclb-tserver-1");
         let t = target("127.77.2.10", "127.77.2.20").await;

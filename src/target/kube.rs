@@ -563,4 +563,74 @@ mod tests {
         let e = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap_err();
         assert!(e.to_string().contains("--service-type LoadBalancer"), "{e}");
     }
+
+    /// The exec path for real: a websocket exec session (kube's client against a loopback server
+    /// speaking v4.channel.k8s.io) runs the affinity agent, whose JSON lines arrive while it runs;
+    /// `stop` goes in over the stdin channel and the agent's summary still comes out.
+    #[tokio::test]
+    async fn pod_exec_streams_over_a_websocket_and_stops_through_stdin() {
+        use tokio::io::AsyncBufReadExt;
+
+        let server = crate::commands::test_support::serve("127.78.5.10:5001", None, "svclb-affinity-1");
+        let exec = PodExec {
+            cluster: fake::exec_server(crate::commands::test_support::binary()).await,
+            container: "tserver".into(),
+        };
+        let pod = Source {
+            name: "svclb-tserver-1".into(),
+            node: "node-1".into(),
+            zone: "zone-a".into(),
+        };
+        let args: Vec<String> = [
+            "--agent",
+            "--address",
+            "127.78.5.10:5001",
+            "--udp",
+            "--sessions",
+            "5",
+            "--interval",
+            "100ms",
+            "--duration",
+            "1m",
+            "--stats-interval",
+            "200ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut command = vec![IMAGE_BINARY.to_string()];
+        command.extend(agent_argv("affinity", &args));
+        let stream = exec.stream(&pod, command).unwrap();
+        let mut lines = tokio::io::BufReader::new(stream.stdout).lines();
+        let first = lines.next_line().await.unwrap().expect("a line while the agent runs");
+        let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(first["event"], "stats", "{first}");
+        (stream.interrupt)();
+        let mut last = String::new();
+        while let Some(l) = lines.next_line().await.unwrap() {
+            last = l;
+        }
+        let done: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(done["event"], "done", "{done}");
+        let t = &done["totals"];
+        assert!(t["sent"].as_u64().unwrap() >= 5, "{t}");
+        assert_eq!(t["sent"], t["answered"], "{t}");
+        assert_eq!(stream.ended.await, "");
+        server.abort();
+
+        // A refused exec ends the stream with the API's reason, in one line.
+        let stream = exec
+            .stream(
+                &Source {
+                    name: "forbidden-1".into(),
+                    ..pod
+                },
+                vec![IMAGE_BINARY.into(), "spread".into()],
+            )
+            .unwrap();
+        let agent_output = stream.ended.await;
+        assert!(
+            agent_output.starts_with("cannot exec into pod forbidden-1:") && agent_output.contains("pods/exec"),
+            "{agent_output}"
+        );
+    }
 }
