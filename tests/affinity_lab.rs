@@ -1,6 +1,8 @@
 //! `affinity --lab` end to end (root): sessions in the lab's client namespace through kube-proxy's
 //! rules to pod servers. Every test uses its own lab state directory and a unique lab name, and
 //! removes its lab on drop (also when it fails).
+// Network namespaces and netfilter: Linux only (the darwin workflow runs the rest).
+#![cfg(target_os = "linux")]
 
 mod common;
 

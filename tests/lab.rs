@@ -5,6 +5,8 @@
 //! Every test builds labs with unique names, tears them down even when it panics (a guard
 //! whose Drop runs `down_by_name`), and checks that no namespace, process, root-namespace
 //! route or address was left behind.
+// Network namespaces and netfilter: Linux only (the darwin workflow runs the rest).
+#![cfg(target_os = "linux")]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

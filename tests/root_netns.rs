@@ -1,4 +1,6 @@
 //! Tests that need root: they build a private network namespace (never touching the root one).
+// Network namespaces and netfilter: Linux only (the darwin workflow runs the rest).
+#![cfg(target_os = "linux")]
 
 mod common;
 

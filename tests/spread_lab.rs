@@ -1,6 +1,8 @@
 //! `spread --lab` end to end (root): real namespaces, kube-proxy rules, server processes, storms.
 //! Every test uses its own lab state directory (SVCLB_LAB_DIR) and unique lab names, and checks
 //! that nothing is left behind.
+// Network namespaces and netfilter: Linux only (the darwin workflow runs the rest).
+#![cfg(target_os = "linux")]
 
 mod common;
 

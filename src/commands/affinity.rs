@@ -636,8 +636,7 @@ async fn run_cluster(args: &AffinityArgs, kube: &KubeFlags, live: &Live) -> Resu
     }
     .await;
     if args.cluster.cleanup {
-        let deleted = ops::cleanup(&c).await?;
-        eprintln!("svclb: cleanup: deleted {}", deleted.join(", "));
+        super::cluster::cleanup_after_run(&c).await;
     }
     result
 }

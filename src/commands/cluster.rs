@@ -116,6 +116,17 @@ pub struct ManifestsArgs {
     pub rbac: bool,
 }
 
+/// `--cleanup` after a run: a failure is told, not returned, so the run's record is still saved.
+pub async fn cleanup_after_run(c: &cluster::Cluster) {
+    match ops::cleanup(c).await {
+        Ok(deleted) => eprintln!("svclb: cleanup: deleted {}", deleted.join(", ")),
+        Err(e) => eprintln!(
+            "svclb: cleanup failed ({e:#}): run `kubectl svclb cleanup -n {}` later",
+            c.namespace
+        ),
+    }
+}
+
 /// Applies the rendered servers and waits for them (the shared step of `deploy` and `spread`).
 pub async fn deploy_servers(c: &cluster::Cluster, o: &Options, wait: Option<Duration>) -> Result<()> {
     let objs = manifests::render(o)?;

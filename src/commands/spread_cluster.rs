@@ -48,8 +48,7 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
         anyhow::Ok((result, cluster))
     })?;
     if args.cluster.cleanup {
-        let deleted = rt.block_on(ops::cleanup(&cluster))?;
-        eprintln!("svclb: cleanup: deleted {}", deleted.join(", "));
+        rt.block_on(super::cluster::cleanup_after_run(&cluster));
     }
     finish(result?, &args.record, args.output)
 }
