@@ -781,7 +781,7 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use crate::cluster::fake::{self, FakeApi, NS, Pods};
-    use crate::commands::test_support::{binary, serve};
+    use crate::commands::test_support::{local_target, serve};
 
     fn affinity_args(args: &[&str]) -> AffinityArgs {
         let mut argv = vec!["kubectl-svclb", "affinity", "--no-save", "-o", "json"];
@@ -817,22 +817,11 @@ mod tests {
         api
     }
 
-    async fn target(api: &FakeApi) -> KubeTarget<LocalRun, LocalRun> {
-        let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), AFFINITY, TSERVER)
-            .await
-            .unwrap();
-        KubeTarget {
-            view,
-            pods: LocalRun { program: binary() },
-            host: LocalRun { program: binary() },
-        }
-    }
-
     #[tokio::test]
     async fn from_pod_runs_in_a_tserver_pod_and_judges_against_endpoint_slices() {
         let server = serve("127.78.1.10:5001", None, "svclb-affinity-1");
         let api = api("127.78.1.10", "127.78.1.20");
-        let t = target(&api).await;
+        let t = local_target(&api, AFFINITY).await;
         let args = affinity_args(&[
             "--udp",
             "--from",
@@ -886,7 +875,7 @@ mod tests {
     async fn from_host_to_a_node_port_and_ctrl_c_stops_the_agent_through_stdin() {
         let server = serve("127.78.2.20:30501", None, "svclb-affinity-1");
         let api = api("127.78.2.10", "127.78.2.20");
-        let t = target(&api).await;
+        let t = local_target(&api, AFFINITY).await;
         let args = affinity_args(&[
             "--tcp",
             "--node-port",

@@ -108,7 +108,7 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use crate::cluster::fake::{self, FakeApi, Pods};
-    use crate::commands::test_support::{binary, serve};
+    use crate::commands::test_support::{binary, local_target, serve};
     use crate::record::SpreadRun;
     use crate::storm::Stop;
 
@@ -128,14 +128,7 @@ mod tests {
         api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
         api.put(fake::service("NodePort", cluster_ip, json!({}), None));
         api.put(fake::kube_proxy_configmap("iptables"));
-        let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
-            .await
-            .unwrap();
-        KubeTarget {
-            view,
-            pods: LocalRun { program: binary() },
-            host: LocalRun { program: binary() },
-        }
+        local_target(&api, TSERVER).await
     }
 
     fn never() -> tokio::task::JoinHandle<()> {
