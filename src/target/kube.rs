@@ -9,10 +9,12 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
-use super::{Endpoint, From, Meta, Path, Plan, Source, Stream, Target, agent_argv, last_line, local_stream};
+use super::{
+    Endpoint, From, Meta, Path, Plan, Source, Stream, Target, agent_argv, last_line, local_stream, stop_writer,
+};
 use crate::cluster::manifests::{IMAGE_BINARY, TSERVER};
 use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
 use crate::cluster::{ApiResult, Cluster};
@@ -57,17 +59,10 @@ impl AgentRunner for PodExec {
                 Ok(p) => p,
                 Err(e) => return format!("cannot exec into pod {pod}: {e:#}"),
             };
-            let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) = (proc.stdin(), proc.stdout(), proc.stderr())
-            else {
+            let (Some(stdin), Some(mut stdout), Some(mut stderr)) = (proc.stdin(), proc.stdout(), proc.stderr()) else {
                 return format!("the exec session into pod {pod} has no stdin/stdout/stderr");
             };
-            let stop_task = tokio::spawn(async move {
-                stopper.notified().await;
-                let _ = stdin.write_all(b"stop\n").await;
-                let _ = stdin.flush().await;
-                // Keep stdin open: closing it could end the exec session before the agent's summary.
-                std::future::pending::<()>().await;
-            });
+            let stop_task = stop_writer(stopper, stdin);
             let mut err = Vec::new();
             // stderr only explains a failure: a broken stderr stream is not one.
             let (copied, _) = tokio::join!(tokio::io::copy(&mut stdout, &mut writer), stderr.read_to_end(&mut err));
@@ -80,11 +75,7 @@ impl AgentRunner for PodExec {
                 Ok(_) => last_line(&err),
             }
         });
-        Ok(Stream {
-            stdout: Box::pin(reader),
-            ended: Box::pin(async move { session.await.unwrap_or_else(|e| format!("exec task failed: {e}")) }),
-            interrupt: Box::new(move || stop.notify_one()),
-        })
+        Ok(Stream::new(reader, session, stop))
     }
 }
 

@@ -17,8 +17,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::storm::Proto;
 
@@ -98,6 +99,30 @@ pub struct Stream {
     pub interrupt: Box<dyn Fn() + Send + Sync>,
 }
 
+impl Stream {
+    /// `session` ends with the agent, resolving to the last line of its stderr; the interrupt
+    /// notifies `stop` (see [`stop_writer`]).
+    pub fn new(stdout: impl AsyncRead + Send + 'static, session: JoinHandle<String>, stop: Arc<Notify>) -> Stream {
+        Stream {
+            stdout: Box::pin(stdout),
+            ended: Box::pin(async move { session.await.unwrap_or_else(|e| format!("agent task failed: {e}")) }),
+            interrupt: Box::new(move || stop.notify_one()),
+        }
+    }
+}
+
+/// Writes a line `stop` to an agent's stdin once `stop` is notified, then keeps stdin open: the
+/// agent reads EOF as "no more stop lines", and closing an exec session's stdin could end the
+/// session before the agent's summary. Abort the task once the agent has ended.
+pub fn stop_writer(stop: Arc<Notify>, mut stdin: impl AsyncWrite + Unpin + Send + 'static) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        stop.notified().await;
+        let _ = stdin.write_all(b"stop\n").await;
+        let _ = stdin.flush().await;
+        std::future::pending::<()>().await;
+    })
+}
+
 /// A storm agent that was started: its output (the agent's stdout, a run record as JSON) and a
 /// way to interrupt it (it then reports what it measured so far).
 pub struct Agent {
@@ -161,34 +186,20 @@ pub fn local_stream(mut cmd: tokio::process::Command, what: &str) -> Result<Stre
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn().with_context(|| format!("cannot start {what}"))?;
-    let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    let (Some(stdin), Some(stdout), Some(mut stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         bail!("{what}: no pipes to the agent");
     };
     let stop = Arc::new(Notify::new());
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            stop.notified().await;
-            let _ = stdin.write_all(b"stop\n").await;
-            let _ = stdin.flush().await;
-            // Keep stdin open: the agent reads EOF as "no more stop lines", not as a stop.
-            std::future::pending::<()>().await;
-        })
-    };
-    let ended = tokio::spawn(async move {
+    let stopper = stop_writer(stop.clone(), stdin);
+    let session = tokio::spawn(async move {
         let mut err = Vec::new();
         let _ = stderr.read_to_end(&mut err).await;
         let _ = child.wait().await;
         stopper.abort();
         last_line(&err)
     });
-    Ok(Stream {
-        stdout: Box::pin(stdout),
-        ended: Box::pin(async move { ended.await.unwrap_or_else(|e| format!("agent task failed: {e}")) }),
-        interrupt: Box::new(move || stop.notify_one()),
-    })
+    Ok(Stream::new(stdout, session, stop))
 }
 
 /// A place where the Service and its backends run.
