@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
 use super::spread::FromKind;
 use crate::affinity::{Change, ChangeKind, Config, Done, Engine, Event, PoolChange, Totals, Verdict, now_ms};
 use crate::cli::KubeFlags;
-use crate::cluster::manifests::{self, AFFINITY, Options, TSERVER};
+use crate::cluster::manifests::{AFFINITY, Options, TSERVER};
 use crate::cluster::{self, Cluster, ops};
 use crate::lab::Lab;
 use crate::record::{
@@ -573,42 +573,18 @@ async fn run_agent<T: Target>(
 /// Makes sure the affinity server runs (and the tserver, whose pods run the agent, with `--from
 /// pod`): deploys what is missing, leaves what exists as it is, waits until ready.
 async fn prepare_cluster(args: &AffinityArgs, c: &Cluster) -> Result<()> {
-    let with_clients = args.from == FromKind::Pod;
-    let mut missing: Vec<&str> = Vec::new();
-    if !ops::deployment_exists(c, AFFINITY).await? {
-        missing.push(AFFINITY);
-    }
-    if with_clients && !ops::deployment_exists(c, TSERVER).await? {
-        missing.push(TSERVER);
-    }
-    if !missing.is_empty() {
-        if args.cluster.no_deploy {
-            bail!(
-                "no {} deployment in namespace {} (context {}): run `kubectl svclb deploy --affinity-server` or drop --no-deploy",
-                missing.join(" or "),
-                c.namespace,
-                c.context
-            );
-        }
-        let o = Options {
-            namespace: c.namespace.clone(),
-            image: args.cluster.image(),
-            affinity_server: true,
-            ..Options::default()
-        };
-        let mut objs = manifests::render(&o)?;
-        objs.retain(|obj| missing.iter().any(|m| obj["metadata"]["name"] == *m));
-        eprintln!("svclb: deploying {} in {}", missing.join(" and "), c.namespace);
-        for name in ops::apply(c, &objs).await? {
-            eprintln!("svclb: applied {name} in {} (context {})", c.namespace, c.context);
-        }
-    }
-    let poll = Duration::from_secs(1);
-    ops::wait_ready(c, AFFINITY, super::spread_cluster::READY_TIMEOUT, poll).await?;
-    if with_clients {
-        ops::wait_ready(c, TSERVER, super::spread_cluster::READY_TIMEOUT, poll).await?;
-    }
-    Ok(())
+    let apps: &[&str] = if args.from == FromKind::Pod {
+        &[AFFINITY, TSERVER]
+    } else {
+        &[AFFINITY]
+    };
+    let o = Options {
+        namespace: c.namespace.clone(),
+        image: args.cluster.image(),
+        affinity_server: true,
+        ..Options::default()
+    };
+    super::cluster::ensure_servers(c, apps, &o, args.cluster.no_deploy).await
 }
 
 /// The sessions against the affinity server of a cluster (the default target).
@@ -781,6 +757,7 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use crate::cluster::fake::{self, FakeApi, NS, Pods};
+    use crate::cluster::manifests;
     use crate::commands::test_support::{local_target, serve};
 
     fn affinity_args(args: &[&str]) -> AffinityArgs {

@@ -10,12 +10,9 @@ use anyhow::{Result, bail};
 use super::spread::{SpreadArgs, finish};
 use crate::cli::KubeFlags;
 use crate::cluster::manifests::{Options, ServiceType, TSERVER};
-use crate::cluster::{self, Cluster, ops};
+use crate::cluster::{self, Cluster};
 use crate::target::kube::{ClusterView, KubeTarget, LocalRun, PodExec};
 use crate::target::{From, Path};
-
-/// How long a run waits for the servers it deployed (or found not ready).
-pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
     super::raise_nofile();
@@ -53,30 +50,20 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
     finish(result?, &args.record, args.output)
 }
 
-/// Makes sure the tserver runs: deploys it (default options) when missing, waits until ready.
+/// Makes sure the tserver runs: deploys it when missing (default options, the Service type the
+/// path needs), waits until ready.
 async fn prepare(args: &SpreadArgs, c: &Cluster) -> Result<()> {
-    if !ops::deployment_exists(c, TSERVER).await? {
-        if args.cluster.no_deploy {
-            bail!(
-                "no {TSERVER} deployment in namespace {} (context {}): run `kubectl svclb deploy` or drop --no-deploy",
-                c.namespace,
-                c.context
-            );
-        }
-        let o = Options {
-            namespace: c.namespace.clone(),
-            image: args.cluster.image(),
-            service_type: if args.path() == Path::LoadBalancer {
-                ServiceType::LoadBalancer
-            } else {
-                ServiceType::NodePort
-            },
-            ..Options::default()
-        };
-        eprintln!("svclb: no test servers in {}: deploying them", c.namespace);
-        return super::cluster::deploy_servers(c, &o, Some(READY_TIMEOUT)).await;
-    }
-    ops::wait_ready(c, TSERVER, READY_TIMEOUT, Duration::from_secs(1)).await
+    let o = Options {
+        namespace: c.namespace.clone(),
+        image: args.cluster.image(),
+        service_type: if args.path() == Path::LoadBalancer {
+            ServiceType::LoadBalancer
+        } else {
+            ServiceType::NodePort
+        },
+        ..Options::default()
+    };
+    super::cluster::ensure_servers(c, &[TSERVER], &o, args.cluster.no_deploy).await
 }
 
 /// One HTTP request through the same path before a host storm: an unreachable nodePort or LB
