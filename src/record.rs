@@ -439,14 +439,7 @@ fn write_json<R: Serialize>(mut file: File, run: &R) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{Criteria, evaluate};
-
-    /// xcluster's ±50% margin, nothing else demanded.
-    const LOOSE: Criteria = Criteria {
-        expect_backends: None,
-        margin_pct: 50.0,
-        alpha: None,
-    };
+    use crate::stats::{Criteria, LOOSE, evaluate};
 
     fn sample() -> SpreadRun {
         let backends = vec![

@@ -32,6 +32,14 @@ pub struct Criteria {
     pub alpha: Option<f64>,
 }
 
+/// xcluster's ±50% margin, nothing else demanded (the tests' criteria).
+#[cfg(test)]
+pub(crate) const LOOSE: Criteria = Criteria {
+    expect_backends: None,
+    margin_pct: 50.0,
+    alpha: None,
+};
+
 /// Statistics of one run's per-backend counts, and the verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -156,12 +164,6 @@ pub fn evaluate(counts: &[(&str, u64)], failed: u64, criteria: &Criteria) -> Sta
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const LOOSE: Criteria = Criteria {
-        expect_backends: None,
-        margin_pct: 50.0,
-        alpha: None,
-    };
 
     fn close(a: f64, b: f64, eps: f64) -> bool {
         (a - b).abs() < eps

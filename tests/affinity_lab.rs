@@ -249,14 +249,8 @@ fn delete_pod_moves_only_its_sessions(proto: &str, tag: &str) {
 
 #[test]
 fn lab_affinity_reflective_address_follows_external_traffic_policy() {
-    let lab = LabGuard::up(
-        "afe",
-        &["--nodes", "3", "--pods", "6", "--external-traffic-policy", "Local"],
-    );
-    let status = lab.run(&["lab", "status", "--name", &lab.name, "-o", "json"]);
-    let status = json(&status);
-    let client_ip = status["client"]["ip"].as_str().unwrap().to_string();
-    let (code, r) = lab.affinity(&[
+    // The same sessions under both policies.
+    const RUN: &[&str] = &[
         "--udp",
         "--sessions",
         "20",
@@ -266,7 +260,15 @@ fn lab_affinity_reflective_address_follows_external_traffic_policy() {
         "1s",
         "--duration",
         "2s",
-    ]);
+    ];
+    let lab = LabGuard::up(
+        "afe",
+        &["--nodes", "3", "--pods", "6", "--external-traffic-policy", "Local"],
+    );
+    let status = lab.run(&["lab", "status", "--name", &lab.name, "-o", "json"]);
+    let status = json(&status);
+    let client_ip = status["client"]["ip"].as_str().unwrap().to_string();
+    let (code, r) = lab.affinity(RUN);
     assert_eq!(code, Some(0), "{r}");
     for s in sessions_of(&r) {
         assert_eq!(
@@ -290,17 +292,7 @@ fn lab_affinity_reflective_address_follows_external_traffic_policy() {
         .iter()
         .map(|n| n["ip"].as_str().unwrap().to_string())
         .collect();
-    let (code, r) = lab.affinity(&[
-        "--udp",
-        "--sessions",
-        "20",
-        "--interval",
-        "200ms",
-        "--timeout",
-        "1s",
-        "--duration",
-        "2s",
-    ]);
+    let (code, r) = lab.affinity(RUN);
     assert_eq!(code, Some(0), "{r}");
     for s in sessions_of(&r) {
         let ip = ip_of(s["last_address"].as_str().unwrap());
