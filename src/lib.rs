@@ -5,6 +5,7 @@
 //! session affinity checks ([`affinity`]); the emulated cluster in network namespaces ([`lab`]).
 
 pub mod affinity;
+pub mod backend;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
@@ -15,5 +16,5 @@ pub mod report;
 pub mod server;
 pub mod stats;
 pub mod storm;
-pub mod target;
+
 pub mod wire;

@@ -17,6 +17,9 @@ use tokio::io::AsyncBufReadExt;
 
 use super::spread::FromKind;
 use crate::affinity::{Change, ChangeKind, Config, Done, Engine, Event, PoolChange, Totals, Verdict, now_ms};
+use crate::backend::kube::{ClusterView, KubeBackend, LocalRun, PodExec};
+use crate::backend::lab::LabBackend;
+use crate::backend::{Backend, From, Meta, Path};
 use crate::cli::KubeFlags;
 use crate::cluster::manifests::{AFFINITY, Options, TSERVER};
 use crate::cluster::{self, Cluster, ops};
@@ -27,9 +30,6 @@ use crate::record::{
 };
 use crate::report::{self, RunFormat};
 use crate::storm::{Proto, Stop};
-use crate::target::kube::{ClusterView, KubeTarget, LocalRun, PodExec};
-use crate::target::lab::LabTarget;
-use crate::target::{From, Meta, Path, Target};
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("protocol").required(true).args(["udp", "tcp"])))]
@@ -477,7 +477,7 @@ struct AgentRun {
 /// The sessions run as an agent at the target's source (a lab namespace, a pod through exec, or
 /// a child process of this machine); this process prints its events and watches the pool.
 /// `signal` (Ctrl-C) stops the agent, which then reports what it measured.
-async fn run_agent<T: Target>(
+async fn run_agent<T: Backend>(
     args: &AffinityArgs,
     target: &T,
     pool: Pool<'_>,
@@ -598,7 +598,7 @@ async fn run_cluster(args: &AffinityArgs, kube: &KubeFlags, live: &Live) -> Resu
             () = &mut signal => bail!("interrupted while the servers were being deployed"),
         }
         let view = ClusterView::load(&c, version, AFFINITY, TSERVER).await?;
-        let target = KubeTarget {
+        let target = KubeBackend {
             view,
             pods: PodExec {
                 cluster: c.clone(),
@@ -704,7 +704,7 @@ pub fn run(args: AffinityArgs, kube: &KubeFlags) -> Result<ExitCode> {
     let run = rt.block_on(async {
         if let Some(name) = &args.lab {
             let lab = open_lab(name)?;
-            let target = LabTarget::new(&lab)?;
+            let target = LabBackend::new(&lab)?;
             return run_agent(&args, &target, Pool::Lab(lab.name()), &live, super::shutdown_signal()).await;
         }
         let Some(text) = args.address.as_deref() else {

@@ -192,19 +192,19 @@ mod tests {
 pub(crate) mod test_support {
     use std::net::SocketAddr;
 
+    use crate::backend::kube::{ClusterView, KubeBackend, LocalRun};
     use crate::cluster::fake::FakeApi;
     use crate::cluster::manifests::TSERVER;
     use crate::server::{Listeners, ServeConfig};
-    use crate::target::kube::{ClusterView, KubeTarget, LocalRun};
     use crate::wire::Identity;
 
     /// A cluster target over the in-memory API whose agents (in pods and on the host) are the real
     /// binary run here; backends are the pods of `service`, agents run in tserver pods.
-    pub async fn local_target(api: &FakeApi, service: &str) -> KubeTarget<LocalRun, LocalRun> {
+    pub async fn local_target(api: &FakeApi, service: &str) -> KubeBackend<LocalRun, LocalRun> {
         let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), service, TSERVER)
             .await
             .unwrap();
-        KubeTarget {
+        KubeBackend {
             view,
             pods: LocalRun { program: binary() },
             host: LocalRun { program: binary() },

@@ -9,11 +9,11 @@ use anyhow::{Result, bail};
 use clap::Args;
 use ipnet::IpNet;
 
+use crate::backend::{From, Path};
 use crate::record::{Environment, Latency, Params, SPREAD_KIND, SPREAD_VERSION, SpreadRun, TargetInfo};
 use crate::report::{self, RunFormat};
 use crate::stats::{Criteria, Verdict, evaluate};
 use crate::storm::{self, BackendCount, Control, Outcome, Proto, Stop, StormConfig};
-use crate::target::{From, Path};
 
 #[derive(Debug, Args)]
 pub struct SpreadArgs {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::spread::{SpreadArgs, finish};
+use crate::backend::kube::{ClusterView, KubeBackend, LocalRun, PodExec};
+use crate::backend::{From, Path};
 use crate::cli::KubeFlags;
 use crate::cluster::manifests::{Options, ServiceType, TSERVER};
 use crate::cluster::{self, Cluster};
-use crate::target::kube::{ClusterView, KubeTarget, LocalRun, PodExec};
-use crate::target::{From, Path};
 
 pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
     super::raise_nofile();
@@ -26,7 +26,7 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
                 bail!("interrupted while the test servers were being deployed");
             }
             let view = ClusterView::load(&cluster, version, TSERVER, TSERVER).await?;
-            let target = KubeTarget {
+            let target = KubeBackend {
                 view,
                 pods: PodExec {
                     cluster: cluster.clone(),
@@ -109,7 +109,7 @@ mod tests {
     }
 
     /// One node, one ready pod; the Service's clusterIP and the node's IP are loopback.
-    async fn target(cluster_ip: &str, node_ip: &str) -> KubeTarget<LocalRun, LocalRun> {
+    async fn target(cluster_ip: &str, node_ip: &str) -> KubeBackend<LocalRun, LocalRun> {
         let api = FakeApi::new(Pods::Ready);
         api.put(fake::node("node-1", "zone-a", node_ip));
         api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
@@ -147,7 +147,7 @@ mod tests {
     async fn from_pod_through_a_websocket_exec_session() {
         let server = serve("127.77.4.10:5001", None, "svclb-tserver-1");
         let t = target("127.77.4.10", "127.77.4.20").await;
-        let t = KubeTarget {
+        let t = KubeBackend {
             view: t.view,
             pods: PodExec {
                 cluster: fake::exec_server(binary()).await,

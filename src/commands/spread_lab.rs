@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::spread::{KnownBackend, SpreadArgs, build_record, finish};
+use crate::backend::lab::LabBackend;
+use crate::backend::{Agent, Backend};
 use crate::lab::{Lab, LabConfig};
 use crate::record::{SourceRun, SpreadRun, TargetInfo, add_buckets};
 use crate::report::RunFormat;
 use crate::storm::{BackendCount, Failures, Outcome, Proto, Stop, new_histogram};
-use crate::target::lab::LabTarget;
-use crate::target::{Agent, Target};
 
 /// A lab made for one run: removed when dropped (end of run, error, or Ctrl-C).
 struct Ephemeral(String);
@@ -70,7 +70,7 @@ pub(super) fn run(args: &SpreadArgs, name: &str) -> Result<ExitCode> {
         let (interrupted, signal) = super::watch_interrupt();
         let (lab, made) = open_lab(name, &interrupted).await?;
         let ephemeral = made.then(|| Ephemeral(lab.name().to_string()));
-        let result = match LabTarget::new(&lab) {
+        let result = match LabBackend::new(&lab) {
             Ok(target) => storm(args, &target, signal).await,
             Err(e) => Err(e),
         };
@@ -84,7 +84,7 @@ pub(super) fn run(args: &SpreadArgs, name: &str) -> Result<ExitCode> {
 
 /// Plans the storm through the target, runs its agents (forwarding `signal` as an interrupt),
 /// and merges their records exactly (shared by the lab and the cluster paths).
-pub(super) async fn storm<T: Target>(
+pub(super) async fn storm<T: Backend>(
     args: &SpreadArgs,
     target: &T,
     signal: tokio::task::JoinHandle<()>,
@@ -189,8 +189,8 @@ pub(super) async fn storm<T: Target>(
         // A cluster run says where it stormed from (`pod` or `host`); a lab run says `lab`.
         mode: match (meta.mode.as_str(), args.from()) {
             ("lab", _) => meta.mode,
-            (_, crate::target::From::Host) => "host".into(),
-            (_, crate::target::From::Pods { .. }) => "pod".into(),
+            (_, crate::backend::From::Host) => "host".into(),
+            (_, crate::backend::From::Pods { .. }) => "pod".into(),
         },
         protocol: proto,
         service: Some(meta.service),
@@ -225,6 +225,6 @@ pub(super) async fn storm<T: Target>(
     Ok(record)
 }
 
-fn interrupted_any(runs: &[(crate::target::Source, SpreadRun)]) -> bool {
+fn interrupted_any(runs: &[(crate::backend::Source, SpreadRun)]) -> bool {
     runs.iter().any(|(_, r)| r.stopped == Some(Stop::Interrupted))
 }

@@ -1,4 +1,4 @@
-//! A real cluster as a [`Target`]: backends are the ready pods of a Service (the tserver for
+//! A real cluster as a [`Backend`]: backends are the ready pods of a Service (the tserver for
 //! `spread`, the affinity server for `affinity`; pod → node → zone from the API), agents run
 //! inside tserver pods through exec (websocket) or, from the host, as a child process of this
 //! machine.
@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 use super::{
-    Endpoint, From, Meta, Path, Plan, Source, Stream, Target, agent_argv, last_line, local_stream, stop_writer,
+    Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, agent_argv, last_line, local_stream, stop_writer,
 };
 use crate::cluster::manifests::{IMAGE_BINARY, TSERVER};
 use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
@@ -150,7 +150,7 @@ impl ClusterView {
 }
 
 /// A cluster target: the view, and runners for agents in pods and on this host.
-pub struct KubeTarget<P: AgentRunner, H: AgentRunner> {
+pub struct KubeBackend<P: AgentRunner, H: AgentRunner> {
     pub view: ClusterView,
     pub pods: P,
     pub host: H,
@@ -173,7 +173,7 @@ fn source(p: &PodInfo) -> Source {
     }
 }
 
-impl<P: AgentRunner, H: AgentRunner> KubeTarget<P, H> {
+impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
     /// Pod sources always have a node (only scheduled, ready pods are sources); the host none.
     fn runner(&self, source: &Source) -> &dyn AgentRunner {
         if source.node.is_empty() { &self.host } else { &self.pods }
@@ -288,7 +288,7 @@ impl<P: AgentRunner, H: AgentRunner> KubeTarget<P, H> {
     }
 }
 
-impl<P: AgentRunner, H: AgentRunner> Target for KubeTarget<P, H> {
+impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
     fn meta(&self) -> Meta {
         Meta {
             mode: "cluster".into(),
@@ -413,7 +413,7 @@ mod tests {
         }
     }
 
-    async fn target(spec: serde_json::Value, slices: &[(&str, &str, &str, &[&str])]) -> KubeTarget<Never, Never> {
+    async fn target(spec: serde_json::Value, slices: &[(&str, &str, &str, &[&str])]) -> KubeBackend<Never, Never> {
         let api = FakeApi::new(Pods::Ready);
         api.put(fake::node("node-1", "zone-a", "172.18.0.2"));
         api.put(fake::node("node-2", "zone-b", "172.18.0.3"));
@@ -431,7 +431,7 @@ mod tests {
         let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
             .await
             .unwrap();
-        KubeTarget {
+        KubeBackend {
             view,
             pods: Never,
             host: Never,

@@ -1,5 +1,5 @@
 //! Where servers run and storms come from. Commands never talk to namespaces or to a cluster
-//! directly: they ask a [`Target`] for endpoints, a service address, and to run an agent at a
+//! directly: they ask a [`Backend`] for endpoints, a service address, and to run an agent at a
 //! source: `kubectl-svclb spread --agent` returns its run record as JSON, `kubectl-svclb affinity
 //! --agent` streams its events as JSON lines. The same `spread` and `affinity` code then runs
 //! against a lab or a cluster.
@@ -133,7 +133,7 @@ pub struct Agent {
 
 impl Agent {
     /// The storm agent (`spread --agent`) at `source`: its whole stdout once it exits.
-    pub fn start(target: &impl Target, source: &Source, args: &[String]) -> Result<Agent> {
+    pub fn start(target: &impl Backend, source: &Source, args: &[String]) -> Result<Agent> {
         let Stream {
             mut stdout,
             ended,
@@ -203,7 +203,7 @@ pub fn local_stream(mut cmd: tokio::process::Command, what: &str) -> Result<Stre
 }
 
 /// A place where the Service and its backends run.
-pub trait Target {
+pub trait Backend {
     fn meta(&self) -> Meta;
     /// Every backend of the Service.
     fn endpoints(&self) -> Result<Vec<Endpoint>>;

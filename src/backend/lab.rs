@@ -1,20 +1,20 @@
-//! The lab as a [`Target`]: agents run in lab namespaces through `ip netns exec`.
+//! The lab as a [`Backend`]: agents run in lab namespaces through `ip netns exec`.
 
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Endpoint, From, Meta, Path, Plan, Source, Stream, Target, agent_argv, local_stream};
+use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, agent_argv, local_stream};
 use crate::lab::{Lab, Pod};
 use crate::storm::Proto;
 
 /// A lab target over an open lab.
-pub struct LabTarget<'a> {
+pub struct LabBackend<'a> {
     lab: &'a Lab,
     program: std::path::PathBuf,
 }
 
-impl<'a> LabTarget<'a> {
+impl<'a> LabBackend<'a> {
     pub fn new(lab: &'a Lab) -> Result<Self> {
         Ok(Self {
             lab,
@@ -50,7 +50,7 @@ fn union(into: &mut Vec<Endpoint>, more: Vec<Endpoint>) {
     }
 }
 
-impl Target for LabTarget<'_> {
+impl Backend for LabBackend<'_> {
     fn meta(&self) -> Meta {
         let s = self.lab.status();
         Meta {
