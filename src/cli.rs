@@ -1,6 +1,6 @@
 //! Command-line definitions (clap derive). Usage reads as a kubectl plugin: `kubectl svclb ...`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::commands;
 
@@ -14,29 +14,9 @@ use crate::commands;
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub kube: KubeFlags,
+    pub kube: commands::KubeFlags,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// kubectl's global flags, accepted before or after the verb.
-#[derive(Debug, Clone, Default, Args)]
-pub struct KubeFlags {
-    /// Path to the kubeconfig file to use.
-    #[arg(long, global = true, env = "KUBECONFIG", value_name = "PATH")]
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// The name of the kubeconfig context to use.
-    #[arg(long, global = true, value_name = "NAME")]
-    pub context: Option<String>,
-    /// Namespace scope for this request.
-    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Username to impersonate for the operation.
-    #[arg(long = "as", global = true, value_name = "USER")]
-    pub as_user: Option<String>,
-    /// Group to impersonate for the operation; repeat for several groups (needs --as).
-    #[arg(long = "as-group", global = true, value_name = "GROUP")]
-    pub as_group: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,13 +10,23 @@ use anyhow::{Result, anyhow};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::cli::KubeFlags;
 
 /// Installs ring as the process' rustls crypto provider. kube (feature `ring`) and reqwest
 /// (`rustls-no-provider`) then agree on one provider; a second provider would panic at client
 /// creation. Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// How to reach a cluster, as kubectl's flags say it: kubeconfig files (a `:`-separated list,
+/// merged), context, namespace, impersonation. Empty fields take kubectl's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    pub as_user: Option<String>,
+    pub as_group: Vec<String>,
 }
 
 /// A connected client and what was chosen: context (for messages and records) and namespace.
@@ -29,7 +39,7 @@ pub struct Cluster {
 
 /// Reads the kubeconfig files of `--kubeconfig` / `KUBECONFIG` (a `:`-separated list, merged
 /// as kubectl does), or `~/.kube/config`.
-fn read_kubeconfig(flags: &KubeFlags) -> Result<Option<Kubeconfig>> {
+fn read_kubeconfig(flags: &Connection) -> Result<Option<Kubeconfig>> {
     let Some(paths) = &flags.kubeconfig else {
         return match Kubeconfig::read() {
             Ok(k) => Ok(Some(k)),
@@ -51,7 +61,7 @@ fn read_kubeconfig(flags: &KubeFlags) -> Result<Option<Kubeconfig>> {
 }
 
 /// Builds the client config the way kubectl would for these flags.
-pub async fn config(flags: &KubeFlags) -> Result<(Config, String)> {
+pub async fn config(flags: &Connection) -> Result<(Config, String)> {
     let (mut config, context) = match read_kubeconfig(flags)? {
         Some(kc) => {
             let context = flags
@@ -92,7 +102,7 @@ pub async fn config(flags: &KubeFlags) -> Result<(Config, String)> {
 
 /// Connects: reads the config and checks the API server answers (its version), so an
 /// unreachable cluster is one error naming the context.
-pub async fn connect(flags: &KubeFlags) -> Result<(Cluster, String)> {
+pub async fn connect(flags: &Connection) -> Result<(Cluster, String)> {
     install_crypto_provider();
     let (config, context) = config(flags).await?;
     let namespace = config.default_namespace.clone();

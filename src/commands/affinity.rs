@@ -20,7 +20,7 @@ use crate::affinity::{Change, ChangeKind, Config, Done, Engine, Event, PoolChang
 use crate::backend::kube::{ClusterView, KubeBackend, LocalRun, PodExec};
 use crate::backend::lab::LabBackend;
 use crate::backend::{Backend, From, Meta, Path};
-use crate::cli::KubeFlags;
+use super::KubeFlags;
 use crate::cluster::manifests::{AFFINITY, Options, TSERVER};
 use crate::cluster::{self, Cluster, ops};
 use crate::lab::Lab;
@@ -589,7 +589,7 @@ async fn prepare_cluster(args: &AffinityArgs, c: &Cluster) -> Result<()> {
 
 /// The sessions against the affinity server of a cluster (the default target).
 async fn run_cluster(args: &AffinityArgs, kube: &KubeFlags, live: &Live) -> Result<AgentRun> {
-    let (c, version) = cluster::connect(kube).await?;
+    let (c, version) = cluster::connect(&kube.connection()).await?;
     let result = async {
         let signal = super::shutdown_signal();
         tokio::pin!(signal);

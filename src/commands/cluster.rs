@@ -8,7 +8,7 @@ use clap::Args;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::cli::KubeFlags;
+use super::KubeFlags;
 use crate::cluster::manifests::{self, Options, Policy, ServiceType, TrafficDistribution};
 use crate::cluster::{self, ops};
 
@@ -192,7 +192,7 @@ pub async fn deploy_servers(c: &cluster::Cluster, o: &Options, wait: Option<Dura
 pub fn deploy(args: DeployArgs, kube: &KubeFlags) -> Result<ExitCode> {
     let rt = super::runtime(2)?;
     rt.block_on(async {
-        let (c, _) = cluster::connect(kube).await?;
+        let (c, _) = cluster::connect(&kube.connection()).await?;
         let o = args.server.options(&c.namespace)?;
         deploy_servers(&c, &o, (!args.no_wait).then_some(args.wait_timeout)).await
     })?;
@@ -202,7 +202,7 @@ pub fn deploy(args: DeployArgs, kube: &KubeFlags) -> Result<ExitCode> {
 pub fn status(args: StatusArgs, kube: &KubeFlags) -> Result<ExitCode> {
     let rt = super::runtime(2)?;
     let st = rt.block_on(async {
-        let (c, version) = cluster::connect(kube).await?;
+        let (c, version) = cluster::connect(&kube.connection()).await?;
         ops::status(&c, version).await
     })?;
     match args.output {
@@ -216,7 +216,7 @@ pub fn status(args: StatusArgs, kube: &KubeFlags) -> Result<ExitCode> {
 pub fn cleanup(_args: CleanupArgs, kube: &KubeFlags) -> Result<ExitCode> {
     let rt = super::runtime(2)?;
     let (deleted, c) = rt.block_on(async {
-        let (c, _) = cluster::connect(kube).await?;
+        let (c, _) = cluster::connect(&kube.connection()).await?;
         anyhow::Ok((ops::cleanup(&c).await?, c))
     })?;
     if deleted.is_empty() {
@@ -236,7 +236,7 @@ async fn offline_namespace(kube: &KubeFlags) -> String {
     if let Some(ns) = &kube.namespace {
         return ns.clone();
     }
-    match cluster::config(kube).await {
+    match cluster::config(&kube.connection()).await {
         Ok((config, _)) => config.default_namespace,
         Err(_) => "default".into(),
     }

@@ -18,6 +18,39 @@ use clap::Args;
 
 use crate::record::Saved;
 
+/// kubectl's global flags, accepted before or after the verb.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KubeFlags {
+    /// Path to the kubeconfig file to use.
+    #[arg(long, global = true, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The name of the kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace scope for this request.
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Username to impersonate for the operation.
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+    /// Group to impersonate for the operation; repeat for several groups (needs --as).
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    pub as_group: Vec<String>,
+}
+
+impl KubeFlags {
+    /// The connection these flags describe.
+    pub fn connection(&self) -> crate::cluster::Connection {
+        crate::cluster::Connection {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+            as_user: self.as_user.clone(),
+            as_group: self.as_group.clone(),
+        }
+    }
+}
+
 /// How a measuring command names and saves its run record (`--tag`, `--save`, `--no-save`).
 #[derive(Debug, Args)]
 pub struct SaveArgs {

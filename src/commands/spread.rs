@@ -378,7 +378,7 @@ pub fn finish(mut run: SpreadRun, save: &super::SaveArgs, output: RunFormat) -> 
     Ok(verdict_code(&run))
 }
 
-pub fn run(args: SpreadArgs, kube: &crate::cli::KubeFlags) -> Result<ExitCode> {
+pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
     if let Some(lab) = &args.lab {
         return super::spread_lab::run(&args, lab);

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use super::spread::{SpreadArgs, finish};
 use crate::backend::kube::{ClusterView, KubeBackend, LocalRun, PodExec};
 use crate::backend::{From, Path};
-use crate::cli::KubeFlags;
+use super::KubeFlags;
 use crate::cluster::manifests::{Options, ServiceType, TSERVER};
 use crate::cluster::{self, Cluster};
 
@@ -18,7 +18,7 @@ pub(super) fn run(args: &SpreadArgs, kube: &KubeFlags) -> Result<ExitCode> {
     super::raise_nofile();
     let rt = super::runtime(0)?;
     let (result, cluster) = rt.block_on(async {
-        let (cluster, version) = cluster::connect(kube).await?;
+        let (cluster, version) = cluster::connect(&kube.connection()).await?;
         let (interrupted, signal) = super::watch_interrupt();
         let result = async {
             prepare(args, &cluster).await?;
