@@ -40,6 +40,9 @@ pub enum Command {
     Manifests(commands::cluster::ManifestsArgs),
     /// Print a shell completion script (or the `kubectl_complete-svclb` shim kubectl uses).
     Completion(commands::completion::CompletionArgs),
+    /// The agent a run starts at each source (JSON request in, JSON lines out).
+    #[command(hide = true)]
+    Agent(commands::agent::AgentArgs),
     /// Completion candidates for kubectl's plugin completion (run by `kubectl_complete-svclb`).
     #[command(name = "__complete", hide = true)]
     Complete(commands::completion::CompleteArgs),

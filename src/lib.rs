@@ -5,6 +5,7 @@
 //! session affinity checks ([`affinity`]); the emulated cluster in network namespaces ([`lab`]).
 
 pub mod affinity;
+pub mod agent;
 pub mod backend;
 pub mod cli;
 pub mod cluster;
@@ -13,8 +14,11 @@ pub mod host;
 pub mod lab;
 pub mod record;
 pub mod report;
+pub mod run;
 pub mod server;
+pub mod spread;
 pub mod stats;
 pub mod storm;
-
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod wire;

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Command::Completion(args) => commands::completion::run(args),
         Command::Complete(args) => commands::completion::complete(args),
         Command::Compare(args) => commands::compare::run(args),
+        Command::Agent(args) => commands::agent::run(args),
         Command::Lab { cmd } => commands::lab::run(cmd),
     };
     match result {

@@ -11,7 +11,7 @@ use common::{LabGuard, lab_svclb as svclb, netns_with_prefix, output_json as jso
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether `parent` has a child process running `kubectl-svclb spread --agent`.
+/// Whether `parent` has a child process running the storm agent (`kubectl-svclb agent --request ...`).
 fn has_agent_child(parent: u32) -> bool {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return false;
@@ -25,7 +25,7 @@ fn has_agent_child(parent: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
         let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-        ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|arg| arg == b"--agent")
+        ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|arg| arg == b"agent")
     })
 }
 
@@ -153,7 +153,7 @@ fn lab_spread_interrupt_saves_partial_record_and_removes_the_lab() {
         .spawn()
         .unwrap();
     let prefix = format!("svclb-run{}.", child.id());
-    // Wait until the lab is up and the storm agent runs (a child of ours with `--agent`).
+    // Wait until the lab is up and the storm agent runs (a child of ours running `agent`).
     let t0 = Instant::now();
     while !has_agent_child(child.id()) {
         assert!(t0.elapsed() < Duration::from_secs(60), "the storm agent never started");

@@ -10,6 +10,7 @@
 //! UDP runs in a few threads (`udp`), each driving its share of the sessions with one mio poll set and
 //! one schedule (no per-session timers); TCP runs one tokio task per session (`tcp`).
 
+pub mod judge;
 mod tcp;
 mod udp;
 
@@ -33,7 +34,7 @@ pub const E2E_CONFIRM: u64 = 15;
 const RECENT_LOST: usize = 64;
 
 /// What an affinity run does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub address: SocketAddr,
     pub proto: Proto,
@@ -164,12 +165,10 @@ pub struct Done {
     pub sessions: Vec<SessionRow>,
 }
 
-/// What an engine (or an agent, as JSON lines on stdout) reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "lowercase")]
+/// What an engine reports (an agent forwards them as [`crate::agent::Output`] lines).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Change(Change),
-    Stats { at_ms: u64, totals: Totals },
     Done(Done),
 }
 

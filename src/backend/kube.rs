@@ -3,8 +3,10 @@
 //! inside tserver pods through exec (websocket) or, from the host, as a child process of this
 //! machine.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Pod;
@@ -12,9 +14,8 @@ use kube::api::{Api, AttachParams};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
-use super::{
-    Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, agent_argv, last_line, local_stream, stop_writer,
-};
+use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, last_line, local_stream, stop_writer};
+use crate::agent::{self, Request};
 use crate::cluster::manifests::{IMAGE_BINARY, TSERVER};
 use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
 use crate::cluster::{ApiResult, Cluster};
@@ -149,9 +150,11 @@ impl ClusterView {
     }
 }
 
-/// A cluster target: the view, and runners for agents in pods and on this host.
+/// A cluster backend: the view, the client (the pool is read through it while a run goes on),
+/// and runners for agents in pods and on this host.
 pub struct KubeBackend<P: AgentRunner, H: AgentRunner> {
     pub view: ClusterView,
+    pub cluster: Cluster,
     pub pods: P,
     pub host: H,
 }
@@ -293,7 +296,7 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
         Meta {
             mode: "cluster".into(),
             name: None,
-            service: format!("{}/{}", self.view.namespace, self.view.service.name),
+            service: Some(format!("{}/{}", self.view.namespace, self.view.service.name)),
             proxy_mode: self.view.proxy_mode.clone(),
             context: Some(self.view.context.clone()),
             server_version: Some(self.view.server_version.clone()),
@@ -391,11 +394,54 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
         })
     }
 
-    fn start_stream(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<Stream> {
+    fn start_agent(&self, source: &Source, request: &Request) -> Result<Stream> {
         let mut command = vec![IMAGE_BINARY.to_string()];
-        command.extend(agent_argv(subcommand, args));
+        command.extend(agent::argv(request));
         self.runner(source).stream(source, command)
     }
+
+    /// The ready endpoints in the Service's EndpointSlices: what kube-proxy programs.
+    async fn pool(&self) -> Option<BTreeSet<String>> {
+        ops::endpoint_slices(&self.cluster, &self.view.service.name)
+            .await
+            .ok()
+            .map(|eps| eps.into_iter().filter(|e| e.ready).map(|e| e.pod).collect())
+    }
+
+    /// The polling period plus kube-proxy's minimum sync period (1 s by default) between an
+    /// EndpointSlice update and its rules.
+    fn pool_slack(&self, poll: Duration) -> Duration {
+        poll + Duration::from_secs(1)
+    }
+
+    /// From this machine: one HTTP request through the same path first.
+    async fn preflight(&self, from: &From, path: &Path) -> Result<()> {
+        if *from == From::Host {
+            probe(&self.http_address(path)?).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One HTTP request through the same path before a host storm: an unreachable nodePort or LB
+/// is one clear error instead of thousands of timeouts.
+pub async fn probe(address: &SocketAddr) -> Result<String> {
+    // reqwest has no provider of its own (one provider for kube and reqwest).
+    crate::cluster::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()?;
+    let url = format!("http://{address}/hostname");
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach {url} from this machine ({e}): is there a route to the node or LB?"))?;
+    if !resp.status().is_success() {
+        bail!("{url} answered {}: is that the tserver?", resp.status());
+    }
+    Ok(resp.text().await?.trim().to_string())
 }
 
 #[cfg(test)]
@@ -433,6 +479,7 @@ mod tests {
             .unwrap();
         KubeBackend {
             view,
+            cluster: api.cluster(),
             pods: Never,
             host: Never,
         }
@@ -562,9 +609,9 @@ mod tests {
     async fn pod_exec_streams_over_a_websocket_and_stops_through_stdin() {
         use tokio::io::AsyncBufReadExt;
 
-        let server = crate::commands::test_support::serve("127.78.5.10:5001", None, "svclb-affinity-1");
+        let server = crate::testing::serve("127.78.5.10:5001", None, "svclb-affinity-1");
         let exec = PodExec {
-            cluster: fake::exec_server(crate::commands::test_support::binary()).await,
+            cluster: fake::exec_server(crate::testing::binary()).await,
             container: "tserver".into(),
         };
         let pod = Source {
@@ -572,24 +619,22 @@ mod tests {
             node: "node-1".into(),
             zone: "zone-a".into(),
         };
-        let args: Vec<String> = [
-            "--agent",
-            "--address",
-            "127.78.5.10:5001",
-            "--udp",
-            "--sessions",
-            "5",
-            "--interval",
-            "100ms",
-            "--duration",
-            "1m",
-            "--stats-interval",
-            "200ms",
-        ]
-        .map(String::from)
-        .to_vec();
+        let request = Request::Sessions(agent::SessionsRequest {
+            config: crate::affinity::Config {
+                address: "127.78.5.10:5001".parse().unwrap(),
+                proto: Proto::Udp,
+                sessions: 5,
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_secs(1),
+                new_connection_per_message: false,
+                plain_udp: false,
+                prefix: "exec".into(),
+            },
+            duration: Duration::from_secs(60),
+            stats_interval: Duration::from_millis(200),
+        });
         let mut command = vec![IMAGE_BINARY.to_string()];
-        command.extend(agent_argv("affinity", &args));
+        command.extend(agent::argv(&request));
         let stream = exec.stream(&pod, command).unwrap();
         let mut lines = tokio::io::BufReader::new(stream.stdout).lines();
         let first = lines.next_line().await.unwrap().expect("a line while the agent runs");
@@ -615,7 +660,7 @@ mod tests {
                     name: "forbidden-1".into(),
                     ..pod
                 },
-                vec![IMAGE_BINARY.into(), "spread".into()],
+                vec![IMAGE_BINARY.into(), "agent".into()],
             )
             .unwrap();
         let agent_output = stream.ended.await;

@@ -1,25 +1,32 @@
 //! The lab as a [`Backend`]: agents run in lab namespaces through `ip netns exec`.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, agent_argv, local_stream};
+use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, local_stream};
+use crate::agent::{self, Request};
 use crate::lab::{Lab, Pod};
 use crate::storm::Proto;
 
-/// A lab target over an open lab.
-pub struct LabBackend<'a> {
-    lab: &'a Lab,
+/// A lab backend over an open lab.
+pub struct LabBackend {
+    lab: Lab,
     program: std::path::PathBuf,
 }
 
-impl<'a> LabBackend<'a> {
-    pub fn new(lab: &'a Lab) -> Result<Self> {
+impl LabBackend {
+    pub fn new(lab: Lab) -> Result<Self> {
         Ok(Self {
             lab,
             program: std::env::current_exe().context("cannot find this executable to run the storm agent")?,
         })
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
     }
 
     fn endpoint(p: &Pod) -> Endpoint {
@@ -50,13 +57,13 @@ fn union(into: &mut Vec<Endpoint>, more: Vec<Endpoint>) {
     }
 }
 
-impl Backend for LabBackend<'_> {
+impl Backend for LabBackend {
     fn meta(&self) -> Meta {
         let s = self.lab.status();
         Meta {
             mode: "lab".into(),
             name: Some(s.name),
-            service: format!("{}/{}", s.service.namespace, s.service.name),
+            service: Some(format!("{}/{}", s.service.namespace, s.service.name)),
             proxy_mode: Some(format!("{:?}", s.proxy_mode).to_lowercase()),
             context: None,
             server_version: None,
@@ -147,12 +154,25 @@ impl Backend for LabBackend<'_> {
         })
     }
 
-    fn start_stream(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<Stream> {
+    fn start_agent(&self, source: &Source, request: &Request) -> Result<Stream> {
         let ns = self.lab.netns(&source.name)?;
         let mut cmd = tokio::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .arg(&self.program)
-            .args(agent_argv(subcommand, args));
-        local_stream(cmd, &format!("the {subcommand} agent in {ns} (is iproute2 installed?)"))
+            .args(agent::argv(request));
+        local_stream(cmd, &format!("the agent in {ns} (is iproute2 installed?)"))
+    }
+
+    /// The lab's pods, as its state file has them now (`lab delete-pod` and `lab scale` from
+    /// another process change it).
+    async fn pool(&self) -> Option<BTreeSet<String>> {
+        Lab::open(self.lab.name())
+            .ok()
+            .map(|lab| lab.pods().iter().map(|p| p.name.clone()).collect())
+    }
+
+    /// The lab rewrites every node's rules before `delete-pod`/`scale` return: the polling period.
+    fn pool_slack(&self, poll: Duration) -> Duration {
+        poll
     }
 }

@@ -1,14 +1,17 @@
-//! Where servers run and storms come from. Commands never talk to namespaces or to a cluster
-//! directly: they ask a [`Backend`] for endpoints, a service address, and to run an agent at a
-//! source: `kubectl-svclb spread --agent` returns its run record as JSON, `kubectl-svclb affinity
-//! --agent` streams its events as JSON lines. The same `spread` and `affinity` code then runs
-//! against a lab or a cluster.
+//! Where servers run and storms come from. Runs never talk to namespaces or to a cluster
+//! directly: they ask a [`Backend`] for endpoints, a service address, the backend pool, and to
+//! start an agent ([`crate::agent`]) at a source. The same run code then works against an address
+//! (agents are tasks of this process), a lab (agents in its namespaces) or a cluster (agents in
+//! pods through exec, or on this machine).
 //!
-//! Every agent is stopped the same way, wherever it runs: a line `stop` on its stdin
-//! (`--stdin-stop`). An exec session into a pod can carry no signal; a pipe can.
+//! Every agent is stopped the same way, wherever it runs: a line `stop` on its stdin. An exec
+//! session into a pod can carry no signal; a pipe can.
 
+pub mod address;
 pub mod kube;
 pub mod lab;
+
+use std::collections::BTreeSet;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,10 +20,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::agent::Request;
 use crate::storm::Proto;
 
 /// A backend of the Service: a pod, where it runs.
@@ -83,8 +88,8 @@ pub struct Meta {
     /// `lab` or `cluster`.
     pub mode: String,
     pub name: Option<String>,
-    /// `namespace/name` of the Service.
-    pub service: String,
+    /// `namespace/name` of the Service (none for a bare address).
+    pub service: Option<String>,
     pub proxy_mode: Option<String>,
     pub context: Option<String>,
     pub server_version: Option<String>,
@@ -121,51 +126,6 @@ pub fn stop_writer(stop: Arc<Notify>, mut stdin: impl AsyncWrite + Unpin + Send 
         let _ = stdin.flush().await;
         std::future::pending::<()>().await;
     })
-}
-
-/// A storm agent that was started: its output (the agent's stdout, a run record as JSON) and a
-/// way to interrupt it (it then reports what it measured so far).
-pub struct Agent {
-    pub source: Source,
-    pub output: Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>,
-    pub interrupt: Box<dyn Fn() + Send + Sync>,
-}
-
-impl Agent {
-    /// The storm agent (`spread --agent`) at `source`: its whole stdout once it exits.
-    pub fn start(target: &impl Backend, source: &Source, args: &[String]) -> Result<Agent> {
-        let Stream {
-            mut stdout,
-            ended,
-            interrupt,
-        } = target.start_stream(source, "spread", args)?;
-        let name = source.name.clone();
-        Ok(Agent {
-            source: source.clone(),
-            output: Box::pin(async move {
-                let mut out = Vec::new();
-                let read = stdout.read_to_end(&mut out).await;
-                let last = ended.await;
-                read.with_context(|| format!("reading the storm agent's output in {name}"))?;
-                if out.is_empty() {
-                    bail!(
-                        "storm agent in {name} failed: {}",
-                        if last.is_empty() { "no output" } else { &last }
-                    );
-                }
-                Ok(out)
-            }),
-            interrupt,
-        })
-    }
-}
-
-/// `kubectl-svclb <subcommand> <args> --stdin-stop`: an agent's command line after the program.
-pub fn agent_argv(subcommand: &str, args: &[String]) -> Vec<String> {
-    let mut argv = vec![subcommand.to_string()];
-    argv.extend(args.iter().cloned());
-    argv.push("--stdin-stop".into());
-    argv
 }
 
 /// The last non-empty line of an agent's stderr.
@@ -209,7 +169,17 @@ pub trait Backend {
     fn endpoints(&self) -> Result<Vec<Endpoint>>;
     /// Resolves sources, the address and the expected backends.
     fn plan(&self, from: &From, path: &Path, proto: Proto) -> Result<Plan>;
-    /// Starts `kubectl-svclb <subcommand> <args> --stdin-stop` at `source`. Must be called inside
-    /// a tokio runtime.
-    fn start_stream(&self, source: &Source, subcommand: &str, args: &[String]) -> Result<Stream>;
+    /// Starts the agent for `request` at `source`. Must be called inside a tokio runtime.
+    fn start_agent(&self, source: &Source, request: &Request) -> Result<Stream>;
+    /// The names of the backends the proxies balance over now (`None`: unknown here, or the
+    /// read failed).
+    fn pool(&self) -> impl Future<Output = Option<BTreeSet<String>>> + Send;
+    /// How long after a pool change the proxies may still be switching, when the pool is polled
+    /// every `poll`.
+    fn pool_slack(&self, poll: Duration) -> Duration;
+    /// A check before agents start on `path` from `from` (e.g. one HTTP request from this
+    /// machine to a nodePort), so an unreachable path is one clear error.
+    fn preflight(&self, _from: &From, _path: &Path) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 }

@@ -1,6 +1,7 @@
 //! A real cluster through kube-rs: connecting the way kubectl does (kubeconfig, context,
 //! namespace, impersonation), the bundled manifests, and deploy/status/cleanup.
 
+pub mod deploy;
 #[cfg(test)]
 pub mod fake;
 pub mod manifests;
@@ -9,7 +10,6 @@ pub mod ops;
 use anyhow::{Result, anyhow};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-
 
 /// Installs ring as the process' rustls crypto provider. kube (feature `ring`) and reqwest
 /// (`rustls-no-provider`) then agree on one provider; a second provider would panic at client

@@ -116,91 +116,18 @@ pub struct ManifestsArgs {
     pub rbac: bool,
 }
 
-/// `--cleanup` after a run: a failure is told, not returned, so the run's record is still saved.
-pub async fn cleanup_after_run(c: &cluster::Cluster) {
-    match ops::cleanup(c).await {
-        Ok(deleted) => eprintln!("svclb: cleanup: deleted {}", deleted.join(", ")),
-        Err(e) => eprintln!(
-            "svclb: cleanup failed ({e:#}): run `kubectl svclb cleanup -n {}` later",
-            c.namespace
-        ),
-    }
-}
-
-/// How long a measuring run waits for the servers it deployed (or found not ready).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Server-side applies `objs`, telling each object applied.
-async fn apply_told(c: &cluster::Cluster, objs: &[serde_json::Value]) -> Result<()> {
-    for name in ops::apply(c, objs).await? {
-        eprintln!("svclb: applied {name} in {} (context {})", c.namespace, c.context);
-    }
-    Ok(())
-}
-
-/// The servers a measuring run needs (`apps`; each app's Deployment and Service carry its name):
-/// those missing are deployed as rendered from `o` while what exists is left as it is (a tserver
-/// deployed with other options keeps them), or refused with `no_deploy`; then all are waited for.
-pub async fn ensure_servers(c: &cluster::Cluster, apps: &[&str], o: &Options, no_deploy: bool) -> Result<()> {
-    let mut missing: Vec<&str> = Vec::new();
-    for app in apps {
-        if !ops::deployment_exists(c, app).await? {
-            missing.push(app);
-        }
-    }
-    if !missing.is_empty() {
-        if no_deploy {
-            bail!(
-                "no {} deployment in namespace {} (context {}): run `kubectl svclb deploy{}` or drop --no-deploy",
-                missing.join(" or "),
-                c.namespace,
-                c.context,
-                if missing.contains(&manifests::AFFINITY) {
-                    " --affinity-server"
-                } else {
-                    ""
-                }
-            );
-        }
-        let mut objs = manifests::render(o)?;
-        objs.retain(|obj| missing.iter().any(|m| obj["metadata"]["name"] == *m));
-        eprintln!("svclb: deploying {} in {}", missing.join(" and "), c.namespace);
-        apply_told(c, &objs).await?;
-    }
-    for app in apps {
-        ops::wait_ready(c, app, READY_TIMEOUT, Duration::from_secs(1)).await?;
-    }
-    Ok(())
-}
-
-/// Applies the rendered servers and waits for them (`deploy`).
-pub async fn deploy_servers(c: &cluster::Cluster, o: &Options, wait: Option<Duration>) -> Result<()> {
-    apply_told(c, &manifests::render(o)?).await?;
-    if let Some(timeout) = wait {
-        ops::wait_ready(c, manifests::TSERVER, timeout, Duration::from_secs(1)).await?;
-        if o.affinity_server {
-            ops::wait_ready(c, manifests::AFFINITY, timeout, Duration::from_secs(1)).await?;
-        }
-        eprintln!(
-            "svclb: {} pod(s) ready",
-            o.replicas * if o.affinity_server { 2 } else { 1 }
-        );
-    }
-    Ok(())
-}
-
 pub fn deploy(args: DeployArgs, kube: &KubeFlags) -> Result<ExitCode> {
-    let rt = super::runtime(2)?;
+    let rt = crate::run::runtime(2)?;
     rt.block_on(async {
         let (c, _) = cluster::connect(&kube.connection()).await?;
         let o = args.server.options(&c.namespace)?;
-        deploy_servers(&c, &o, (!args.no_wait).then_some(args.wait_timeout)).await
+        cluster::deploy::deploy_servers(&c, &o, (!args.no_wait).then_some(args.wait_timeout)).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn status(args: StatusArgs, kube: &KubeFlags) -> Result<ExitCode> {
-    let rt = super::runtime(2)?;
+    let rt = crate::run::runtime(2)?;
     let st = rt.block_on(async {
         let (c, version) = cluster::connect(&kube.connection()).await?;
         ops::status(&c, version).await
@@ -214,7 +141,7 @@ pub fn status(args: StatusArgs, kube: &KubeFlags) -> Result<ExitCode> {
 }
 
 pub fn cleanup(_args: CleanupArgs, kube: &KubeFlags) -> Result<ExitCode> {
-    let rt = super::runtime(2)?;
+    let rt = crate::run::runtime(2)?;
     let (deleted, c) = rt.block_on(async {
         let (c, _) = cluster::connect(&kube.connection()).await?;
         anyhow::Ok((ops::cleanup(&c).await?, c))
@@ -243,7 +170,7 @@ async fn offline_namespace(kube: &KubeFlags) -> String {
 }
 
 pub fn manifests(args: ManifestsArgs, kube: &KubeFlags) -> Result<ExitCode> {
-    let rt = super::runtime(1)?;
+    let rt = crate::run::runtime(1)?;
     let ns = rt.block_on(offline_namespace(kube));
     let objs = if args.rbac {
         if !manifests::is_dns_label(&ns) {

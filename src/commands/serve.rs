@@ -41,7 +41,7 @@ fn hostname() -> String {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
-    super::raise_nofile();
+    crate::run::raise_nofile();
     let host = hostname();
     let pick = |v: Option<String>| v.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| host.clone());
     let cfg = ServeConfig {
@@ -64,7 +64,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             );
         }
     }
-    super::runtime(args.workers)?.block_on(async {
+    crate::run::runtime(args.workers)?.block_on(async {
         let listeners = Listeners::bind(&cfg)?;
         match listeners.http_address() {
             Some(h) => eprintln!(
@@ -74,7 +74,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             ),
             None => eprintln!("svclb serve: {} on tcp+udp {}", cfg.identity.name, listeners.address()),
         }
-        listeners.serve(super::shutdown_signal()).await
+        listeners.serve(crate::run::interrupt::shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

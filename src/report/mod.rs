@@ -2,6 +2,7 @@
 
 mod affinity;
 mod compare;
+pub mod live;
 mod spread;
 
 pub use affinity::{affinity, clock};

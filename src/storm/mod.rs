@@ -42,7 +42,7 @@ impl std::fmt::Display for Proto {
 }
 
 /// One storm: `conns` connections to `target`, at most `parallel` in flight.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StormConfig {
     pub target: SocketAddr,
     pub proto: Proto,

@@ -1,0 +1,77 @@
+//! The run pipeline every measuring command uses:
+//!
+//! ```text
+//!  Place ──open──▶ Backend ──plan──▶ sources + address + expected backends
+//!                     │
+//!                     └─start_agent(source, Request)──▶ agents ──JSON lines──▶ AgentSet
+//!                                                                               │
+//!   Interrupt (Ctrl-C, SIGTERM) ──▶ stop every agent; they report what they measured
+//!                                                                               ▼
+//!                                              merge ──▶ judge (engine) ──▶ record ──▶ save, report
+//! ```
+//!
+//! [`open`] resolves where a run goes (an address, a lab, a cluster) and cleans up after it;
+//! [`agents`] starts and streams the agents; [`spread`] and [`sessions`] are the two runs built
+//! on them; their decisions (verdicts, record building) live in the engines
+//! ([`crate::spread`], [`crate::stats`], [`crate::affinity::judge`]).
+
+pub mod agents;
+pub mod interrupt;
+pub mod open;
+pub mod save;
+pub mod sessions;
+pub mod spread;
+
+pub use interrupt::Interrupt;
+pub use save::SaveTo;
+
+use crate::backend::{From, Meta};
+
+/// A record's `target.mode`, the same for every run: `address`, `lab`, or on a cluster where the
+/// agents ran, `pod` or `host`.
+pub fn mode(meta: &Meta, from: &From) -> String {
+    match (meta.mode.as_str(), from) {
+        ("cluster", From::Host) => "host".into(),
+        ("cluster", From::Pods { .. }) => "pod".into(),
+        (m, _) => m.into(),
+    }
+}
+
+/// A multi-threaded tokio runtime with `workers` threads (0 = one per CPU; 1 = current thread).
+pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
+        b.worker_threads(workers);
+    }
+    Ok(b.enable_all().build()?)
+}
+
+/// Raises the open-file limit to its hard maximum: storms and servers hold thousands of sockets.
+pub fn raise_nofile() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_run_says_its_mode_the_same_way() {
+        let meta = |m: &str| Meta {
+            mode: m.into(),
+            ..Meta::default()
+        };
+        let pods = From::Pods {
+            pod: None,
+            per_node: false,
+        };
+        assert_eq!(mode(&meta("cluster"), &From::Host), "host");
+        assert_eq!(mode(&meta("cluster"), &pods), "pod");
+        assert_eq!(mode(&meta("lab"), &From::Host), "lab");
+        assert_eq!(mode(&meta("address"), &pods), "address");
+    }
+}

@@ -1,0 +1,257 @@
+//! Opening the backend of a run: resolving an address, opening a lab (the one named, the only
+//! one running, or an ephemeral one built for the run), or connecting to a cluster and deploying
+//! the servers the run needs. An interrupt during setup removes what the run built; afterwards
+//! [`Opened::close`] removes an ephemeral lab and, when asked, what the run deployed.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use ipnet::IpNet;
+
+use super::Interrupt;
+use crate::agent::Request;
+use crate::backend::address::AddressBackend;
+use crate::backend::kube::{ClusterView, KubeBackend, LocalRun, PodExec};
+use crate::backend::lab::LabBackend;
+use crate::backend::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream};
+use crate::cluster::manifests::Options;
+use crate::cluster::{self, Connection};
+use crate::lab::{Lab, LabConfig};
+use crate::storm::Proto;
+
+/// Where a run goes.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// `HOST:PORT`; with a source CIDR, an address of its family is preferred.
+    Address {
+        address: String,
+        family_of: Option<IpNet>,
+    },
+    /// A lab: `name`, or (empty) the only one running; with none running, `build_if_none` builds a
+    /// default lab for this run and removes it afterwards.
+    Lab {
+        name: String,
+        build_if_none: bool,
+    },
+    Cluster(Box<ClusterPlace>),
+}
+
+/// A cluster run: the Service under test, where agents run, what to deploy.
+#[derive(Debug, Clone)]
+pub struct ClusterPlace {
+    pub connection: Connection,
+    /// The Service under test (also the app name of its pods).
+    pub service: &'static str,
+    /// The app whose pods run agents.
+    pub clients: &'static str,
+    /// Apps deployed (from `options`, namespace filled in) when missing, or refused with `no_deploy`.
+    pub apps: Vec<&'static str>,
+    pub options: Options,
+    pub no_deploy: bool,
+    /// Delete what the plugin made in the namespace after the run.
+    pub cleanup: bool,
+}
+
+/// A lab made for one run: removed when dropped (end of run, error, or Ctrl-C).
+pub struct Ephemeral(String);
+
+impl Drop for Ephemeral {
+    fn drop(&mut self) {
+        let name = &self.0;
+        match crate::lab::down_by_name(name) {
+            Ok(()) => eprintln!("svclb: removed lab {name}"),
+            Err(e) => eprintln!("svclb: removing lab {name} failed: {e:#}; run `kubectl svclb lab down --name {name}`"),
+        }
+    }
+}
+
+/// An opened backend.
+pub enum Opened {
+    Address(AddressBackend),
+    Lab {
+        backend: Box<LabBackend>,
+        /// Declared after the backend: the lab goes once the backend is dropped.
+        ephemeral: Option<Ephemeral>,
+    },
+    Cluster {
+        backend: Box<KubeBackend<PodExec, LocalRun>>,
+        cleanup: bool,
+    },
+}
+
+/// Resolves HOST:PORT, preferring an address of `family_of` when given (e.g. the --srccidr family).
+pub async fn resolve(address: &str, family_of: Option<IpNet>) -> Result<SocketAddr> {
+    let bad = || anyhow::anyhow!("bad --address {address:?}: want HOST:PORT, e.g. 127.0.0.1:5001 or [::1]:5001");
+    let (_, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot resolve --address {address:?}: {e}"))?
+        .collect();
+    let preferred = family_of.and_then(|net| addrs.iter().find(|a| a.is_ipv4() == net.addr().is_ipv4()));
+    preferred.or(addrs.first()).copied().ok_or_else(bad)
+}
+
+/// Checks what can be checked before anything runs (lab host and name).
+pub fn check(place: &Place) -> Result<()> {
+    if let Place::Lab { name, .. } = place {
+        crate::lab::require_host()?;
+        if !name.is_empty() {
+            crate::lab::validate_name(name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the named lab, the only running lab, or (when allowed) builds an ephemeral default one.
+async fn open_lab(name: &str, build_if_none: bool, interrupt: &Interrupt) -> Result<(Lab, Option<Ephemeral>)> {
+    if !name.is_empty() {
+        return Ok((Lab::open(name)?, None));
+    }
+    // Labs this user can open (state under the labs directory); `lab list` also shows remnants.
+    let running = Lab::saved();
+    match running.as_slice() {
+        [one] => return Ok((Lab::open(one)?, None)),
+        [] if !build_if_none => bail!(
+            "no lab running: start one, e.g. `kubectl svclb lab up --name demo --affinity clientip`, then --lab demo"
+        ),
+        [] => {}
+        many => bail!(
+            "several labs are running ({}): pick one with --lab NAME",
+            many.join(", ")
+        ),
+    }
+    let cfg = LabConfig {
+        name: format!("run{}", std::process::id()),
+        ..LabConfig::default()
+    };
+    eprintln!(
+        "svclb: no lab running: building lab {} ({} nodes, {} pods) for this run",
+        cfg.name, cfg.nodes, cfg.pods
+    );
+    let lab = tokio::task::spawn_blocking(move || Lab::up(&cfg)).await??;
+    let ephemeral = Ephemeral(lab.name().to_string());
+    if interrupt.is_set() {
+        drop(ephemeral);
+        bail!("interrupted while the lab was being built; it was removed");
+    }
+    Ok((lab, Some(ephemeral)))
+}
+
+impl Opened {
+    /// Opens `place`; `interrupt` aborts a setup in progress (the lab built for the run is
+    /// removed, a deploy stops waiting).
+    pub async fn open(place: Place, interrupt: &Interrupt) -> Result<Opened> {
+        match place {
+            Place::Address { address, family_of } => Ok(Opened::Address(AddressBackend {
+                address: resolve(&address, family_of).await?,
+            })),
+            Place::Lab { name, build_if_none } => {
+                let (lab, ephemeral) = open_lab(&name, build_if_none, interrupt).await?;
+                Ok(Opened::Lab {
+                    backend: Box::new(LabBackend::new(lab)?),
+                    ephemeral,
+                })
+            }
+            Place::Cluster(p) => {
+                let (c, version) = cluster::connect(&p.connection).await?;
+                let opened = async {
+                    let o = Options {
+                        namespace: c.namespace.clone(),
+                        ..p.options.clone()
+                    };
+                    tokio::select! {
+                        r = cluster::deploy::ensure_servers(&c, &p.apps, &o, p.no_deploy) => r?,
+                        () = interrupt.wait() => bail!("interrupted while the test servers were being deployed"),
+                    }
+                    let view = ClusterView::load(&c, version, p.service, p.clients).await?;
+                    Ok(Box::new(KubeBackend {
+                        view,
+                        cluster: c.clone(),
+                        pods: PodExec {
+                            cluster: c.clone(),
+                            container: "tserver".into(),
+                        },
+                        host: LocalRun {
+                            program: std::env::current_exe()?,
+                        },
+                    }))
+                }
+                .await;
+                match opened {
+                    Ok(backend) => Ok(Opened::Cluster {
+                        backend,
+                        cleanup: p.cleanup,
+                    }),
+                    Err(e) => {
+                        if p.cleanup {
+                            cluster::deploy::cleanup_after_run(&c).await;
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the run's hold on its backend: removes an ephemeral lab, and with `--cleanup` what
+    /// the plugin made in the cluster's namespace. Failures are told, not returned: the run's
+    /// record still gets saved.
+    pub async fn close(self) {
+        match self {
+            Opened::Address(_) => {}
+            Opened::Lab { backend, ephemeral } => {
+                drop(backend);
+                drop(ephemeral);
+            }
+            Opened::Cluster { backend, cleanup } => {
+                if cleanup {
+                    cluster::deploy::cleanup_after_run(&backend.cluster).await;
+                }
+            }
+        }
+    }
+}
+
+/// Evaluates `$e` with `$b` bound to whichever backend is open.
+macro_rules! each {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Opened::Address($b) => $e,
+            Opened::Lab { backend: $b, .. } => $e,
+            Opened::Cluster { backend: $b, .. } => $e,
+        }
+    };
+}
+
+impl Backend for Opened {
+    fn meta(&self) -> Meta {
+        each!(self, b => b.meta())
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        each!(self, b => b.endpoints())
+    }
+
+    fn plan(&self, from: &From, path: &Path, proto: Proto) -> Result<Plan> {
+        each!(self, b => b.plan(from, path, proto))
+    }
+
+    fn start_agent(&self, source: &Source, request: &Request) -> Result<Stream> {
+        each!(self, b => b.start_agent(source, request))
+    }
+
+    async fn pool(&self) -> Option<BTreeSet<String>> {
+        each!(self, b => b.pool().await)
+    }
+
+    fn pool_slack(&self, poll: Duration) -> Duration {
+        each!(self, b => b.pool_slack(poll))
+    }
+
+    async fn preflight(&self, from: &From, path: &Path) -> Result<()> {
+        each!(self, b => b.preflight(from, path).await)
+    }
+}
