@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use svclb::cli::{Cli, Command};
 use svclb::commands;
 
@@ -45,8 +45,8 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::cluster::status(args, &cli.kube),
         Command::Cleanup(args) => commands::cluster::cleanup(args, &cli.kube),
         Command::Manifests(args) => commands::cluster::manifests(args, &cli.kube),
-        Command::Completion(args) => commands::completion::run(args),
-        Command::Complete(args) => commands::completion::complete(args),
+        Command::Completion(args) => commands::completion::run(args, Cli::command()),
+        Command::Complete(args) => commands::completion::complete(args, Cli::command()),
         Command::Compare(args) => commands::compare::run(args),
         Command::Agent(args) => commands::agent::run(args),
         Command::Lab { cmd } => commands::lab::run(cmd),

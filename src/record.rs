@@ -1,4 +1,4 @@
-//! The run record: the one saved format (DESIGN.md), its version, saving, and mconnect import.
+//! The run record: the one saved format (docs/architecture.md), its version, saving, and mconnect import.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! The one wire protocol (DESIGN.md): what servers reply and how clients read it.
+//! The one wire protocol (README.md, "Wire protocol"): what servers reply and how clients read it.
 //!
 //! A reply line is `<pod-name> node=<node> zone=<zone> client=<ip:port>`, optionally followed by
 //! ` seq=<seq>` when the request was `svclb <session> <seq>`. Peers that only send a bare

@@ -5,10 +5,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
-
-use crate::cli::Cli;
 
 #[derive(Debug, Args)]
 pub struct CompletionArgs {
@@ -41,8 +39,7 @@ const NO_FILE_COMP: &str = ":4";
 
 /// Candidates for the last word: subcommands, `--flags` (the command's and the global ones), or
 /// the possible values of the flag before it.
-pub fn candidates(words: &[String]) -> Vec<String> {
-    let mut root = Cli::command();
+pub fn candidates(mut root: clap::Command, words: &[String]) -> Vec<String> {
     root.build();
     let root = root;
     let (last, before) = match words.split_last() {
@@ -104,30 +101,37 @@ fn takes_value(a: &clap::Arg) -> bool {
     a.get_num_args().is_some_and(|n| n.takes_values())
 }
 
-pub fn complete(args: CompleteArgs) -> Result<ExitCode> {
+/// `root` is the whole command tree (`Cli::command()`).
+pub fn complete(args: CompleteArgs, root: clap::Command) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    for c in candidates(&args.words) {
+    for c in candidates(root, &args.words) {
         writeln!(out, "{c}")?;
     }
     writeln!(out, "{NO_FILE_COMP}")?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn run(args: CompletionArgs) -> Result<ExitCode> {
+/// `root` is the whole command tree (`Cli::command()`).
+pub fn run(args: CompletionArgs, mut root: clap::Command) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.kubectl_shim {
         out.write_all(KUBECTL_SHIM.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
     let shell = args.shell.expect("clap requires a shell without --kubectl-shim");
-    let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "kubectl-svclb", &mut out);
+    clap_complete::generate(shell, &mut root, "kubectl-svclb", &mut out);
     Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::candidates;
+    use clap::CommandFactory;
+
+    use crate::cli::Cli;
+
+    fn candidates(words: &[String]) -> Vec<String> {
+        super::candidates(Cli::command(), words)
+    }
 
     fn words(s: &[&str]) -> Vec<String> {
         s.iter().map(|w| w.to_string()).collect()

@@ -55,7 +55,7 @@ pub struct StormConfig {
     /// Whole run; no new connection starts after it.
     pub deadline: Option<Duration>,
     pub srccidr: Option<IpNet>,
-    /// Close with FIN instead of RST (SO_LINGER 0 is the default; see DESIGN.md).
+    /// Close with FIN instead of RST (SO_LINGER 0 is the default; see docs/spread.md).
     pub graceful_close: bool,
     /// Session token in UDP requests `svclb <session> <seq>`.
     pub session: String,
@@ -418,7 +418,7 @@ async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Res
         let latency = t0.elapsed();
         let n = stream.read(buf).await;
         if !cfg.graceful_close {
-            // RST instead of FIN: no TIME_WAIT on the client (DESIGN.md).
+            // RST instead of FIN: no TIME_WAIT on the client (docs/spread.md).
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         }
         match n {
