@@ -16,6 +16,7 @@ pub mod record;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod service;
 pub mod spread;
 pub mod stats;
 pub mod storm;

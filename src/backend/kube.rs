@@ -14,11 +14,12 @@ use kube::api::{Api, AttachParams};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
-use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, last_line, local_stream, stop_writer};
+use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, last_line, local_stream, stop_writer, union};
 use crate::agent::{self, Request};
 use crate::cluster::manifests::{IMAGE_BINARY, TSERVER};
 use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
 use crate::cluster::{ApiResult, Cluster};
+use crate::service::{self, Ep, ServiceShape, TrafficPolicy};
 use crate::storm::Proto;
 
 /// The service port of the test servers (TCP and UDP) and the tserver's HTTP port.
@@ -190,39 +191,73 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
         format!("namespace {} (context {})", self.view.namespace, self.view.context)
     }
 
-    /// The backends kube-proxy picks for traffic from inside the cluster at `from`.
-    fn internal(&self, from: &Source) -> Vec<Endpoint> {
-        let all: Vec<&PodInfo> = self.ready().collect();
-        let svc = &self.view.service;
-        if svc.internal_traffic_policy.as_deref() == Some("Local") {
-            return all
-                .iter()
-                .filter(|p| p.node == from.node)
-                .filter_map(|p| endpoint(p))
-                .collect();
+    /// The Service's endpoints as kube-proxy sees them: its EndpointSlices (node names filled
+    /// from the pods when a slice has none), or the ready pods when it has no slices.
+    fn eps(&self) -> Vec<Ep> {
+        if self.view.slices.is_empty() {
+            return self.ready().map(|p| Ep::ready(&p.name, &p.node)).collect();
         }
-        // Topology: kube-proxy uses zone hints only when every ready endpoint has them.
-        let ready_slices: Vec<&SliceEndpoint> = self.view.slices.iter().filter(|e| e.ready).collect();
-        if !ready_slices.is_empty() && ready_slices.iter().all(|e| !e.hints.is_empty()) {
-            let near: Vec<Endpoint> = ready_slices
-                .iter()
-                .filter(|e| e.hints.contains(&from.zone))
-                .filter_map(|e| all.iter().find(|p| p.name == e.pod).and_then(|p| endpoint(p)))
-                .collect();
-            if !near.is_empty() {
-                return near;
-            }
-        }
-        all.iter().filter_map(|p| endpoint(p)).collect()
+        self.view
+            .slices
+            .iter()
+            .map(|e| {
+                let mut ep = e.ep();
+                if ep.node.is_empty()
+                    && let Some(p) = self.view.pods.iter().find(|p| p.name == e.pod)
+                {
+                    ep.node.clone_from(&p.node);
+                }
+                ep
+            })
+            .collect()
     }
 
-    /// The backends for external traffic arriving at `node` (None: any node, e.g. a LB).
-    fn external(&self, node: Option<&str>) -> Vec<Endpoint> {
-        let local = self.view.service.external_traffic_policy.as_deref() == Some("Local");
-        self.ready()
-            .filter(|p| !local || node.is_none_or(|n| p.node == n))
+    /// The backends the kube-proxy of `node` picks: for traffic from inside the cluster to the
+    /// clusterIP (`external` false) or for traffic to a nodePort or LB arriving at it.
+    fn selected(&self, node: &str, external: bool) -> Vec<Endpoint> {
+        let eps = self.eps();
+        let svc = &self.view.service;
+        let options = svc.options();
+        let shape = ServiceShape {
+            options: &options,
+            externally_accessible: svc.externally_accessible(),
+        };
+        let zone = self
+            .view
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.zone.as_str())
+            .unwrap_or("");
+        let sel = service::select(shape, &eps, node, zone);
+        let policy = if external {
+            options.external_traffic_policy
+        } else {
+            options.internal_traffic_policy
+        };
+        let chosen = match policy {
+            TrafficPolicy::Cluster => &sel.cluster,
+            TrafficPolicy::Local => &sel.local,
+        };
+        chosen
+            .iter()
+            .filter_map(|&i| self.view.pods.iter().find(|p| p.name == eps[i].name))
             .filter_map(endpoint)
             .collect()
+    }
+
+    /// The backends for external traffic arriving at `node`, or at any node (a LB).
+    fn external(&self, node: Option<&str>) -> Vec<Endpoint> {
+        match node {
+            Some(n) => self.selected(n, true),
+            None => {
+                let mut all: Vec<Endpoint> = Vec::new();
+                for n in &self.view.nodes {
+                    union(&mut all, self.selected(&n.name, true));
+                }
+                all
+            }
+        }
     }
 
     fn node_address(&self, n: &NodeInfo) -> Result<IpAddr> {
@@ -364,11 +399,7 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
                 }
                 let mut expected: Vec<Endpoint> = Vec::new();
                 for s in &sources {
-                    for e in self.internal(s) {
-                        if !expected.iter().any(|x| x.name == e.name) {
-                            expected.push(e);
-                        }
-                    }
+                    union(&mut expected, self.selected(&s.node, false));
                 }
                 (SocketAddr::new(self.cluster_ip()?, PORT), expected)
             }

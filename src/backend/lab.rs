@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, local_stream};
+use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, local_stream, union};
 use crate::agent::{self, Request};
 use crate::lab::{Lab, Pod};
 use crate::storm::Proto;
@@ -46,14 +46,6 @@ impl LabBackend {
             .into_iter()
             .map(Self::endpoint)
             .collect())
-    }
-}
-
-fn union(into: &mut Vec<Endpoint>, more: Vec<Endpoint>) {
-    for e in more {
-        if !into.iter().any(|x| x.name == e.name) {
-            into.push(e);
-        }
     }
 }
 

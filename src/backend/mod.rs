@@ -37,6 +37,15 @@ pub struct Endpoint {
     pub zone: String,
 }
 
+/// Adds to `into` the endpoints of `more` it does not have yet (by name).
+pub fn union(into: &mut Vec<Endpoint>, more: Vec<Endpoint>) {
+    for e in more {
+        if !into.iter().any(|x| x.name == e.name) {
+            into.push(e);
+        }
+    }
+}
+
 /// Where a storm agent runs: a pod (name, node, zone) or an external host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {

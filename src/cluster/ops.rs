@@ -367,6 +367,24 @@ impl ServiceInfo {
         }
     }
 
+    /// The Service's load-balancing options (unknown values read as the defaults).
+    pub fn options(&self) -> crate::service::ServiceOptions {
+        let d = crate::service::ServiceOptions::default();
+        let parse = |v: &Option<String>, default| v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(default);
+        crate::service::ServiceOptions {
+            affinity: self.session_affinity.parse().unwrap_or(d.affinity),
+            affinity_timeout: d.affinity_timeout,
+            external_traffic_policy: parse(&self.external_traffic_policy, d.external_traffic_policy),
+            internal_traffic_policy: parse(&self.internal_traffic_policy, d.internal_traffic_policy),
+            traffic_distribution: self.traffic_distribution.as_deref().and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// Reachable from outside the cluster (a nodePort or a LoadBalancer).
+    pub fn externally_accessible(&self) -> bool {
+        self.type_ == "NodePort" || self.type_ == "LoadBalancer"
+    }
+
     /// The nodePort of `port/PROTO`.
     pub fn node_port(&self, port: u16, proto: &str) -> Option<u16> {
         let key = format!("{port}/{proto}");
@@ -383,15 +401,38 @@ pub async fn service(cluster: &Cluster, name: &str) -> Result<Option<ServiceInfo
     Ok(s.as_ref().map(ServiceInfo::from_service))
 }
 
-/// An endpoint of an EndpointSlice with its zone and zone hints.
+/// An endpoint of an EndpointSlice: where it is, its conditions and its hints.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SliceEndpoint {
     pub slice: String,
     pub pod: String,
     pub addresses: Vec<String>,
     pub zone: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
     pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// `hints.forZones`.
     pub hints: Vec<String>,
+    /// `hints.forNodes`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_hints: Vec<String>,
+}
+
+impl SliceEndpoint {
+    /// The endpoint as kube-proxy sees it.
+    pub fn ep(&self) -> crate::service::Ep {
+        crate::service::Ep {
+            name: self.pod.clone(),
+            node: self.node.clone(),
+            ready: self.ready,
+            serving: self.serving,
+            terminating: self.terminating,
+            zone_hints: self.hints.clone(),
+            node_hints: self.node_hints.clone(),
+        }
+    }
 }
 
 pub async fn endpoint_slices(cluster: &Cluster, service: &str) -> Result<Vec<SliceEndpoint>> {
@@ -402,17 +443,31 @@ pub async fn endpoint_slices(cluster: &Cluster, service: &str) -> Result<Vec<Sli
     for s in list.items {
         let slice = s.metadata.name.clone().unwrap_or_default();
         for e in s.endpoints {
+            let cond = |f: fn(&k8s_openapi::api::discovery::v1::EndpointConditions) -> Option<bool>| {
+                e.conditions.as_ref().and_then(f)
+            };
+            // API semantics: a nil ready means ready, a nil serving means as ready, nil terminating false.
+            let ready = cond(|c| c.ready).unwrap_or(true);
             out.push(SliceEndpoint {
                 slice: slice.clone(),
                 pod: e.target_ref.as_ref().and_then(|r| r.name.clone()).unwrap_or_default(),
                 addresses: e.addresses.clone(),
                 zone: e.zone.clone().unwrap_or_default(),
-                ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false),
+                node: e.node_name.clone().unwrap_or_default(),
+                ready,
+                serving: cond(|c| c.serving).unwrap_or(ready),
+                terminating: cond(|c| c.terminating).unwrap_or(false),
                 hints: e
                     .hints
                     .as_ref()
                     .and_then(|h| h.for_zones.as_ref())
                     .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                    .unwrap_or_default(),
+                node_hints: e
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .map(|n| n.iter().map(|n| n.name.clone()).collect())
                     .unwrap_or_default(),
             });
         }
