@@ -85,11 +85,15 @@ impl Default for ServiceOptions {
     }
 }
 
+/// An enum of the Kubernetes API: its values as the API spells them; parsed in any case.
+pub trait KubeEnum: FromStr<Err = String> + fmt::Display {
+    const NAMES: &'static [&'static str];
+}
+
 macro_rules! kube_enum {
     ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
-        impl $t {
-            /// Every value, as the Kubernetes API spells it.
-            pub const NAMES: &[&str] = &[$($s),+];
+        impl KubeEnum for $t {
+            const NAMES: &'static [&'static str] = &[$($s),+];
         }
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,6 +5,8 @@
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::service::{MAX_AFFINITY_TIMEOUT, ServiceOptions, ServiceType, SessionAffinity};
+
 pub const TSERVER_YAML: &str = include_str!("../../manifests/tserver.yaml");
 pub const AFFINITY_YAML: &str = include_str!("../../manifests/affinity-server.yaml");
 pub const RBAC_YAML: &str = include_str!("../../manifests/rbac.yaml");
@@ -19,35 +21,6 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/kubectl-svclb/kubectl-svclb:v",
 /// Where the binary sits in the image (the storm agent is exec'd there).
 pub const IMAGE_BINARY: &str = "/usr/local/bin/kubectl-svclb";
 
-/// `--service-type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServiceType {
-    #[value(name = "NodePort")]
-    NodePort,
-    #[value(name = "LoadBalancer")]
-    LoadBalancer,
-}
-
-/// `--external-traffic-policy` / `--internal-traffic-policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Policy {
-    #[value(name = "Cluster")]
-    Cluster,
-    #[value(name = "Local")]
-    Local,
-}
-
-/// `--traffic-distribution`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TrafficDistribution {
-    #[value(name = "PreferClose")]
-    PreferClose,
-    #[value(name = "PreferSameZone")]
-    PreferSameZone,
-    #[value(name = "PreferSameNode")]
-    PreferSameNode,
-}
-
 /// How the tserver (and optionally the affinity server) is rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -55,11 +28,8 @@ pub struct Options {
     pub image: String,
     pub replicas: u32,
     pub service_type: ServiceType,
-    /// sessionAffinity ClientIP with this timeout (seconds) when set.
-    pub affinity_timeout: Option<u32>,
-    pub external_traffic_policy: Policy,
-    pub internal_traffic_policy: Policy,
-    pub traffic_distribution: Option<TrafficDistribution>,
+    /// The tserver Service's load-balancing options.
+    pub service: ServiceOptions,
     pub affinity_server: bool,
 }
 
@@ -70,19 +40,9 @@ impl Default for Options {
             image: DEFAULT_IMAGE.into(),
             replicas: 4,
             service_type: ServiceType::NodePort,
-            affinity_timeout: None,
-            external_traffic_policy: Policy::Cluster,
-            internal_traffic_policy: Policy::Cluster,
-            traffic_distribution: None,
+            service: ServiceOptions::default(),
             affinity_server: false,
         }
-    }
-}
-
-fn policy(p: Policy) -> &'static str {
-    match p {
-        Policy::Cluster => "Cluster",
-        Policy::Local => "Local",
     }
 }
 
@@ -130,25 +90,18 @@ pub fn render(o: &Options) -> Result<Vec<Value>> {
         set_workload(obj, o);
         if kind(obj) == "Service" && name(obj) == TSERVER {
             let spec = &mut obj["spec"];
-            spec["type"] = json!(match o.service_type {
-                ServiceType::NodePort => "NodePort",
-                ServiceType::LoadBalancer => "LoadBalancer",
-            });
-            match o.affinity_timeout {
-                Some(t) => {
-                    spec["sessionAffinity"] = json!("ClientIP");
-                    spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": t}});
-                }
-                None => spec["sessionAffinity"] = json!("None"),
+            let svc = &o.service;
+            spec["type"] = json!(o.service_type.to_string());
+            spec["sessionAffinity"] = json!(svc.affinity.to_string());
+            if svc.affinity == SessionAffinity::ClientIp {
+                spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": svc.affinity_timeout}});
             }
-            spec["externalTrafficPolicy"] = json!(policy(o.external_traffic_policy));
-            spec["internalTrafficPolicy"] = json!(policy(o.internal_traffic_policy));
-            if let Some(td) = o.traffic_distribution {
-                spec["trafficDistribution"] = json!(match td {
-                    TrafficDistribution::PreferClose => "PreferClose",
-                    TrafficDistribution::PreferSameZone => "PreferSameZone",
-                    TrafficDistribution::PreferSameNode => "PreferSameNode",
-                });
+            if o.service_type != ServiceType::ClusterIP {
+                spec["externalTrafficPolicy"] = json!(svc.external_traffic_policy.to_string());
+            }
+            spec["internalTrafficPolicy"] = json!(svc.internal_traffic_policy.to_string());
+            if let Some(td) = svc.traffic_distribution {
+                spec["trafficDistribution"] = json!(td.to_string());
             }
         }
     }
@@ -178,10 +131,9 @@ fn validate(o: &Options) -> Result<()> {
     if o.image.trim().is_empty() || o.image.contains(char::is_whitespace) {
         bail!("--image {:?}: give an image reference, e.g. {DEFAULT_IMAGE}", o.image);
     }
-    if let Some(t) = o.affinity_timeout
-        && !(1..=86400).contains(&t)
-    {
-        bail!("--affinity-timeout {t}: give 1..86400 seconds (Kubernetes' limit)");
+    let t = o.service.affinity_timeout;
+    if !(1..=MAX_AFFINITY_TIMEOUT).contains(&t) {
+        bail!("--affinity-timeout {t}: give 1..{MAX_AFFINITY_TIMEOUT} seconds (Kubernetes' limit)");
     }
     if !is_dns_label(&o.namespace) {
         bail!(
@@ -215,6 +167,7 @@ pub fn to_yaml(objs: &[Value]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::{TrafficDistribution, TrafficPolicy};
 
     fn find<'a>(objs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
         objs.iter()
@@ -285,10 +238,13 @@ mod tests {
             image: "registry.example/svclb:dev".into(),
             replicas: 12,
             service_type: ServiceType::LoadBalancer,
-            affinity_timeout: Some(30),
-            external_traffic_policy: Policy::Local,
-            internal_traffic_policy: Policy::Local,
-            traffic_distribution: Some(TrafficDistribution::PreferClose),
+            service: ServiceOptions {
+                affinity: SessionAffinity::ClientIp,
+                affinity_timeout: 30,
+                external_traffic_policy: TrafficPolicy::Local,
+                internal_traffic_policy: TrafficPolicy::Local,
+                traffic_distribution: Some(TrafficDistribution::PreferClose),
+            },
             affinity_server: true,
         };
         let objs = render(&o).unwrap();
@@ -366,7 +322,10 @@ mod tests {
             ),
             (
                 Options {
-                    affinity_timeout: Some(0),
+                    service: ServiceOptions {
+                        affinity_timeout: 0,
+                        ..ServiceOptions::default()
+                    },
                     ..Options::default()
                 },
                 "--affinity-timeout",

@@ -9,17 +9,10 @@ use tabled::builder::Builder;
 use tabled::settings::Style;
 
 use super::KubeFlags;
-use crate::cluster::manifests::{self, Options, Policy, ServiceType, TrafficDistribution};
+use super::service_args::{ServiceArgs, kube_value};
+use crate::cluster::manifests::{self, Options};
 use crate::cluster::{self, ops};
-
-/// `--session-affinity`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SessionAffinity {
-    #[value(name = "None")]
-    None,
-    #[value(name = "ClientIP")]
-    ClientIp,
-}
+use crate::service::ServiceType;
 
 /// How the test servers are rendered (`deploy`, `manifests`).
 #[derive(Debug, Clone, Args)]
@@ -30,24 +23,11 @@ pub struct ServerArgs {
     /// Container image with the kubectl-svclb binary [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
-    /// Type of the tserver Service (both also have a clusterIP and nodePorts).
-    #[arg(long, value_enum, default_value_t = ServiceType::NodePort)]
+    /// Type of the tserver Service (NodePort and LoadBalancer also have nodePorts).
+    #[arg(long, value_parser = kube_value::<ServiceType>(), ignore_case = true, default_value = "NodePort")]
     pub service_type: ServiceType,
-    /// sessionAffinity of the tserver Service.
-    #[arg(long, value_enum, default_value_t = SessionAffinity::None)]
-    pub session_affinity: SessionAffinity,
-    /// sessionAffinityConfig.clientIP.timeoutSeconds (with --session-affinity ClientIP).
-    #[arg(long, value_name = "SECONDS")]
-    pub affinity_timeout: Option<u32>,
-    /// externalTrafficPolicy of the tserver Service.
-    #[arg(long, value_enum, default_value_t = Policy::Cluster)]
-    pub external_traffic_policy: Policy,
-    /// internalTrafficPolicy of the tserver Service.
-    #[arg(long, value_enum, default_value_t = Policy::Cluster)]
-    pub internal_traffic_policy: Policy,
-    /// trafficDistribution of the tserver Service (unset by default).
-    #[arg(long, value_enum)]
-    pub traffic_distribution: Option<TrafficDistribution>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Also the affinity server: LoadBalancer Service, sessionAffinity ClientIP, eTP Local.
     #[arg(long)]
     pub affinity_server: bool,
@@ -55,13 +35,6 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     pub fn options(&self, namespace: &str) -> Result<Options> {
-        let affinity_timeout = match (self.session_affinity, self.affinity_timeout) {
-            (SessionAffinity::None, Some(_)) => {
-                bail!("--affinity-timeout needs --session-affinity ClientIP")
-            }
-            (SessionAffinity::None, None) => None,
-            (SessionAffinity::ClientIp, t) => Some(t.unwrap_or(10_800)),
-        };
         Ok(Options {
             namespace: namespace.to_string(),
             image: self
@@ -70,10 +43,7 @@ impl ServerArgs {
                 .unwrap_or_else(|| manifests::DEFAULT_IMAGE.to_string()),
             replicas: self.replicas,
             service_type: self.service_type,
-            affinity_timeout,
-            external_traffic_policy: self.external_traffic_policy,
-            internal_traffic_policy: self.internal_traffic_policy,
-            traffic_distribution: self.traffic_distribution,
+            service: self.service.options()?,
             affinity_server: self.affinity_server,
         })
     }

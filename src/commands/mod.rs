@@ -7,6 +7,7 @@ pub mod compare;
 pub mod completion;
 pub mod lab;
 pub mod serve;
+pub mod service_args;
 pub mod spread;
 
 use std::path::PathBuf;

@@ -8,12 +8,13 @@ use clap::Args;
 use ipnet::IpNet;
 
 use crate::backend::{From, Path};
-use crate::cluster::manifests::{Options, ServiceType, TSERVER};
+use crate::cluster::manifests::{Options, TSERVER};
 use crate::record::SpreadRun;
 use crate::report::{self, RunFormat};
 use crate::run::open::{ClusterPlace, Opened, Place};
 use crate::run::spread::SpreadJob;
 use crate::run::{self, Interrupt};
+use crate::service::ServiceType;
 use crate::stats::{Criteria, Verdict};
 use crate::storm::{Proto, StormConfig};
 
