@@ -193,3 +193,54 @@ fn lab_spread_needs_root() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)"), "{err}");
 }
+
+/// A second lab in another lab's state directory, removed on drop.
+struct Also<'a>(&'a LabGuard, String);
+
+impl Drop for Also<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["lab", "down", "--name", &self.1]);
+    }
+}
+
+#[test]
+fn lab_spread_without_a_name_on_a_busy_machine() {
+    // The README's main command with other labs running: one lab is used, several are not.
+    let a = LabGuard::up("busya", &["--nodes", "1", "--pods", "2"]);
+    let out = a.run(&["spread", "--lab", "--conns", "200", "-o", "json", "--no-save"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["target"]["lab"], a.name.as_str());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("using lab {}", a.name)));
+
+    let b = Also(&a, format!("busyb{}", std::process::id() % 100_000));
+    let up = a.run(&["lab", "up", "--name", &b.1, "--nodes", "1", "--pods", "1"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    // What is checked is which lab answers, not the spread: the margin test is switched off.
+    let out = a.run(&[
+        "spread",
+        "--lab",
+        "--conns",
+        "2000",
+        "--margin",
+        "1000",
+        "-o",
+        "json",
+        "--no-save",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let r = json(&out);
+    let made = r["target"]["lab"].as_str().unwrap();
+    assert!(made.starts_with("run"), "{made}");
+    assert_eq!(counts(&r).len(), 100);
+    assert!(stderr.contains("2 labs running"), "{stderr}");
+    assert!(netns_with_prefix(&format!("svclb-{made}.")).is_empty());
+    // `--lab new` builds a fresh one even with exactly one lab running.
+    drop(b);
+    // (300 connections over 100 pods leave some pods without any: the verdict may fail, the run may not.)
+    let out = a.run(&["spread", "--lab", "new", "--conns", "300", "-o", "json", "--no-save"]);
+    assert_ne!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = json(&out);
+    assert_eq!(r["ok"], 300);
+    assert!(r["target"]["lab"].as_str().unwrap().starts_with("run"));
+}

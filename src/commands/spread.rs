@@ -24,8 +24,9 @@ pub struct SpreadArgs {
     /// replying with its hostname (mconnect, agnhost serve-hostname).
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "lab")]
     pub address: Option<String>,
-    /// Storm a lab (needs root): the one named, the one running, or, with none running, a
-    /// default lab (10 nodes, 100 pods) made for this run and removed after it.
+    /// Storm a lab (needs root): the one named, or the only one running; with none or several
+    /// running (and with `--lab new`), a default lab (10 nodes, 100 pods) made for this run and
+    /// removed after it.
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "NAME")]
     pub lab: Option<String>,
     /// Where the storm comes from: a pod (to the clusterIP by default) or the host, outside the

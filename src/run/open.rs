@@ -29,8 +29,9 @@ pub enum Place {
         address: String,
         family_of: Option<IpNet>,
     },
-    /// A lab: `name`, or (empty) the only one running; with none running, `build_if_none` builds a
-    /// default lab for this run and removes it afterwards.
+    /// A lab: `name`, or (empty) the only one running; with none or several running,
+    /// `build_if_none` builds a default lab for this run and removes it afterwards (as `new` always
+    /// does).
     Lab {
         name: String,
         build_if_none: bool,
@@ -98,37 +99,52 @@ pub async fn resolve(address: &str, family_of: Option<IpNet>) -> Result<SocketAd
 pub fn check(place: &Place) -> Result<()> {
     if let Place::Lab { name, .. } = place {
         crate::lab::require_host()?;
-        if !name.is_empty() {
+        if !name.is_empty() && name != NEW_LAB {
             crate::lab::validate_name(name)?;
         }
     }
     Ok(())
 }
 
-/// Opens the named lab, the only running lab, or (when allowed) builds an ephemeral default one.
+/// `--lab new`: always a fresh lab for the run.
+pub const NEW_LAB: &str = "new";
+
+/// Opens the named lab, or the only running lab; otherwise (when allowed: `spread`), and always for
+/// `--lab new`, builds a default lab for this run and removes it afterwards. Says which.
 async fn open_lab(name: &str, build_if_none: bool, interrupt: &Interrupt) -> Result<(Lab, Option<Ephemeral>)> {
-    if !name.is_empty() {
+    if !name.is_empty() && name != NEW_LAB {
         return Ok((Lab::open(name)?, None));
     }
-    // Labs this user can open (state under the labs directory); `lab list` also shows remnants.
-    let running = Lab::saved();
-    match running.as_slice() {
-        [one] => return Ok((Lab::open(one)?, None)),
-        [] if !build_if_none => bail!(
-            "no lab running: start one, e.g. `kubectl svclb lab up --name demo --affinity clientip`, then --lab demo"
-        ),
-        [] => {}
-        many => bail!(
-            "several labs are running ({}): pick one with --lab NAME",
-            many.join(", ")
-        ),
-    }
+    let why = if name == NEW_LAB {
+        "--lab new".to_string()
+    } else {
+        // Labs this user can open (state under the labs directory); `lab list` also shows remnants.
+        match Lab::saved().as_slice() {
+            [one] => {
+                eprintln!("svclb: using lab {one} (the only one running)");
+                return Ok((Lab::open(one)?, None));
+            }
+            [] if !build_if_none => bail!(
+                "no lab running: start one, e.g. `kubectl svclb lab up --name demo --affinity clientip`, then --lab demo"
+            ),
+            many if !build_if_none => bail!(
+                "several labs are running ({}): pick one with --lab NAME",
+                many.join(", ")
+            ),
+            [] => "no lab running".to_string(),
+            many => format!(
+                "{} labs running ({}; --lab NAME picks one)",
+                many.len(),
+                many.join(", ")
+            ),
+        }
+    };
     let cfg = LabConfig {
         name: format!("run{}", std::process::id()),
         ..LabConfig::default()
     };
     eprintln!(
-        "svclb: no lab running: building lab {} ({} nodes, {} pods) for this run",
+        "svclb: {why}: building lab {} ({} nodes, {} pods) for this run",
         cfg.name, cfg.nodes, cfg.pods
     );
     let lab = tokio::task::spawn_blocking(move || Lab::up(&cfg)).await??;
