@@ -88,3 +88,144 @@ pub fn build_record(
         environment: Environment::local(),
     }
 }
+
+/// When no connection of a run succeeded: one line naming the failures (the report of such a run
+/// would only show one zero); `None` when some succeeded or none was made.
+pub fn nothing_answered(run: &SpreadRun) -> Option<String> {
+    if run.ok > 0 || run.conns == 0 {
+        return None;
+    }
+    let mut kinds: Vec<(&str, u64)> = run.failed.kinds.kinds().into_iter().filter(|(_, n)| *n > 0).collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    let to = &run.target.address;
+    Some(match kinds.as_slice() {
+        [(kind, n)] if *n == run.conns => format!("all {n} connections to {to} failed: {kind}"),
+        _ => format!(
+            "none of {} connections to {to} succeeded: {}",
+            run.conns,
+            kinds
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storm::{Failures, Proto, new_histogram};
+
+    fn outcome(ok: u64, failures: Failures) -> Outcome {
+        Outcome {
+            attempted: ok + failures.total(),
+            ok,
+            failures,
+            backends: Vec::new(),
+            latency: new_histogram(),
+            elapsed: std::time::Duration::from_secs(1),
+            stopped: None,
+        }
+    }
+
+    fn record(o: &Outcome) -> SpreadRun {
+        let target = TargetInfo {
+            address: "127.0.0.1:1".into(),
+            mode: "address".into(),
+            protocol: Proto::Tcp,
+            service: None,
+            source: None,
+            lab: None,
+        };
+        let params = Params {
+            conns: o.attempted,
+            parallel: 1,
+            rate: None,
+            timeout_s: 1.0,
+            deadline_s: None,
+            srccidr: None,
+            expect_backends: None,
+            margin_pct: 50.0,
+            alpha: None,
+            graceful_close: false,
+        };
+        build_record(
+            "t".into(),
+            jiff::Timestamp::UNIX_EPOCH,
+            target,
+            params,
+            o,
+            &[],
+            &crate::stats::LOOSE,
+        )
+    }
+
+    #[test]
+    fn a_run_where_nothing_answered_is_one_line() {
+        let refused = Failures {
+            refused: 10,
+            ..Failures::default()
+        };
+        let r = record(&outcome(0, refused));
+        assert_eq!(
+            nothing_answered(&r).unwrap(),
+            "all 10 connections to 127.0.0.1:1 failed: refused"
+        );
+        let mixed = Failures {
+            refused: 3,
+            timeout: 7,
+            ..Failures::default()
+        };
+        let r = record(&outcome(0, mixed));
+        assert_eq!(
+            nothing_answered(&r).unwrap(),
+            "none of 10 connections to 127.0.0.1:1 succeeded: 7 timeout, 3 refused"
+        );
+        assert_eq!(nothing_answered(&record(&outcome(1, mixed))), None);
+    }
+
+    #[test]
+    fn known_backends_are_listed_with_zero_and_win_on_node_and_zone() {
+        let mut o = outcome(5, Failures::default());
+        o.backends = vec![BackendCount {
+            name: "p1".into(),
+            node: "reported".into(),
+            zone: "p1".into(),
+            count: 5,
+        }];
+        let known = [
+            KnownBackend {
+                name: "p1".into(),
+                node: "n1".into(),
+                zone: "z1".into(),
+            },
+            KnownBackend {
+                name: "p2".into(),
+                node: "n2".into(),
+                zone: "z2".into(),
+            },
+        ];
+        let target = record(&o).target;
+        let r = build_record(
+            "t".into(),
+            jiff::Timestamp::UNIX_EPOCH,
+            target,
+            record(&o).params,
+            &o,
+            &known,
+            &crate::stats::LOOSE,
+        );
+        let rows: Vec<(&str, &str, &str, u64)> = r
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.node.as_str(), b.zone.as_str(), b.count))
+            .collect();
+        assert_eq!(rows, [("p1", "n1", "z1", 5), ("p2", "n2", "z2", 0)]);
+        assert_eq!(
+            r.stats.verdict,
+            Verdict::Fail,
+            "a known backend that never answered fails"
+        );
+    }
+}

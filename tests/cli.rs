@@ -294,3 +294,25 @@ fn spread_outputs_render() {
         assert!(out.contains(needle), "{fmt}: {out}");
     }
 }
+
+#[test]
+fn where_a_run_saves_is_checked_before_it_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    // Nothing listens there: a run would take seconds; the refusal comes first.
+    let started = std::time::Instant::now();
+    let (code, out, err) = svclb(&["spread", "--address", "127.0.0.29:1", "--save", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--save") && err.contains("is not a directory"), "{err}");
+    let long = "t".repeat(300);
+    let (code, _, err) = svclb(&["affinity", "--udp", "--address", "127.0.0.29:1", "--tag", &long]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--tag of 300 bytes"), "{err}");
+    let (code, _, err) = svclb(&["spread", "--address", "127.0.0.29:1", "--deadline", "0s"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--deadline 0s"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -139,18 +139,37 @@ fn srccidr_that_cannot_bind_says_which_route_is_needed() {
 }
 
 #[test]
-fn refused_connections_are_counted_and_fail_the_verdict() {
+fn refused_connections_are_counted_and_a_run_where_nothing_answered_is_one_line() {
     // Bind then drop a listener: its port is closed.
     let port = TcpListener::bind("127.0.0.26:0").unwrap().local_addr().unwrap().port();
-    let (code, r) = spread_json(&["--address", &format!("127.0.0.26:{port}"), "--conns", "50"]);
-    assert_eq!(code, 1);
+    let saves = tempfile::tempdir().unwrap();
+    let dir = saves.path().to_str().unwrap();
+    let addr = format!("127.0.0.26:{port}");
+    let (code, out, err) = svclb(&[
+        "spread",
+        "--address",
+        &addr,
+        "--conns",
+        "50",
+        "--save",
+        dir,
+        "--tag",
+        "closed",
+    ]);
+    // Nothing answered: one line and exit 2, no report; the record is still saved.
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    let last = err.lines().last().unwrap();
+    assert_eq!(last, format!("error: all 50 connections to {addr} failed: refused"));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saves.path().join("closed.json")).unwrap()).unwrap();
     assert_eq!(r["failed"]["refused"], 50);
     assert_eq!(r["ok"], 0);
     assert_eq!(r["stats"]["verdict"], "FAIL");
     // UDP to a closed port: ICMP port unreachable comes back as refused.
-    let (code, r) = spread_json(&["--address", &format!("127.0.0.26:{port}"), "--conns", "20", "--udp"]);
-    assert_eq!(code, 1);
-    assert_eq!(r["failed"]["refused"], 20, "{r}");
+    let (code, _, err) = svclb(&["spread", "--address", &addr, "--conns", "20", "--udp", "--no-save"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("all 20 connections") && err.contains("refused"), "{err}");
 }
 
 #[test]
@@ -164,8 +183,27 @@ fn silent_peer_times_out_and_bare_hostname_peer_is_read() {
         }
         std::thread::sleep(Duration::from_millis(800));
     });
-    let (code, r) = spread_json(&["--address", &addr.to_string(), "--conns", "5", "--timeout", "300ms"]);
-    assert_eq!(code, 1);
+    let saves = tempfile::tempdir().unwrap();
+    let (code, _, err) = svclb(&[
+        "spread",
+        "--address",
+        &addr.to_string(),
+        "--conns",
+        "5",
+        "--timeout",
+        "300ms",
+        "--save",
+        saves.path().to_str().unwrap(),
+        "--tag",
+        "silent",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.ends_with(&format!("all 5 connections to {addr} failed: timeout\n")),
+        "{err}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saves.path().join("silent.json")).unwrap()).unwrap();
     assert_eq!(r["failed"]["timeout"], 5, "{r}");
     holder.join().unwrap();
 

@@ -219,15 +219,16 @@ pub fn run(args: AffinityArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     // The runtime goes first: UDP session threads end with the run, nothing else may linger.
     drop(rt);
     let mut record = record;
-    job.save.save(&mut record)?;
+    let saved = job.save.save(&mut record);
     if args.output == RunFormat::Table {
         println!();
     }
     print!("{}", report::affinity(&record, args.output)?);
-    Ok(match record.verdict {
+    let code = match record.verdict {
         Verdict::Holds => ExitCode::SUCCESS,
         Verdict::Violated => ExitCode::from(1),
-    })
+    };
+    Ok(super::save_code(&saved, &record, args.output, code))
 }
 
 #[cfg(test)]

@@ -73,6 +73,29 @@ impl SaveArgs {
     }
 }
 
+/// The exit code after a run was reported: `code`, or 2 when its save failed; when even the
+/// fallback failed and the report was not the record itself, the record goes to stdout too, so
+/// the measurement is not lost.
+pub fn save_code<R: serde::Serialize>(
+    saved: &crate::run::save::Outcome,
+    record: &R,
+    output: crate::report::RunFormat,
+    code: std::process::ExitCode,
+) -> std::process::ExitCode {
+    match saved {
+        crate::run::save::Outcome::Failed { fallback: None, .. } => {
+            if output != crate::report::RunFormat::Json
+                && let Ok(json) = serde_json::to_string_pretty(record)
+            {
+                println!("{json}");
+            }
+            std::process::ExitCode::from(2)
+        }
+        crate::run::save::Outcome::Failed { .. } => std::process::ExitCode::from(2),
+        _ => code,
+    }
+}
+
 /// Parses durations as `2s`, `500ms`, `1m30s`, `1.5s`, `10m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: jiff::SignedDuration = s

@@ -117,6 +117,9 @@ impl SpreadArgs {
         if self.timeout.is_zero() {
             bail!("--timeout 0s: give a positive per-connection timeout, e.g. 2s");
         }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            bail!("--deadline 0s: give a positive time for the whole run, e.g. 30s");
+        }
         if !(0.0..=1000.0).contains(&self.margin) {
             bail!("--margin {}: give a percentage between 0 and 1000", self.margin);
         }
@@ -233,14 +236,19 @@ impl SpreadArgs {
     }
 }
 
-/// Prints the run, saves it unless told not to, and maps the verdict to the exit code.
+/// Saves the run (before anything else can fail), prints it, and maps the verdict to the exit
+/// code: 2 when nothing answered (one line) or the save failed (after the report).
 fn finish(mut run: SpreadRun, save: &run::SaveTo, output: RunFormat) -> Result<ExitCode> {
-    save.save(&mut run)?;
+    let saved = save.save(&mut run);
+    if let Some(line) = crate::spread::nothing_answered(&run) {
+        bail!("{line}");
+    }
     print!("{}", report::spread(&run, output)?);
-    Ok(match run.stats.verdict {
+    let code = match run.stats.verdict {
         Verdict::Pass => ExitCode::SUCCESS,
         Verdict::Fail => ExitCode::from(1),
-    })
+    };
+    Ok(super::save_code(&saved, &run, output, code))
 }
 
 pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
