@@ -96,7 +96,7 @@ pub fn nothing_answered(run: &SpreadRun) -> Option<String> {
         return None;
     }
     let mut kinds: Vec<(&str, u64)> = run.failed.kinds.kinds().into_iter().filter(|(_, n)| *n > 0).collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     let to = &run.target.address;
     Some(match kinds.as_slice() {
         [(kind, n)] if *n == run.conns => format!("all {n} connections to {to} failed: {kind}"),
