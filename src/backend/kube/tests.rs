@@ -1,0 +1,225 @@
+//! The cluster backend's plans against the in-memory API, and the exec runner over a websocket.
+
+use serde_json::json;
+
+use super::*;
+use crate::cluster::fake::{self, FakeApi, Pods};
+
+/// Plans without running agents: runners that are never called.
+struct Never;
+impl AgentRunner for Never {
+    fn stream(&self, _: &Source, _: Vec<String>) -> Result<Stream> {
+        unreachable!("plans only")
+    }
+}
+
+async fn target(spec: serde_json::Value, slices: &[(&str, &str, &str, &[&str])]) -> KubeBackend<Never, Never> {
+    let api = FakeApi::new(Pods::Ready);
+    api.put(fake::node("node-1", "zone-a", "172.18.0.2"));
+    api.put(fake::node("node-2", "zone-b", "172.18.0.3"));
+    api.put(fake::pod("svclb-tserver-a1", TSERVER, "node-1", "10.244.1.10", true));
+    api.put(fake::pod("svclb-tserver-a2", TSERVER, "node-1", "10.244.1.11", true));
+    api.put(fake::pod("svclb-tserver-b1", TSERVER, "node-2", "10.244.2.10", true));
+    api.put(fake::pod("svclb-tserver-b2", TSERVER, "node-2", "10.244.2.11", false));
+    api.put(fake::service(
+        "LoadBalancer",
+        "10.96.12.34",
+        spec,
+        Some("172.18.255.200"),
+    ));
+    api.put(fake::slice(slices));
+    let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
+        .await
+        .unwrap();
+    KubeBackend {
+        view,
+        cluster: api.cluster(),
+        pods: Never,
+        host: Never,
+    }
+}
+
+fn names(eps: &[Endpoint]) -> Vec<&str> {
+    eps.iter().map(|e| e.name.as_str()).collect()
+}
+
+const NO_HINTS: &[(&str, &str, &str, &[&str])] = &[
+    ("svclb-tserver-a1", "10.244.1.10", "zone-a", &[]),
+    ("svclb-tserver-a2", "10.244.1.11", "zone-a", &[]),
+    ("svclb-tserver-b1", "10.244.2.10", "zone-b", &[]),
+];
+
+#[tokio::test]
+async fn backends_map_pod_to_node_to_zone() {
+    let t = target(json!({}), NO_HINTS).await;
+    let eps = t.endpoints().unwrap();
+    assert_eq!(
+        names(&eps),
+        ["svclb-tserver-a1", "svclb-tserver-a2", "svclb-tserver-b1"]
+    );
+    assert_eq!((eps[2].node.as_str(), eps[2].zone.as_str()), ("node-2", "zone-b"));
+    assert_eq!(t.meta().context.as_deref(), Some("kind-test"));
+}
+
+#[tokio::test]
+async fn cluster_ip_per_node_sources_and_expected_backends() {
+    let t = target(json!({}), NO_HINTS).await;
+    let from = From::Pods {
+        pod: None,
+        per_node: true,
+    };
+    let plan = t.plan(&from, &Path::ClusterIp, Proto::Tcp).unwrap();
+    assert_eq!(plan.address, "10.96.12.34:5001".parse().unwrap());
+    let sources: Vec<(&str, &str)> = plan
+        .sources
+        .iter()
+        .map(|s| (s.name.as_str(), s.zone.as_str()))
+        .collect();
+    assert_eq!(
+        sources,
+        [("svclb-tserver-a1", "zone-a"), ("svclb-tserver-b1", "zone-b")]
+    );
+    assert_eq!(plan.expected.len(), 3);
+    let e = t
+        .plan(
+            &From::Pods {
+                pod: Some("svclb-tserver-b2".into()),
+                per_node: false,
+            },
+            &Path::ClusterIp,
+            Proto::Tcp,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no ready svclb-tserver pod named svclb-tserver-b2"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn internal_traffic_policy_local_and_zone_hints_narrow_the_backends() {
+    let one = From::Pods {
+        pod: Some("svclb-tserver-b1".into()),
+        per_node: false,
+    };
+    let t = target(json!({"internalTrafficPolicy": "Local"}), NO_HINTS).await;
+    let plan = t.plan(&one, &Path::ClusterIp, Proto::Tcp).unwrap();
+    assert_eq!(names(&plan.expected), ["svclb-tserver-b1"]);
+    let hinted: &[(&str, &str, &str, &[&str])] = &[
+        ("svclb-tserver-a1", "10.244.1.10", "zone-a", &["zone-a"]),
+        ("svclb-tserver-a2", "10.244.1.11", "zone-a", &["zone-a"]),
+        ("svclb-tserver-b1", "10.244.2.10", "zone-b", &["zone-b"]),
+    ];
+    let t = target(json!({"trafficDistribution": "PreferClose"}), hinted).await;
+    let plan = t
+        .plan(
+            &From::Pods {
+                pod: Some("svclb-tserver-a2".into()),
+                per_node: false,
+            },
+            &Path::ClusterIp,
+            Proto::Tcp,
+        )
+        .unwrap();
+    assert_eq!(names(&plan.expected), ["svclb-tserver-a1", "svclb-tserver-a2"]);
+}
+
+#[tokio::test]
+async fn host_paths_node_port_with_local_policy_and_lb() {
+    let t = target(json!({"externalTrafficPolicy": "Local"}), NO_HINTS).await;
+    let plan = t
+        .plan(&From::Host, &Path::NodePort(Some("node-2".into())), Proto::Udp)
+        .unwrap();
+    assert_eq!(plan.address, "172.18.0.3:30501".parse().unwrap());
+    assert_eq!(names(&plan.expected), ["svclb-tserver-b1"]);
+    assert_eq!(plan.sources[0].name, "this-host");
+    assert_eq!(
+        t.http_address(&Path::NodePort(None)).unwrap(),
+        "172.18.0.2:30880".parse().unwrap()
+    );
+    let plan = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap();
+    assert_eq!(plan.address, "172.18.255.200:5001".parse().unwrap());
+    assert_eq!(plan.expected.len(), 3);
+    let e = t.plan(&From::Host, &Path::ClusterIp, Proto::Tcp).unwrap_err();
+    assert!(e.to_string().contains("not reachable from outside"), "{e}");
+    let e = t
+        .plan(&From::Host, &Path::NodePort(Some("node-9".into())), Proto::Tcp)
+        .unwrap_err();
+    assert_eq!(e.to_string(), "no node named node-9; nodes: node-1, node-2");
+}
+
+#[tokio::test]
+async fn lb_needs_a_load_balancer_service() {
+    let t = target(json!({"type": "NodePort"}), NO_HINTS).await;
+    let e = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap_err();
+    assert!(e.to_string().contains("--service-type LoadBalancer"), "{e}");
+}
+
+/// The exec path for real: a websocket exec session (kube's client against a loopback server
+/// speaking v4.channel.k8s.io) runs the affinity agent, whose JSON lines arrive while it runs;
+/// `stop` goes in over the stdin channel and the agent's summary still comes out.
+#[tokio::test]
+async fn pod_exec_streams_over_a_websocket_and_stops_through_stdin() {
+    use tokio::io::AsyncBufReadExt;
+
+    let server = crate::testing::serve("127.78.5.10:5001", None, "svclb-affinity-1");
+    let exec = PodExec {
+        cluster: fake::exec_server(crate::testing::binary()).await,
+        container: "tserver".into(),
+    };
+    let pod = Source {
+        name: "svclb-tserver-1".into(),
+        node: "node-1".into(),
+        zone: "zone-a".into(),
+    };
+    let request = Request::Sessions(agent::SessionsRequest {
+        config: crate::affinity::Config {
+            address: "127.78.5.10:5001".parse().unwrap(),
+            proto: Proto::Udp,
+            sessions: 5,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            new_connection_per_message: false,
+            plain_udp: false,
+            prefix: "exec".into(),
+        },
+        duration: Duration::from_secs(60),
+        stats_interval: Duration::from_millis(200),
+    });
+    let mut command = vec![IMAGE_BINARY.to_string()];
+    command.extend(agent::argv(&request));
+    let stream = exec.stream(&pod, command).unwrap();
+    let mut lines = tokio::io::BufReader::new(stream.stdout).lines();
+    let first = lines.next_line().await.unwrap().expect("a line while the agent runs");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["event"], "stats", "{first}");
+    (stream.interrupt)();
+    let mut last = String::new();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        last = l;
+    }
+    let done: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(done["event"], "done", "{done}");
+    let t = &done["totals"];
+    assert!(t["sent"].as_u64().unwrap() >= 5, "{t}");
+    assert_eq!(t["sent"], t["answered"], "{t}");
+    assert_eq!(stream.ended.await, "");
+    server.abort();
+
+    // A refused exec ends the stream with the API's reason, in one line.
+    let stream = exec
+        .stream(
+            &Source {
+                name: "forbidden-1".into(),
+                ..pod
+            },
+            vec![IMAGE_BINARY.into(), "agent".into()],
+        )
+        .unwrap();
+    let agent_output = stream.ended.await;
+    assert!(
+        agent_output.starts_with("cannot exec into pod forbidden-1:") && agent_output.contains("pods/exec"),
+        "{agent_output}"
+    );
+}
