@@ -1,0 +1,96 @@
+//! Each node's kube-proxy: writing its rules after a change (one atomic transaction per
+//! node, from [`super::rules`]), clearing UDP conntrack entries of endpoints that left, and
+//! the views of its work (the endpoints it chose, the rules it generated, the rules the
+//! kernel has).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+
+use super::rules::{self, Cluster, NftExisting};
+use super::topology::{CLUSTER_CIDR, CLUSTER_IP, LB_IP, SERVICE_CIDR};
+use super::{Lab, Pod, ProxyMode, THREADS, conntrack, netns};
+
+impl Lab {
+    /// Writes every node's rules (in parallel), as each node's kube-proxy would after an
+    /// EndpointSlice or Service change: one atomic transaction per node.
+    pub(super) fn write_rules(&self, initial: bool, reset_affinity: bool) -> Result<()> {
+        let cluster = self.cluster();
+        netns::par_each(&self.state.nodes, THREADS, |n| match self.state.proxy_mode {
+            ProxyMode::Nftables => {
+                let existing = if initial {
+                    NftExisting::default()
+                } else {
+                    NftExisting::parse(
+                        &netns::exec_output(&n.netns, "nft", &["list", "chains", "ip"])?,
+                        &netns::exec_output(&n.netns, "nft", &["list", "sets", "ip"])?,
+                    )
+                };
+                let tx = rules::nft_transaction(&cluster, n, &existing, reset_affinity);
+                netns::exec_with_stdin(&n.netns, "nft", &["-f", "-"], &tx)
+            }
+            ProxyMode::Iptables => {
+                let existing = if initial {
+                    Default::default()
+                } else {
+                    rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?)
+                };
+                let input = rules::iptables_restore(&cluster, n, &existing, initial);
+                netns::exec_with_stdin(&n.netns, "iptables-restore", &["--noflush"], &input)
+            }
+        })
+    }
+
+    fn cluster(&self) -> Cluster<'_> {
+        Cluster {
+            cluster_ip: CLUSTER_IP,
+            service_cidr: SERVICE_CIDR,
+            cluster_cidr: CLUSTER_CIDR,
+            lb_ip: LB_IP,
+            options: &self.state.options,
+            pods: &self.state.pods,
+        }
+    }
+
+    /// The endpoints `node`'s kube-proxy balances over: ClusterIP traffic from the node and
+    /// its pods (`external` false) or NodePort / LoadBalancer traffic arriving at the node
+    /// (`external` true), after traffic policies and zone hints.
+    pub fn endpoints(&self, node: &str, external: bool) -> Result<Vec<&Pod>> {
+        let n = self.node(node).with_context(|| self.unknown(node))?;
+        let c = self.cluster();
+        let eps = rules::NodeEndpoints::categorize(&c, n);
+        let o = &self.state.options;
+        Ok(if external { eps.external(o) } else { eps.internal(o) }.to_vec())
+    }
+
+    /// The generated rules for `node` (what the lab feeds to `nft -f` / `iptables-restore`).
+    pub fn generated_rules(&self, node: &str) -> Result<String> {
+        let n = self.node(node).with_context(|| self.unknown(node))?;
+        let c = self.cluster();
+        Ok(match self.state.proxy_mode {
+            ProxyMode::Nftables => rules::nft_transaction(&c, n, &NftExisting::default(), false),
+            ProxyMode::Iptables => rules::iptables_restore(&c, n, &Default::default(), true),
+        })
+    }
+
+    /// The rules as the kernel has them on `node` (`nft list table ip kube-proxy` or
+    /// `iptables-save`).
+    pub fn rules(&self, node: &str) -> Result<String> {
+        let n = self.node(node).with_context(|| self.unknown(node))?;
+        match self.state.proxy_mode {
+            ProxyMode::Nftables => netns::exec_output(&n.netns, "nft", &["list", "table", "ip", "kube-proxy"]),
+            ProxyMode::Iptables => netns::exec_output(&n.netns, "iptables-save", &[]),
+        }
+    }
+
+    /// After endpoints left the rules, kube-proxy deletes the UDP conntrack entries that
+    /// still point at them (UDP has no close to end them; they would blackhole the flow until
+    /// they time out). TCP entries are left alone, as kube-proxy does.
+    pub(super) fn clear_udp_conntrack(&self, gone: &[Pod]) -> Result<()> {
+        let ips: HashSet<Ipv4Addr> = gone.iter().map(|p| p.ip).collect();
+        netns::par_each(&self.state.nodes, THREADS, |n| {
+            netns::in_netns(&n.netns, || conntrack::delete_udp_to(&ips)).map(|_| ())
+        })
+    }
+}

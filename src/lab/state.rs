@@ -1,0 +1,104 @@
+//! A lab's saved state (`state.json` under [`labs_dir`]), the lock on its directory, and
+//! loading, saving and listing labs.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::netns;
+use super::{Lab, Node, Pod, ProxyMode, ServiceOptions, labs_dir, validate_name};
+
+/// The saved state of a lab (`state.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct State {
+    pub(super) kind: String,
+    pub(super) version: u32,
+    pub(super) name: String,
+    pub(super) created: jiff::Timestamp,
+    pub(super) proxy_mode: ProxyMode,
+    pub(super) ecmp: bool,
+    pub(super) zones: usize,
+    pub(super) server: PathBuf,
+    pub(super) options: ServiceOptions,
+    pub(super) nodes: Vec<Node>,
+    pub(super) pods: Vec<Pod>,
+    pub(super) next_pod: usize,
+}
+
+pub(super) fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+/// An exclusive lock on a lab's directory, held while its namespaces or rules change.
+pub(super) struct DirLock(File);
+
+impl DirLock {
+    pub(super) fn take(dir: &Path) -> Result<DirLock> {
+        let f = File::create(dir.join("lock")).with_context(|| format!("cannot lock {}", dir.display()))?;
+        // SAFETY: flock on a valid fd; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("cannot lock {}: {}", dir.display(), std::io::Error::last_os_error());
+        }
+        Ok(DirLock(f))
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking the fd we locked; closing would release it too.
+        unsafe {
+            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+impl Lab {
+    pub(super) fn save(&self) -> Result<()> {
+        let path = state_path(&self.dir);
+        let tmp = self.dir.join("state.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.state)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Loads a running lab.
+    pub fn open(name: &str) -> Result<Lab> {
+        validate_name(name)?;
+        let dir = labs_dir().join(name);
+        let text = std::fs::read_to_string(state_path(&dir))
+            .map_err(|_| anyhow::anyhow!("no lab named {name}; run `kubectl svclb lab up --name {name}`"))?;
+        let state: State =
+            serde_json::from_str(&text).with_context(|| format!("corrupt lab state {}", state_path(&dir).display()))?;
+        Ok(Lab { dir, state })
+    }
+
+    /// Names of the labs that can be opened: those with state under [`labs_dir`], sorted.
+    pub fn saved() -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(labs_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().join("state.json").exists())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Names of the labs on this machine (with state or with namespaces left).
+    pub fn list() -> Result<Vec<String>> {
+        let mut names = Lab::saved();
+        for ns in netns::list_with_prefix("svclb-") {
+            if let Some((lab, _)) = ns["svclb-".len()..].split_once('.') {
+                names.push(lab.to_string());
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+}

@@ -1,0 +1,85 @@
+//! The lab's topology and addressing: the emulated nodes and pods, the fixed addresses
+//! (ClusterIP, LoadBalancer IP, node network, client), size limits, lab names and the
+//! namespace prefix they give, and where lab state lives.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// One emulated node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub zone: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    pub netns: String,
+}
+
+/// One emulated pod.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub zone: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    /// Node-side end of the pod's veth.
+    pub veth: String,
+    pub pid: u32,
+    /// The EndpointSlice zone hint (`hints.forZones`) kube-proxy sees for this endpoint.
+    pub hint: Option<String>,
+    /// The hint was removed with `lab set --drop-hint`.
+    #[serde(default)]
+    pub hint_dropped: bool,
+}
+
+pub(super) const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub(super) const SERVICE_CIDR: &str = "10.96.0.0/16";
+pub(super) const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub(super) const NODE_NET_PREFIX: u8 = 24;
+/// The node network's router (on the bridge in the `net` namespace).
+pub(super) const NODE_NET_ROUTER: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
+pub(super) const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
+pub(super) const LB_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
+/// The pods' default gateway (Calico-style): answered by proxy ARP on the node's veth.
+pub(super) const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub(super) const MAX_NODES: usize = 200;
+pub(super) const MAX_PODS_PER_NODE: usize = 250;
+const MAX_NAME_LEN: usize = 16;
+
+pub(super) fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(172, 31, 0, 10 + i as u8)
+}
+
+/// Where lab state lives: `$SVCLB_LAB_DIR` or /run/svclb/labs.
+pub fn labs_dir() -> PathBuf {
+    std::env::var_os("SVCLB_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/svclb/labs"))
+}
+
+/// The namespace-name prefix of lab `name`.
+pub fn netns_prefix(name: &str) -> String {
+    format!("svclb-{name}.")
+}
+
+/// Checks a lab name: short, [a-z0-9-], no leading/trailing hyphen.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        bail!(
+            "invalid lab name {name:?}: use 1-{MAX_NAME_LEN} characters of [a-z0-9-], not starting or ending with '-'"
+        );
+    }
+    Ok(())
+}
