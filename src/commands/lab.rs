@@ -9,10 +9,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::lab::{
-    self, Affinity, Lab, LabChanges, LabConfig, LabStatus, ProxyMode, ServiceOptions, TrafficDistribution,
-    TrafficPolicy,
-};
+use super::service_args::{ServiceArgs, ServiceChanges};
+use crate::lab::{self, Lab, LabChanges, LabConfig, LabStatus, ProxyMode};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -63,19 +61,8 @@ pub struct UpArgs {
     pub zones: usize,
     #[arg(long, value_enum, default_value_t = ProxyMode::Nftables)]
     pub proxy_mode: ProxyMode,
-    /// Service sessionAffinity.
-    #[arg(long, value_enum, default_value_t = Affinity::None)]
-    pub affinity: Affinity,
-    /// sessionAffinityConfig.clientIP.timeoutSeconds.
-    #[arg(long, default_value_t = 10800, value_name = "SECONDS")]
-    pub affinity_timeout: u32,
-    #[arg(long, value_enum, default_value_t = TrafficPolicy::Cluster)]
-    pub external_traffic_policy: TrafficPolicy,
-    #[arg(long, value_enum, default_value_t = TrafficPolicy::Cluster)]
-    pub internal_traffic_policy: TrafficPolicy,
-    /// Endpoints get zone hints; a node uses same-zone endpoints when all have hints.
-    #[arg(long, value_enum)]
-    pub traffic_distribution: Option<TrafficDistribution>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Route the LoadBalancer IP from the client over all nodes (ECMP, L4 hash).
     #[arg(long)]
     pub ecmp: bool,
@@ -134,33 +121,16 @@ pub struct ScaleArgs {
     pub pods: usize,
 }
 
-/// `none` removes trafficDistribution.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum TrafficDistributionArg {
-    #[value(name = "PreferClose", alias = "preferclose")]
-    PreferClose,
-    #[value(name = "none")]
-    None,
-}
-
 #[derive(Debug, Args)]
 pub struct SetArgs {
     #[command(flatten)]
     pub name: NameArg,
-    #[arg(long, value_enum)]
-    pub affinity: Option<Affinity>,
-    #[arg(long, value_name = "SECONDS")]
-    pub affinity_timeout: Option<u32>,
-    #[arg(long, value_enum)]
-    pub external_traffic_policy: Option<TrafficPolicy>,
-    #[arg(long, value_enum)]
-    pub internal_traffic_policy: Option<TrafficPolicy>,
-    #[arg(long, value_enum)]
-    pub traffic_distribution: Option<TrafficDistributionArg>,
-    /// Remove this pod's endpoint zone hint (repeatable); PreferClose then stops filtering.
+    #[command(flatten)]
+    pub service: ServiceChanges,
+    /// Remove this pod's endpoint hints (repeatable); kube-proxy then stops filtering by them.
     #[arg(long, value_name = "POD")]
     pub drop_hint: Vec<String>,
-    /// Give every endpoint its zone hint back.
+    /// Give every endpoint its hints back.
     #[arg(long)]
     pub restore_hints: bool,
 }
@@ -259,13 +229,7 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         zones: a.zones,
         proxy_mode: a.proxy_mode,
         ecmp: a.ecmp,
-        options: ServiceOptions {
-            affinity: a.affinity,
-            affinity_timeout: a.affinity_timeout,
-            external_traffic_policy: a.external_traffic_policy,
-            internal_traffic_policy: a.internal_traffic_policy,
-            traffic_distribution: a.traffic_distribution,
-        },
+        options: a.service.options()?,
         server: a.server,
     };
     let t = Instant::now();
@@ -296,14 +260,11 @@ fn up(a: UpArgs) -> Result<ExitCode> {
 
 fn set(a: SetArgs) -> Result<ExitCode> {
     let ch = LabChanges {
-        affinity: a.affinity,
-        affinity_timeout: a.affinity_timeout,
-        external_traffic_policy: a.external_traffic_policy,
-        internal_traffic_policy: a.internal_traffic_policy,
-        traffic_distribution: a.traffic_distribution.map(|t| match t {
-            TrafficDistributionArg::PreferClose => Some(TrafficDistribution::PreferClose),
-            TrafficDistributionArg::None => None,
-        }),
+        affinity: a.service.session_affinity,
+        affinity_timeout: a.service.affinity_timeout,
+        external_traffic_policy: a.service.external_traffic_policy,
+        internal_traffic_policy: a.service.internal_traffic_policy,
+        traffic_distribution: a.service.traffic_distribution.map(|t| t.0),
         drop_hints: a.drop_hint,
         restore_hints: a.restore_hints,
     };
@@ -389,21 +350,13 @@ fn print_service(st: &LabStatus) {
     );
     println!(
         "  sessionAffinity {} (timeout {}s), externalTrafficPolicy {}, internalTrafficPolicy {}, trafficDistribution {}",
-        kube_name(&o.affinity),
+        o.affinity,
         o.affinity_timeout,
-        kube_name(&o.external_traffic_policy),
-        kube_name(&o.internal_traffic_policy),
+        o.external_traffic_policy,
+        o.internal_traffic_policy,
         o.traffic_distribution
-            .map(|t| kube_name(&t))
+            .map(|t| t.to_string())
             .unwrap_or_else(|| "-".to_string())
     );
     println!("  client {} in {}", st.client.ip, st.client.netns);
-}
-
-/// The Kubernetes spelling of an option (its serde name: `ClientIP`, `Local`, `PreferClose`).
-fn kube_name<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => "?".to_string(),
-    }
 }

@@ -1,10 +1,12 @@
 //! What a lab is built from and changed by: [`LabConfig`] (`lab up`), [`LabChanges`]
-//! (`lab set`), and the Service options kube-proxy's rules depend on ([`ServiceOptions`],
-//! [`ProxyMode`] and the spec fields' enums).
+//! (`lab set`), and the [`ProxyMode`]. The Service's options are the crate's one Service model
+//! ([`crate::service::ServiceOptions`]).
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::service::{ServiceOptions, SessionAffinity, TrafficDistribution, TrafficPolicy};
 
 /// How each node's kube-proxy programs Services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -12,55 +14,6 @@ use serde::{Deserialize, Serialize};
 pub enum ProxyMode {
     Nftables,
     Iptables,
-}
-
-/// Service `sessionAffinity`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum Affinity {
-    #[value(name = "none", alias = "None")]
-    None,
-    #[serde(rename = "ClientIP")]
-    #[value(name = "clientip", alias = "ClientIP")]
-    ClientIp,
-}
-
-/// `externalTrafficPolicy` / `internalTrafficPolicy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum TrafficPolicy {
-    #[value(name = "Cluster", alias = "cluster")]
-    Cluster,
-    #[value(name = "Local", alias = "local")]
-    Local,
-}
-
-/// `trafficDistribution`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum TrafficDistribution {
-    #[value(name = "PreferClose", alias = "preferclose")]
-    PreferClose,
-}
-
-/// The Service's spec fields that change how kube-proxy writes its rules.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceOptions {
-    pub affinity: Affinity,
-    /// `sessionAffinityConfig.clientIP.timeoutSeconds`.
-    pub affinity_timeout: u32,
-    pub external_traffic_policy: TrafficPolicy,
-    pub internal_traffic_policy: TrafficPolicy,
-    pub traffic_distribution: Option<TrafficDistribution>,
-}
-
-impl Default for ServiceOptions {
-    fn default() -> Self {
-        ServiceOptions {
-            affinity: Affinity::None,
-            affinity_timeout: 10800,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            traffic_distribution: None,
-        }
-    }
 }
 
 /// Everything `lab up` takes.
@@ -98,13 +51,13 @@ impl Default for LabConfig {
 /// Changes `lab set` applies to a running lab (None = keep).
 #[derive(Clone, Debug, Default)]
 pub struct LabChanges {
-    pub affinity: Option<Affinity>,
+    pub affinity: Option<SessionAffinity>,
     pub affinity_timeout: Option<u32>,
     pub external_traffic_policy: Option<TrafficPolicy>,
     pub internal_traffic_policy: Option<TrafficPolicy>,
     /// Some(None) removes trafficDistribution.
     pub traffic_distribution: Option<Option<TrafficDistribution>>,
-    /// Remove the zone hint of these pods' endpoints.
+    /// Remove the hints (zone and node) of these pods' endpoints.
     pub drop_hints: Vec<String>,
     /// Give every endpoint its hint back.
     pub restore_hints: bool,

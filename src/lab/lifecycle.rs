@@ -212,6 +212,7 @@ impl Lab {
                 ip,
                 pid: 0,
                 hint: None,
+                node_hint: None,
                 hint_dropped: false,
             });
         }
@@ -348,12 +349,15 @@ impl Lab {
         Ok(())
     }
 
-    /// EndpointSlice hints: with trafficDistribution PreferClose every endpoint gets its
-    /// own zone, unless the hint was dropped.
+    /// EndpointSlice hints, as the EndpointSlice controller gives them: with a trafficDistribution
+    /// every endpoint gets its zone (and with PreferSameNode also its node), unless its hints were
+    /// dropped.
     fn refresh_hints(&mut self) {
-        let td = self.state.options.traffic_distribution.is_some();
+        let td = self.state.options.traffic_distribution;
         for p in &mut self.state.pods {
-            p.hint = (td && !p.hint_dropped).then(|| p.zone.clone());
+            let hinted = td.filter(|_| !p.hint_dropped);
+            p.hint = hinted.map(|_| p.zone.clone());
+            p.node_hint = hinted.filter(|t| t.hints_nodes()).map(|_| p.node.clone());
         }
     }
 

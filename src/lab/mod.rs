@@ -36,7 +36,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-pub use config::{Affinity, LabChanges, LabConfig, ProxyMode, ServiceOptions, TrafficDistribution, TrafficPolicy};
+pub use config::{LabChanges, LabConfig, ProxyMode};
 pub use lifecycle::{down_by_name, require_host};
 pub use status::{ClientStatus, LabStatus, NodeStatus, PodStatus, ServiceStatus};
 pub use topology::{Node, Pod, labs_dir, netns_prefix, validate_name};
@@ -69,7 +69,7 @@ impl Lab {
         &self.state.pods
     }
 
-    pub fn options(&self) -> &ServiceOptions {
+    pub fn options(&self) -> &crate::service::ServiceOptions {
         &self.state.options
     }
 

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::netns;
-use super::{Lab, Node, Pod, ProxyMode, ServiceOptions, labs_dir, validate_name};
+use super::{Lab, Node, Pod, ProxyMode, labs_dir, validate_name};
+use crate::service::ServiceOptions;
 
 /// The saved state of a lab (`state.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::rules::{self, PORTS};
 use super::topology::{CLIENT_IP, CLUSTER_IP, LB_IP};
-use super::{Lab, ProxyMode, ServiceOptions, netns};
+use super::{Lab, ProxyMode, netns};
+use crate::service::ServiceOptions;
 
 /// `lab status`: what a caller needs to drive the lab.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -32,6 +32,9 @@ pub struct Pod {
     pub pid: u32,
     /// The EndpointSlice zone hint (`hints.forZones`) kube-proxy sees for this endpoint.
     pub hint: Option<String>,
+    /// The node hint (`hints.forNodes`, trafficDistribution PreferSameNode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_hint: Option<String>,
     /// The hint was removed with `lab set --drop-hint`.
     #[serde(default)]
     pub hint_dropped: bool,
@@ -82,4 +85,15 @@ pub fn validate_name(name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+impl Pod {
+    /// The endpoint as kube-proxy sees it in the EndpointSlice (every lab pod in the rules is ready).
+    pub fn ep(&self) -> crate::service::Ep {
+        crate::service::Ep {
+            zone_hints: self.hint.iter().cloned().collect(),
+            node_hints: self.node_hint.iter().cloned().collect(),
+            ..crate::service::Ep::ready(&self.name, &self.node)
+        }
+    }
 }

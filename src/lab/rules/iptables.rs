@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use super::select::{NodeEndpoints, PolicyChains};
 use super::service::{endpoint_str, ipt_hash, ipt_sep, service_port_name};
 use super::{Cluster, PORTS};
-use crate::lab::{Affinity, Node, Pod, TrafficPolicy};
+use crate::lab::{Node, Pod};
+use crate::service::{SessionAffinity, TrafficPolicy};
 
 /// kube-proxy's masquerade mark.
 const MASQ_MARK: &str = "0x4000";
@@ -31,7 +32,7 @@ pub fn ipt_existing(save: &str) -> BTreeSet<String> {
 pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<String>, initial: bool) -> String {
     let o = c.options;
     let eps = NodeEndpoints::categorize(c, node);
-    let affinity = o.affinity == Affinity::ClientIp;
+    let affinity = o.affinity == SessionAffinity::ClientIp;
     let (cip, lb) = (c.cluster_ip, c.lb_ip);
 
     let mut filter = String::new();

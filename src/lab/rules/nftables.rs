@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use super::select::{NodeEndpoints, PolicyChains};
 use super::service::{endpoint_str, nft_base, nft_ep_base, service_port_name};
 use super::{Cluster, PORTS};
-use crate::lab::{Affinity, Node, Pod, TrafficPolicy};
+use crate::lab::{Node, Pod};
+use crate::service::{SessionAffinity, TrafficPolicy};
 
 /// Chains and sets currently in a node's `ip kube-proxy` table.
 #[derive(Default, Debug)]
@@ -122,7 +123,7 @@ fn nft_is_service_object(name: &str, prefixes: &[&str]) -> bool {
 pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_affinity: bool) -> String {
     let o = c.options;
     let eps = NodeEndpoints::categorize(c, node);
-    let affinity = o.affinity == Affinity::ClientIp;
+    let affinity = o.affinity == SessionAffinity::ClientIp;
     let mut chains = String::new(); // per-service chains and rules
     let mut elements = String::new();
     let mut want_chains = BTreeSet::new();

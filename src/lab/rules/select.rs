@@ -3,7 +3,8 @@
 //! ClusterIP and external traffic jump to, as both proxy modes use them.
 
 use super::Cluster;
-use crate::lab::{Node, Pod, ServiceOptions, TrafficPolicy};
+use crate::lab::{Node, Pod};
+use crate::service::{self, ServiceOptions, ServiceShape, Topology, TrafficPolicy};
 
 /// The endpoints one node's kube-proxy uses for one Service.
 pub struct NodeEndpoints<'a> {
@@ -11,33 +12,27 @@ pub struct NodeEndpoints<'a> {
     pub cluster: Vec<&'a Pod>,
     /// Endpoints on this node.
     pub local: Vec<&'a Pod>,
-    /// True when topology (zone hints) filtered `cluster`.
-    pub topology: bool,
+    /// Which hints filtered `cluster`, and why (or why not).
+    pub topology: Topology,
+    pub reason: String,
 }
 
 impl<'a> NodeEndpoints<'a> {
-    /// kube-proxy's `CategorizeEndpoints` for one node.
+    /// kube-proxy's `CategorizeEndpoints` for one node ([`service::select`]); the lab's Service
+    /// is a LoadBalancer, so it is reachable from outside.
     pub fn categorize(c: &Cluster<'a>, node: &Node) -> Self {
-        let ready: Vec<&Pod> = c.pods.iter().collect();
-        let local: Vec<&Pod> = ready.iter().copied().filter(|p| p.node == node.name).collect();
-        // canUseTopology: PreferClose set, every endpoint has a hint, one hint matches.
-        let topology = c.options.traffic_distribution.is_some()
-            && !ready.is_empty()
-            && ready.iter().all(|p| p.hint.is_some())
-            && ready.iter().any(|p| p.hint.as_deref() == Some(node.zone.as_str()));
-        let cluster = if topology {
-            ready
-                .iter()
-                .copied()
-                .filter(|p| p.hint.as_deref() == Some(node.zone.as_str()))
-                .collect()
-        } else {
-            ready
+        let eps: Vec<service::Ep> = c.pods.iter().map(Pod::ep).collect();
+        let shape = ServiceShape {
+            options: c.options,
+            externally_accessible: true,
         };
+        let s = service::select(shape, &eps, &node.name, &node.zone);
+        let pods = |idx: &[usize]| idx.iter().map(|&i| &c.pods[i]).collect();
         NodeEndpoints {
-            cluster,
-            local,
-            topology,
+            cluster: pods(&s.cluster),
+            local: pods(&s.local),
+            topology: s.topology,
+            reason: s.reason,
         }
     }
 

@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};
 
-use crate::lab::{Pod, ServiceOptions};
+use crate::lab::Pod;
+use crate::service::ServiceOptions;
 
 /// Namespace and name of the emulated Service.
 pub const SERVICE_NAMESPACE: &str = "default";

@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 
 use super::service::{base32, hash_and_truncate, ipt_sep, nft_ep_base, port_proto_hash, sep_chain};
 use super::{Cluster, NftExisting, NodeEndpoints, PORTS, ipt_existing, iptables_restore, nft_transaction};
-use crate::lab::{Affinity, Node, Pod, ServiceOptions, TrafficPolicy};
+use crate::lab::{Node, Pod};
+use crate::service::{ServiceOptions, SessionAffinity, Topology, TrafficDistribution, TrafficPolicy};
 
 #[test]
 fn base32_matches_go_std_encoding() {
@@ -47,6 +48,7 @@ fn pod(n: u8, node: u8, zone: &str, hint: bool) -> Pod {
         ip: Ipv4Addr::new(10, 244, node, n + 1),
         netns: format!("svclb-t.pod-{n:03}"),
         veth: format!("vp{n}"),
+        node_hint: None,
         pid: 0,
         hint: hint.then(|| zone.to_string()),
         hint_dropped: !hint,
@@ -71,7 +73,7 @@ fn names(ps: &[&Pod]) -> Vec<String> {
 #[test]
 fn prefer_close_needs_every_hint_and_a_match() {
     let o = ServiceOptions {
-        traffic_distribution: Some(super::super::TrafficDistribution::PreferClose),
+        traffic_distribution: Some(TrafficDistribution::PreferClose),
         ..ServiceOptions::default()
     };
     let pods = vec![
@@ -81,11 +83,11 @@ fn prefer_close_needs_every_hint_and_a_match() {
     ];
     let c = cluster(&o, &pods);
     let a = NodeEndpoints::categorize(&c, &node(1, "zone-a"));
-    assert!(a.topology);
+    assert_eq!(a.topology, Topology::PreferSameZone);
     assert_eq!(names(&a.cluster), ["pod-001", "pod-003"]);
     // No endpoint hinted for zone-c: all endpoints.
     let z = NodeEndpoints::categorize(&c, &node(4, "zone-c"));
-    assert!(!z.topology);
+    assert_eq!(z.topology, Topology::None);
     assert_eq!(z.cluster.len(), 3);
     // One hint missing: all endpoints everywhere.
     let pods = vec![
@@ -126,7 +128,7 @@ fn local_policies_use_local_endpoints() {
 #[test]
 fn nft_sync_deletes_stale_objects_and_keeps_affinity_sets() {
     let o = ServiceOptions {
-        affinity: Affinity::ClientIp,
+        affinity: SessionAffinity::ClientIp,
         ..ServiceOptions::default()
     };
     let pods = vec![pod(1, 1, "zone-a", false), pod(2, 2, "zone-b", false)];
