@@ -526,6 +526,55 @@ fn lab_iptables_prefer_close() {
     }
 }
 
+/// PreferSameNode: endpoints carry node hints too; a node with endpoints of its own uses only them,
+/// a node without any falls back to its zone's (kube-proxy's topologyModeFromHints).
+fn prefer_same_node(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        options: ServiceOptions {
+            traffic_distribution: Some(TrafficDistribution::PreferSameNode),
+            ..ServiceOptions::default()
+        },
+        // 4 nodes in 3 zones, 3 pods: node4 (zone-a) has none of its own.
+        ..small(4, 3, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let lab = t.lab();
+    let on = |node: &str| -> Vec<String> {
+        lab.pods()
+            .iter()
+            .filter(|p| p.node == node)
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    let chosen = |node: &str| -> Vec<String> {
+        lab.endpoints(node, false)
+            .unwrap()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    assert_eq!(chosen("node1"), on("node1"));
+    assert_eq!(chosen("node4"), pods_in_zone(lab, "zone-a"));
+    assert!(lab.status().pods.iter().all(|p| p.hint.is_some()));
+    let s = spread(lab, "pod-002", "10.96.0.10:5001", 300, false);
+    assert_plausible(&s, &on("node2"));
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_prefer_same_node() {
+    if is_root() {
+        prefer_same_node(ProxyMode::Nftables, "nftsn");
+    }
+}
+
+#[test]
+fn lab_iptables_prefer_same_node() {
+    if is_root() {
+        prefer_same_node(ProxyMode::Iptables, "iptsn");
+    }
+}
+
 fn delete_and_scale(mode: ProxyMode, base: &str) {
     let mut t = TestLab::up(base, small(3, 6, mode));
     let lab = t.lab();
