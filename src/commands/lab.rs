@@ -6,11 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use tabled::builder::Builder;
-use tabled::settings::Style;
 
 use super::service_args::{ServiceArgs, ServiceChanges};
 use crate::lab::{self, Lab, LabChanges, LabConfig, LabStatus, ProxyMode};
+use crate::report;
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -245,10 +244,10 @@ fn up(a: UpArgs) -> Result<ExitCode> {
                 st.nodes.len(),
                 st.pods.len(),
                 cfg.zones,
-                proxy_mode(st.proxy_mode)
+                report::lab::proxy_mode(st.proxy_mode)
             );
-            println!("{}", nodes_table(&st));
-            print_service(&st);
+            println!("{}", report::lab::nodes(&st));
+            print!("{}", report::lab::service(&st));
             println!(
                 "try: kubectl svclb lab exec --name {} client -- kubectl-svclb spread --address {}:{} --no-save",
                 st.name, st.service.lb_ip, st.service.port
@@ -270,93 +269,15 @@ fn set(a: SetArgs) -> Result<ExitCode> {
     };
     let mut lab = Lab::open(&a.name.name)?;
     lab.set(&ch)?;
-    print_service(&lab.status());
+    print!("{}", report::lab::service(&lab.status()));
     Ok(ExitCode::SUCCESS)
-}
-
-fn proxy_mode(m: ProxyMode) -> &'static str {
-    match m {
-        ProxyMode::Nftables => "nftables",
-        ProxyMode::Iptables => "iptables",
-    }
 }
 
 fn print_status(st: &LabStatus, f: StatusFormat) -> Result<()> {
     match f {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(st)?),
         StatusFormat::Yaml => print!("{}", serde_saphyr::to_string(st)?),
-        StatusFormat::Table => {
-            println!(
-                "lab {} (proxy mode {}, state {})",
-                st.name,
-                proxy_mode(st.proxy_mode),
-                st.state_dir.display()
-            );
-            println!("{}", nodes_table(st));
-            let mut b = Builder::default();
-            b.push_record(["POD", "NODE", "ZONE", "IP", "PID", "ALIVE", "HINT"]);
-            for p in &st.pods {
-                b.push_record([
-                    p.name.clone(),
-                    p.node.clone(),
-                    p.zone.clone(),
-                    p.ip.to_string(),
-                    p.pid.to_string(),
-                    if p.alive { "yes" } else { "NO" }.to_string(),
-                    p.hint.clone().unwrap_or_else(|| "-".to_string()),
-                ]);
-            }
-            println!("{}", b.build().with(Style::blank()));
-            print_service(st);
-        }
+        StatusFormat::Table => print!("{}", report::lab::status(st)),
     }
     Ok(())
-}
-
-fn nodes_table(st: &LabStatus) -> String {
-    let mut b = Builder::default();
-    b.push_record(["NODE", "ZONE", "IP", "POD CIDR", "PODS"]);
-    for n in &st.nodes {
-        b.push_record([
-            n.name.clone(),
-            n.zone.clone(),
-            n.ip.to_string(),
-            n.pod_cidr.to_string(),
-            n.pods.to_string(),
-        ]);
-    }
-    b.build().with(Style::blank()).to_string()
-}
-
-fn print_service(st: &LabStatus) {
-    let s = &st.service;
-    let o = &s.options;
-    println!(
-        "service {}/{}: clusterIP {} port {} (tcp, udp), {} (http)",
-        s.namespace, s.name, s.cluster_ip, s.port, s.http_port
-    );
-    let ips: Vec<String> = s.node_ips.iter().map(|i| i.to_string()).collect();
-    println!(
-        "  nodePort {} (tcp, udp), {} (http) on {}",
-        s.node_port,
-        s.http_node_port,
-        ips.join(" ")
-    );
-    println!(
-        "  loadBalancer {} via {}{}",
-        s.lb_ip,
-        s.lb_next_hops.join(" "),
-        if s.ecmp { " (ECMP)" } else { "" }
-    );
-    println!(
-        "  sessionAffinity {} (timeout {}s), externalTrafficPolicy {}, internalTrafficPolicy {}, trafficDistribution {}",
-        o.affinity,
-        o.affinity_timeout,
-        o.external_traffic_policy,
-        o.internal_traffic_policy,
-        o.traffic_distribution
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "-".to_string())
-    );
-    println!("  client {} in {}", st.client.ip, st.client.netns);
 }

@@ -2,6 +2,7 @@
 
 mod affinity;
 mod compare;
+pub mod lab;
 pub mod live;
 mod spread;
 
