@@ -305,7 +305,7 @@ struct Mconnect {
 /// Any saved run `compare` reads.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyRun {
-    Spread(Loaded),
+    Spread(Box<Loaded>),
     Affinity(Box<AffinityRun>),
 }
 
@@ -341,7 +341,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
             check_version(path, &value, SPREAD_KIND, SPREAD_VERSION)?;
             let run: SpreadRun = serde_json::from_value(value)
                 .map_err(|e| anyhow::anyhow!("{}: corrupt SpreadRun record: {e}", path.display()))?;
-            Ok(AnyRun::Spread(Loaded {
+            Ok(AnyRun::Spread(Box::new(Loaded {
                 tag: run.tag,
                 conns: run.conns,
                 ok: run.ok,
@@ -349,7 +349,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 backends: run.backends,
                 stats: run.stats,
                 source: Source::Record,
-            }))
+            })))
         }
         Some(other) => bail!(
             "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun)",
@@ -376,7 +376,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(AnyRun::Spread(Loaded {
+            Ok(AnyRun::Spread(Box::new(Loaded {
                 tag: stem.strip_prefix("mconnect-").unwrap_or(&stem).to_string(),
                 conns: m.connects.unwrap_or(ok + failed),
                 ok,
@@ -384,7 +384,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 backends,
                 stats,
                 source: Source::Mconnect,
-            }))
+            })))
         }
         None => bail!(
             "{}: neither a svclb run record (no \"kind\") nor an mconnect -output json file (no \"hosts\")",
@@ -439,7 +439,7 @@ fn write_json<R: Serialize>(mut file: File, run: &R) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{Criteria, LOOSE, evaluate};
+    use crate::stats::{Check, Criteria, LOOSE, evaluate};
 
     fn sample() -> SpreadRun {
         let backends = vec![
@@ -565,8 +565,9 @@ mod tests {
         assert_eq!((l.conns, l.ok, l.failed), (43, 40, 3));
         assert_eq!(l.source, Source::Mconnect);
         assert_eq!(l.backends.len(), 2);
-        // 9 and 31 are outside ±50% of 20, and 3 connections failed.
+        // 9 and 31 of 40 over 2 backends: chi-square p ~ 5e-4, and 3 connections failed.
         assert_eq!(l.stats.verdict, crate::stats::Verdict::Fail);
+        assert_eq!(l.stats.decided_by, [Check::ChiSquare, Check::Failures]);
         assert_eq!(l.stats.reasons.len(), 2);
     }
 
@@ -579,5 +580,24 @@ mod tests {
         std::fs::write(&path, v.to_string()).unwrap();
         let err = load(&path, &LOOSE).unwrap_err();
         assert!(err.to_string().contains("version 99"), "{err}");
+    }
+
+    #[test]
+    fn records_from_before_the_verdict_fields_still_load() {
+        // Version 1 records made before alpha, band and decided_by: their verdict stands as saved.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.json");
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let stats = v["stats"].as_object_mut().unwrap();
+        for new in ["alpha", "band", "decided_by"] {
+            assert!(stats.remove(new).is_some(), "{new}");
+        }
+        std::fs::write(&path, v.to_string()).unwrap();
+        let AnyRun::Spread(loaded) = load(&path, &LOOSE).unwrap() else {
+            panic!("a spread run")
+        };
+        assert_eq!(loaded.stats.verdict, crate::stats::Verdict::Fail);
+        assert_eq!((loaded.stats.alpha, loaded.stats.band), (None, None));
+        assert!(loaded.stats.decided_by.is_empty());
     }
 }

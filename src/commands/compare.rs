@@ -62,7 +62,7 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
     let (mut spread, mut affinity) = (Vec::new(), Vec::new());
     for path in expand(&args.files)? {
         match crate::record::load(&path, &criteria)? {
-            AnyRun::Spread(r) => spread.push(r),
+            AnyRun::Spread(r) => spread.push(*r),
             AnyRun::Affinity(r) => affinity.push(*r),
         }
     }
