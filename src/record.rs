@@ -305,7 +305,7 @@ struct Mconnect {
 /// Any saved run `compare` reads.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyRun {
-    Spread(Loaded),
+    Spread(Box<Loaded>),
     Affinity(Box<AffinityRun>),
 }
 
@@ -341,7 +341,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
             check_version(path, &value, SPREAD_KIND, SPREAD_VERSION)?;
             let run: SpreadRun = serde_json::from_value(value)
                 .map_err(|e| anyhow::anyhow!("{}: corrupt SpreadRun record: {e}", path.display()))?;
-            Ok(AnyRun::Spread(Loaded {
+            Ok(AnyRun::Spread(Box::new(Loaded {
                 tag: run.tag,
                 conns: run.conns,
                 ok: run.ok,
@@ -349,7 +349,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 backends: run.backends,
                 stats: run.stats,
                 source: Source::Record,
-            }))
+            })))
         }
         Some(other) => bail!(
             "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun)",
@@ -376,7 +376,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(AnyRun::Spread(Loaded {
+            Ok(AnyRun::Spread(Box::new(Loaded {
                 tag: stem.strip_prefix("mconnect-").unwrap_or(&stem).to_string(),
                 conns: m.connects.unwrap_or(ok + failed),
                 ok,
@@ -384,7 +384,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 backends,
                 stats,
                 source: Source::Mconnect,
-            }))
+            })))
         }
         None => bail!(
             "{}: neither a svclb run record (no \"kind\") nor an mconnect -output json file (no \"hosts\")",
@@ -408,38 +408,144 @@ fn file_stem(tag: &str) -> String {
 
 /// Saves `run` as `DIR/<tag>.json`. An existing file is never overwritten: the run is saved as
 /// `<tag>-2.json` (then -3, ...) with its tag changed to match, and the caller is told.
+///
+/// The record is written through a buffer to a temporary file in `DIR` (`.svclb-save-<pid>-<n>.tmp`,
+/// left behind only by a save killed before its rename), synced,
+/// and then moved to its name without replacing anything there: a reader never sees a partial
+/// record under that name, even when the process is killed mid-save. On error the run keeps its tag.
 pub fn save<R: Saved>(dir: &Path, run: &mut R) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create save directory {}", dir.display()))?;
-    let base = file_stem(run.tag());
+    let temp = Temp::create(dir)?;
+    let wanted = run.tag().to_string();
+    let base = file_stem(&wanted);
+    let mut written: Option<String> = None;
     for n in 1u32.. {
         let stem = if n == 1 { base.clone() } else { format!("{base}-{n}") };
         let path = dir.join(format!("{stem}.json"));
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => {
-                if n > 1 {
-                    run.set_tag(stem);
-                }
-                write_json(file, run).with_context(|| format!("cannot write {}", path.display()))?;
+        if path.symlink_metadata().is_ok() {
+            continue;
+        }
+        let tag = if n == 1 { wanted.clone() } else { stem };
+        if written.as_ref() != Some(&tag) {
+            run.set_tag(tag.clone());
+            if let Err(e) = temp.write(run) {
+                run.set_tag(wanted);
+                return Err(e).with_context(|| format!("cannot write {}", temp.path.display()));
+            }
+            written = Some(tag);
+        }
+        match publish(&temp.path, &path) {
+            Ok(()) => {
+                // The new name's directory entry: best effort, the record is in place either way.
+                let _ = File::open(dir).and_then(|d| d.sync_all());
                 return Ok(path);
             }
+            // Taken since the check above, by another save.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            Err(e) => {
+                run.set_tag(wanted);
+                return Err(e).with_context(|| format!("cannot save {}", path.display()));
+            }
         }
     }
     unreachable!("u32 suffixes exhausted")
 }
 
-fn write_json<R: Serialize>(mut file: File, run: &R) -> Result<()> {
-    serde_json::to_writer_pretty(&mut file, run)?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    Ok(())
+const TEMP_PREFIX: &str = ".svclb-save-";
+
+/// Bytes buffered per `write` of a save (a 2 MB record is about 30 writes).
+const SAVE_BUFFER: usize = 64 * 1024;
+
+/// A temporary save file: its name is removed on drop (after a hard link; a rename already did).
+struct Temp {
+    path: PathBuf,
+    file: File,
+}
+
+impl Temp {
+    fn create(dir: &Path) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(format!("{TEMP_PREFIX}{}-{n}.tmp", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(Self { path, file });
+                }
+                // A leftover of a killed process that had this pid.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            }
+        }
+    }
+
+    /// Replaces the file's content with `run`, and syncs it.
+    fn write<R: Serialize>(&self, run: &R) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        let mut file = &self.file;
+        std::io::Seek::rewind(&mut file)?;
+        write_record(file, run)?;
+        self.file.sync_all()
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        // The name is this process's (its pid): nobody else made it since a rename freed it.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `run` as pretty JSON and a newline, through a [`SAVE_BUFFER`] buffer: a few large writes.
+fn write_record<R: Serialize, W: Write>(out: W, run: &R) -> std::io::Result<W> {
+    let mut w = std::io::BufWriter::with_capacity(SAVE_BUFFER, out);
+    serde_json::to_writer_pretty(&mut w, run)?;
+    w.write_all(b"\n")?;
+    w.into_inner().map_err(|e| e.into_error())
+}
+
+/// Moves `from` to `to` unless `to` exists (then `AlreadyExists`, and nothing changes): one
+/// `renameat2(RENAME_NOREPLACE)`, or where the kernel or filesystem lacks it a hard link.
+#[cfg(target_os = "linux")]
+fn publish(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => publish_by_link(from, to),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn publish(from: &Path, to: &Path) -> std::io::Result<()> {
+    publish_by_link(from, to)
+}
+
+/// `link(2)` refuses an existing name ([`Temp`] removes the temporary one).
+fn publish_by_link(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{Criteria, LOOSE, evaluate};
+    use crate::stats::{Check, Criteria, LOOSE, evaluate};
 
     fn sample() -> SpreadRun {
         let backends = vec![
@@ -565,8 +671,9 @@ mod tests {
         assert_eq!((l.conns, l.ok, l.failed), (43, 40, 3));
         assert_eq!(l.source, Source::Mconnect);
         assert_eq!(l.backends.len(), 2);
-        // 9 and 31 are outside ±50% of 20, and 3 connections failed.
+        // 9 and 31 of 40 over 2 backends: chi-square p ~ 5e-4, and 3 connections failed.
         assert_eq!(l.stats.verdict, crate::stats::Verdict::Fail);
+        assert_eq!(l.stats.decided_by, [Check::ChiSquare, Check::Failures]);
         assert_eq!(l.stats.reasons.len(), 2);
     }
 
@@ -579,5 +686,193 @@ mod tests {
         std::fs::write(&path, v.to_string()).unwrap();
         let err = load(&path, &LOOSE).unwrap_err();
         assert!(err.to_string().contains("version 99"), "{err}");
+    }
+
+    #[test]
+    fn records_from_before_the_verdict_fields_still_load() {
+        // Version 1 records made before alpha, band and decided_by: their verdict stands as saved.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.json");
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let stats = v["stats"].as_object_mut().unwrap();
+        for new in ["alpha", "band", "decided_by"] {
+            assert!(stats.remove(new).is_some(), "{new}");
+        }
+        std::fs::write(&path, v.to_string()).unwrap();
+        let AnyRun::Spread(loaded) = load(&path, &LOOSE).unwrap() else {
+            panic!("a spread run")
+        };
+        assert_eq!(loaded.stats.verdict, crate::stats::Verdict::Fail);
+        assert_eq!((loaded.stats.alpha, loaded.stats.band), (None, None));
+        assert!(loaded.stats.decided_by.is_empty());
+    }
+
+    /// Counts the writes that reach it.
+    #[derive(Default)]
+    struct Counting {
+        writes: usize,
+        bytes: usize,
+    }
+
+    impl Write for Counting {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.writes += 1;
+            self.bytes += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The sample run with `n` backends.
+    fn with_backends(n: u64) -> SpreadRun {
+        let mut run = sample();
+        run.backends = (0..n)
+            .map(|i| BackendCount {
+                name: format!("pod-{i:05}"),
+                node: format!("node-{}", i % 50),
+                zone: "zone-a".into(),
+                count: i,
+            })
+            .collect();
+        run
+    }
+
+    #[test]
+    fn a_big_record_is_written_in_few_large_writes() {
+        let run = with_backends(20_000);
+        let saved = write_record(Counting::default(), &run).unwrap();
+        assert!(saved.bytes > 1_900_000, "{}", saved.bytes);
+        assert!(
+            saved.writes <= saved.bytes / SAVE_BUFFER + 1,
+            "{} writes for {} bytes",
+            saved.writes,
+            saved.bytes
+        );
+        // What an unbuffered file gets: a write per token.
+        let mut raw = Counting::default();
+        serde_json::to_writer_pretty(&mut raw, &run).unwrap();
+        assert!(raw.writes > 500_000, "{}", raw.writes);
+    }
+
+    /// A record whose serialization breaks after a megabyte, like a save killed midway.
+    struct Breaks {
+        tag: String,
+    }
+
+    impl Serialize for Breaks {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{Error, SerializeSeq};
+            let mut seq = s.serialize_seq(None)?;
+            for i in 0..200_000u32 {
+                seq.serialize_element(&i)?;
+            }
+            Err(S::Error::custom("broken midway"))
+        }
+    }
+
+    impl Saved for Breaks {
+        fn tag(&self) -> &str {
+            &self.tag
+        }
+        fn set_tag(&mut self, tag: String) {
+            self.tag = tag;
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_save_that_breaks_midway_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = Breaks { tag: "t".into() };
+        let err = save(dir.path(), &mut run).unwrap_err();
+        assert!(format!("{err:#}").contains("broken midway"), "{err:#}");
+        assert_eq!(names(dir.path()), Vec::<String>::new());
+        // Over an existing record: it stays as it was, and the run keeps its tag.
+        std::fs::write(dir.path().join("t.json"), "keep").unwrap();
+        save(dir.path(), &mut run).unwrap_err();
+        assert_eq!(run.tag, "t");
+        assert_eq!(names(dir.path()), ["t.json"]);
+        assert_eq!(std::fs::read_to_string(dir.path().join("t.json")).unwrap(), "keep");
+    }
+
+    #[test]
+    fn concurrent_saves_never_overwrite_and_readers_never_see_a_partial_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        std::fs::write(dir.join("t.json"), "{\"existing\": true}").unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut tags: Vec<String> = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut read = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for name in names(dir).iter().filter(|n| n.ends_with(".json")) {
+                        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+                        serde_json::from_str::<serde_json::Value>(&text)
+                            .unwrap_or_else(|e| panic!("{name} is partial: {e}"));
+                        read += 1;
+                    }
+                }
+                read
+            });
+            let savers: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..4)
+                            .map(|_| {
+                                let mut run = with_backends(2_000);
+                                run.tag = "t".into();
+                                save(dir, &mut run).unwrap();
+                                run.tag
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let tags = savers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(reader.join().unwrap() > 0);
+            tags
+        });
+        tags.sort_by_key(|t| t[2..].parse::<u32>().unwrap());
+        let want: Vec<String> = (2..=13).map(|n| format!("t-{n}")).collect();
+        assert_eq!(tags, want);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("t.json")).unwrap(),
+            "{\"existing\": true}"
+        );
+        for tag in &tags {
+            let back: SpreadRun =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{tag}.json"))).unwrap()).unwrap();
+            assert_eq!(&back.tag, tag);
+        }
+        // Nothing but the records: no temporary file is left.
+        assert_eq!(names(dir).len(), 13, "{:?}", names(dir));
+    }
+
+    #[test]
+    fn the_hard_link_fallback_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, taken, free) = (
+            dir.path().join("from"),
+            dir.path().join("taken"),
+            dir.path().join("free"),
+        );
+        std::fs::write(&from, "new").unwrap();
+        std::fs::write(&taken, "old").unwrap();
+        let err = publish_by_link(&from, &taken).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&taken).unwrap(), "old");
+        publish_by_link(&from, &free).unwrap();
+        assert_eq!(std::fs::read_to_string(&free).unwrap(), "new");
     }
 }

@@ -12,7 +12,8 @@ use crate::stats::Criteria;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Run records (spread and affinity runs) or mconnect `-output json` files; a directory stands for its *.json files.
+    /// Run records (spread and affinity runs) or mconnect `-output json` files; a directory stands for its *.json files
+    /// (hidden ones left out; one that cannot be read is skipped with a warning).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format.
@@ -23,7 +24,16 @@ pub struct CompareArgs {
     pub margin: f64,
 }
 
-fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// A file to compare. A bad file the user named stops the command; a bad one found in a directory
+/// is skipped with a warning.
+struct Input {
+    path: PathBuf,
+    named: bool,
+}
+
+/// Named files as given; a directory's `*.json` files, hidden ones (a save's temporary file, an
+/// editor's) left out.
+fn expand(files: &[PathBuf]) -> Result<Vec<Input>> {
     let mut out = Vec::new();
     for f in files {
         if f.is_dir() {
@@ -31,6 +41,7 @@ fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .with_context(|| format!("cannot read directory {}", f.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
                 .collect();
             if inside.is_empty() {
                 bail!(
@@ -39,9 +50,12 @@ fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 );
             }
             inside.sort();
-            out.extend(inside);
+            out.extend(inside.into_iter().map(|path| Input { path, named: false }));
         } else {
-            out.push(f.clone());
+            out.push(Input {
+                path: f.clone(),
+                named: true,
+            });
         }
     }
     Ok(out)
@@ -60,11 +74,20 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
         alpha: None,
     };
     let (mut spread, mut affinity) = (Vec::new(), Vec::new());
-    for path in expand(&args.files)? {
-        match crate::record::load(&path, &criteria)? {
-            AnyRun::Spread(r) => spread.push(r),
-            AnyRun::Affinity(r) => affinity.push(*r),
+    let mut skipped = 0;
+    for input in expand(&args.files)? {
+        match crate::record::load(&input.path, &criteria) {
+            Ok(AnyRun::Spread(r)) => spread.push(*r),
+            Ok(AnyRun::Affinity(r)) => affinity.push(*r),
+            Err(e) if !input.named => {
+                eprintln!("svclb: warning: {e:#}; skipped");
+                skipped += 1;
+            }
+            Err(e) => return Err(e),
         }
+    }
+    if spread.is_empty() && affinity.is_empty() {
+        bail!("nothing to compare: all {skipped} .json files were skipped (see the warnings above)");
     }
     print!("{}", report::compare(&spread, &affinity, args.output)?);
     Ok(ExitCode::SUCCESS)

@@ -82,11 +82,10 @@ fn num(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-/// A p-value: fixed for readable values, scientific when tiny.
+/// A p-value cell, `-` when absent.
 fn pval(p: Option<f64>) -> String {
     match p {
-        Some(p) if p >= 0.001 => format!("{p:.3}"),
-        Some(p) => format!("{p:.1e}"),
+        Some(p) => crate::stats::p_text(p),
         None => "-".into(),
     }
 }

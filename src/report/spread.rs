@@ -6,7 +6,7 @@ use tabled::builder::Builder;
 
 use super::{RunFormat, frequency, heading, num, pval, styled, title};
 use crate::record::SpreadRun;
-use crate::stats::Verdict;
+use crate::stats::{Stats, Verdict, p_text};
 
 /// Renders a run in `format`. JSON is exactly the run record.
 pub fn spread(run: &SpreadRun, format: RunFormat) -> anyhow::Result<String> {
@@ -140,20 +140,77 @@ fn text(run: &SpreadRun, md: bool) -> String {
         s.verdict.to_string(),
     ]);
     let _ = writeln!(out, "{}", styled(b, md));
-    match s.verdict {
-        Verdict::Pass => {
-            let _ = writeln!(
-                out,
-                "\nPASS: every backend within ±{}% of the fair share",
-                run.params.margin_pct
-            );
-        }
-        Verdict::Fail => {
-            out.push('\n');
-            for r in &s.reasons {
-                let _ = writeln!(out, "FAIL: {r}");
-            }
-        }
+    out.push('\n');
+    for line in verdict_lines(s) {
+        let _ = writeln!(out, "{line}");
     }
     out
+}
+
+/// The verdict and the tests that decided it: `PASS: ...` or one `FAIL: ...` line per reason,
+/// and a note when the sample is too small for the ±margin test.
+fn verdict_lines(s: &Stats) -> Vec<String> {
+    let mut lines = match s.verdict {
+        Verdict::Pass => {
+            let mut held = Vec::new();
+            if let (Some(p), Some(alpha)) = (s.p_value, s.alpha) {
+                held.push(format!("chi-square p={} ≥ {alpha}", p_text(p)));
+            }
+            match &s.band {
+                Some(b) if b.margin_meaningful => held.push(format!(
+                    "every backend within ±{}% of the fair share [{:.1}, {:.1}]",
+                    b.margin_pct, b.lo, b.hi
+                )),
+                Some(b) => held.push(format!(
+                    "every backend within the fair-random bound [{:.0}, {:.0}]",
+                    b.lo, b.hi
+                )),
+                None => held.push("a single backend answered every connection".to_string()),
+            }
+            vec![format!("PASS: {}", held.join("; "))]
+        }
+        Verdict::Fail => s.reasons.iter().map(|r| format!("FAIL: {r}")).collect(),
+    };
+    if let Some(b) = s.band.filter(|b| !b.margin_meaningful) {
+        lines.push(format!(
+            "note: at {:.1} connections per backend the ±{}% margin is not meaningful (a fair random balancer \
+             strays beyond it by chance): the verdict is by chi-square and the fair-random bound",
+            s.mean, b.margin_pct
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verdict_lines;
+    use crate::stats::{LOOSE, evaluate};
+
+    #[test]
+    fn verdict_lines_say_which_test_decided() {
+        let names: Vec<String> = (0..100).map(|i| format!("pod-{i:03}")).collect();
+        let even = |per: u64| -> Vec<(&str, u64)> { names.iter().map(|n| (n.as_str(), per)).collect() };
+        assert_eq!(
+            verdict_lines(&evaluate(&even(100), 0, &LOOSE)),
+            ["PASS: chi-square p=1.000 ≥ 0.001; every backend within ±50% of the fair share [50.0, 150.0]"]
+        );
+        let mut counts = even(30);
+        counts[7].1 = 46;
+        counts[8].1 = 14;
+        let lines = verdict_lines(&evaluate(&counts, 0, &LOOSE));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("PASS: chi-square p=1.000 ≥ 0.001; every backend within the fair-random bound ["),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("note: at 30.0 connections per backend the ±50% margin is not meaningful"),
+            "{lines:?}"
+        );
+        counts[7].1 = 200;
+        let lines = verdict_lines(&evaluate(&counts, 2, &LOOSE));
+        assert!(lines[0].starts_with("FAIL: backend pod-007 got 6.3"), "{lines:?}");
+        assert!(lines[1].starts_with("FAIL: chi-square p="), "{lines:?}");
+        assert_eq!(lines[2], "FAIL: 2 connection(s) failed");
+    }
 }
