@@ -3,8 +3,8 @@
 //! a server reports, an interrupted storm failing). The verdict itself is [`crate::stats`]'.
 
 use crate::record::{Environment, Latency, Params, SPREAD_KIND, SPREAD_VERSION, SpreadRun, TargetInfo};
-use crate::stats::{Criteria, Verdict, evaluate};
-use crate::storm::{BackendCount, Outcome, Stop};
+use crate::stats::{Criteria, evaluate};
+use crate::storm::{BackendCount, Outcome};
 
 /// A backend known to exist (from a lab or a cluster), so zero-count backends can be listed.
 #[derive(Debug, Clone)]
@@ -60,14 +60,9 @@ pub fn build_record(
         count: 0,
     }));
     let counts: Vec<(&str, u64)> = backends.iter().map(|b| (b.name.as_str(), b.count)).collect();
-    let mut stats = evaluate(&counts, outcome.failures.total(), &criteria);
-    if outcome.stopped == Some(Stop::Interrupted) {
-        stats.verdict = Verdict::Fail;
-        stats.reasons.push(format!(
-            "interrupted after {} of {} connections",
-            outcome.attempted, params.conns
-        ));
-    }
+    // An interrupted run is judged on what it measured; `stopped` says it is partial, and the
+    // report and exit code say INTERRUPTED.
+    let stats = evaluate(&counts, outcome.failures.total(), &criteria);
     SpreadRun {
         kind: SPREAD_KIND.into(),
         version: SPREAD_VERSION,
@@ -115,6 +110,7 @@ pub fn nothing_answered(run: &SpreadRun) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Verdict;
     use crate::storm::{Failures, Proto, new_histogram};
 
     fn outcome(ok: u64, failures: Failures) -> Outcome {

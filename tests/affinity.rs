@@ -381,3 +381,38 @@ fn affinity_bad_input_is_one_line_exit_2() {
         assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
     }
 }
+
+#[test]
+fn ctrl_c_saves_a_partial_record_says_interrupted_and_exits_130() {
+    let s = Server::start("127.0.0.61", "pod-x", "n", "z");
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(common::BIN)
+        .args(["affinity", "--udp", "--address", &s.addr.to_string()])
+        .args([
+            "--sessions",
+            "20",
+            "--interval",
+            "100ms",
+            "--duration",
+            "1m",
+            "--tag",
+            "cut",
+        ])
+        .arg("--save")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("INTERRUPTED: after "), "{report}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("cut.json")).unwrap()).unwrap();
+    assert_eq!(saved["stopped"], "interrupted");
+    assert!(saved["sent"].as_u64().unwrap() >= 20, "{}", saved["sent"]);
+    assert_eq!(saved["sent"], saved["answered"]);
+}

@@ -224,10 +224,7 @@ pub fn run(args: AffinityArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         println!();
     }
     print!("{}", report::affinity(&record, args.output)?);
-    let code = match record.verdict {
-        Verdict::Holds => ExitCode::SUCCESS,
-        Verdict::Violated => ExitCode::from(1),
-    };
+    let code = super::verdict_code(record.stopped, record.verdict == Verdict::Holds);
     Ok(super::save_code(&saved, &record, args.output, code))
 }
 

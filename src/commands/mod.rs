@@ -73,6 +73,16 @@ impl SaveArgs {
     }
 }
 
+/// The exit code of a run that was judged: 0 passed, 1 failed, 130 interrupted (whatever the
+/// partial record's verdict), as for every measuring command.
+pub fn verdict_code(stopped: Option<crate::storm::Stop>, passed: bool) -> std::process::ExitCode {
+    match (stopped, passed) {
+        (Some(crate::storm::Stop::Interrupted), _) => std::process::ExitCode::from(130),
+        (_, true) => std::process::ExitCode::SUCCESS,
+        (_, false) => std::process::ExitCode::from(1),
+    }
+}
+
 /// The exit code after a run was reported: `code`, or 2 when its save failed; when even the
 /// fallback failed and the report was not the record itself, the record goes to stdout too, so
 /// the measurement is not lost.

@@ -69,10 +69,13 @@ pub struct SpreadArgs {
     /// Backends that must answer; missing ones fail the verdict and show with 0.
     #[arg(long, value_name = "N")]
     pub expect_backends: Option<usize>,
-    /// Each backend must get within ±PCT % of the fair share.
+    /// Each backend must get within ±PCT % of the fair share, where the sample makes that
+    /// meaningful; on smaller samples the band widens to what a fair random balancer reaches by
+    /// chance (the report says which).
     #[arg(long, default_value_t = 50.0, value_name = "PCT", allow_negative_numbers = true)]
     pub margin: f64,
-    /// Also fail when the chi-square p-value against a uniform spread is below ALPHA.
+    /// Significance of the spread tests: fail when the chi-square p-value against a uniform
+    /// spread is below ALPHA, and widen the per-backend band to ALPHA's bound [default: 0.001].
     #[arg(long, value_name = "ALPHA")]
     pub alpha: Option<f64>,
     /// Close with FIN instead of RST (SO_LINGER 0); leaves TIME_WAIT on this side.
@@ -244,10 +247,7 @@ fn finish(mut run: SpreadRun, save: &run::SaveTo, output: RunFormat) -> Result<E
         bail!("{line}");
     }
     print!("{}", report::spread(&run, output)?);
-    let code = match run.stats.verdict {
-        Verdict::Pass => ExitCode::SUCCESS,
-        Verdict::Fail => ExitCode::from(1),
-    };
+    let code = super::verdict_code(run.stopped, run.stats.verdict == Verdict::Pass);
     Ok(super::save_code(&saved, &run, output, code))
 }
 

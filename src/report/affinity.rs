@@ -7,6 +7,7 @@ use tabled::builder::Builder;
 use super::{RunFormat, heading, num, styled, title};
 use crate::affinity::{ChangeKind, Verdict};
 use crate::record::AffinityRun;
+use crate::storm::Stop;
 
 /// Changes listed in the text report (the record keeps more).
 const SHOWN_CHANGES: usize = 20;
@@ -106,6 +107,14 @@ fn text(run: &AffinityRun, md: bool) -> String {
     }
 
     let _ = writeln!(out);
+    if run.stopped == Some(Stop::Interrupted) {
+        let _ = writeln!(
+            out,
+            "INTERRUPTED: after {:.1} s; the record is partial (on what was measured: {})",
+            run.duration_s, run.verdict
+        );
+        return out;
+    }
     match run.verdict {
         Verdict::Holds => {
             let rule = if run.params.new_connection_per_message {

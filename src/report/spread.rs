@@ -7,6 +7,7 @@ use tabled::builder::Builder;
 use super::{RunFormat, frequency, heading, num, pval, styled, title};
 use crate::record::SpreadRun;
 use crate::stats::{Stats, Verdict, p_text};
+use crate::storm::Stop;
 
 /// Renders a run in `format`. JSON is exactly the run record.
 pub fn spread(run: &SpreadRun, format: RunFormat) -> anyhow::Result<String> {
@@ -141,8 +142,16 @@ fn text(run: &SpreadRun, md: bool) -> String {
     ]);
     let _ = writeln!(out, "{}", styled(b, md));
     out.push('\n');
-    for line in verdict_lines(s) {
-        let _ = writeln!(out, "{line}");
+    if run.stopped == Some(Stop::Interrupted) {
+        let _ = writeln!(
+            out,
+            "INTERRUPTED: after {} of {} connections; the record is partial (on what was measured: {})",
+            run.conns, run.params.conns, s.verdict
+        );
+    } else {
+        for line in verdict_lines(s) {
+            let _ = writeln!(out, "{line}");
+        }
     }
     out
 }
