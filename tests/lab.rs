@@ -939,3 +939,30 @@ fn lab_iptables_udp_flow_moves_when_its_pod_is_deleted() {
         udp_flow_moves_on_delete(ProxyMode::Iptables, "iptudp");
     }
 }
+
+#[test]
+fn lab_up_names_the_packages_it_misses() {
+    if !is_root() {
+        return;
+    }
+    let empty = tempfile::tempdir().unwrap();
+    for (mode, want) in [
+        ("nftables", "apt-get install iproute2 nftables"),
+        ("iptables", "apt-get install iproute2 iptables"),
+    ] {
+        let out = Command::new(EXE)
+            .args(["lab", "up", "--name", "notools", "--proxy-mode", mode])
+            .env("PATH", empty.path())
+            .env("SVCLB_LAB_DIR", empty.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+    assert!(
+        std::fs::read_dir(empty.path()).unwrap().next().is_none(),
+        "nothing was built"
+    );
+}

@@ -247,3 +247,18 @@ fn lab_spread_without_a_name_on_a_busy_machine() {
     assert_eq!(r["ok"], 300);
     assert!(r["target"]["lab"].as_str().unwrap().starts_with("run"));
 }
+
+#[test]
+fn lab_commands_without_a_name_pick_the_only_lab() {
+    let lab = LabGuard::up("only", &["--nodes", "1", "--pods", "1"]);
+    let out = lab.run(&["lab", "status", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["name"], lab.name.as_str());
+    // `lab scale N` is `lab scale --pods N`.
+    let out = lab.run(&["lab", "scale", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.run(&["lab", "status", "-o", "json"]);
+    assert_eq!(json(&out)["pods"].as_array().unwrap().len(), 2);
+    let out = lab.run(&["lab", "scale", "1", "--pods", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -36,10 +36,28 @@ pub enum LabCommand {
 
 #[derive(Debug, Args)]
 pub struct NameArg {
-    /// Lab name (1-16 of [a-z0-9-]).
-    #[arg(long, default_value = "lab", env = "SVCLB_LAB")]
-    pub name: String,
+    /// Lab name (1-16 of [a-z0-9-]) [default: the only lab running, else `lab`].
+    #[arg(long, env = "SVCLB_LAB")]
+    pub name: Option<String>,
 }
+
+impl NameArg {
+    /// The lab meant: the one named, else the only one running, else `lab`.
+    fn get(&self) -> String {
+        self.name.clone().unwrap_or_else(|| match Lab::saved().as_slice() {
+            [one] => one.clone(),
+            _ => DEFAULT_NAME.to_string(),
+        })
+    }
+
+    /// Opens the lab meant.
+    fn open(&self) -> Result<Lab> {
+        Lab::open(&self.get())
+    }
+}
+
+/// The name of a lab when none is given and none (or several) run.
+const DEFAULT_NAME: &str = "lab";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StatusFormat {
@@ -116,8 +134,11 @@ pub struct ScaleArgs {
     #[command(flatten)]
     pub name: NameArg,
     /// Number of pods wanted.
-    #[arg(long)]
-    pub pods: usize,
+    #[arg(long, required_unless_present = "count")]
+    pub pods: Option<usize>,
+    /// Number of pods wanted (`lab scale 50` as `lab scale --pods 50`).
+    #[arg(conflicts_with = "pods", value_name = "PODS")]
+    pub count: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -148,12 +169,12 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
     match cmd {
         LabCommand::Up(a) => up(a),
         LabCommand::Status(a) => {
-            let lab = Lab::open(&a.name.name)?;
+            let lab = a.name.open()?;
             print_status(&lab.status(), a.output)?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Rules(a) => {
-            let lab = Lab::open(&a.name.name)?;
+            let lab = a.name.open()?;
             let node = a.node.unwrap_or_else(|| lab.nodes()[0].name.clone());
             if !a.generated {
                 lab::require_host()?;
@@ -168,7 +189,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         }
         LabCommand::Exec(a) => {
             lab::require_host()?;
-            let lab = Lab::open(&a.name.name)?;
+            let lab = a.name.open()?;
             let status = lab
                 .command(&a.who, a.cmd[0].as_ref())?
                 .args(&a.cmd[1..])
@@ -177,14 +198,15 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             Ok(exit_code(status))
         }
         LabCommand::DeletePod(a) => {
-            let mut lab = Lab::open(&a.name.name)?;
+            let mut lab = a.name.open()?;
             lab.delete_pod(&a.pod)?;
             println!("pod {} deleted; {} pods left", a.pod, lab.pods().len());
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Scale(a) => {
-            let mut lab = Lab::open(&a.name.name)?;
-            lab.scale(a.pods)?;
+            let mut lab = a.name.open()?;
+            let pods = a.pods.or(a.count).expect("clap requires --pods or a count");
+            lab.scale(pods)?;
             println!("lab {} scaled to {} pods", lab.name(), lab.pods().len());
             Ok(ExitCode::SUCCESS)
         }
@@ -222,7 +244,7 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 
 fn up(a: UpArgs) -> Result<ExitCode> {
     let cfg = LabConfig {
-        name: a.name.name,
+        name: a.name.name.unwrap_or_else(|| DEFAULT_NAME.to_string()),
         nodes: a.nodes,
         pods: a.pods,
         zones: a.zones,
@@ -267,7 +289,7 @@ fn set(a: SetArgs) -> Result<ExitCode> {
         drop_hints: a.drop_hint,
         restore_hints: a.restore_hints,
     };
-    let mut lab = Lab::open(&a.name.name)?;
+    let mut lab = a.name.open()?;
     lab.set(&ch)?;
     print!("{}", report::lab::service(&lab.status()));
     Ok(ExitCode::SUCCESS)

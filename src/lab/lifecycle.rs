@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 
+use super::ProxyMode;
 use super::rules::PORTS;
 use super::state::{DirLock, State, state_path};
 use super::topology::{
@@ -37,11 +38,43 @@ pub fn require_host() -> Result<()> {
     Ok(())
 }
 
+/// The programs a lab of `mode` runs, and the Debian/Ubuntu package of each.
+fn tools(mode: ProxyMode) -> &'static [(&'static str, &'static str)] {
+    match mode {
+        ProxyMode::Nftables => &[("ip", "iproute2"), ("nft", "nftables")],
+        ProxyMode::Iptables => &[
+            ("ip", "iproute2"),
+            ("iptables-restore", "iptables"),
+            ("iptables-save", "iptables"),
+        ],
+    }
+}
+
+/// Fails in one line naming the packages to install when a program the lab runs is missing.
+fn require_tools(mode: ProxyMode) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = |prog: &str| std::env::split_paths(&path).any(|d| d.join(prog).is_file());
+    let mut missing: Vec<(&str, &str)> = tools(mode).iter().copied().filter(|(p, _)| !found(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let progs: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+    missing.dedup_by_key(|(_, pkg)| *pkg);
+    let pkgs: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
+    bail!(
+        "the lab runs {} and this machine has not got it: install {} (Debian/Ubuntu: apt-get install {})",
+        progs.join(", "),
+        pkgs.join(" and "),
+        pkgs.join(" ")
+    )
+}
+
 impl Lab {
     /// Builds a lab: namespaces, links, routes, kube-proxy rules, pod servers.
     /// On failure everything built so far is removed.
     pub fn up(cfg: &LabConfig) -> Result<Lab> {
         require_host()?;
+        require_tools(cfg.proxy_mode)?;
         validate_name(&cfg.name)?;
         if cfg.nodes == 0 || cfg.nodes > MAX_NODES {
             bail!("--nodes must be 1..={MAX_NODES}");
