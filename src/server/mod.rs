@@ -7,8 +7,11 @@ mod tcp;
 mod udp;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -17,35 +20,79 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::wire::Identity;
 
 /// Most sessions a server counts; requests of further new sessions are answered but not counted
-/// (`stats` then says `received=0`), which bounds the server's memory.
+/// (`stats` then says `received=0`).
 pub const MAX_SESSIONS: usize = 1_000_000;
+/// Most bytes of session names a server keeps, the other bound on new sessions: with
+/// [`MAX_SESSIONS`] and names capped by [`crate::wire::MAX_REQUEST`] it bounds the counters'
+/// memory (measured in the README's numbers).
+pub const MAX_SESSION_BYTES: usize = 32 << 20;
+
+/// Shards of the counters: a request locks one, `/stats` reads one at a time.
+const SHARDS: usize = 256;
+
+type Shard = Mutex<HashMap<Box<str>, u64>>;
 
 /// Per-session received counters: how many `svclb <session> <seq>` requests arrived (TCP and UDP),
 /// reported by `stats <session>` and HTTP `/stats`.
-#[derive(Debug, Default)]
-pub struct SessionCounts(Mutex<HashMap<Box<str>, u64>>);
+pub struct SessionCounts {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    /// Sessions counted (high 32 bits) and the bytes of their names (low 32 bits).
+    kept: AtomicU64,
+}
+
+impl Default for SessionCounts {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            kept: AtomicU64::new(0),
+        }
+    }
+}
 
 impl SessionCounts {
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, HashMap<Box<str>, u64>> {
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shard_of(&self, session: &str) -> usize {
+        (self.hasher.hash_one(session) % SHARDS as u64) as usize
+    }
+
+    /// Makes room for one more session of `len` bytes, if the bounds allow it.
+    fn admit(&self, len: usize) -> bool {
+        self.kept
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |kept| {
+                let (sessions, bytes) = (kept >> 32, kept & u64::from(u32::MAX));
+                (sessions < MAX_SESSIONS as u64 && bytes + len as u64 <= MAX_SESSION_BYTES as u64)
+                    .then_some(kept + (1 << 32) + len as u64)
+            })
+            .is_ok()
+    }
+
     pub fn record(&self, session: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.shard(self.shard_of(session));
         if let Some(n) = map.get_mut(session) {
             *n += 1;
-        } else if map.len() < MAX_SESSIONS {
+        } else if self.admit(session.len()) {
             map.insert(session.into(), 1);
         }
     }
 
     pub fn get(&self, session: &str) -> u64 {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(session).copied().unwrap_or(0)
+        self.shard(self.shard_of(session)).get(session).copied().unwrap_or(0)
     }
 
-    /// Every counted session as `<session> <received>` lines, sorted.
-    pub fn lines(&self) -> String {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<_> = map.iter().collect();
-        rows.sort();
-        rows.iter().map(|(s, n)| format!("{s} {n}\n")).collect()
+    /// The counted sessions of shard `i` as `<session> <received>` lines, in no particular order;
+    /// `None` past the last shard. Read shard by shard, `/stats` holds each lock only briefly.
+    pub fn shard_lines(&self, i: usize) -> Option<String> {
+        let map = self.shards.get(i)?.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(map.keys().map(|s| s.len() + 8).sum());
+        for (session, n) in map.iter() {
+            let _ = writeln!(out, "{session} {n}");
+        }
+        Some(out)
     }
 }
 
@@ -149,5 +196,55 @@ impl Listeners {
                 Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_lines(counts: &SessionCounts) -> Vec<String> {
+        let mut lines: Vec<String> = (0..)
+            .map_while(|i| counts.shard_lines(i))
+            .flat_map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn counts_sessions_and_lists_them_shard_by_shard() {
+        let counts = SessionCounts::default();
+        for s in ["a", "b", "a", "c", "a"] {
+            counts.record(s);
+        }
+        assert_eq!((counts.get("a"), counts.get("b"), counts.get("z")), (3, 1, 0));
+        assert_eq!(all_lines(&counts), ["a 3", "b 1", "c 1"]);
+    }
+
+    #[test]
+    fn session_name_bytes_are_bounded() {
+        let counts = SessionCounts::default();
+        // The longest names a request can carry: `svclb <name> 0` of MAX_REQUEST bytes.
+        let name = |i: usize| format!("{i:08}{}", "n".repeat(crate::wire::MAX_REQUEST - 8 - 8));
+        let fit = MAX_SESSION_BYTES / name(0).len();
+        for i in 0..fit + 10 {
+            counts.record(&name(i));
+        }
+        assert_eq!(counts.get(&name(fit - 1)), 1);
+        assert_eq!(
+            counts.get(&name(fit)),
+            0,
+            "past the byte bound a new session is not counted"
+        );
+        let left = MAX_SESSION_BYTES - fit * name(0).len();
+        let (fits, too_long) = ("f".repeat(left), "t".repeat(left + 1));
+        for s in [&too_long, &fits, &name(0)] {
+            counts.record(s);
+        }
+        assert_eq!(counts.get(&too_long), 0);
+        assert_eq!(counts.get(&fits), 1, "the last bytes are used");
+        assert_eq!(counts.get(&name(0)), 2, "known sessions still count");
+        assert_eq!(all_lines(&counts).len(), fit + 1);
     }
 }

@@ -8,10 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::SessionCounts;
-use crate::wire::{Identity, request, stats_line, stats_request};
-
-/// Longest request line kept; longer input is answered per 256-byte chunk.
-const MAX_LINE: usize = 256;
+use crate::wire::{Identity, MAX_REQUEST, request, stats_line, stats_request};
 
 pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>, counts: Arc<SessionCounts>) -> Result<()> {
     loop {
@@ -28,6 +25,8 @@ pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>, counts
     }
 }
 
+/// Answers the lines of one connection; a line longer than [`MAX_REQUEST`] is answered per
+/// `MAX_REQUEST`-byte piece.
 async fn handle(mut stream: TcpStream, peer: SocketAddr, identity: Arc<Identity>, counts: Arc<SessionCounts>) {
     // Replies are small writes after the greeting: without NODELAY, Nagle holds each one until the
     // client's delayed ACK of the previous (up to 200 ms).
@@ -40,31 +39,31 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, identity: Arc<Identity>
         return;
     }
     let mut buf = Vec::new();
-    let mut chunk = [0u8; MAX_LINE];
+    let mut chunk = [0u8; MAX_REQUEST];
     loop {
         let n = match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        while let Some(pos) = buf
-            .iter()
-            .position(|&b| b == b'\n')
-            .or_else(|| (buf.len() >= MAX_LINE).then(|| buf.len() - 1))
-        {
+        // (end of the line, start of the next): at the newline, or a piece of a long line.
+        while let Some((end, next)) = match buf.iter().take(MAX_REQUEST + 1).position(|&b| b == b'\n') {
+            Some(pos) => Some((pos, pos + 1)),
+            None => (buf.len() > MAX_REQUEST).then_some((MAX_REQUEST, MAX_REQUEST)),
+        } {
             out.clear();
-            if let Some(session) = stats_request(&buf[..pos]) {
+            if let Some(session) = stats_request(&buf[..end]) {
                 out.extend_from_slice(stats_line(&identity.name, session, counts.get(session)).as_bytes());
             } else {
                 out.extend_from_slice(line.as_bytes());
-                if let Some((session, seq)) = request(&buf[..pos]) {
+                if let Some((session, seq)) = request(&buf[..end]) {
                     counts.record(session);
                     out.extend_from_slice(b" seq=");
                     out.extend_from_slice(seq.as_bytes());
                 }
             }
             out.push(b'\n');
-            buf.drain(..=pos);
+            buf.drain(..next);
             if stream.write_all(&out).await.is_err() {
                 return;
             }
