@@ -1,5 +1,5 @@
-//! The test server against hostile and careless peers. Real `serve` processes on their own
-//! 127.0.16.x addresses.
+//! The test server against hostile and careless peers, and where it listens. Real `serve`
+//! processes on their own 127.0.16.x addresses.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -157,4 +157,30 @@ fn zero_byte_datagram_is_answered() {
     let u = udp_client("127.0.16.2");
     let me = u.local_addr().unwrap();
     assert_eq!(ask(&u, s.addr, b""), format!("pod node=n zone=z client={me}\n"));
+}
+
+/// #17.3: HTTP listens on the host of --address (port 8080) unless --http says otherwise, and a
+/// taken port names the flags that fix it.
+#[test]
+fn http_binds_the_host_of_address_and_a_taken_port_names_the_flags() {
+    let s = Serve::start(&["--address", "127.0.16.7:0"]);
+    let http = s.http.expect("HTTP served by default");
+    assert_eq!(http, "127.0.16.7:8080".parse().unwrap());
+    assert!(http_get(http, "/hostname").ends_with("\r\n\r\npod"));
+    // Not on every interface: another loopback address has nothing on 8080.
+    assert!(TcpStream::connect("127.0.16.8:8080").is_err());
+
+    let out = Command::new(BIN)
+        .args(["serve", "--name", "pod2", "--address", "127.0.16.7:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot listen on HTTP 127.0.16.7:8080")
+            && err.contains("--http ADDR")
+            && err.contains("--no-http"),
+        "{err}"
+    );
 }

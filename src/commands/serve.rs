@@ -14,10 +14,11 @@ pub struct ServeArgs {
     /// TCP and UDP address (wire protocol).
     #[arg(long, default_value = "[::]:5001", value_name = "ADDR")]
     pub address: SocketAddr,
-    /// HTTP address (`/`, `/hostname`, `/clientip`, `/bytes?n=N`).
-    #[arg(long, default_value = "[::]:8080", value_name = "ADDR")]
-    pub http: SocketAddr,
-    /// Do not serve HTTP.
+    /// HTTP address (`/`, `/hostname`, `/clientip`, `/stats`, `/bytes?n=N`) [default: the host of
+    /// --address, port 8080].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Do not serve HTTP (whatever --http says).
     #[arg(long)]
     pub no_http: bool,
     /// Backend identity (default: env POD_NAME, else the hostname).
@@ -46,7 +47,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let pick = |v: Option<String>| v.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| host.clone());
     let cfg = ServeConfig {
         address: args.address,
-        http: (!args.no_http).then_some(args.http),
+        http: (!args.no_http).then(|| args.http.unwrap_or(SocketAddr::new(args.address.ip(), 8080))),
         identity: Identity {
             name: pick(args.name),
             node: pick(args.node),

@@ -144,22 +144,31 @@ fn bind_socket(addr: SocketAddr, ty: Type) -> std::io::Result<Socket> {
     }
 }
 
-fn tcp_listener(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    let socket = bind_socket(addr, Type::STREAM).with_context(|| format!("cannot listen on TCP {addr}"))?;
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = bind_socket(addr, Type::STREAM)?;
     // A deep backlog: storms open thousands of connections at once.
     socket.listen(8192)?;
-    Ok(tokio::net::TcpListener::from_std(socket.into())?)
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 impl Listeners {
     /// Binds every socket of `cfg`. Must be called inside a tokio runtime.
     pub fn bind(cfg: &ServeConfig) -> Result<Self> {
-        let tcp = tcp_listener(cfg.address)?;
+        let tcp = tcp_listener(cfg.address).with_context(|| format!("cannot listen on TCP {}", cfg.address))?;
         // The UDP socket binds the port TCP got, so `--address 127.0.0.1:0` works for both.
         let udp_addr = tcp.local_addr()?;
         let udp = bind_socket(udp_addr, Type::DGRAM).with_context(|| format!("cannot listen on UDP {udp_addr}"))?;
         let udp = tokio::net::UdpSocket::from_std(udp.into())?;
-        let http = cfg.http.map(tcp_listener).transpose()?;
+        let http = cfg
+            .http
+            .map(|addr| {
+                tcp_listener(addr).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on HTTP {addr}: {e}; pick another address with --http ADDR, or serve no HTTP with --no-http"
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Self {
             tcp,
             udp,
