@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::SessionCounts;
+use super::conns::Conns;
 use crate::wire::{Identity, canonical};
 
 /// Largest `/bytes` response: 16 GiB is plenty for transfer tests and bounds a typo.
@@ -24,29 +25,32 @@ const MAX_BYTES: u64 = 16 << 30;
 const CHUNK: usize = 64 * 1024;
 static ZEROS: [u8; CHUNK] = [b'x'; CHUNK];
 
-pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>, counts: Arc<SessionCounts>) -> Result<()> {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                eprintln!("svclb serve: http accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let identity = identity.clone();
-        let counts = counts.clone();
-        tokio::spawn(async move {
+pub(super) async fn serve(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    counts: Arc<SessionCounts>,
+    conns: Arc<Conns>,
+) -> Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Without a timer hyper enforces no header timeout: a slowloris client would hold its slot.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(conns.limits().header_timeout);
+    conns
+        .accept(&listener, "http", |stream, peer, slot| {
+            let identity = identity.clone();
+            let counts = counts.clone();
             let service = hyper::service::service_fn(move |req| {
                 let identity = identity.clone();
                 let counts = counts.clone();
                 async move { Ok::<_, Infallible>(route(&req, &identity, &counts, canonical(peer))) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+            let conn = http.serve_connection(TokioIo::new(slot.track(stream)), service);
+            tokio::spawn(slot.run(async {
+                let _ = conn.await;
+            }));
+        })
+        .await;
+    Ok(())
 }
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;

@@ -2,6 +2,7 @@
 //!
 //! TCP and UDP on one port, HTTP on another, all replying per the wire protocol (see [`crate::wire`]).
 
+mod conns;
 mod http;
 mod tcp;
 mod udp;
@@ -16,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
+
+pub use conns::Limits;
 
 use crate::wire::Identity;
 
@@ -114,6 +117,7 @@ pub struct Listeners {
     http: Option<tokio::net::TcpListener>,
     identity: Arc<Identity>,
     counts: Arc<SessionCounts>,
+    limits: Limits,
 }
 
 /// Binds `[::]:port` dual-stack, falling back to `0.0.0.0:port` where IPv6 is unavailable
@@ -175,7 +179,13 @@ impl Listeners {
             http,
             identity: Arc::new(cfg.identity.clone()),
             counts: Arc::default(),
+            limits: Limits::default(),
         })
+    }
+
+    /// Serves with `limits` instead of [`Limits::default`].
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self { limits, ..self }
     }
 
     /// The TCP (and UDP) address actually bound.
@@ -191,11 +201,18 @@ impl Listeners {
     /// Serves until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let udp = udp::UdpServer::new(self.udp, self.identity.clone(), self.counts.clone())?;
+        // TCP and HTTP share one cap: both spend the process's descriptors.
+        let conns = conns::Conns::new(self.limits);
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(tcp::serve(self.tcp, self.identity.clone(), self.counts.clone()));
+        tasks.spawn(tcp::serve(
+            self.tcp,
+            self.identity.clone(),
+            self.counts.clone(),
+            conns.clone(),
+        ));
         tasks.spawn(udp.serve());
         if let Some(http) = self.http {
-            tasks.spawn(http::serve(http, self.identity.clone(), self.counts.clone()));
+            tasks.spawn(http::serve(http, self.identity.clone(), self.counts.clone(), conns));
         }
         tokio::select! {
             () = shutdown => Ok(()),

@@ -4,33 +4,39 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Result;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use super::SessionCounts;
+use super::conns::Conns;
 use crate::wire::{Identity, MAX_REQUEST, request, stats_line, stats_request};
 
-pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>, counts: Arc<SessionCounts>) -> Result<()> {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer, identity.clone(), counts.clone()));
-            }
-            // Out of file descriptors or a transient error: keep serving the others.
-            Err(e) => {
-                eprintln!("svclb serve: accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    }
+pub(super) async fn serve(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    counts: Arc<SessionCounts>,
+    conns: Arc<Conns>,
+) -> Result<()> {
+    conns
+        .accept(&listener, "tcp", |stream, peer, slot| {
+            // Replies are small writes after the greeting: without NODELAY, Nagle holds each one
+            // until the client's delayed ACK of the previous (up to 200 ms).
+            let _ = stream.set_nodelay(true);
+            let stream = slot.track(stream);
+            tokio::spawn(slot.run(handle(stream, peer, identity.clone(), counts.clone())));
+        })
+        .await;
+    Ok(())
 }
 
 /// Answers the lines of one connection; a line longer than [`MAX_REQUEST`] is answered per
 /// `MAX_REQUEST`-byte piece.
-async fn handle(mut stream: TcpStream, peer: SocketAddr, identity: Arc<Identity>, counts: Arc<SessionCounts>) {
-    // Replies are small writes after the greeting: without NODELAY, Nagle holds each one until the
-    // client's delayed ACK of the previous (up to 200 ms).
-    let _ = stream.set_nodelay(true);
+async fn handle(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    peer: SocketAddr,
+    identity: Arc<Identity>,
+    counts: Arc<SessionCounts>,
+) {
     let line = identity.line(peer);
     let mut out = Vec::with_capacity(line.len() + 32);
     out.extend_from_slice(line.as_bytes());
