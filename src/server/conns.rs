@@ -4,7 +4,7 @@
 //! At the cap a new connection is still accepted and answered: the least recently active open
 //! connection is closed for it, so a storm always finds a slot even when idle peers hold all of
 //! them. A connection is active when bytes move either way; one that moved nothing for the idle
-//! timeout is closed. Accept errors (out of descriptors, buffers, memory) pause accepting briefly and
+//! timeout is closed (by one task that looks four times per timeout). Accept errors (out of descriptors, buffers, memory) pause accepting briefly and
 //! are logged at most once a second.
 
 use std::collections::HashMap;
@@ -23,7 +23,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 /// Limits on TCP and HTTP connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// A connection that moves no byte either way for this long is closed; `None` = never.
+    /// A connection that moves no byte either way for this long is closed (at most a quarter of it
+    /// later); `None` = never.
     pub idle_timeout: Option<Duration>,
     /// An HTTP request's headers must arrive within this; `None` = no limit.
     pub header_timeout: Option<Duration>,
@@ -93,20 +94,6 @@ impl Conn {
     fn last(&self) -> u64 {
         self.last.load(Ordering::Relaxed)
     }
-
-    /// Completes when nothing moved for `idle`.
-    async fn idle(&self, idle: Option<Duration>) {
-        let Some(idle) = idle else {
-            return std::future::pending().await;
-        };
-        loop {
-            let deadline = self.epoch + Duration::from_millis(self.last()) + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
 }
 
 /// A connection's place among the open ones, given up when dropped.
@@ -131,13 +118,12 @@ impl Slot {
         }
     }
 
-    /// Runs `conn` (the connection's whole life) until it ends, the connection is closed for a new
-    /// one at the cap, or it is idle too long.
+    /// Runs `conn` (the connection's whole life) until it ends or the connection is closed (for a
+    /// new one at the cap, or idle).
     pub(super) async fn run(self, conn: impl Future<Output = ()>) {
         tokio::select! {
             () = conn => {}
             () = self.conn.evicted.notified() => {}
-            () = self.conn.idle(self.conns.limits.idle_timeout) => {}
         }
     }
 }
@@ -190,6 +176,27 @@ impl Conns {
             conns: self.clone(),
             conn,
             _permit: permit,
+        }
+    }
+
+    /// Closes the connections that moved nothing for `idle`, looking four times per `idle`: one
+    /// task for all of them keeps timers off the path of every connection.
+    pub(super) async fn close_idle(self: Arc<Self>, idle: Duration) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(cutoff) = self.epoch.elapsed().checked_sub(idle) else {
+                continue;
+            };
+            let cutoff = cutoff.as_millis() as u64;
+            self.lock().conns.retain(|_, conn| {
+                let keep = conn.last() > cutoff;
+                if !keep {
+                    conn.evicted.notify_one();
+                }
+                keep
+            });
         }
     }
 

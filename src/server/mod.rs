@@ -211,6 +211,9 @@ impl Listeners {
             conns.clone(),
         ));
         tasks.spawn(udp.serve());
+        if let Some(idle) = self.limits.idle_timeout {
+            tasks.spawn(conns.clone().close_idle(idle));
+        }
         if let Some(http) = self.http {
             tasks.spawn(http::serve(http, self.identity.clone(), self.counts.clone(), conns));
         }
