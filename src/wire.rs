@@ -7,6 +7,11 @@
 
 use std::net::SocketAddr;
 
+/// Longest request a server reads as one: a TCP line without its newline, or a UDP datagram
+/// without trailing whitespace. A longer one is not a request (not counted, not a `stats` query):
+/// this caps a session name below 256 bytes and so bounds what a server keeps per session.
+pub const MAX_REQUEST: usize = 256;
+
 /// Who a server says it is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {
@@ -33,9 +38,15 @@ impl Identity {
     }
 }
 
+/// The request's text without trailing whitespace, if it is text of at most [`MAX_REQUEST`] bytes.
+fn request_text(request: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(request).ok()?.trim_end();
+    (text.len() <= MAX_REQUEST).then_some(text)
+}
+
 /// A request `svclb <session> <seq>`: returns the session and the sequence token to echo.
 pub fn request(request: &[u8]) -> Option<(&str, &str)> {
-    let text = std::str::from_utf8(request).ok()?.trim_end();
+    let text = request_text(request)?;
     let mut parts = text.split_ascii_whitespace();
     if parts.next()? != "svclb" {
         return None;
@@ -48,7 +59,7 @@ pub fn request(request: &[u8]) -> Option<(&str, &str)> {
 /// A request `stats <session>`: how many `svclb <session> <seq>` requests this server received.
 /// The reply is `<pod-name> session=<session> received=<n>`.
 pub fn stats_request(request: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(request).ok()?.trim_end();
+    let text = request_text(request)?;
     let mut parts = text.split_ascii_whitespace();
     if parts.next()? != "stats" {
         return None;
@@ -138,5 +149,17 @@ mod tests {
         assert_eq!(stats_request(b"stats s1\n"), Some("s1"));
         assert_eq!(stats_request(b"stats"), None);
         assert_eq!(stats_request(b"stats s1 2"), None);
+    }
+
+    #[test]
+    fn requests_longer_than_the_cap_are_not_requests() {
+        let longest = format!("svclb {} 7", "n".repeat(MAX_REQUEST - 8));
+        assert_eq!(longest.len(), MAX_REQUEST);
+        assert!(request(format!("{longest}\r\n").as_bytes()).is_some());
+        let over = format!("svclb {} 7", "n".repeat(MAX_REQUEST - 7));
+        assert_eq!(request(over.as_bytes()), None);
+        let stats = format!("stats {}", "n".repeat(MAX_REQUEST - 5));
+        assert_eq!(stats_request(stats.as_bytes()), None);
+        assert!(stats_request(&stats.as_bytes()[..MAX_REQUEST]).is_some());
     }
 }

@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::server::{Listeners, ServeConfig};
+use crate::server::{Limits, Listeners, ServeConfig};
 use crate::wire::Identity;
 
 #[derive(Debug, Args)]
@@ -14,12 +15,23 @@ pub struct ServeArgs {
     /// TCP and UDP address (wire protocol).
     #[arg(long, default_value = "[::]:5001", value_name = "ADDR")]
     pub address: SocketAddr,
-    /// HTTP address (`/`, `/hostname`, `/clientip`, `/bytes?n=N`).
-    #[arg(long, default_value = "[::]:8080", value_name = "ADDR")]
-    pub http: SocketAddr,
-    /// Do not serve HTTP.
+    /// HTTP address (`/`, `/hostname`, `/clientip`, `/stats`, `/bytes?n=N`) [default: the host of
+    /// --address, port 8080].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Do not serve HTTP (whatever --http says).
     #[arg(long)]
     pub no_http: bool,
+    /// Close a TCP or HTTP connection that moved no byte either way for this long; 0 = never.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = timeout)]
+    pub idle_timeout: Duration,
+    /// Close an HTTP connection whose request headers took longer than this; 0 = never.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = timeout)]
+    pub header_timeout: Duration,
+    /// Most open TCP and HTTP connections; at the cap the least recently active one is closed for
+    /// each new one [default: the open-file limit less 256, at least half of it].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: Option<u64>,
     /// Backend identity (default: env POD_NAME, else the hostname).
     #[arg(long, env = "POD_NAME")]
     pub name: Option<String>,
@@ -34,6 +46,15 @@ pub struct ServeArgs {
     pub workers: usize,
 }
 
+/// A duration flag where `0` (without a unit) means never.
+fn timeout(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        super::parse_duration(s)
+    }
+}
+
 fn hostname() -> String {
     Some(crate::host::uname().0)
         .filter(|s| !s.is_empty())
@@ -44,9 +65,22 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     crate::run::raise_nofile();
     let host = hostname();
     let pick = |v: Option<String>| v.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| host.clone());
+    let most = Limits::default_max_conns();
+    let max_conns = match args.max_conns {
+        None => most,
+        Some(n) if n <= most as u64 => n as usize,
+        Some(n) => anyhow::bail!(
+            "--max-conns {n}: the open-file limit allows at most {most}; raise it (ulimit -n) or ask for fewer"
+        ),
+    };
+    let limits = Limits {
+        idle_timeout: Some(args.idle_timeout).filter(|d| !d.is_zero()),
+        header_timeout: Some(args.header_timeout).filter(|d| !d.is_zero()),
+        max_conns,
+    };
     let cfg = ServeConfig {
         address: args.address,
-        http: (!args.no_http).then_some(args.http),
+        http: (!args.no_http).then(|| args.http.unwrap_or(SocketAddr::new(args.address.ip(), 8080))),
         identity: Identity {
             name: pick(args.name),
             node: pick(args.node),
@@ -65,7 +99,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }
     }
     crate::run::runtime(args.workers)?.block_on(async {
-        let listeners = Listeners::bind(&cfg)?;
+        let listeners = Listeners::bind(&cfg)?.with_limits(limits);
         match listeners.http_address() {
             Some(h) => eprintln!(
                 "svclb serve: {} on tcp+udp {}, http {h}",

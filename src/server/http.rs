@@ -1,6 +1,6 @@
 //! HTTP (hyper): `/` the identity line, `/hostname` and `/clientip` as agnhost netexec,
 //! `/bytes?n=N` N bytes streamed (for transfer and cost tests), `/stats` the per-session received
-//! counters as `<session> <received>` lines.
+//! counters as `<session> <received>` lines, streamed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::SessionCounts;
+use super::conns::Conns;
 use crate::wire::{Identity, canonical};
 
 /// Largest `/bytes` response: 16 GiB is plenty for transfer tests and bounds a typo.
@@ -24,29 +25,32 @@ const MAX_BYTES: u64 = 16 << 30;
 const CHUNK: usize = 64 * 1024;
 static ZEROS: [u8; CHUNK] = [b'x'; CHUNK];
 
-pub(super) async fn serve(listener: TcpListener, identity: Arc<Identity>, counts: Arc<SessionCounts>) -> Result<()> {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                eprintln!("svclb serve: http accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let identity = identity.clone();
-        let counts = counts.clone();
-        tokio::spawn(async move {
+pub(super) async fn serve(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    counts: Arc<SessionCounts>,
+    conns: Arc<Conns>,
+) -> Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Without a timer hyper enforces no header timeout: a slowloris client would hold its slot.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(conns.limits().header_timeout);
+    conns
+        .accept(&listener, "http", |stream, peer, slot| {
+            let identity = identity.clone();
+            let counts = counts.clone();
             let service = hyper::service::service_fn(move |req| {
                 let identity = identity.clone();
                 let counts = counts.clone();
                 async move { Ok::<_, Infallible>(route(&req, &identity, &counts, canonical(peer))) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+            let conn = http.serve_connection(TokioIo::new(slot.track(stream)), service);
+            tokio::spawn(slot.run(async {
+                let _ = conn.await;
+            }));
+        })
+        .await;
+    Ok(())
 }
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
@@ -59,12 +63,20 @@ fn text(status: StatusCode, body: String) -> Reply {
         .expect("static response parts are valid")
 }
 
-fn route(req: &Request<hyper::body::Incoming>, identity: &Identity, counts: &SessionCounts, peer: SocketAddr) -> Reply {
+fn route(
+    req: &Request<hyper::body::Incoming>,
+    identity: &Identity,
+    counts: &Arc<SessionCounts>,
+    peer: SocketAddr,
+) -> Reply {
     match req.uri().path() {
         "/" => text(StatusCode::OK, format!("{}\n", identity.line(peer))),
         "/hostname" => text(StatusCode::OK, identity.name.clone()),
         "/clientip" => text(StatusCode::OK, peer.to_string()),
-        "/stats" => text(StatusCode::OK, counts.lines()),
+        "/stats" => Response::builder()
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Stats::new(counts.clone()).boxed())
+            .expect("static response parts are valid"),
         "/bytes" => match bytes_param(req.uri().query()) {
             Ok(n) => Response::builder()
                 .header("content-type", "application/octet-stream")
@@ -117,6 +129,46 @@ impl Body for Zeros {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// The `/stats` body, one frame per shard of the counters: each lock is held while one shard is
+/// written, never while the whole list is built or sent, and the connection's task yields after
+/// every frame (hyper would otherwise write frames back to back while the client keeps up), so
+/// replies to requests go on meanwhile.
+struct Stats {
+    counts: Arc<SessionCounts>,
+    shard: usize,
+    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+}
+
+impl Stats {
+    fn new(counts: Arc<SessionCounts>) -> Self {
+        Self {
+            counts,
+            shard: 0,
+            yielding: None,
+        }
+    }
+}
+
+impl Body for Stats {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(yielding) = self.yielding.as_mut() {
+            std::task::ready!(yielding.as_mut().poll(cx));
+            self.yielding = None;
+        }
+        while let Some(lines) = self.counts.shard_lines(self.shard) {
+            self.shard += 1;
+            if !lines.is_empty() {
+                self.yielding = Some(Box::pin(tokio::task::yield_now()));
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(lines)))));
+            }
+        }
+        Poll::Ready(None)
     }
 }
 

@@ -53,7 +53,8 @@ impl UdpServer {
             for (i, m) in meta.iter().take(count).enumerate() {
                 let buf = &storage[i * BUF_SIZE..i * BUF_SIZE + m.len];
                 let stride = m.stride.max(1);
-                for datagram in buf.chunks(stride) {
+                // A 0-byte datagram is a datagram too: it gets the line.
+                for datagram in buf.chunks(stride).chain(buf.is_empty().then_some(buf)) {
                     self.build_reply(datagram, m, &mut reply);
                     let transmit = Transmit {
                         destination: m.addr,
