@@ -25,7 +25,11 @@ pub mod spread;
 pub use interrupt::Interrupt;
 pub use save::SaveTo;
 
-use crate::backend::{From, Meta};
+use std::net::SocketAddr;
+
+use crate::backend::{From, Meta, Path, Source};
+use crate::record::{Environment, TargetInfo};
+use crate::storm::Proto;
 
 /// A record's `target.mode`, the same for every run: `address`, `lab`, or on a cluster where the
 /// agents ran, `pod` or `host`.
@@ -35,6 +39,42 @@ pub fn mode(meta: &Meta, from: &From) -> String {
         ("cluster", From::Pods { .. }) => "pod".into(),
         (m, _) => m.into(),
     }
+}
+
+/// Where a run went, as its record says: the address (with the path, for a Service), the mode,
+/// the Service, where the agents ran (none for a bare address), the lab.
+pub fn target_info(
+    meta: &Meta,
+    address: SocketAddr,
+    from: &From,
+    path: &Path,
+    protocol: Proto,
+    sources: &[Source],
+) -> TargetInfo {
+    let address_only = meta.mode == "address";
+    TargetInfo {
+        address: if address_only {
+            address.to_string()
+        } else {
+            format!("{address} ({})", path.describe())
+        },
+        mode: mode(meta, from),
+        protocol,
+        service: meta.service.clone(),
+        source: match sources {
+            _ if address_only => None,
+            [one] => Some(one.name.clone()),
+            many => Some(format!("per-node ({} pods)", many.len())),
+        },
+        lab: meta.name.clone(),
+    }
+}
+
+/// What the backend knows of its environment (proxy mode, context, server version), into a record's.
+pub fn environment(env: &mut Environment, meta: Meta) {
+    env.proxy_mode = meta.proxy_mode;
+    env.context = meta.context;
+    env.server_version = meta.server_version;
 }
 
 /// A multi-threaded tokio runtime with `workers` threads (0 = one per CPU; 1 = current thread).

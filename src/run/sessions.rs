@@ -7,12 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::agents::{AgentSet, check, no_result};
-use super::{Interrupt, SaveTo, mode};
+use super::{Interrupt, SaveTo, environment, target_info};
 use crate::affinity::judge::{Finished, Judge, build_record};
 use crate::affinity::{self, Done};
 use crate::agent::{Output, Request, SessionsRequest};
 use crate::backend::{Backend, From, Path};
-use crate::record::{AffinityParams, AffinityRun, TargetInfo};
+use crate::record::{AffinityParams, AffinityRun};
 use crate::report::live::Live;
 
 /// What an affinity run does.
@@ -119,18 +119,7 @@ pub async fn run<B: Backend>(
     }
     let last = agents.finish().await;
     let done = done.ok_or_else(|| no_result(&source, &last[0]))?;
-    let target = TargetInfo {
-        address: if address_only {
-            plan.address.to_string()
-        } else {
-            format!("{} ({})", plan.address, job.path.describe())
-        },
-        mode: mode(&meta, &job.from),
-        protocol: job.config.proto,
-        service: meta.service.clone(),
-        source: (!address_only).then(|| source.name.clone()),
-        lab: meta.name.clone(),
-    };
+    let target = target_info(&meta, plan.address, &job.from, &job.path, job.config.proto, &[source]);
     let mut record = build_record(Finished {
         tag: job.save.tag("affinity", started_at),
         started_at,
@@ -140,9 +129,7 @@ pub async fn run<B: Backend>(
         judge,
         interrupted,
     });
-    record.environment.proxy_mode = meta.proxy_mode;
-    record.environment.context = meta.context;
-    record.environment.server_version = meta.server_version;
+    environment(&mut record.environment, meta);
     Ok(record)
 }
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::agents::{AgentSet, check, no_result};
-use super::{Interrupt, SaveTo, mode};
+use super::{Interrupt, SaveTo, environment, target_info};
 use crate::agent::{self, Output, Request, StormResult};
 use crate::backend::{Backend, From, Path};
-use crate::record::{SourceRun, SpreadRun, TargetInfo};
+use crate::record::{SourceRun, SpreadRun};
 use crate::spread::{KnownBackend, build_record};
 use crate::stats::Criteria;
 use crate::storm::StormConfig;
@@ -151,23 +151,7 @@ pub async fn run<B: Backend>(backend: &B, job: &SpreadJob, interrupt: &Interrupt
             zone: e.zone.clone(),
         })
         .collect();
-    let address_only = meta.mode == "address";
-    let info = TargetInfo {
-        address: if address_only {
-            plan.address.to_string()
-        } else {
-            format!("{} ({})", plan.address, job.path.describe())
-        },
-        mode: mode(&meta, &job.from),
-        protocol: job.storm.proto,
-        service: meta.service.clone(),
-        source: match sources.as_slice() {
-            _ if address_only => None,
-            [one] => Some(one.name.clone()),
-            many => Some(format!("per-node ({} pods)", many.len())),
-        },
-        lab: meta.name.clone(),
-    };
+    let info = target_info(&meta, plan.address, &job.from, &job.path, job.storm.proto, &sources);
     let mut params = job.params();
     params.conns *= sources.len() as u64;
     let mut record = build_record(
@@ -193,9 +177,7 @@ pub async fn run<B: Backend>(backend: &B, job: &SpreadJob, interrupt: &Interrupt
             })
             .collect();
     }
-    record.environment.proxy_mode = meta.proxy_mode;
-    record.environment.context = meta.context;
-    record.environment.server_version = meta.server_version;
+    environment(&mut record.environment, meta);
     Ok(record)
 }
 
