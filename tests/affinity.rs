@@ -404,15 +404,7 @@ fn ctrl_c_saves_a_partial_record_says_interrupted_and_exits_130() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("INTERRUPTED: after "), "{report}");
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("cut.json")).unwrap()).unwrap();
-    assert_eq!(saved["stopped"], "interrupted");
+    let saved = common::interrupt(child, std::time::Duration::from_millis(1500), dir.path(), "cut");
     assert!(saved["sent"].as_u64().unwrap() >= 20, "{}", saved["sent"]);
     assert_eq!(saved["sent"], saved["answered"]);
 }

@@ -159,16 +159,7 @@ fn lab_spread_interrupt_saves_partial_record_and_removes_the_lab() {
         assert!(t0.elapsed() < Duration::from_secs(60), "the storm agent never started");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    // One rule for every command: exit 130, the verdict line says INTERRUPTED.
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("INTERRUPTED: after "), "{report}");
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(saves.path().join("cut.json")).unwrap()).unwrap();
-    assert_eq!(saved["stopped"], "interrupted");
+    let saved = common::interrupt(child, Duration::from_millis(1500), saves.path(), "cut");
     let ok = saved["ok"].as_u64().unwrap();
     assert!(ok > 0 && ok < 1_000_000, "partial: {ok}");
     assert_eq!(counts(&saved).len(), 100, "known pods listed, zeros included");

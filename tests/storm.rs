@@ -343,16 +343,7 @@ fn interrupt_saves_partial_record() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    // One rule for every command: exit 130, the verdict line says INTERRUPTED.
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("INTERRUPTED: after "), "{report}");
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("partial.json")).unwrap()).unwrap();
-    assert_eq!(saved["stopped"], "interrupted");
+    let saved = common::interrupt(child, Duration::from_millis(1500), dir.path(), "partial");
     let ok = saved["ok"].as_u64().unwrap();
     assert!(ok > 100 && ok < 100_000, "partial run: {ok}");
     assert_eq!(saved["conns"], saved["ok"]);

@@ -161,3 +161,20 @@ impl Drop for LabGuard {
         }
     }
 }
+
+/// Sends SIGINT to a run after `after`, waits for it, and checks what every interrupted run does
+/// (exit 130, the verdict line says INTERRUPTED, the partial record saved as `<dir>/<tag>.json` and
+/// marked interrupted). Returns the saved record.
+pub fn interrupt(child: std::process::Child, after: std::time::Duration, dir: &Path, tag: &str) -> serde_json::Value {
+    std::thread::sleep(after);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("INTERRUPTED: after "), "{report}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{tag}.json"))).unwrap()).unwrap();
+    assert_eq!(saved["stopped"], "interrupted");
+    saved
+}
