@@ -163,6 +163,8 @@ fn lab_affinity_delete_pod_moves_only_its_sessions_and_loss_is_exact_udp() {
 
 fn delete_pod_moves_only_its_sessions(proto: &str, tag: &str) {
     let lab = LabGuard::up(tag, &["--nodes", "3", "--pods", "6", "--affinity", "none"]);
+    // 60 sessions over 6 pods: none on pod-002 has a chance of (5/6)^60 = 2e-5 (with 30 it was
+    // 0.4%, and a CI run saw it).
     let child = Command::new(common::BIN)
         .args([
             "affinity",
@@ -170,7 +172,7 @@ fn delete_pod_moves_only_its_sessions(proto: &str, tag: &str) {
             "--lab",
             &lab.name,
             "--sessions",
-            "30",
+            "60",
             "--interval",
             "200ms",
             "--timeout",
