@@ -67,6 +67,10 @@ pub struct ServiceOptions {
     pub external_traffic_policy: TrafficPolicy,
     pub internal_traffic_policy: TrafficPolicy,
     pub traffic_distribution: Option<TrafficDistribution>,
+    /// `spec.loadBalancerSourceRanges`: client CIDRs allowed to reach the LoadBalancer IP (all
+    /// when empty). kube-proxy filters only the LoadBalancer IPs by it, never NodePorts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 /// Kubernetes' default `timeoutSeconds` for ClientIP affinity (3 hours), and its maximum (1 day).
@@ -81,6 +85,7 @@ impl Default for ServiceOptions {
             external_traffic_policy: TrafficPolicy::Cluster,
             internal_traffic_policy: TrafficPolicy::Cluster,
             traffic_distribution: None,
+            source_ranges: Vec::new(),
         }
     }
 }

@@ -131,6 +131,8 @@ fn small(nodes: usize, pods: usize, mode: ProxyMode) -> LabConfig {
 struct Storm {
     ok: u64,
     failed: u64,
+    refused: u64,
+    timeout: u64,
     backends: BTreeMap<String, u64>,
     verdict: String,
     p_value: Option<f64>,
@@ -187,6 +189,8 @@ fn spread_parallel(lab: &Lab, who: &str, addr: &str, conns: u64, parallel: usize
     Storm {
         ok: v["ok"].as_u64().expect("ok"),
         failed: v["failed"]["total"].as_u64().expect("failed"),
+        refused: v["failed"]["refused"].as_u64().expect("refused"),
+        timeout: v["failed"]["timeout"].as_u64().expect("timeout"),
         backends,
         verdict: v["stats"]["verdict"].as_str().expect("verdict").to_string(),
         p_value: v["stats"]["p_value"].as_f64(),
@@ -467,6 +471,114 @@ fn lab_iptables_internal_traffic_policy_local() {
     }
 }
 
+/// kube-proxy's external chain (pkg/proxy/{nftables,iptables}/proxier.go): with eTP Local, traffic
+/// from a pod or the node itself to a NodePort or the LB IP is short-circuited to the *cluster*
+/// endpoints, also when iTP is Local and also on a node without local endpoints; only traffic from
+/// outside is kept local (and dropped where there is no local endpoint).
+fn external_short_circuit(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        options: ServiceOptions {
+            external_traffic_policy: TrafficPolicy::Local,
+            internal_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
+        ..small(3, 4, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let lab = t.lab();
+    lab.delete_pod("pod-003").expect("empty node3");
+    let all = all_pods(lab);
+    // node1 (pod-001, pod-004): a pod and the node itself reach every endpoint via the LB IP
+    // and the node's own NodePort.
+    let s = spread(lab, "pod-001", "172.30.0.10:5001", 300, false);
+    assert_plausible(&s, &all);
+    let s = spread(lab, "node1", "172.31.0.11:30001", 300, false);
+    assert_plausible(&s, &all);
+    // node3 has no local endpoint and still delivers its own and its pods' traffic.
+    let s = spread(lab, "node3", "172.31.0.13:30001", 300, false);
+    assert_plausible(&s, &all);
+    let s = spread(lab, "node3", "172.30.0.10:5001", 300, false);
+    assert_plausible(&s, &all);
+    // From outside: node1 keeps it local, node3 drops it (time-outs, not refusals).
+    let s = spread(lab, "client", "172.31.0.11:30001", 200, false);
+    assert_plausible(&s, &pods_on(lab, "node1"));
+    let s = spread(lab, "client", "172.31.0.13:30001", 10, false);
+    assert_eq!((s.ok, s.timeout), (0, 10), "{s:?}");
+    // iTP Local: node3's ClusterIP traffic is dropped.
+    let s = spread(lab, "node3", "10.96.0.10:5001", 10, false);
+    assert_eq!((s.ok, s.timeout), (0, 10), "{s:?}");
+    // NodePorts on localhost: iptables mode serves them (route_localnet=1), nftables does not.
+    let s = spread(lab, "node1", "127.0.0.1:30001", 100, false);
+    match mode {
+        ProxyMode::Iptables => assert_plausible(&s, &all),
+        ProxyMode::Nftables => assert_eq!((s.ok, s.refused), (0, 100), "{s:?}"),
+    }
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_external_short_circuit() {
+    if is_root() {
+        external_short_circuit(ProxyMode::Nftables, "nftsc");
+    }
+}
+
+#[test]
+fn lab_iptables_external_short_circuit() {
+    if is_root() {
+        external_short_circuit(ProxyMode::Iptables, "iptsc");
+    }
+}
+
+/// The v1.34 nftables layout is what the kernel has, and loadBalancerSourceRanges filter the LB IP
+/// (not the NodePorts) in both modes.
+fn source_ranges(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        options: ServiceOptions {
+            source_ranges: vec!["203.0.113.0/24".parse().unwrap()],
+            ..ServiceOptions::default()
+        },
+        ..small(2, 2, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let lab = t.lab();
+    if mode == ProxyMode::Nftables {
+        let rules = lab.rules("node1").expect("rules");
+        for chain in ["filter-prerouting-pre-dnat", "filter-output-pre-dnat", "firewall-check"] {
+            assert!(rules.contains(&format!("chain {chain} {{")), "{chain}: {rules}");
+        }
+        assert!(rules.contains("hook input priority filter"), "{rules}");
+        assert!(!rules.contains("filter-output-post-dnat"), "{rules}");
+    }
+    // The client (172.31.0.2) is outside the range: the LB IP drops it, the NodePort does not.
+    let s = spread(lab, "client", "172.30.0.10:5001", 10, false);
+    assert_eq!((s.ok, s.timeout), (0, 10), "{s:?}");
+    let s = spread(lab, "client", "172.31.0.11:30001", 100, false);
+    assert_plausible(&s, &all_pods(lab));
+    lab.set(&LabChanges {
+        source_ranges: Some(vec!["172.31.0.2/32".parse().unwrap()]),
+        ..Default::default()
+    })
+    .expect("set");
+    let s = spread(lab, "client", "172.30.0.10:5001", 100, false);
+    assert_plausible(&s, &all_pods(lab));
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_source_ranges() {
+    if is_root() {
+        source_ranges(ProxyMode::Nftables, "nftsr");
+    }
+}
+
+#[test]
+fn lab_iptables_source_ranges() {
+    if is_root() {
+        source_ranges(ProxyMode::Iptables, "iptsr");
+    }
+}
+
 fn prefer_close(mode: ProxyMode, base: &str) {
     let cfg = LabConfig {
         options: ServiceOptions {
@@ -480,7 +592,7 @@ fn prefer_close(mode: ProxyMode, base: &str) {
     let zone_a = pods_in_zone(lab, "zone-a");
     assert_eq!(zone_a.len(), 3);
     let expected: Vec<String> = lab
-        .endpoints("node1", false)
+        .endpoints("node1", lab::Reach::ClusterIp)
         .unwrap()
         .iter()
         .map(|p| p.name.clone())
@@ -547,7 +659,7 @@ fn prefer_same_node(mode: ProxyMode, base: &str) {
             .collect()
     };
     let chosen = |node: &str| -> Vec<String> {
-        lab.endpoints(node, false)
+        lab.endpoints(node, lab::Reach::ClusterIp)
             .unwrap()
             .iter()
             .map(|p| p.name.clone())

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, local_stream, union};
 use crate::agent::{self, Request};
-use crate::lab::{Lab, Pod};
+use crate::lab::{Lab, Pod, Reach};
 use crate::storm::Proto;
 
 /// A lab backend over an open lab.
@@ -38,11 +38,11 @@ impl LabBackend {
         }
     }
 
-    /// The endpoints the kube-proxy of `node` picks: internal (ClusterIP) or external (nodePort, LB).
-    fn selected(&self, node: &str, external: bool) -> Result<Vec<Endpoint>> {
+    /// The endpoints the kube-proxy of `node` picks for `reach`.
+    fn selected(&self, node: &str, reach: Reach) -> Result<Vec<Endpoint>> {
         Ok(self
             .lab
-            .endpoints(node, external)?
+            .endpoints(node, reach)?
             .into_iter()
             .map(Self::endpoint)
             .collect())
@@ -115,7 +115,7 @@ impl Backend for LabBackend {
                 }
                 let mut expected = Vec::new();
                 for s in &sources {
-                    union(&mut expected, self.selected(&s.node, false)?);
+                    union(&mut expected, self.selected(&s.node, Reach::ClusterIp)?);
                 }
                 (SocketAddr::new(IpAddr::V4(svc.cluster_ip), svc.port), expected)
             }
@@ -126,15 +126,30 @@ impl Backend for LabBackend {
                     })?,
                     None => &self.lab.nodes()[0],
                 };
+                // The client is outside the cluster; a pod's packet to another node's IP is not
+                // intercepted by its own node (NodePorts are on the node's own address), it
+                // arrives at `node` from the cluster CIDR and is short-circuited there.
+                let reach = if *from == From::Host {
+                    Reach::FromOutside
+                } else {
+                    Reach::FromInside
+                };
                 (
                     SocketAddr::new(IpAddr::V4(node.ip), svc.node_port),
-                    self.selected(&node.name.clone(), true)?,
+                    self.selected(&node.name.clone(), reach)?,
                 )
             }
             Path::LoadBalancer => {
                 let mut expected = Vec::new();
-                for hop in &svc.lb_next_hops {
-                    union(&mut expected, self.selected(hop, true)?);
+                if *from == From::Host {
+                    for hop in &svc.lb_next_hops {
+                        union(&mut expected, self.selected(hop, Reach::FromOutside)?);
+                    }
+                } else {
+                    // Every node has the LB IP in its rules: a pod's own node short-circuits it.
+                    for s in &sources {
+                        union(&mut expected, self.selected(&s.node, Reach::FromInside)?);
+                    }
                 }
                 (SocketAddr::new(IpAddr::V4(svc.lb_ip), svc.port), expected)
             }

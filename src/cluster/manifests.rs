@@ -103,6 +103,10 @@ pub fn render(o: &Options) -> Result<Vec<Value>> {
             if let Some(td) = svc.traffic_distribution {
                 spec["trafficDistribution"] = json!(td.to_string());
             }
+            if !svc.source_ranges.is_empty() {
+                let ranges: Vec<String> = svc.source_ranges.iter().map(|r| r.to_string()).collect();
+                spec["loadBalancerSourceRanges"] = json!(ranges);
+            }
         }
     }
     if o.affinity_server {
@@ -130,6 +134,9 @@ fn validate(o: &Options) -> Result<()> {
     }
     if o.image.trim().is_empty() || o.image.contains(char::is_whitespace) {
         bail!("--image {:?}: give an image reference, e.g. {DEFAULT_IMAGE}", o.image);
+    }
+    if !o.service.source_ranges.is_empty() && o.service_type != ServiceType::LoadBalancer {
+        bail!("--lb-source-ranges applies to a LoadBalancer Service: add --service-type LoadBalancer");
     }
     let t = o.service.affinity_timeout;
     if !(1..=MAX_AFFINITY_TIMEOUT).contains(&t) {
@@ -244,6 +251,7 @@ mod tests {
                 external_traffic_policy: TrafficPolicy::Local,
                 internal_traffic_policy: TrafficPolicy::Local,
                 traffic_distribution: Some(TrafficDistribution::PreferClose),
+                source_ranges: vec!["192.0.2.0/24".parse().unwrap()],
             },
             affinity_server: true,
         };
@@ -265,6 +273,7 @@ mod tests {
         assert_eq!(s["externalTrafficPolicy"], "Local");
         assert_eq!(s["internalTrafficPolicy"], "Local");
         assert_eq!(s["trafficDistribution"], "PreferClose");
+        assert_eq!(s["loadBalancerSourceRanges"], serde_json::json!(["192.0.2.0/24"]));
         let a = &find(&objs, "Service", AFFINITY)["spec"];
         assert_eq!(a["type"], "LoadBalancer");
         assert_eq!(a["sessionAffinity"], "ClientIP");

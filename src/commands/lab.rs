@@ -286,6 +286,7 @@ fn set(a: SetArgs) -> Result<ExitCode> {
         external_traffic_policy: a.service.external_traffic_policy,
         internal_traffic_policy: a.service.internal_traffic_policy,
         traffic_distribution: a.service.traffic_distribution.map(|t| t.0),
+        source_ranges: a.service.lb_source_ranges.map(|r| r.0),
         drop_hints: a.drop_hint,
         restore_hints: a.restore_hints,
     };

@@ -4,6 +4,7 @@
 use anyhow::{Result, bail};
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use ipnet::IpNet;
 
 use crate::service::{
     DEFAULT_AFFINITY_TIMEOUT, KubeEnum, ServiceOptions, SessionAffinity, TrafficDistribution, TrafficPolicy,
@@ -45,6 +46,10 @@ pub struct ServiceArgs {
     /// PreferSameNode); kube-proxy prefers the hinted ones when every endpoint has a hint.
     #[arg(long, value_parser = kube_value::<TrafficDistribution>(), ignore_case = true)]
     pub traffic_distribution: Option<TrafficDistribution>,
+    /// spec.loadBalancerSourceRanges: client CIDRs allowed to reach the LoadBalancer IP
+    /// (comma-separated; all when unset). NodePorts are not filtered, as in kube-proxy.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub lb_source_ranges: Vec<IpNet>,
 }
 
 impl ServiceArgs {
@@ -58,6 +63,7 @@ impl ServiceArgs {
             external_traffic_policy: self.external_traffic_policy,
             internal_traffic_policy: self.internal_traffic_policy,
             traffic_distribution: self.traffic_distribution,
+            source_ranges: self.lb_source_ranges.iter().map(IpNet::trunc).collect(),
         })
     }
 }
@@ -80,4 +86,25 @@ pub struct ServiceChanges {
     /// spec.trafficDistribution, or `none` to remove it.
     #[arg(long, value_parser = distribution_or_none(), ignore_case = true)]
     pub traffic_distribution: Option<Setting>,
+    /// spec.loadBalancerSourceRanges (comma-separated CIDRs), or `none` to remove them.
+    #[arg(long, value_name = "CIDR,...|none", value_parser = ranges_or_none())]
+    pub lb_source_ranges: Option<Ranges>,
+}
+
+/// Source ranges to set (empty: none).
+#[derive(Debug, Clone)]
+pub struct Ranges(pub Vec<IpNet>);
+
+/// `--lb-source-ranges` of `lab set`: CIDRs, or `none`.
+fn ranges_or_none() -> impl TypedValueParser<Value = Ranges> {
+    clap::builder::NonEmptyStringValueParser::new().try_map(|s: String| {
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(Ranges(Vec::new()));
+        }
+        s.split(',')
+            .map(|r| r.trim().parse::<IpNet>().map(|n| n.trunc()))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Ranges)
+            .map_err(|e| format!("{s:?}: {e}; give CIDRs such as 192.0.2.0/24,198.51.100.7/32, or none"))
+    })
 }

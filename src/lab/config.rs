@@ -57,6 +57,8 @@ pub struct LabChanges {
     pub internal_traffic_policy: Option<TrafficPolicy>,
     /// Some(None) removes trafficDistribution.
     pub traffic_distribution: Option<Option<TrafficDistribution>>,
+    /// loadBalancerSourceRanges to set (empty: none).
+    pub source_ranges: Option<Vec<ipnet::IpNet>>,
     /// Remove the hints (zone and node) of these pods' endpoints.
     pub drop_hints: Vec<String>,
     /// Give every endpoint its hint back.

@@ -8,8 +8,18 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 
-use super::rules::{self, Cluster, NftExisting};
-use super::topology::{CLUSTER_CIDR, CLUSTER_IP, LB_IP, SERVICE_CIDR};
+use super::rules::{self, Cluster, Endpoint, NftExisting, PORTS, PortPlan, Service};
+use super::topology::{CLUSTER_CIDR, CLUSTER_IP, HEALTH_CHECK_NODE_PORT, LB_IP, SERVICE_CIDR};
+use crate::service::ServiceType;
+
+/// Which traffic to a Service: to its ClusterIP, or to a NodePort / the LoadBalancer IP from
+/// outside the cluster, or from a node or pod (eTP Local short-circuits that to all endpoints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    ClusterIp,
+    FromOutside,
+    FromInside,
+}
 use super::{Lab, Pod, ProxyMode, THREADS, conntrack, netns};
 
 impl Lab {
@@ -32,6 +42,9 @@ impl Lab {
             }
             ProxyMode::Iptables => {
                 let existing = if initial {
+                    // kube-proxy's iptables mode serves NodePorts on 127.0.0.1 (localhostNodePorts)
+                    // and sets this so the kernel routes the DNATed packets.
+                    netns::sysctls(&n.netns, &[("net/ipv4/conf/all/route_localnet", "1")])?;
                     Default::default()
                 } else {
                     rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?)
@@ -42,26 +55,48 @@ impl Lab {
         })
     }
 
+    /// What every node's kube-proxy is given: the lab's one Service (a LoadBalancer with a
+    /// NodePort per port) and its pods as endpoints.
     fn cluster(&self) -> Cluster<'_> {
         Cluster {
-            cluster_ip: CLUSTER_IP,
             service_cidr: SERVICE_CIDR,
             cluster_cidr: CLUSTER_CIDR,
-            lb_ip: LB_IP,
-            options: &self.state.options,
-            pods: &self.state.pods,
+            services: vec![Service {
+                namespace: rules::SERVICE_NAMESPACE,
+                name: rules::SERVICE_NAME,
+                kind: ServiceType::LoadBalancer,
+                cluster_ip: CLUSTER_IP,
+                ports: &PORTS,
+                lb_ips: vec![LB_IP],
+                external_ips: Vec::new(),
+                health_check_node_port: HEALTH_CHECK_NODE_PORT,
+                options: &self.state.options,
+                endpoints: self
+                    .state
+                    .pods
+                    .iter()
+                    .map(|p| Endpoint { ip: p.ip, ep: p.ep() })
+                    .collect(),
+            }],
         }
     }
 
-    /// The endpoints `node`'s kube-proxy balances over: ClusterIP traffic from the node and
-    /// its pods (`external` false) or NodePort / LoadBalancer traffic arriving at the node
-    /// (`external` true), after traffic policies and zone hints.
-    pub fn endpoints(&self, node: &str, external: bool) -> Result<Vec<&Pod>> {
+    /// The endpoints `node`'s kube-proxy balances `reach` over (the Service's first port; all
+    /// ports have the same endpoints), after traffic policies and topology hints.
+    pub fn endpoints(&self, node: &str, reach: Reach) -> Result<Vec<&Pod>> {
         let n = self.node(node).with_context(|| self.unknown(node))?;
         let c = self.cluster();
-        let eps = rules::NodeEndpoints::categorize(&c, n);
-        let o = &self.state.options;
-        Ok(if external { eps.external(o) } else { eps.internal(o) }.to_vec())
+        let svc = &c.services[0];
+        let plan = PortPlan::new(svc, &PORTS[0], n);
+        let chosen = match reach {
+            Reach::ClusterIp => plan.internal(svc),
+            Reach::FromOutside => plan.external(),
+            Reach::FromInside => plan.external_from_inside(),
+        };
+        Ok(chosen
+            .iter()
+            .filter_map(|e| self.state.pods.iter().find(|p| p.name == e.ep.name))
+            .collect())
     }
 
     /// The generated rules for `node` (what the lab feeds to `nft -f` / `iptables-restore`).

@@ -93,6 +93,7 @@ impl Lab {
         if cfg.options.affinity_timeout == 0 || cfg.options.affinity_timeout > 86400 {
             bail!("--affinity-timeout must be 1..=86400 seconds");
         }
+        check_source_ranges(&cfg.options)?;
         let server = match &cfg.server {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find this executable")?,
@@ -462,6 +463,10 @@ impl Lab {
         if let Some(td) = ch.traffic_distribution {
             o.traffic_distribution = td;
         }
+        if let Some(r) = &ch.source_ranges {
+            o.source_ranges = r.clone();
+        }
+        check_source_ranges(o)?;
         for p in &mut self.state.pods {
             if ch.restore_hints {
                 p.hint_dropped = false;
@@ -480,6 +485,14 @@ impl Lab {
     pub fn down(self) -> Result<()> {
         down_by_name(&self.state.name)
     }
+}
+
+/// The lab is IPv4: its Service's source ranges must be IPv4 CIDRs.
+fn check_source_ranges(o: &crate::service::ServiceOptions) -> Result<()> {
+    if let Some(r) = o.source_ranges.iter().find(|r| matches!(r, ipnet::IpNet::V6(_))) {
+        bail!("--lb-source-ranges {r}: the lab's Service is IPv4, give IPv4 CIDRs");
+    }
+    Ok(())
 }
 
 /// Kills the pods' processes and deletes their namespaces (their veths go with them).

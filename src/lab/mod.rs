@@ -37,6 +37,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 pub use config::{LabChanges, LabConfig, ProxyMode};
+pub use kube_proxy::Reach;
 pub use lifecycle::{down_by_name, require_host};
 pub use status::{ClientStatus, LabStatus, NodeStatus, PodStatus, ServiceStatus};
 pub use topology::{Node, Pod, labs_dir, netns_prefix, validate_name};

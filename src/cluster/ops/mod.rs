@@ -325,6 +325,8 @@ pub struct ServiceInfo {
     pub external_traffic_policy: Option<String>,
     pub internal_traffic_policy: Option<String>,
     pub traffic_distribution: Option<String>,
+    /// spec.loadBalancerSourceRanges.
+    pub source_ranges: Vec<String>,
 }
 
 impl ServiceInfo {
@@ -364,6 +366,7 @@ impl ServiceInfo {
             external_traffic_policy: spec.external_traffic_policy.clone(),
             internal_traffic_policy: spec.internal_traffic_policy.clone(),
             traffic_distribution: spec.traffic_distribution.clone(),
+            source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
         }
     }
 
@@ -377,6 +380,11 @@ impl ServiceInfo {
             external_traffic_policy: parse(&self.external_traffic_policy, d.external_traffic_policy),
             internal_traffic_policy: parse(&self.internal_traffic_policy, d.internal_traffic_policy),
             traffic_distribution: self.traffic_distribution.as_deref().and_then(|v| v.parse().ok()),
+            source_ranges: self
+                .source_ranges
+                .iter()
+                .filter_map(|r| r.trim().parse().ok())
+                .collect(),
         }
     }
 

@@ -4,17 +4,17 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::select::{NodeEndpoints, PolicyChains};
-use super::service::{endpoint_str, ipt_hash, ipt_sep, service_port_name};
-use super::{Cluster, PORTS};
-use crate::lab::{Node, Pod};
+use super::Cluster;
+use super::select::{NoEndpoint, PortPlan};
+use super::service::{Endpoint, endpoint_str};
+use crate::lab::Node;
 use crate::service::{SessionAffinity, TrafficPolicy};
 
 /// kube-proxy's masquerade mark.
 const MASQ_MARK: &str = "0x4000";
 
 /// Chain-name prefixes the iptables proxier owns per service (deleted when stale).
-const IPT_SERVICE_CHAIN_PREFIXES: [&str; 4] = ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-SEP-"];
+const IPT_SERVICE_CHAIN_PREFIXES: [&str; 5] = ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
 
 /// Parses `iptables-save -t nat` output into the chain names it declares.
 pub fn ipt_existing(save: &str) -> BTreeSet<String> {
@@ -25,92 +25,148 @@ pub fn ipt_existing(save: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// kube-proxy's `largeClusterEndpointsThreshold`: above this many endpoints in total it
+/// leaves out the per-endpoint comments (iptables-restore time grows with every byte).
+const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+fn target(v: NoEndpoint) -> (&'static str, &'static str) {
+    match v {
+        NoEndpoint::Reject => ("has no endpoints", "REJECT"),
+        NoEndpoint::Drop => ("has no local endpoints", "DROP"),
+    }
+}
+
 /// iptables-restore --noflush input for one node, one atomic transaction: every KUBE-*
 /// chain this proxier writes is declared (so iptables-restore flushes and refills it), and
 /// stale service chains are declared and deleted (`-X`). `initial` adds the jumps from the
-/// built-in chains (kube-proxy's EnsureChain/EnsureRule at startup).
-pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<String>, initial: bool) -> String {
-    let o = c.options;
-    let eps = NodeEndpoints::categorize(c, node);
-    let affinity = o.affinity == SessionAffinity::ClientIp;
-    let (cip, lb) = (c.cluster_ip, c.lb_ip);
+/// built-in chains (kube-proxy's EnsureChain/EnsureRule at startup). NodePorts are served on
+/// every local address, 127.0.0.1 included (kube-proxy's iptables defaults:
+/// `--nodeport-addresses` unset, `localhostNodePorts` true, with `route_localnet=1`).
+pub fn iptables_restore(c: &Cluster, node: &Node, existing: &BTreeSet<String>, initial: bool) -> String {
+    let total_endpoints: usize = c.services.iter().map(|s| s.endpoints.len() * s.ports.len()).sum();
+    let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
 
-    let mut filter = String::new();
+    // filter table
+    let mut f_nodeports = String::new();
+    let mut f_services = String::new();
+    let mut f_external = String::new();
+    let mut f_firewall = String::new();
+    // nat table
     let mut nat_chains: Vec<String> = Vec::new();
     let mut nat = String::new();
     let mut services = String::new();
     let mut nodeports = String::new();
 
-    for sp in &PORTS {
-        let spn = service_port_name(sp);
-        let h = ipt_hash(sp);
-        let (svc, svl, ext) = (
-            format!("KUBE-SVC-{h}"),
-            format!("KUBE-SVL-{h}"),
-            format!("KUBE-EXT-{h}"),
-        );
-        let proto = sp.proto.as_str();
-        let (port, np) = (sp.port, sp.node_port);
-        let internal = eps.internal(o);
-        let external = eps.external(o);
-        let PolicyChains {
-            internal: internal_chain,
-            external: external_policy_chain,
-            uses_cluster,
-            uses_local,
-        } = PolicyChains::new(o, &eps, &svc, &svl);
+    for svc in &c.services {
+        let o = svc.options;
+        let affinity = o.affinity == SessionAffinity::ClientIp;
+        let cip = svc.cluster_ip;
+        for sp in svc.ports {
+            let plan = PortPlan::new(svc, sp, node);
+            let spn = svc.port_name(sp);
+            let h = svc.ipt_hash(sp);
+            let (cluster_chain, local_chain, ext, fw) = (
+                format!("KUBE-SVC-{h}"),
+                format!("KUBE-SVL-{h}"),
+                format!("KUBE-EXT-{h}"),
+                format!("KUBE-FW-{h}"),
+            );
+            let internal_chain = match o.internal_traffic_policy {
+                TrafficPolicy::Local => &local_chain,
+                TrafficPolicy::Cluster => &cluster_chain,
+            };
+            let external_policy_chain = if plan.external_local {
+                &local_chain
+            } else {
+                &cluster_chain
+            };
+            let proto = sp.proto.as_str();
+            let (port, np) = (sp.port, sp.node_port);
+            let ranges = svc.source_ranges();
+            let uses_fw = plan.has_endpoints && !svc.lb_ips.is_empty() && !ranges.is_empty();
 
-        // ClusterIP.
-        if internal.is_empty() {
-            let (why, target) = match o.internal_traffic_policy {
-                TrafficPolicy::Local if !c.pods.is_empty() => ("has no local endpoints", "DROP"),
-                _ => ("has no endpoints", "REJECT"),
+            // ClusterIP.
+            match plan.internal_verdict() {
+                None => {
+                    let _ = writeln!(
+                        services,
+                        "-A KUBE-SERVICES -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} -d {cip} --dport {port} -j {internal_chain}"
+                    );
+                }
+                Some(v) => {
+                    let (why, t) = target(v);
+                    let _ = writeln!(
+                        f_services,
+                        "-A KUBE-SERVICES -m comment --comment \"{spn} {why}\" -m {proto} -p {proto} -d {cip} --dport {port} -j {t}"
+                    );
+                }
+            }
+            // External IPs, LoadBalancer IPs, NodePort.
+            let external_verdict = plan.external_verdict();
+            let mut no_external = |dest: String| {
+                if let Some(v) = external_verdict {
+                    let (why, t) = target(v);
+                    let _ = writeln!(
+                        f_external,
+                        "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{spn} {why}\" {dest} -j {t}"
+                    );
+                }
             };
-            let _ = writeln!(
-                filter,
-                "-A KUBE-SERVICES -m comment --comment \"{spn} {why}\" -m {proto} -p {proto} -d {cip} --dport {port} -j {target}"
-            );
-        } else {
-            let _ = writeln!(
-                services,
-                "-A KUBE-SERVICES -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} -d {cip} --dport {port} -j {internal_chain}"
-            );
-        }
-        // NodePort and LoadBalancer IP.
-        if external.is_empty() {
-            let (why, target) = match o.external_traffic_policy {
-                TrafficPolicy::Local if !c.pods.is_empty() => ("has no local endpoints", "DROP"),
-                _ => ("has no endpoints", "REJECT"),
-            };
-            let _ = writeln!(
-                filter,
-                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{spn} {why}\" -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {np} -j {target}"
-            );
-            let _ = writeln!(
-                filter,
-                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{spn} {why}\" -m {proto} -p {proto} -d {lb} --dport {port} -j {target}"
-            );
-        } else {
-            let _ = writeln!(
-                services,
-                "-A KUBE-SERVICES -m comment --comment \"{spn} loadbalancer IP\" -m {proto} -p {proto} -d {lb} --dport {port} -j {ext}"
-            );
-            let _ = writeln!(
-                nodeports,
-                "-A KUBE-NODEPORTS -m comment --comment {spn} -m {proto} -p {proto} --dport {np} -j {ext}"
-            );
-            nat_chains.push(ext.clone());
-            match o.external_traffic_policy {
-                TrafficPolicy::Cluster => {
+            for ip in &svc.external_ips {
+                if plan.has_endpoints {
+                    let _ = writeln!(
+                        services,
+                        "-A KUBE-SERVICES -m comment --comment \"{spn} external IP\" -m {proto} -p {proto} -d {ip} --dport {port} -j {ext}"
+                    );
+                }
+                no_external(format!("-m {proto} -p {proto} -d {ip} --dport {port}"));
+            }
+            for ip in &svc.lb_ips {
+                if plan.has_endpoints {
+                    let to = if uses_fw { &fw } else { &ext };
+                    let _ = writeln!(
+                        services,
+                        "-A KUBE-SERVICES -m comment --comment \"{spn} loadbalancer IP\" -m {proto} -p {proto} -d {ip} --dport {port} -j {to}"
+                    );
+                }
+                if uses_fw {
+                    let _ = writeln!(
+                        f_firewall,
+                        "-A KUBE-PROXY-FIREWALL -m comment --comment \"{spn} traffic not accepted by {fw}\" -m {proto} -p {proto} -d {ip} --dport {port} -j DROP"
+                    );
+                }
+                no_external(format!("-m {proto} -p {proto} -d {ip} --dport {port}"));
+            }
+            if np != 0 {
+                if plan.has_endpoints {
+                    let _ = writeln!(
+                        nodeports,
+                        "-A KUBE-NODEPORTS -m comment --comment {spn} -m {proto} -p {proto} --dport {np} -j {ext}"
+                    );
+                }
+                no_external(format!(
+                    "-m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {np}"
+                ));
+            }
+            if let Some(hc) = svc.health_check_port() {
+                let _ = writeln!(
+                    f_nodeports,
+                    "-A KUBE-NODEPORTS -m comment --comment \"{spn} health check node port\" -m tcp -p tcp --dport {hc} -j ACCEPT"
+                );
+            }
+
+            // The external chain.
+            if plan.uses_external_chain {
+                nat_chains.push(ext.clone());
+                if !plan.external_local {
                     let _ = writeln!(
                         nat,
                         "-A {ext} -m comment --comment \"masquerade traffic for {spn} external destinations\" -j KUBE-MARK-MASQ"
                     );
-                }
-                TrafficPolicy::Local if !internal.is_empty() => {
+                } else {
                     let _ = writeln!(
                         nat,
-                        "-A {ext} -m comment --comment \"pod traffic for {spn} external destinations\" -s {} -j {internal_chain}",
+                        "-A {ext} -m comment --comment \"pod traffic for {spn} external destinations\" -s {} -j {cluster_chain}",
                         c.cluster_cidr
                     );
                     let _ = writeln!(
@@ -119,106 +175,143 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
                     );
                     let _ = writeln!(
                         nat,
-                        "-A {ext} -m comment --comment \"route LOCAL traffic for {spn} external destinations\" -m addrtype --src-type LOCAL -j {internal_chain}"
+                        "-A {ext} -m comment --comment \"route LOCAL traffic for {spn} external destinations\" -m addrtype --src-type LOCAL -j {cluster_chain}"
                     );
                 }
-                TrafficPolicy::Local => {}
+                if plan.has_external {
+                    let _ = writeln!(nat, "-A {ext} -j {external_policy_chain}");
+                }
             }
-            let _ = writeln!(nat, "-A {ext} -j {external_policy_chain}");
-        }
-
-        // Policy chains (KUBE-SVC-* / KUBE-SVL-*) and their endpoints.
-        let mut seps: Vec<&'a Pod> = Vec::new();
-        let mut policy = |chain: &str, list: &[&'a Pod], masq_cluster_ip: bool| {
-            nat_chains.push(chain.to_string());
-            if masq_cluster_ip {
-                let _ = writeln!(
-                    nat,
-                    "-A {chain} -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} -d {cip} --dport {port} ! -s {} -j KUBE-MARK-MASQ",
-                    c.cluster_cidr
-                );
-            }
-            if affinity {
-                for p in list {
-                    let sep = ipt_sep(sp, p);
+            // The firewall chain (loadBalancerSourceRanges): allowed sources go on to the
+            // external chain; the rest are not DNATed and KUBE-PROXY-FIREWALL drops them.
+            if uses_fw {
+                nat_chains.push(fw.clone());
+                for r in &ranges {
                     let _ = writeln!(
                         nat,
-                        "-A {chain} -m comment --comment \"{spn} -> {}\" -m recent --name {sep} --rcheck --seconds {} --reap -j {sep}",
-                        endpoint_str(p, sp),
-                        o.affinity_timeout
+                        "-A {fw} -m comment --comment \"{spn} loadbalancer IP\" -s {r} -j {ext}"
                     );
                 }
+                if ranges.iter().any(|r| r.contains(&node.ip)) {
+                    for ip in &svc.lb_ips {
+                        let _ = writeln!(
+                            nat,
+                            "-A {fw} -m comment --comment \"{spn} loadbalancer IP\" -s {ip} -j {ext}"
+                        );
+                    }
+                }
+                let _ = writeln!(
+                    nat,
+                    "-A {fw} -m comment --comment \"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL\""
+                );
             }
-            let n = list.len();
-            for (i, p) in list.iter().enumerate() {
-                let sep = ipt_sep(sp, p);
-                let stat = if i < n - 1 {
-                    format!(" -m statistic --mode random --probability {:.10}", 1.0 / (n - i) as f64)
+
+            // Policy chains (KUBE-SVC-* / KUBE-SVL-*) and their endpoints.
+            let mut policy = |chain: &str, list: &[&Endpoint]| {
+                nat_chains.push(chain.to_string());
+                if chain == internal_chain && plan.has_internal {
+                    let _ = writeln!(
+                        nat,
+                        "-A {chain} -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} -d {cip} --dport {port} ! -s {} -j KUBE-MARK-MASQ",
+                        c.cluster_cidr
+                    );
+                }
+                let comment = |e: &Endpoint| {
+                    if large {
+                        String::new()
+                    } else {
+                        format!(" -m comment --comment \"{spn} -> {}\"", endpoint_str(e.ip, sp))
+                    }
+                };
+                if affinity {
+                    for e in list {
+                        let sep = svc.ipt_sep(sp, e.ip);
+                        let _ = writeln!(
+                            nat,
+                            "-A {chain}{} -m recent --name {sep} --rcheck --seconds {} --reap -j {sep}",
+                            comment(e),
+                            o.affinity_timeout
+                        );
+                    }
+                }
+                let n = list.len();
+                for (i, e) in list.iter().enumerate() {
+                    let stat = if i < n - 1 {
+                        format!(" -m statistic --mode random --probability {:.10}", 1.0 / (n - i) as f64)
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(nat, "-A {chain}{}{stat} -j {}", comment(e), svc.ipt_sep(sp, e.ip));
+                }
+            };
+            if plan.uses_cluster_chain {
+                policy(&cluster_chain, &plan.cluster);
+            }
+            if plan.uses_local_chain {
+                policy(&local_chain, &plan.local);
+            }
+            for e in &plan.reachable {
+                let sep = svc.ipt_sep(sp, e.ip);
+                nat_chains.push(sep.clone());
+                let comment = if large {
+                    String::new()
+                } else {
+                    format!(" -m comment --comment {spn}")
+                };
+                let _ = writeln!(nat, "-A {sep}{comment} -s {} -j KUBE-MARK-MASQ", e.ip);
+                let recent = if affinity {
+                    format!(" -m recent --name {sep} --set")
                 } else {
                     String::new()
                 };
                 let _ = writeln!(
                     nat,
-                    "-A {chain} -m comment --comment \"{spn} -> {}\"{stat} -j {sep}",
-                    endpoint_str(p, sp)
+                    "-A {sep}{comment}{recent} -m {proto} -p {proto} -j DNAT --to-destination {}",
+                    endpoint_str(e.ip, sp)
                 );
-                if !seps.iter().any(|s| s.name == p.name) {
-                    seps.push(p);
-                }
             }
-        };
-        if uses_cluster {
-            policy(&svc, &eps.cluster, internal_chain == svc);
-        }
-        if uses_local {
-            policy(&svl, &eps.local, internal_chain == svl);
-        }
-        for p in seps {
-            let sep = ipt_sep(sp, p);
-            nat_chains.push(sep.clone());
-            let _ = writeln!(nat, "-A {sep} -m comment --comment {spn} -s {} -j KUBE-MARK-MASQ", p.ip);
-            let recent = if affinity {
-                format!(" -m recent --name {sep} --set")
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                nat,
-                "-A {sep} -m comment --comment {spn}{recent} -m {proto} -p {proto} -j DNAT --to-destination {}",
-                endpoint_str(p, sp)
-            );
         }
     }
 
     let mut out = String::new();
     out.push_str("*filter\n");
     for ch in [
+        "KUBE-NODEPORTS",
         "KUBE-SERVICES",
         "KUBE-EXTERNAL-SERVICES",
+        "KUBE-FIREWALL",
         "KUBE-FORWARD",
-        "KUBE-NODEPORTS",
+        "KUBE-PROXY-FIREWALL",
     ] {
         let _ = writeln!(out, ":{ch} - [0:0]");
     }
     if initial {
         out.push_str(concat!(
-            "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n",
+            "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n",
             "-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n",
+            "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n",
+            "-A INPUT -j KUBE-FIREWALL\n",
+            "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n",
             "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n",
             "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
             "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n",
+            "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n",
             "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+            "-A OUTPUT -j KUBE-FIREWALL\n",
         ));
     }
-    out.push_str(&filter);
+    out.push_str(&f_nodeports);
+    out.push_str(&f_services);
+    out.push_str(&f_external);
     out.push_str(concat!(
+        "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n",
         "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n",
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n",
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",
-        "COMMIT\n",
     ));
-    out.push_str("*nat\n");
-    for ch in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
+    out.push_str(&f_firewall);
+    out.push_str("COMMIT\n*nat\n");
+    for ch in ["KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"] {
         let _ = writeln!(out, ":{ch} - [0:0]");
     }
     let stale: Vec<&String> = existing
@@ -235,11 +328,11 @@ pub fn iptables_restore<'a>(c: &Cluster<'a>, node: &Node, existing: &BTreeSet<St
             "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n",
         ));
     }
+    out.push_str(&nodeports);
     out.push_str(&services);
     out.push_str(
         "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
     );
-    out.push_str(&nodeports);
     let _ = writeln!(out, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
     let _ = writeln!(
         out,

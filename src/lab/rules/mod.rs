@@ -1,13 +1,14 @@
 //! Service rules written the way kube-proxy writes them, per node.
 //!
-//! * `select`: the endpoints a node's kube-proxy uses (its `CategorizeEndpoints`: topology
-//!   hints for trafficDistribution PreferClose, internal/external traffic policy Local),
-//!   and the policy chains both proxy modes jump to;
+//! * `select`: what a node's kube-proxy decides per service port before writing a rule (its
+//!   `CategorizeEndpoints`: topology hints, traffic policies, terminating fallback; which policy
+//!   chains exist; what traffic without endpoints gets), the same for both proxy modes;
 //! * `nftables`, `iptables`: the two writers, each mirroring its proxier: same chain names
 //!   (hash prefixes included), same rule shapes, same full-sync transaction (flush what is
 //!   kept, delete what is stale, never touch affinity state that is still in use);
-//! * `service`: the emulated Service (name, ports), the cluster-wide facts the rules
-//!   depend on, and the names kube-proxy derives from them (hashed chain names).
+//! * `service`: what kube-proxy is given ([`Cluster`]: settings and Services with their
+//!   endpoints, any number of them, as in kube-proxy's own tests), the lab's Service's name and
+//!   ports, and the names kube-proxy derives (hashed chain names).
 
 mod iptables;
 mod nftables;
@@ -18,5 +19,5 @@ mod tests;
 
 pub use iptables::{ipt_existing, iptables_restore};
 pub use nftables::{NftExisting, nft_transaction};
-pub use select::NodeEndpoints;
-pub use service::{Cluster, PORTS, Proto, SERVICE_NAME, SERVICE_NAMESPACE, ServicePort};
+pub use select::{NoEndpoint, PortPlan};
+pub use service::{Cluster, Endpoint, PORTS, Proto, SERVICE_NAME, SERVICE_NAMESPACE, Service, ServicePort};

@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::select::{NodeEndpoints, PolicyChains};
-use super::service::{endpoint_str, nft_base, nft_ep_base, service_port_name};
-use super::{Cluster, PORTS};
-use crate::lab::{Node, Pod};
+use super::Cluster;
+use super::select::{NoEndpoint, PortPlan};
+use super::service::{Endpoint, endpoint_str};
+use crate::lab::Node;
 use crate::service::{SessionAffinity, TrafficPolicy};
 
 /// Chains and sets currently in a node's `ip kube-proxy` table.
@@ -36,8 +36,20 @@ impl NftExisting {
 }
 
 /// Prefixes of the per-service chains the nftables proxier owns (and deletes when stale).
-const NFT_SERVICE_CHAIN_PREFIXES: [&str; 4] = ["service-", "local-", "external-", "endpoint-"];
+const NFT_SERVICE_CHAIN_PREFIXES: [&str; 5] = ["service-", "local-", "external-", "endpoint-", "firewall-"];
 
+/// The base chains of the layout before v1.34 (all filter chains at priority -110 and a
+/// post-DNAT output chain): a lab written by an older version has them, and a base chain's
+/// priority cannot change in place, so they are deleted and written again.
+const NFT_OLD_LAYOUT: [&str; 4] = [
+    "filter-output-post-dnat",
+    "filter-input",
+    "filter-forward",
+    "filter-output",
+];
+
+/// The static part of kube-proxy's table (`setupNFTables`) as of v1.34: `--nodeport-addresses
+/// primary` (the default: NodePorts on the node IP only, never on localhost).
 const NFT_BASE: &str = r#"add table ip kube-proxy { comment "rules for kube-proxy" ; }
 add chain ip kube-proxy mark-for-masquerade
 flush chain ip kube-proxy mark-for-masquerade
@@ -52,12 +64,14 @@ flush chain ip kube-proxy reject-chain
 add rule ip kube-proxy reject-chain reject
 add set ip kube-proxy cluster-ips { type ipv4_addr ; comment "Active ClusterIPs" ; }
 add set ip kube-proxy nodeport-ips { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }
+add map ip kube-proxy firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }
 add map ip kube-proxy no-endpoint-nodeports { type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }
 add map ip kube-proxy no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }
 add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }
 add map ip kube-proxy service-nodeports { type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }
 flush set ip kube-proxy cluster-ips
 flush set ip kube-proxy nodeport-ips
+flush map ip kube-proxy firewall-ips
 flush map ip kube-proxy no-endpoint-nodeports
 flush map ip kube-proxy no-endpoint-services
 flush map ip kube-proxy service-ips
@@ -65,7 +79,10 @@ flush map ip kube-proxy service-nodeports
 add chain ip kube-proxy cluster-ips-check
 flush chain ip kube-proxy cluster-ips-check
 add rule ip kube-proxy cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
-add rule ip kube-proxy cluster-ips-check ip daddr SERVICE_CIDR drop comment "Drop traffic to unallocated ClusterIPs"
+add rule ip kube-proxy cluster-ips-check ip daddr { SERVICE_CIDR } drop comment "Drop traffic to unallocated ClusterIPs"
+add chain ip kube-proxy firewall-check
+flush chain ip kube-proxy firewall-check
+add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
 add chain ip kube-proxy service-endpoints-check
 flush chain ip kube-proxy service-endpoints-check
 add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
@@ -75,21 +92,25 @@ add rule ip kube-proxy nodeport-endpoints-check ip daddr @nodeport-ips meta l4pr
 add chain ip kube-proxy services
 flush chain ip kube-proxy services
 add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
-add rule ip kube-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports
-add chain ip kube-proxy filter-forward { type filter hook forward priority -110 ; }
-flush chain ip kube-proxy filter-forward
-add rule ip kube-proxy filter-forward ct state new jump service-endpoints-check
-add rule ip kube-proxy filter-forward ct state new jump cluster-ips-check
-add chain ip kube-proxy filter-input { type filter hook input priority -110 ; }
+add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+add chain ip kube-proxy filter-prerouting-pre-dnat { type filter hook prerouting priority -110 ; }
+flush chain ip kube-proxy filter-prerouting-pre-dnat
+add rule ip kube-proxy filter-prerouting-pre-dnat ct state new jump firewall-check
+add chain ip kube-proxy filter-output-pre-dnat { type filter hook output priority -110 ; }
+flush chain ip kube-proxy filter-output-pre-dnat
+add rule ip kube-proxy filter-output-pre-dnat ct state new jump firewall-check
+add chain ip kube-proxy filter-input { type filter hook input priority 0 ; }
 flush chain ip kube-proxy filter-input
 add rule ip kube-proxy filter-input ct state new jump nodeport-endpoints-check
 add rule ip kube-proxy filter-input ct state new jump service-endpoints-check
-add chain ip kube-proxy filter-output { type filter hook output priority -110 ; }
+add chain ip kube-proxy filter-forward { type filter hook forward priority 0 ; }
+flush chain ip kube-proxy filter-forward
+add rule ip kube-proxy filter-forward ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-forward ct state new jump cluster-ips-check
+add chain ip kube-proxy filter-output { type filter hook output priority 0 ; }
 flush chain ip kube-proxy filter-output
 add rule ip kube-proxy filter-output ct state new jump service-endpoints-check
-add chain ip kube-proxy filter-output-post-dnat { type filter hook output priority -90 ; }
-flush chain ip kube-proxy filter-output-post-dnat
-add rule ip kube-proxy filter-output-post-dnat ct state new jump cluster-ips-check
+add rule ip kube-proxy filter-output ct state new jump cluster-ips-check
 add chain ip kube-proxy nat-output { type nat hook output priority -100 ; }
 flush chain ip kube-proxy nat-output
 add rule ip kube-proxy nat-output jump services
@@ -116,165 +137,128 @@ fn nft_is_service_object(name: &str, prefixes: &[&str]) -> bool {
     })
 }
 
+fn verdict(v: NoEndpoint) -> &'static str {
+    match v {
+        NoEndpoint::Reject => "goto reject-chain",
+        NoEndpoint::Drop => "drop",
+    }
+}
+
 /// One `nft -f` transaction that brings a node's `ip kube-proxy` table to the desired
-/// state: kept chains are flushed and refilled, stale ones deleted, affinity sets that
-/// stay in use are left alone (their entries survive), `reset_affinity` drops them all
-/// (the timeout changed).
+/// state, as kube-proxy's full sync does: kept chains are flushed and refilled, stale ones
+/// deleted, affinity sets that stay in use are left alone (their entries survive),
+/// `reset_affinity` drops them all (the timeout changed).
 pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_affinity: bool) -> String {
-    let o = c.options;
-    let eps = NodeEndpoints::categorize(c, node);
-    let affinity = o.affinity == SessionAffinity::ClientIp;
-    let mut chains = String::new(); // per-service chains and rules
+    let mut sets = String::new(); // affinity sets, before the rules that use them
+    let mut chains = String::new(); // per-service chains and rules, endpoint chains first
     let mut elements = String::new();
     let mut want_chains = BTreeSet::new();
     let mut want_sets = BTreeSet::new();
     let local_ctx = format!("ip saddr {}", c.cluster_cidr);
 
-    let _ = writeln!(elements, "add element ip kube-proxy cluster-ips {{ {} }}", c.cluster_ip);
     let _ = writeln!(elements, "add element ip kube-proxy nodeport-ips {{ {} }}", node.ip);
+    for svc in &c.services {
+        let o = svc.options;
+        let affinity = o.affinity == SessionAffinity::ClientIp;
+        let cip = svc.cluster_ip;
+        let _ = writeln!(elements, "add element ip kube-proxy cluster-ips {{ {cip} }}");
+        for sp in svc.ports {
+            let plan = PortPlan::new(svc, sp, node);
+            let base = svc.nft_base(sp);
+            let spn = svc.port_name(sp);
+            let proto = sp.proto.as_str();
+            let (port, np) = (sp.port, sp.node_port);
+            let cluster_chain = format!("service-{base}");
+            let local_chain = format!("local-{base}");
+            let ext_chain = format!("external-{base}");
+            let fw_chain = format!("firewall-{base}");
+            let internal_chain = match o.internal_traffic_policy {
+                TrafficPolicy::Local => &local_chain,
+                TrafficPolicy::Cluster => &cluster_chain,
+            };
+            let external_policy_chain = if plan.external_local {
+                &local_chain
+            } else {
+                &cluster_chain
+            };
+            let _ = writeln!(chains, "# {spn}");
 
-    for sp in &PORTS {
-        let base = nft_base(sp);
-        let proto = sp.proto.as_str();
-        let svc_chain = format!("service-{base}");
-        let local_chain = format!("local-{base}");
-        let ext_chain = format!("external-{base}");
-        let (cip, lb, port, np) = (c.cluster_ip, c.lb_ip, sp.port, sp.node_port);
-
-        let internal = eps.internal(o);
-        let external = eps.external(o);
-        let PolicyChains {
-            internal: internal_chain,
-            external: external_policy_chain,
-            uses_cluster,
-            uses_local,
-        } = PolicyChains::new(o, &eps, &svc_chain, &local_chain);
-
-        let _ = writeln!(chains, "# {}", service_port_name(sp));
-        // Endpoint chains (and affinity sets) for every endpoint a policy chain uses.
-        let mut used: Vec<&Pod> = Vec::new();
-        if uses_cluster {
-            used.extend(eps.cluster.iter().copied());
-        }
-        if uses_local {
-            for p in &eps.local {
-                if !used.iter().any(|u| u.name == p.name) {
-                    used.push(p);
-                }
-            }
-        }
-        for p in &used {
-            let ep_base = nft_ep_base(sp, p);
-            let ep_chain = format!("endpoint-{ep_base}");
-            let _ = writeln!(chains, "add chain ip kube-proxy {ep_chain}");
-            let _ = writeln!(
-                chains,
-                "add rule ip kube-proxy {ep_chain} ip saddr {} jump mark-for-masquerade",
-                p.ip
-            );
-            if affinity {
-                let set = format!("affinity-{ep_base}");
+            // Endpoint chains (and affinity sets) for every endpoint a policy chain reaches.
+            for e in &plan.reachable {
+                let ep_base = svc.nft_ep_base(sp, e.ip);
+                let ep_chain = format!("endpoint-{ep_base}");
+                let _ = writeln!(chains, "add chain ip kube-proxy {ep_chain}");
                 let _ = writeln!(
                     chains,
-                    "add set ip kube-proxy {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {}s ; }}",
-                    o.affinity_timeout
+                    "add rule ip kube-proxy {ep_chain} ip saddr {} jump mark-for-masquerade",
+                    e.ip
                 );
-                let _ = writeln!(chains, "add rule ip kube-proxy {ep_chain} update @{set} {{ ip saddr }}");
-                want_sets.insert(set);
-            }
-            let _ = writeln!(
-                chains,
-                "add rule ip kube-proxy {ep_chain} meta l4proto {proto} dnat to {}",
-                endpoint_str(p, sp)
-            );
-            want_chains.insert(ep_chain);
-        }
-        // Policy chains: the load-balancing rules (writeServiceToEndpointRules).
-        let mut policy = |chain: &str, list: &[&Pod], masq_cluster_ip: bool| {
-            let _ = writeln!(chains, "add chain ip kube-proxy {chain}");
-            if masq_cluster_ip {
+                if affinity {
+                    let set = format!("affinity-{ep_base}");
+                    let _ = writeln!(
+                        sets,
+                        "add set ip kube-proxy {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {}s ; }}",
+                        o.affinity_timeout
+                    );
+                    let _ = writeln!(chains, "add rule ip kube-proxy {ep_chain} update @{set} {{ ip saddr }}");
+                    want_sets.insert(set);
+                }
                 let _ = writeln!(
                     chains,
-                    "add rule ip kube-proxy {chain} ip daddr {cip} {proto} dport {port} ip saddr != {} jump mark-for-masquerade",
-                    c.cluster_cidr
+                    "add rule ip kube-proxy {ep_chain} meta l4proto {proto} dnat to {}",
+                    endpoint_str(e.ip, sp)
                 );
+                want_chains.insert(ep_chain);
             }
-            if affinity {
-                for p in list {
-                    let ep_base = nft_ep_base(sp, p);
+            // Policy chains: the ClusterIP masquerade rule in the internal one, then the
+            // load-balancing rules (writeServiceToEndpointRules).
+            let mut policy = |chain: &str, list: &[&Endpoint]| {
+                let _ = writeln!(chains, "add chain ip kube-proxy {chain}");
+                if chain == internal_chain && plan.has_internal {
                     let _ = writeln!(
                         chains,
-                        "add rule ip kube-proxy {chain} ip saddr @affinity-{ep_base} goto endpoint-{ep_base}"
+                        "add rule ip kube-proxy {chain} ip daddr {cip} ip saddr != {} jump mark-for-masquerade",
+                        c.cluster_cidr
                     );
                 }
-            }
-            let arms: Vec<String> = list
-                .iter()
-                .enumerate()
-                .map(|(i, p)| format!("{i} : goto endpoint-{}", nft_ep_base(sp, p)))
-                .collect();
-            let _ = writeln!(
-                chains,
-                "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
-                list.len(),
-                arms.join(" , ")
-            );
-            want_chains.insert(chain.to_string());
-        };
-        if uses_cluster {
-            policy(&svc_chain, &eps.cluster, internal_chain == svc_chain);
-        }
-        if uses_local {
-            policy(&local_chain, &eps.local, internal_chain == local_chain);
-        }
-
-        // ClusterIP.
-        if internal.is_empty() {
-            let verdict = match o.internal_traffic_policy {
-                TrafficPolicy::Local if !c.pods.is_empty() => "drop",
-                _ => "goto reject-chain",
-            };
-            let _ = writeln!(
-                elements,
-                "add element ip kube-proxy no-endpoint-services {{ {cip} . {proto} . {port} comment \"{}\" : {verdict} }}",
-                service_port_name(sp)
-            );
-        } else {
-            let _ = writeln!(
-                elements,
-                "add element ip kube-proxy service-ips {{ {cip} . {proto} . {port} : goto {internal_chain} }}"
-            );
-        }
-        // NodePort and LoadBalancer IP.
-        if external.is_empty() {
-            let verdict = match o.external_traffic_policy {
-                TrafficPolicy::Local if !c.pods.is_empty() => "drop",
-                _ => "goto reject-chain",
-            };
-            let _ = writeln!(
-                elements,
-                "add element ip kube-proxy no-endpoint-nodeports {{ {proto} . {np} comment \"{}\" : {verdict} }}",
-                service_port_name(sp)
-            );
-            let _ = writeln!(
-                elements,
-                "add element ip kube-proxy no-endpoint-services {{ {lb} . {proto} . {port} comment \"{}\" : {verdict} }}",
-                service_port_name(sp)
-            );
-        } else {
-            let _ = writeln!(chains, "add chain ip kube-proxy {ext_chain}");
-            match o.external_traffic_policy {
-                TrafficPolicy::Cluster => {
-                    let _ = writeln!(
-                        chains,
-                        "add rule ip kube-proxy {ext_chain} jump mark-for-masquerade comment \"masquerade traffic for {} external destinations\"",
-                        service_port_name(sp)
-                    );
+                if affinity {
+                    for e in list {
+                        let ep_base = svc.nft_ep_base(sp, e.ip);
+                        let _ = writeln!(
+                            chains,
+                            "add rule ip kube-proxy {chain} ip saddr @affinity-{ep_base} goto endpoint-{ep_base}"
+                        );
+                    }
                 }
-                TrafficPolicy::Local if !internal.is_empty() => {
+                let arms: Vec<String> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| format!("{i} : goto endpoint-{}", svc.nft_ep_base(sp, e.ip)))
+                    .collect();
+                let _ = writeln!(
+                    chains,
+                    "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
+                    list.len(),
+                    arms.join(" , ")
+                );
+                want_chains.insert(chain.to_string());
+            };
+            if plan.uses_cluster_chain {
+                policy(&cluster_chain, &plan.cluster);
+            }
+            if plan.uses_local_chain {
+                policy(&local_chain, &plan.local);
+            }
+            // The external chain: masquerade (eTP Cluster) or the pod and host short-circuits to
+            // the cluster chain (eTP Local), then the external policy chain if it has endpoints.
+            if plan.uses_external_chain {
+                let _ = writeln!(chains, "add chain ip kube-proxy {ext_chain}");
+                if !plan.external_local {
+                    let _ = writeln!(chains, "add rule ip kube-proxy {ext_chain} jump mark-for-masquerade");
+                } else {
                     let _ = writeln!(
                         chains,
-                        "add rule ip kube-proxy {ext_chain} {local_ctx} goto {internal_chain} comment \"short-circuit pod traffic\""
+                        "add rule ip kube-proxy {ext_chain} {local_ctx} goto {cluster_chain} comment \"short-circuit pod traffic\""
                     );
                     let _ = writeln!(
                         chains,
@@ -282,24 +266,90 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
                     );
                     let _ = writeln!(
                         chains,
-                        "add rule ip kube-proxy {ext_chain} fib saddr type local goto {internal_chain} comment \"route local traffic to cluster IP\""
+                        "add rule ip kube-proxy {ext_chain} fib saddr type local goto {cluster_chain} comment \"short-circuit local traffic\""
                     );
                 }
-                TrafficPolicy::Local => {}
+                if plan.has_external {
+                    let _ = writeln!(
+                        chains,
+                        "add rule ip kube-proxy {ext_chain} goto {external_policy_chain}"
+                    );
+                }
+                want_chains.insert(ext_chain.clone());
             }
-            let _ = writeln!(
-                chains,
-                "add rule ip kube-proxy {ext_chain} goto {external_policy_chain}"
-            );
-            want_chains.insert(ext_chain.clone());
-            let _ = writeln!(
-                elements,
-                "add element ip kube-proxy service-ips {{ {lb} . {proto} . {port} : goto {ext_chain} }}"
-            );
-            let _ = writeln!(
-                elements,
-                "add element ip kube-proxy service-nodeports {{ {proto} . {np} : goto {ext_chain} }}"
-            );
+            // loadBalancerSourceRanges: checked before DNAT, on the LoadBalancer IPs only.
+            let ranges = svc.source_ranges();
+            let uses_fw = !svc.lb_ips.is_empty() && !ranges.is_empty();
+            if uses_fw {
+                let mut allowed: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
+                // A node inside a range reaches the LB IP from itself (often a local address).
+                if ranges.iter().any(|r| r.contains(&node.ip)) {
+                    allowed.extend(svc.lb_ips.iter().map(|ip| ip.to_string()));
+                }
+                let _ = writeln!(chains, "add chain ip kube-proxy {fw_chain}");
+                let _ = writeln!(
+                    chains,
+                    "add rule ip kube-proxy {fw_chain} ip saddr != {{ {} }} drop",
+                    allowed.join(" , ")
+                );
+                want_chains.insert(fw_chain.clone());
+            }
+
+            // The dispatch maps.
+            match plan.internal_verdict() {
+                None => {
+                    let _ = writeln!(
+                        elements,
+                        "add element ip kube-proxy service-ips {{ {cip} . {proto} . {port} : goto {internal_chain} }}"
+                    );
+                }
+                Some(v) => {
+                    let _ = writeln!(
+                        elements,
+                        "add element ip kube-proxy no-endpoint-services {{ {cip} . {proto} . {port} comment \"{spn}\" : {} }}",
+                        verdict(v)
+                    );
+                }
+            }
+            let external_verdict = plan.external_verdict();
+            for ip in svc.external_ips.iter().chain(&svc.lb_ips) {
+                if plan.has_endpoints {
+                    let _ = writeln!(
+                        elements,
+                        "add element ip kube-proxy service-ips {{ {ip} . {proto} . {port} : goto {ext_chain} }}"
+                    );
+                }
+                if let Some(v) = external_verdict {
+                    let _ = writeln!(
+                        elements,
+                        "add element ip kube-proxy no-endpoint-services {{ {ip} . {proto} . {port} comment \"{spn}\" : {} }}",
+                        verdict(v)
+                    );
+                }
+            }
+            if uses_fw {
+                for ip in &svc.lb_ips {
+                    let _ = writeln!(
+                        elements,
+                        "add element ip kube-proxy firewall-ips {{ {ip} . {proto} . {port} : goto {fw_chain} }}"
+                    );
+                }
+            }
+            if np != 0 {
+                if plan.has_endpoints {
+                    let _ = writeln!(
+                        elements,
+                        "add element ip kube-proxy service-nodeports {{ {proto} . {np} : goto {ext_chain} }}"
+                    );
+                }
+                if let Some(v) = external_verdict {
+                    let _ = writeln!(
+                        elements,
+                        "add element ip kube-proxy no-endpoint-nodeports {{ {proto} . {np} comment \"{spn}\" : {} }}",
+                        verdict(v)
+                    );
+                }
+            }
         }
     }
 
@@ -311,6 +361,13 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
         tx.push_str("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n");
         // Maps reference service chains; flush them before deleting chains.
         tx.push_str("flush map ip kube-proxy service-ips\nflush map ip kube-proxy service-nodeports\n");
+        if existing.chains.contains(NFT_OLD_LAYOUT[0]) {
+            for ch in NFT_OLD_LAYOUT {
+                let _ = writeln!(tx, "flush chain ip kube-proxy {ch}\ndelete chain ip kube-proxy {ch}");
+            }
+        } else {
+            tx.push_str("flush map ip kube-proxy firewall-ips\n");
+        }
     }
     for ch in existing.chains.iter().filter(owned) {
         let _ = writeln!(tx, "flush chain ip kube-proxy {ch}");
@@ -330,6 +387,7 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
         }
     }
     tx.push_str(&NFT_BASE.replace("SERVICE_CIDR", c.service_cidr));
+    tx.push_str(&sets);
     tx.push_str(&chains);
     tx.push_str(&elements);
     tx

@@ -6,10 +6,11 @@ use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};
 
-use crate::lab::Pod;
-use crate::service::ServiceOptions;
+use ipnet::{IpNet, Ipv4Net};
 
-/// Namespace and name of the emulated Service.
+use crate::service::{Ep, ServiceOptions, ServiceType, TrafficPolicy};
+
+/// Namespace and name of the lab's Service.
 pub const SERVICE_NAMESPACE: &str = "default";
 pub const SERVICE_NAME: &str = "tserver";
 
@@ -64,23 +65,107 @@ pub const PORTS: [ServicePort; 3] = [
     },
 ];
 
-/// The cluster-wide facts every node's rules depend on.
+/// What a node's kube-proxy programs: the cluster-wide settings and every Service it sees.
 pub struct Cluster<'a> {
-    pub cluster_ip: Ipv4Addr,
+    /// The Service CIDR (`cluster-ips-check` drops traffic to unallocated ClusterIPs in it).
     pub service_cidr: &'a str,
+    /// The cluster CIDR: kube-proxy's local-traffic detector (pod traffic is from inside it).
     pub cluster_cidr: &'a str,
-    pub lb_ip: Ipv4Addr,
+    pub services: Vec<Service<'a>>,
+}
+
+/// One Service as kube-proxy's service and endpoint caches hold it.
+pub struct Service<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub kind: ServiceType,
+    pub cluster_ip: Ipv4Addr,
+    pub ports: &'a [ServicePort],
+    /// `status.loadBalancer.ingress[].ip`.
+    pub lb_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `spec.healthCheckNodePort` (0: none); used only by LoadBalancers with eTP Local.
+    pub health_check_node_port: u16,
     pub options: &'a ServiceOptions,
-    pub pods: &'a [Pod],
+    /// The EndpointSlices' endpoints, in any order (kube-proxy sorts them as `IP:port`).
+    pub endpoints: Vec<Endpoint>,
 }
 
-/// `ns/svc:port` as kube-proxy prints a ServicePortName.
-pub(super) fn service_port_name(sp: &ServicePort) -> String {
-    format!("{SERVICE_NAMESPACE}/{SERVICE_NAME}:{}", sp.name)
+/// One endpoint of an EndpointSlice: its address and conditions, hints and node.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub ep: Ep,
 }
 
-pub(super) fn endpoint_str(p: &Pod, sp: &ServicePort) -> String {
-    format!("{}:{}", p.ip, sp.target_port)
+impl Service<'_> {
+    /// kube-proxy's `NeedsHealthCheck`: a LoadBalancer with externalTrafficPolicy Local.
+    pub fn health_check_port(&self) -> Option<u16> {
+        (self.kind == ServiceType::LoadBalancer
+            && self.options.external_traffic_policy == TrafficPolicy::Local
+            && self.health_check_node_port != 0)
+            .then_some(self.health_check_node_port)
+    }
+
+    /// `ExternallyAccessible` for one port: a NodePort, a LoadBalancer IP or an external IP.
+    pub fn externally_accessible(&self, sp: &ServicePort) -> bool {
+        sp.node_port != 0 || !self.lb_ips.is_empty() || !self.external_ips.is_empty()
+    }
+
+    /// The IPv4 loadBalancerSourceRanges (this proxier's family).
+    pub fn source_ranges(&self) -> Vec<Ipv4Net> {
+        self.options
+            .source_ranges
+            .iter()
+            .filter_map(|r| match r {
+                IpNet::V4(n) => Some(*n),
+                IpNet::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// `ns/svc:port` as kube-proxy prints a ServicePortName.
+    pub(super) fn port_name(&self, sp: &ServicePort) -> String {
+        format!("{}/{}:{}", self.namespace, self.name, sp.name)
+    }
+
+    /// nftables proxier: `hashAndTruncate(ns/svc/proto/port)`.
+    pub(super) fn nft_base(&self, sp: &ServicePort) -> String {
+        hash_and_truncate(&format!(
+            "{}/{}/{}/{}",
+            self.namespace,
+            self.name,
+            sp.proto.as_str(),
+            sp.name
+        ))
+    }
+
+    /// nftables proxier: `hashAndTruncate(ns/svc/proto/port__ip/port)`.
+    pub(super) fn nft_ep_base(&self, sp: &ServicePort, ip: Ipv4Addr) -> String {
+        hash_and_truncate(&format!(
+            "{}/{}/{}/{}__{ip}/{}",
+            self.namespace,
+            self.name,
+            sp.proto.as_str(),
+            sp.name,
+            sp.target_port
+        ))
+    }
+
+    /// iptables proxier: `portProtoHash(servicePortName, protocol)`.
+    pub(super) fn ipt_hash(&self, sp: &ServicePort) -> String {
+        port_proto_hash(&self.port_name(sp), sp.proto.as_str())
+    }
+
+    /// iptables proxier: the KUBE-SEP chain of an endpoint.
+    pub(super) fn ipt_sep(&self, sp: &ServicePort, ip: Ipv4Addr) -> String {
+        sep_chain(&self.port_name(sp), sp.proto.as_str(), &endpoint_str(ip, sp))
+    }
+}
+
+/// `ip:port` of an endpoint for a service port (kube-proxy's `Endpoint.String()`).
+pub(super) fn endpoint_str(ip: Ipv4Addr, sp: &ServicePort) -> String {
+    format!("{ip}:{}", sp.target_port)
 }
 
 /// RFC 4648 base32 (standard alphabet), as Go's `base32.StdEncoding`, without padding
@@ -109,46 +194,17 @@ fn sha_b32(s: &str) -> String {
 
 // The nftables proxier's names (pkg/proxy/nftables/proxier.go).
 
-/// nftables proxier: `hashAndTruncate(ns/svc/proto/port)`.
-pub(super) fn nft_base(sp: &ServicePort) -> String {
-    hash_and_truncate(&format!(
-        "{SERVICE_NAMESPACE}/{SERVICE_NAME}/{}/{}",
-        sp.proto.as_str(),
-        sp.name
-    ))
-}
-
 /// nftables proxier's `hashAndTruncate`: 8 base32 characters of SHA-256, `-`, the name
 /// (our names stay far below its 256-character limit).
 pub(super) fn hash_and_truncate(name: &str) -> String {
     format!("{}-{name}", &sha_b32(name)[..8])
 }
 
-/// nftables proxier: `hashAndTruncate(ns/svc/proto/port__ip/port)`.
-pub(super) fn nft_ep_base(sp: &ServicePort, p: &Pod) -> String {
-    hash_and_truncate(&format!(
-        "{SERVICE_NAMESPACE}/{SERVICE_NAME}/{}/{}__{}/{}",
-        sp.proto.as_str(),
-        sp.name,
-        p.ip,
-        sp.target_port
-    ))
-}
-
 // The iptables proxier's names (pkg/proxy/iptables/proxier.go).
-
-/// iptables proxier: `portProtoHash(servicePortName, protocol)`.
-pub(super) fn ipt_hash(sp: &ServicePort) -> String {
-    port_proto_hash(&service_port_name(sp), sp.proto.as_str())
-}
 
 /// iptables proxier's `portProtoHash`: 16 base32 characters of SHA-256(name + protocol).
 pub(super) fn port_proto_hash(service_port_name: &str, proto: &str) -> String {
     sha_b32(&format!("{service_port_name}{proto}"))[..16].to_string()
-}
-
-pub(super) fn ipt_sep(sp: &ServicePort, p: &Pod) -> String {
-    sep_chain(&service_port_name(sp), sp.proto.as_str(), &endpoint_str(p, sp))
 }
 
 /// iptables proxier's `servicePortEndpointChainName`.

@@ -1,12 +1,15 @@
 //! Unit tests of the rules: kube-proxy's names, endpoint selection, both writers' syncs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::service::{base32, hash_and_truncate, ipt_sep, nft_ep_base, port_proto_hash, sep_chain};
-use super::{Cluster, NftExisting, NodeEndpoints, PORTS, ipt_existing, iptables_restore, nft_transaction};
-use crate::lab::{Node, Pod};
-use crate::service::{ServiceOptions, SessionAffinity, Topology, TrafficDistribution, TrafficPolicy};
+use super::service::{base32, hash_and_truncate, port_proto_hash, sep_chain};
+use super::{
+    Cluster, Endpoint, NftExisting, NoEndpoint, PORTS, PortPlan, Proto, Service, ServicePort, ipt_existing,
+    iptables_restore, nft_transaction,
+};
+use crate::lab::Node;
+use crate::service::{Ep, ServiceOptions, ServiceType, SessionAffinity, Topology, TrafficDistribution, TrafficPolicy};
 
 #[test]
 fn base32_matches_go_std_encoding() {
@@ -40,34 +43,39 @@ fn node(i: u8, zone: &str) -> Node {
     }
 }
 
-fn pod(n: u8, node: u8, zone: &str, hint: bool) -> Pod {
-    Pod {
-        name: format!("pod-{n:03}"),
-        node: format!("node{node}"),
-        zone: zone.to_string(),
+/// An endpoint `pod-NNN` on node `node` (ready), with its zone hint when `hint`.
+fn ep(n: u8, node: u8, zone: &str, hint: bool) -> Endpoint {
+    Endpoint {
         ip: Ipv4Addr::new(10, 244, node, n + 1),
-        netns: format!("svclb-t.pod-{n:03}"),
-        veth: format!("vp{n}"),
-        node_hint: None,
-        pid: 0,
-        hint: hint.then(|| zone.to_string()),
-        hint_dropped: !hint,
+        ep: Ep {
+            zone_hints: if hint { vec![zone.to_string()] } else { Vec::new() },
+            ..Ep::ready(&format!("pod-{n:03}"), &format!("node{node}"))
+        },
     }
 }
 
-fn cluster<'a>(options: &'a ServiceOptions, pods: &'a [Pod]) -> Cluster<'a> {
+/// The lab's Service (a LoadBalancer with a NodePort per port) with these endpoints.
+fn lab<'a>(options: &'a ServiceOptions, endpoints: Vec<Endpoint>) -> Cluster<'a> {
     Cluster {
-        cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
         service_cidr: "10.96.0.0/16",
         cluster_cidr: "10.244.0.0/16",
-        lb_ip: Ipv4Addr::new(172, 30, 0, 10),
-        options,
-        pods,
+        services: vec![Service {
+            namespace: "default",
+            name: "tserver",
+            kind: ServiceType::LoadBalancer,
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            ports: &PORTS,
+            lb_ips: vec![Ipv4Addr::new(172, 30, 0, 10)],
+            external_ips: Vec::new(),
+            health_check_node_port: 32000,
+            options,
+            endpoints,
+        }],
     }
 }
 
-fn names(ps: &[&Pod]) -> Vec<String> {
-    ps.iter().map(|p| p.name.clone()).collect()
+fn names(es: &[&Endpoint]) -> Vec<String> {
+    es.iter().map(|e| e.ep.name.clone()).collect()
 }
 
 #[test]
@@ -76,53 +84,172 @@ fn prefer_close_needs_every_hint_and_a_match() {
         traffic_distribution: Some(TrafficDistribution::PreferClose),
         ..ServiceOptions::default()
     };
-    let pods = vec![
-        pod(1, 1, "zone-a", true),
-        pod(2, 2, "zone-b", true),
-        pod(3, 3, "zone-a", true),
-    ];
-    let c = cluster(&o, &pods);
-    let a = NodeEndpoints::categorize(&c, &node(1, "zone-a"));
+    let c = lab(
+        &o,
+        vec![
+            ep(1, 1, "zone-a", true),
+            ep(2, 2, "zone-b", true),
+            ep(3, 3, "zone-a", true),
+        ],
+    );
+    let svc = &c.services[0];
+    let a = PortPlan::new(svc, &PORTS[0], &node(1, "zone-a"));
     assert_eq!(a.topology, Topology::PreferSameZone);
     assert_eq!(names(&a.cluster), ["pod-001", "pod-003"]);
     // No endpoint hinted for zone-c: all endpoints.
-    let z = NodeEndpoints::categorize(&c, &node(4, "zone-c"));
+    let z = PortPlan::new(svc, &PORTS[0], &node(4, "zone-c"));
     assert_eq!(z.topology, Topology::None);
     assert_eq!(z.cluster.len(), 3);
     // One hint missing: all endpoints everywhere.
-    let pods = vec![
-        pod(1, 1, "zone-a", true),
-        pod(2, 2, "zone-b", false),
-        pod(3, 3, "zone-a", true),
-    ];
-    let c = cluster(&o, &pods);
-    assert_eq!(NodeEndpoints::categorize(&c, &node(1, "zone-a")).cluster.len(), 3);
+    let c = lab(
+        &o,
+        vec![
+            ep(1, 1, "zone-a", true),
+            ep(2, 2, "zone-b", false),
+            ep(3, 3, "zone-a", true),
+        ],
+    );
+    assert_eq!(
+        PortPlan::new(&c.services[0], &PORTS[0], &node(1, "zone-a"))
+            .cluster
+            .len(),
+        3
+    );
 }
 
 #[test]
-fn local_policies_use_local_endpoints() {
+fn endpoints_are_ordered_as_ip_port_strings() {
+    let o = ServiceOptions::default();
+    // Created in this order: .10 (pod 9), .3 (pod 2), .2 (pod 1).
+    let c = lab(
+        &o,
+        vec![
+            ep(9, 1, "zone-a", false),
+            ep(2, 1, "zone-a", false),
+            ep(1, 1, "zone-a", false),
+        ],
+    );
+    let plan = PortPlan::new(&c.services[0], &PORTS[0], &node(1, "zone-a"));
+    let ips: Vec<String> = plan.cluster.iter().map(|e| e.ip.to_string()).collect();
+    // "10.244.1.10:5001" < "10.244.1.2:5001" < "10.244.1.3:5001", as kube-proxy sorts them.
+    assert_eq!(ips, ["10.244.1.10", "10.244.1.2", "10.244.1.3"]);
+    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false);
+    let vmap = tx.lines().find(|l| l.contains("numgen random mod 3")).unwrap();
+    assert!(vmap.contains("0 : goto endpoint-") && vmap.find("10.244.1.10/5001") < vmap.find("10.244.1.2/5001"));
+}
+
+#[test]
+fn local_policies_use_local_endpoints_and_external_traffic_from_inside_uses_all() {
     let o = ServiceOptions {
         internal_traffic_policy: TrafficPolicy::Local,
         external_traffic_policy: TrafficPolicy::Local,
         ..ServiceOptions::default()
     };
-    let pods = vec![
-        pod(1, 1, "zone-a", false),
-        pod(2, 2, "zone-b", false),
-        pod(3, 1, "zone-a", false),
-    ];
-    let c = cluster(&o, &pods);
-    let e = NodeEndpoints::categorize(&c, &node(1, "zone-a"));
-    assert_eq!(names(e.internal(&o)), ["pod-001", "pod-003"]);
-    assert_eq!(names(e.external(&o)), ["pod-001", "pod-003"]);
-    let empty = NodeEndpoints::categorize(&c, &node(3, "zone-c"));
-    assert!(empty.internal(&o).is_empty());
-    // ...and such a node drops (not rejects) the traffic.
-    let tx = nft_transaction(&c, &node(3, "zone-c"), &NftExisting::default(), false);
+    let c = lab(
+        &o,
+        vec![
+            ep(1, 1, "zone-a", false),
+            ep(2, 2, "zone-b", false),
+            ep(3, 1, "zone-a", false),
+        ],
+    );
+    let svc = &c.services[0];
+    let e = PortPlan::new(svc, &PORTS[0], &node(1, "zone-a"));
+    assert_eq!(names(e.internal(svc)), ["pod-001", "pod-003"]);
+    assert_eq!(names(e.external()), ["pod-001", "pod-003"]);
+    // The Service is reachable from outside, so the cluster endpoints are kept: pods and the
+    // node reaching the NodePort or LB IP are short-circuited to all of them.
+    assert_eq!(names(e.external_from_inside()), ["pod-001", "pod-003", "pod-002"]);
+    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false);
+    let ext = format!("external-{}", svc.nft_base(&PORTS[0]));
+    let cluster = format!("service-{}", svc.nft_base(&PORTS[0]));
+    assert!(tx.contains(&format!(
+        "add rule ip kube-proxy {ext} ip saddr 10.244.0.0/16 goto {cluster} comment \"short-circuit pod traffic\""
+    )));
+    assert!(tx.contains(&format!(
+        "add rule ip kube-proxy {ext} fib saddr type local goto {cluster} comment \"short-circuit local traffic\""
+    )));
+    assert!(tx.contains(&format!("add rule ip kube-proxy {cluster} numgen random mod 3 ")));
+    let ipt = iptables_restore(&c, &node(1, "zone-a"), &BTreeSet::new(), false);
+    let h = svc.ipt_hash(&PORTS[0]);
+    assert!(ipt.contains(&format!(
+        "-A KUBE-EXT-{h} -m comment --comment \"route LOCAL traffic for default/tserver:tcp external destinations\" -m addrtype --src-type LOCAL -j KUBE-SVC-{h}"
+    )));
+}
+
+#[test]
+fn a_node_without_local_endpoints_keeps_the_short_circuits_and_drops_the_rest() {
+    let o = ServiceOptions {
+        internal_traffic_policy: TrafficPolicy::Local,
+        external_traffic_policy: TrafficPolicy::Local,
+        ..ServiceOptions::default()
+    };
+    let c = lab(&o, vec![ep(1, 1, "zone-a", false), ep(2, 2, "zone-b", false)]);
+    let svc = &c.services[0];
+    let n3 = node(3, "zone-c");
+    let plan = PortPlan::new(svc, &PORTS[0], &n3);
+    assert!(plan.internal(svc).is_empty() && plan.external().is_empty());
+    assert_eq!(plan.external_from_inside().len(), 2);
+    let tx = nft_transaction(&c, &n3, &NftExisting::default(), false);
+    let ext = format!("external-{}", svc.nft_base(&PORTS[0]));
+    assert!(tx.contains(&format!("add chain ip kube-proxy {ext}")), "{tx}");
+    assert!(tx.contains(&format!("service-nodeports {{ tcp . 30001 : goto {ext} }}")));
+    assert!(!tx.contains(&format!("add rule ip kube-proxy {ext} goto local-")));
+    // ...and from outside (and to the ClusterIP) such a node drops, not rejects.
     assert!(tx.contains("no-endpoint-services { 10.96.0.10 . tcp . 5001 comment \"default/tserver:tcp\" : drop }"));
     assert!(tx.contains("no-endpoint-nodeports { tcp . 30001 comment \"default/tserver:tcp\" : drop }"));
-    let ipt = iptables_restore(&c, &node(3, "zone-c"), &BTreeSet::new(), false);
+    assert!(tx.contains("no-endpoint-services { 172.30.0.10 . tcp . 5001 comment \"default/tserver:tcp\" : drop }"));
+    let ipt = iptables_restore(&c, &n3, &BTreeSet::new(), false);
     assert!(ipt.contains("default/tserver:tcp has no local endpoints"), "{ipt}");
+    assert!(ipt.contains(&format!(":KUBE-EXT-{} - [0:0]", svc.ipt_hash(&PORTS[0]))));
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_nothing_is_ready() {
+    let o = ServiceOptions {
+        external_traffic_policy: TrafficPolicy::Local,
+        ..ServiceOptions::default()
+    };
+    let mut e1 = ep(1, 1, "zone-a", false);
+    e1.ep.ready = false;
+    e1.ep.terminating = true;
+    let c = lab(&o, vec![e1.clone(), ep(2, 2, "zone-b", false)]);
+    let svc = &c.services[0];
+    // node1's only local endpoint is terminating (still serving): eTP Local falls back to it;
+    // the cluster endpoints are the ready ones only.
+    let p = PortPlan::new(svc, &PORTS[0], &node(1, "zone-a"));
+    assert_eq!(names(p.external()), ["pod-001"]);
+    assert_eq!(names(&p.cluster), ["pod-002"]);
+    // Once it stops serving, node1 has nothing local: drop.
+    let mut gone = e1;
+    gone.ep.serving = false;
+    let c = lab(&o, vec![gone, ep(2, 2, "zone-b", false)]);
+    let p = PortPlan::new(&c.services[0], &PORTS[0], &node(1, "zone-a"));
+    assert!(p.external().is_empty());
+    assert_eq!(p.external_verdict(), Some(NoEndpoint::Drop));
+}
+
+#[test]
+fn source_ranges_filter_the_lb_ip_before_dnat() {
+    let o = ServiceOptions {
+        source_ranges: vec!["203.0.113.0/25".parse().unwrap(), "172.31.0.0/24".parse().unwrap()],
+        ..ServiceOptions::default()
+    };
+    let c = lab(&o, vec![ep(1, 1, "zone-a", false)]);
+    let svc = &c.services[0];
+    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false);
+    let fw = format!("firewall-{}", svc.nft_base(&PORTS[0]));
+    // The node is inside 172.31.0.0/24: the LB IP is allowed as a source too.
+    assert!(tx.contains(&format!(
+        "add rule ip kube-proxy {fw} ip saddr != {{ 203.0.113.0/25 , 172.31.0.0/24 , 172.30.0.10 }} drop"
+    )));
+    assert!(tx.contains(&format!("firewall-ips {{ 172.30.0.10 . tcp . 5001 : goto {fw} }}")));
+    let ipt = iptables_restore(&c, &node(1, "zone-a"), &BTreeSet::new(), false);
+    let h = svc.ipt_hash(&PORTS[0]);
+    assert!(ipt.contains(&format!("-d 172.30.0.10 --dport 5001 -j KUBE-FW-{h}")));
+    assert!(ipt.contains(&format!(
+        "-A KUBE-FW-{h} -m comment --comment \"default/tserver:tcp loadbalancer IP\" -s 203.0.113.0/25 -j KUBE-EXT-{h}"
+    )));
 }
 
 #[test]
@@ -131,8 +258,8 @@ fn nft_sync_deletes_stale_objects_and_keeps_affinity_sets() {
         affinity: SessionAffinity::ClientIp,
         ..ServiceOptions::default()
     };
-    let pods = vec![pod(1, 1, "zone-a", false), pod(2, 2, "zone-b", false)];
-    let c = cluster(&o, &pods);
+    let eps = vec![ep(1, 1, "zone-a", false), ep(2, 2, "zone-b", false)];
+    let c = lab(&o, eps.clone());
     let n = node(1, "zone-a");
     let full = nft_transaction(&c, &n, &NftExisting::default(), false);
     assert!(full.contains("numgen random mod 2 vmap"));
@@ -147,10 +274,11 @@ fn nft_sync_deletes_stale_objects_and_keeps_affinity_sets() {
         sets: grab("set"),
     };
     // pod-002 goes away.
-    let c1 = cluster(&o, &pods[..1]);
+    let c1 = lab(&o, eps[..1].to_vec());
+    let svc = &c1.services[0];
     let tx = nft_transaction(&c1, &n, &existing, false);
-    let gone = nft_ep_base(&PORTS[0], &pods[1]);
-    let kept = nft_ep_base(&PORTS[0], &pods[0]);
+    let gone = svc.nft_ep_base(&PORTS[0], eps[1].ip);
+    let kept = svc.nft_ep_base(&PORTS[0], eps[0].ip);
     assert!(tx.contains(&format!("delete chain ip kube-proxy endpoint-{gone}")));
     assert!(tx.contains(&format!("delete set ip kube-proxy affinity-{gone}")));
     assert!(!tx.contains(&format!("delete set ip kube-proxy affinity-{kept}")));
@@ -159,32 +287,63 @@ fn nft_sync_deletes_stale_objects_and_keeps_affinity_sets() {
     // A new timeout recreates every affinity set.
     let tx = nft_transaction(&c1, &n, &existing, true);
     assert!(tx.contains(&format!("delete set ip kube-proxy affinity-{kept}")));
+    // A table of the layout before v1.34 gets its filter base chains rewritten.
+    let mut old = existing;
+    old.chains.insert("filter-output-post-dnat".into());
+    let tx = nft_transaction(&c1, &n, &old, false);
+    assert!(tx.contains("delete chain ip kube-proxy filter-output-post-dnat"));
+    assert!(tx.contains("delete chain ip kube-proxy filter-input\n"));
+    assert!(
+        tx.find("flush map ip kube-proxy firewall-ips") > tx.find("add map ip kube-proxy firewall-ips"),
+        "the old layout has no firewall map to flush before it is added"
+    );
 }
 
 #[test]
 fn iptables_sync_flushes_and_deletes_stale_chains() {
     let o = ServiceOptions::default();
-    let pods = vec![
-        pod(1, 1, "zone-a", false),
-        pod(2, 2, "zone-b", false),
-        pod(3, 1, "zone-a", false),
+    let eps = vec![
+        ep(1, 1, "zone-a", false),
+        ep(2, 2, "zone-b", false),
+        ep(3, 1, "zone-a", false),
     ];
-    let c = cluster(&o, &pods);
+    let c = lab(&o, eps.clone());
     let n = node(1, "zone-a");
     let full = iptables_restore(&c, &n, &BTreeSet::new(), true);
     assert!(full.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"));
     assert!(full.contains("--probability 0.3333333333"));
     assert!(full.contains("--probability 0.5000000000"));
     let existing = ipt_existing(&full);
-    let c1 = cluster(&o, &pods[..2]);
+    let c1 = lab(&o, eps[..2].to_vec());
     let tx = iptables_restore(&c1, &n, &existing, false);
-    let gone = ipt_sep(&PORTS[0], &pods[2]);
+    let gone = c1.services[0].ipt_sep(&PORTS[0], eps[2].ip);
     assert!(
         tx.contains(&format!(":{gone} - [0:0]")),
         "stale chain declared (flushed)"
     );
     assert!(tx.contains(&format!("-X {gone}")));
     assert!(!tx.contains("-A PREROUTING"), "built-in jumps only on the first sync");
+}
+
+#[test]
+fn iptables_leaves_out_endpoint_comments_above_1000_endpoints() {
+    let o = ServiceOptions::default();
+    let eps: Vec<Endpoint> = (0..400u16)
+        .map(|i| Endpoint {
+            ip: Ipv4Addr::new(10, 244, (i / 200) as u8 + 1, (i % 200) as u8 + 2),
+            ep: Ep::ready(&format!("pod-{i}"), "node1"),
+        })
+        .collect();
+    // 400 endpoints x 3 ports = 1200 > 1000: kube-proxy's large-cluster mode.
+    let ipt = iptables_restore(&lab(&o, eps.clone()), &node(1, "zone-a"), &BTreeSet::new(), false);
+    assert!(!ipt.contains(" -> 10.244."), "no per-endpoint comments");
+    let small = iptables_restore(
+        &lab(&o, eps[..300].to_vec()),
+        &node(1, "zone-a"),
+        &BTreeSet::new(),
+        false,
+    );
+    assert!(small.contains("\"default/tserver:tcp -> 10.244.1.2:5001\""));
 }
 
 #[test]
@@ -200,4 +359,262 @@ fn parses_existing_nft_objects() {
     );
     assert!(e.chains.contains("endpoint-AB-x/y"));
     assert!(e.sets.contains("affinity-XY-a/b"));
+}
+
+// kube-proxy's own golden tests: TestOverallNFTablesRules and TestOverallIPTablesRules
+// (pkg/proxy/{nftables,iptables}/proxier_test.go), the same six Services and endpoints, with the
+// expected output kept verbatim in testdata/.
+
+const fn p80(node_port: u16) -> [ServicePort; 1] {
+    [ServicePort {
+        name: "p80",
+        proto: Proto::Tcp,
+        port: 80,
+        target_port: 80,
+        node_port,
+    }]
+}
+const NO_NODEPORT: [ServicePort; 1] = p80(0);
+const NODEPORT_3001: [ServicePort; 1] = p80(3001);
+const NODEPORT_3002: [ServicePort; 1] = p80(3002);
+const NODEPORT_3003: [ServicePort; 1] = p80(3003);
+
+fn upstream_ep(ip: [u8; 4], node: &str) -> Endpoint {
+    Endpoint {
+        ip: Ipv4Addr::from(ip),
+        ep: Ep::ready(&Ipv4Addr::from(ip).to_string(), node),
+    }
+}
+
+/// The test's fake proxier: node `test-node` at 192.168.0.2, local detector 10.0.0.0/8,
+/// Service CIDR 172.30.0.0/16.
+fn upstream_overall<'a>(
+    cluster_opts: &'a ServiceOptions,
+    local: &'a ServiceOptions,
+    svc5: &'a ServiceOptions,
+) -> (Cluster<'a>, Node) {
+    let svc = |ns: &'a str, name: &'a str, kind, last: u8, ports: &'a [ServicePort], options, endpoints| Service {
+        namespace: ns,
+        name,
+        kind,
+        cluster_ip: Ipv4Addr::new(172, 30, 0, last),
+        ports,
+        lb_ips: Vec::new(),
+        external_ips: Vec::new(),
+        health_check_node_port: 0,
+        options,
+        endpoints,
+    };
+    let services = vec![
+        svc(
+            "ns1",
+            "svc1",
+            ServiceType::ClusterIP,
+            41,
+            &NO_NODEPORT,
+            cluster_opts,
+            vec![upstream_ep([10, 180, 0, 1], "")],
+        ),
+        Service {
+            // No nodeName on its endpoint: not local, so eTP Local has no local endpoint.
+            lb_ips: vec![Ipv4Addr::new(1, 2, 3, 4)],
+            external_ips: vec![Ipv4Addr::new(192, 168, 99, 22)],
+            health_check_node_port: 30000,
+            ..svc(
+                "ns2",
+                "svc2",
+                ServiceType::LoadBalancer,
+                42,
+                &NODEPORT_3001,
+                local,
+                vec![upstream_ep([10, 180, 0, 2], "")],
+            )
+        },
+        svc(
+            "ns3",
+            "svc3",
+            ServiceType::NodePort,
+            43,
+            &NODEPORT_3003,
+            cluster_opts,
+            vec![upstream_ep([10, 180, 0, 3], "")],
+        ),
+        Service {
+            external_ips: vec![Ipv4Addr::new(192, 168, 99, 33)],
+            ..svc(
+                "ns4",
+                "svc4",
+                ServiceType::NodePort,
+                44,
+                &NO_NODEPORT,
+                cluster_opts,
+                vec![
+                    upstream_ep([10, 180, 0, 5], "test-node"),
+                    upstream_ep([10, 180, 0, 4], "test-node"),
+                ],
+            )
+        },
+        Service {
+            lb_ips: vec![Ipv4Addr::new(5, 6, 7, 8)],
+            health_check_node_port: 30000,
+            ..svc(
+                "ns5",
+                "svc5",
+                ServiceType::LoadBalancer,
+                45,
+                &NODEPORT_3002,
+                svc5,
+                vec![upstream_ep([10, 180, 0, 3], "")],
+            )
+        },
+        svc(
+            "ns6",
+            "svc6",
+            ServiceType::ClusterIP,
+            46,
+            &NO_NODEPORT,
+            cluster_opts,
+            Vec::new(),
+        ),
+    ];
+    let node = Node {
+        name: "test-node".into(),
+        zone: String::new(),
+        ip: Ipv4Addr::new(192, 168, 0, 2),
+        pod_cidr: "10.0.1.0/24".parse().unwrap(),
+        netns: String::new(),
+    };
+    (
+        Cluster {
+            service_cidr: "172.30.0.0/16",
+            cluster_cidr: "10.0.0.0/8",
+            services,
+        },
+        node,
+    )
+}
+
+fn upstream_options() -> [ServiceOptions; 3] {
+    [
+        ServiceOptions::default(),
+        ServiceOptions {
+            external_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
+        ServiceOptions {
+            affinity: SessionAffinity::ClientIp,
+            source_ranges: vec!["203.0.113.0/25".parse().unwrap()],
+            ..ServiceOptions::default()
+        },
+    ]
+}
+
+/// A ruleset as structure: the objects declared, the elements, and each chain's rules in order.
+#[derive(Debug, PartialEq, Eq)]
+struct NftShape {
+    objects: BTreeSet<String>,
+    elements: BTreeSet<String>,
+    rules: BTreeMap<String, Vec<String>>,
+}
+
+fn nft_shape(text: &str) -> NftShape {
+    let mut s = NftShape {
+        objects: BTreeSet::new(),
+        elements: BTreeSet::new(),
+        rules: BTreeMap::new(),
+    };
+    for l in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if let Some(r) = l.strip_prefix("add rule ip kube-proxy ") {
+            let (chain, rule) = r.split_once(' ').unwrap();
+            s.rules.entry(chain.to_string()).or_default().push(rule.to_string());
+        } else if l.starts_with("add element ") {
+            s.elements.insert(l.to_string());
+        } else if l.starts_with("add ") {
+            s.objects.insert(l.to_string());
+        } else {
+            assert!(
+                l.starts_with("flush ") || l.starts_with("delete "),
+                "unexpected line {l}"
+            );
+        }
+    }
+    s
+}
+
+#[test]
+fn nftables_rules_match_kube_proxys_overall_test() {
+    let [c, l, s5] = upstream_options();
+    let (cluster, node) = upstream_overall(&c, &l, &s5);
+    let ours = nft_shape(&nft_transaction(&cluster, &node, &NftExisting::default(), false));
+    let want = nft_shape(include_str!("testdata/overall_nftables.txt"));
+    assert_eq!(ours.objects, want.objects);
+    assert_eq!(ours.elements, want.elements);
+    for (chain, rules) in &want.rules {
+        assert_eq!(ours.rules.get(chain), Some(rules), "chain {chain}");
+    }
+    assert_eq!(
+        ours.rules.keys().collect::<Vec<_>>(),
+        want.rules.keys().collect::<Vec<_>>()
+    );
+}
+
+/// One iptables table as structure: the chains declared, and each chain's rules in order.
+type IptTable = (BTreeSet<String>, BTreeMap<String, Vec<String>>);
+
+/// iptables-restore input as structure, per table.
+fn ipt_shape(text: &str) -> BTreeMap<String, IptTable> {
+    let mut tables = BTreeMap::new();
+    let mut table = String::new();
+    for l in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && *l != "COMMIT")
+    {
+        if let Some(t) = l.strip_prefix('*') {
+            table = t.to_string();
+        } else if let Some(ch) = l.strip_prefix(':') {
+            let (decl, _): &mut (BTreeSet<String>, BTreeMap<String, Vec<String>>) =
+                tables.entry(table.clone()).or_default();
+            decl.insert(ch.split_whitespace().next().unwrap().to_string());
+        } else if let Some(r) = l.strip_prefix("-A ") {
+            let (chain, rule) = r.split_once(' ').unwrap_or((r, ""));
+            let (_, rules) = tables.entry(table.clone()).or_default();
+            rules.entry(chain.to_string()).or_default().push(rule.to_string());
+        } else {
+            panic!("unexpected line {l}");
+        }
+    }
+    tables
+}
+
+#[test]
+fn iptables_rules_match_kube_proxys_overall_test() {
+    let [c, l, s5] = upstream_options();
+    let (cluster, node) = upstream_overall(&c, &l, &s5);
+    // The test's fake has the nfacct counters and no --random-fully; a lab node has no nfacct
+    // counters (kube-proxy then writes neither) and has --random-fully.
+    let ours = iptables_restore(&cluster, &node, &BTreeSet::new(), false).replace(" --random-fully", "");
+    let want: String = include_str!("testdata/overall_iptables.txt")
+        .lines()
+        .filter(|l| !l.contains("localhost_nps_accepted_pkts"))
+        .map(|l| l.replace(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts", "") + "\n")
+        .collect();
+    let (ours, want) = (ipt_shape(&ours), ipt_shape(&want));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (table, (decl, rules)) in &want {
+        let (od, or) = &ours[table];
+        assert_eq!(od, decl, "{table}: chains declared");
+        for (chain, want_rules) in rules {
+            assert_eq!(or.get(chain), Some(want_rules), "{table} {chain}");
+        }
+        assert_eq!(
+            or.keys().collect::<Vec<_>>(),
+            rules.keys().collect::<Vec<_>>(),
+            "{table}"
+        );
+    }
 }
