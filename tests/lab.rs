@@ -761,6 +761,86 @@ fn lab_ecmp_loadbalancer_reaches_every_node() {
     t.finish();
 }
 
+/// An HTTP/1.0 GET from `who` (bash /dev/tcp): the status code and the body.
+fn http_get(lab: &Lab, who: &str, ip: &str, port: u16, path: &str) -> (u16, String) {
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
+    let out = lab
+        .command(who, Path::new("timeout"))
+        .expect("command")
+        .args(["2", "bash", "-c", &script])
+        .output()
+        .expect("run bash");
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\n\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// kube-proxy's healthCheckNodePort answers per node (200 with local ready endpoints, 503
+/// without), and the health-checked ECMP load balancer sends nothing to nodes without endpoints.
+fn health_checked_ecmp(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        ecmp: true,
+        options: ServiceOptions {
+            external_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
+        ..small(3, 2, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let lab = t.lab();
+    // node1: pod-001, node2: pod-002, node3: none.
+    let (code, body) = http_get(lab, "client", "172.31.0.11", 32000, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        (v["localEndpoints"].as_u64(), v["serviceProxyHealthy"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(http_get(lab, "client", "172.31.0.13", 32000, "/").0, 503);
+    assert_eq!(http_get(lab, "client", "172.31.0.13", 10256, "/healthz").0, 200);
+    assert_eq!(lab.status().service.lb_next_hops, ["node1", "node2"]);
+    let s = spread(lab, "client", "172.30.0.10:5001", 300, false);
+    assert_eq!((s.failed, s.names()), (0, vec!["pod-001", "pod-002"]), "{s:?}");
+    // node2 loses its pod: its health check fails and the load balancer drains it.
+    lab.delete_pod("pod-002").expect("delete");
+    assert_eq!(http_get(lab, "client", "172.31.0.12", 32000, "/").0, 503);
+    lab.wait_lb(Duration::from_secs(10))
+        .expect("the load balancer converges");
+    assert_eq!(lab.status().service.lb_next_hops, ["node1"]);
+    let s = spread(lab, "client", "172.30.0.10:5001", 100, false);
+    assert_eq!((s.failed, s.names()), (0, vec!["pod-001"]), "{s:?}");
+    // eTP Cluster: no healthCheckNodePort; the load balancer checks kube-proxy's /healthz.
+    lab.set(&LabChanges {
+        external_traffic_policy: Some(TrafficPolicy::Cluster),
+        ..Default::default()
+    })
+    .expect("set");
+    lab.wait_lb(Duration::from_secs(10))
+        .expect("the load balancer converges");
+    assert_eq!(lab.status().service.lb_next_hops, ["node1", "node2", "node3"]);
+    assert_eq!(
+        http_get(lab, "client", "172.31.0.11", 32000, "/").0,
+        0,
+        "the port is closed"
+    );
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_health_checked_ecmp() {
+    if is_root() {
+        health_checked_ecmp(ProxyMode::Nftables, "nfthc");
+    }
+}
+
+#[test]
+fn lab_iptables_health_checked_ecmp() {
+    if is_root() {
+        health_checked_ecmp(ProxyMode::Iptables, "ipthc");
+    }
+}
+
 #[test]
 fn lab_two_labs_coexist() {
     if !is_root() {

@@ -32,6 +32,26 @@ pub enum LabCommand {
     Down(DownArgs),
     /// List the labs on this machine.
     List,
+    /// A lab's own processes (started by `lab up`): kube-proxy's health servers of a node, or the
+    /// health-checked ECMP load balancer.
+    #[command(hide = true, subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// kube-proxy's health servers of one node (`:10256/healthz`, the healthCheckNodePort).
+    Node {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// The ECMP load balancer's health checks, routing the LoadBalancer IP over healthy nodes.
+    Lb {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +241,19 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 let t = Instant::now();
                 lab::down_by_name(n)?;
                 println!("lab {n} removed in {:.2}s", t.elapsed().as_secs_f64());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Agent(a) => {
+            let rt = crate::run::runtime(1)?;
+            match a {
+                AgentCommand::Node { name, node } => {
+                    let lab = Lab::open(&name)?;
+                    let n = lab.nodes().iter().find(|n| n.name == node).cloned();
+                    let n = n.with_context(|| format!("no node {node} in lab {name}"))?;
+                    rt.block_on(lab::health::node_agent(lab.dir().to_path_buf(), n))?;
+                }
+                AgentCommand::Lb { name } => rt.block_on(lab::health::lb_agent(name))?,
             }
             Ok(ExitCode::SUCCESS)
         }

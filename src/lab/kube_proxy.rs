@@ -20,14 +20,23 @@ pub enum Reach {
     FromOutside,
     FromInside,
 }
-use super::{Lab, Pod, ProxyMode, THREADS, conntrack, netns};
+use super::health::{self, node_sync};
+use super::{Lab, Node, Pod, ProxyMode, THREADS, conntrack, netns};
 
 impl Lab {
     /// Writes every node's rules (in parallel), as each node's kube-proxy would after an
     /// EndpointSlice or Service change: one atomic transaction per node.
     pub(super) fn write_rules(&self, initial: bool, reset_affinity: bool) -> Result<()> {
         let cluster = self.cluster();
-        netns::par_each(&self.state.nodes, THREADS, |n| match self.state.proxy_mode {
+        netns::par_each(&self.state.nodes, THREADS, |n| {
+            self.sync_node(&cluster, n, initial, reset_affinity)?;
+            health::record_sync(&self.dir, &n.name, &node_sync(&cluster, n))
+        })
+    }
+
+    /// One node's kube-proxy sync: its rules in one transaction.
+    fn sync_node(&self, cluster: &Cluster, n: &Node, initial: bool, reset_affinity: bool) -> Result<()> {
+        match self.state.proxy_mode {
             ProxyMode::Nftables => {
                 let existing = if initial {
                     NftExisting::default()
@@ -37,7 +46,7 @@ impl Lab {
                         &netns::exec_output(&n.netns, "nft", &["list", "sets", "ip"])?,
                     )
                 };
-                let tx = rules::nft_transaction(&cluster, n, &existing, reset_affinity);
+                let tx = rules::nft_transaction(cluster, n, &existing, reset_affinity);
                 netns::exec_with_stdin(&n.netns, "nft", &["-f", "-"], &tx)
             }
             ProxyMode::Iptables => {
@@ -49,15 +58,15 @@ impl Lab {
                 } else {
                     rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?)
                 };
-                let input = rules::iptables_restore(&cluster, n, &existing, initial);
+                let input = rules::iptables_restore(cluster, n, &existing, initial);
                 netns::exec_with_stdin(&n.netns, "iptables-restore", &["--noflush"], &input)
             }
-        })
+        }
     }
 
     /// What every node's kube-proxy is given: the lab's one Service (a LoadBalancer with a
     /// NodePort per port) and its pods as endpoints.
-    fn cluster(&self) -> Cluster<'_> {
+    pub(super) fn cluster(&self) -> Cluster<'_> {
         Cluster {
             service_cidr: SERVICE_CIDR,
             cluster_cidr: CLUSTER_CIDR,

@@ -22,6 +22,9 @@ use super::topology::{
 use super::{Lab, LabChanges, LabConfig, Node, Pod, THREADS, labs_dir, netns, netns_prefix, validate_name};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `lab up --ecmp` waits for the load balancer's first health checks to settle
+/// (a node without endpoints needs two failed probes, one second apart).
+const LB_CONVERGE: Duration = Duration::from_secs(10);
 
 /// The lab needs Linux (network namespaces, netfilter) and root for namespaces, links and rules.
 pub fn require_host() -> Result<()> {
@@ -207,7 +210,9 @@ impl Lab {
         netns::ip_batch(Some(&net), &b, false)?;
 
         self.write_rules(true, false)?;
-        self.add_pods(pods)
+        self.spawn_agents()?;
+        self.add_pods(pods)?;
+        self.wait_lb(LB_CONVERGE)
     }
 
     /// Adds `count` pods: namespaces, links, servers; waits until they listen, then
@@ -315,28 +320,56 @@ impl Lab {
     }
 
     fn spawn_server(&self, p: &Pod) -> Result<u32> {
-        let log_path = self.dir.join("logs").join(format!("{}.log", p.name));
+        let args = [
+            "serve",
+            "--address",
+            "[::]:5001",
+            "--http",
+            "[::]:8080",
+            "--name",
+            &p.name,
+            "--node",
+            &p.node,
+            "--zone",
+            &p.zone,
+            "--workers",
+            "1",
+        ];
+        self.spawn_in(&p.netns, &p.name, &args)
+            .with_context(|| format!("cannot start {} serve for {}", self.state.server.display(), p.name))
+    }
+
+    /// Starts the health agents: kube-proxy's health servers on every node and, with ECMP, the
+    /// health-checked load balancer in the client's namespace (see [`super::health`]).
+    fn spawn_agents(&self) -> Result<()> {
+        let name = self.state.name.clone();
+        for n in &self.state.nodes {
+            let args = ["lab", "agent", "node", "--name", &name, "--node", &n.name];
+            self.spawn_in(&n.netns, &format!("{}-agent", n.name), &args)
+                .with_context(|| format!("cannot start the health agent of {}", n.name))?;
+        }
+        if self.state.ecmp {
+            let args = ["lab", "agent", "lb", "--name", &name];
+            self.spawn_in(&self.netns_of("client"), "lb-agent", &args)
+                .context("cannot start the load balancer's health checks")?;
+        }
+        Ok(())
+    }
+
+    /// Runs `PROGRAM args` in namespace `ns`, in its own session, logging to `logs/<log>.log`.
+    fn spawn_in(&self, ns: &str, log: &str, args: &[&str]) -> Result<u32> {
+        let log_path = self.dir.join("logs").join(format!("{log}.log"));
         let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-        let ns = File::open(netns::netns_path(&p.netns)).with_context(|| format!("no namespace {}", p.netns))?;
-        let fd = ns.as_raw_fd();
+        let ns_file = File::open(netns::netns_path(ns)).with_context(|| format!("no namespace {ns}"))?;
+        let fd = ns_file.as_raw_fd();
         let mut cmd = Command::new(&self.state.server);
-        cmd.args(["serve", "--address", "[::]:5001", "--http", "[::]:8080"])
-            .args([
-                "--name",
-                &p.name,
-                "--node",
-                &p.node,
-                "--zone",
-                &p.zone,
-                "--workers",
-                "1",
-            ])
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .current_dir("/");
         // SAFETY: between fork and exec we only call setns and setsid, both
-        // async-signal-safe; `ns` outlives the spawn.
+        // async-signal-safe; `ns_file` outlives the spawn.
         unsafe {
             cmd.pre_exec(move || {
                 netns::enter(fd)?;
@@ -346,10 +379,8 @@ impl Lab {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {} serve for {}", self.state.server.display(), p.name))?;
-        drop(ns);
+        let child = cmd.spawn()?;
+        drop(ns_file);
         Ok(child.id())
     }
 

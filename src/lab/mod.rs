@@ -18,11 +18,13 @@
 //! * `lifecycle`: up, pods added and deleted, set, down;
 //! * `kube_proxy`: each node's kube-proxy writing (and showing) its rules;
 //! * `rules`: the rules themselves, as kube-proxy writes them;
+//! * `health`: kube-proxy's health servers per node and the health-checked ECMP load balancer;
 //! * `status`: `lab status`;
 //! * `netns`, `conntrack`: namespaces, processes and conntrack entries.
 
 mod config;
 mod conntrack;
+pub mod health;
 mod kube_proxy;
 mod lifecycle;
 mod netns;
@@ -56,6 +58,11 @@ pub struct Lab {
 impl Lab {
     pub fn name(&self) -> &str {
         &self.state.name
+    }
+
+    /// Where the lab's state, logs and agents' files are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn proxy_mode(&self) -> ProxyMode {

@@ -124,7 +124,10 @@ impl Lab {
                 node_ips: s.nodes.iter().map(|n| n.ip).collect(),
                 lb_ip: LB_IP,
                 lb_next_hops: if s.ecmp {
-                    s.nodes.iter().map(|n| n.name.clone()).collect()
+                    // What the health-checked load balancer routes over now.
+                    self.lb_state()
+                        .map(|l| l.next_hops)
+                        .unwrap_or_else(|| s.nodes.iter().map(|n| n.name.clone()).collect())
                 } else {
                     vec![s.nodes[0].name.clone()]
                 },

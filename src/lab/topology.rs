@@ -50,6 +50,8 @@ pub(super) const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 pub(super) const LB_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
 /// The Service's `healthCheckNodePort` (answered by each node's kube-proxy with eTP Local).
 pub(super) const HEALTH_CHECK_NODE_PORT: u16 = 32000;
+/// kube-proxy's own health port (`--healthz-bind-address`: `/healthz` and `/livez`).
+pub(super) const PROXY_HEALTHZ_PORT: u16 = 10256;
 /// The pods' default gateway (Calico-style): answered by proxy ARP on the node's veth.
 pub(super) const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub(super) const MAX_NODES: usize = 200;
