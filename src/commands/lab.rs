@@ -301,6 +301,7 @@ fn up(a: UpArgs) -> Result<ExitCode> {
                 cfg.zones,
                 report::lab::proxy_mode(st.proxy_mode)
             );
+            println!("rules as kube-proxy {}", st.kube_proxy);
             println!("{}", report::lab::nodes(&st));
             print!("{}", report::lab::service(&st));
             println!(

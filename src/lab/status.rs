@@ -17,6 +17,8 @@ use crate::service::ServiceOptions;
 pub struct LabStatus {
     pub name: String,
     pub proxy_mode: ProxyMode,
+    /// Which kube-proxy's behaviour the rules emulate, and the upstream files they follow.
+    pub kube_proxy: String,
     pub created: jiff::Timestamp,
     pub state_dir: PathBuf,
     pub nodes: Vec<NodeStatus>,
@@ -72,12 +74,27 @@ pub struct ServiceStatus {
     pub options: ServiceOptions,
 }
 
+/// The kube-proxy version whose behaviour the lab's rules follow.
+pub const KUBE_PROXY_VERSION: &str = "v1.34";
+
+/// "v1.34 or later, after <the upstream files>" for a proxy mode.
+fn kube_proxy_emulated(mode: ProxyMode) -> String {
+    let proxier = match mode {
+        ProxyMode::Nftables => "nftables/proxier.go",
+        ProxyMode::Iptables => "iptables/proxier.go",
+    };
+    format!(
+        "{KUBE_PROXY_VERSION} or later, after kubernetes/kubernetes pkg/proxy/{{{proxier}, topology.go, serviceport.go, conntrack/cleanup.go, healthcheck/service_health.go}}"
+    )
+}
+
 impl Lab {
     pub fn status(&self) -> LabStatus {
         let s = &self.state;
         LabStatus {
             name: s.name.clone(),
             proxy_mode: s.proxy_mode,
+            kube_proxy: kube_proxy_emulated(s.proxy_mode),
             created: s.created,
             state_dir: self.dir.clone(),
             nodes: s

@@ -17,6 +17,7 @@ pub fn status(st: &LabStatus) -> String {
         proxy_mode(st.proxy_mode),
         st.state_dir.display()
     );
+    let _ = writeln!(out, "kube-proxy {}", st.kube_proxy);
     let _ = writeln!(out, "{}", nodes(st));
     let mut b = Builder::default();
     b.push_record(["POD", "NODE", "ZONE", "IP", "PID", "ALIVE", "HINT"]);
