@@ -966,3 +966,45 @@ fn lab_up_names_the_packages_it_misses() {
         "nothing was built"
     );
 }
+
+/// Two `lab delete-pod` at once: each re-reads the state once it holds the lab's lock, so
+/// neither deletion is lost (before, the second saved the state it read before the lock, and
+/// the first pod came back).
+fn concurrent_deletes(mode: ProxyMode, base: &str) {
+    let mut t = TestLab::up(base, small(2, 4, mode));
+    let name = t.lab().name().to_string();
+    let delete = |pod: &str| {
+        Command::new(EXE)
+            .args(["lab", "delete-pod", pod, "--name", &name])
+            .spawn()
+            .expect("start delete-pod")
+    };
+    let (a, b) = (delete("pod-001"), delete("pod-002"));
+    for child in [a, b] {
+        let out = child.wait_with_output().expect("delete-pod");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let lab = Lab::open(&name).expect("open");
+    assert_eq!(all_pods(&lab), ["pod-003", "pod-004"]);
+    for node in ["node1", "node2"] {
+        let rules = lab.rules(node).expect("rules");
+        for gone in ["10.244.1.2", "10.244.2.2"] {
+            assert!(!rules.contains(gone), "{node} still sends to {gone}");
+        }
+    }
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_concurrent_deletes_both_happen() {
+    if is_root() {
+        concurrent_deletes(ProxyMode::Nftables, "nftrace");
+    }
+}
+
+#[test]
+fn lab_iptables_concurrent_deletes_both_happen() {
+    if is_root() {
+        concurrent_deletes(ProxyMode::Iptables, "iptrace");
+    }
+}

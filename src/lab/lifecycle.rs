@@ -398,11 +398,11 @@ impl Lab {
     /// (one atomic rewrite per node), then the server is killed and the namespace removed.
     pub fn delete_pod(&mut self, pod: &str) -> Result<()> {
         require_host()?;
+        let _lock = self.lock()?;
         let Some(i) = self.state.pods.iter().position(|p| p.name == pod) else {
             let n = &self.state.name;
             bail!("no pod named {pod} in lab {n}; see `kubectl svclb lab status --name {n}`");
         };
-        let _lock = DirLock::take(&self.dir)?;
         let gone = self.state.pods.remove(i);
         self.write_rules(false, false)?;
         self.save()?;
@@ -417,7 +417,7 @@ impl Lab {
         if pods > self.state.nodes.len() * MAX_PODS_PER_NODE {
             bail!("--pods must be at most {}", self.state.nodes.len() * MAX_PODS_PER_NODE);
         }
-        let _lock = DirLock::take(&self.dir)?;
+        let _lock = self.lock()?;
         let have = self.state.pods.len();
         if pods > have {
             return self.add_pods(pods - have);
@@ -435,13 +435,13 @@ impl Lab {
     /// Changes Service options or endpoint hints and rewrites the rules.
     pub fn set(&mut self, ch: &LabChanges) -> Result<()> {
         require_host()?;
+        let _lock = self.lock()?;
         for p in &ch.drop_hints {
             if !self.state.pods.iter().any(|q| &q.name == p) {
                 let n = &self.state.name;
                 bail!("no pod named {p} in lab {n}; see `kubectl svclb lab status --name {n}`");
             }
         }
-        let _lock = DirLock::take(&self.dir)?;
         let before = self.state.options.clone();
         let o = &mut self.state.options;
         if let Some(a) = ch.affinity {

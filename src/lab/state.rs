@@ -56,6 +56,12 @@ impl Drop for DirLock {
     }
 }
 
+fn read_state(dir: &Path, name: &str) -> Result<State> {
+    let text = std::fs::read_to_string(state_path(dir))
+        .map_err(|_| anyhow::anyhow!("no lab named {name}; run `kubectl svclb lab up --name {name}`"))?;
+    serde_json::from_str(&text).with_context(|| format!("corrupt lab state {}", state_path(dir).display()))
+}
+
 impl Lab {
     pub(super) fn save(&self) -> Result<()> {
         let path = state_path(&self.dir);
@@ -69,11 +75,16 @@ impl Lab {
     pub fn open(name: &str) -> Result<Lab> {
         validate_name(name)?;
         let dir = labs_dir().join(name);
-        let text = std::fs::read_to_string(state_path(&dir))
-            .map_err(|_| anyhow::anyhow!("no lab named {name}; run `kubectl svclb lab up --name {name}`"))?;
-        let state: State =
-            serde_json::from_str(&text).with_context(|| format!("corrupt lab state {}", state_path(&dir).display()))?;
+        let state = read_state(&dir, name)?;
         Ok(Lab { dir, state })
+    }
+
+    /// Takes the lab's lock and reads its state again: what another command changed since this
+    /// one opened the lab is kept, so two changes at once never lose one.
+    pub(super) fn lock(&mut self) -> Result<DirLock> {
+        let lock = DirLock::take(&self.dir)?;
+        self.state = read_state(&self.dir, &self.state.name)?;
+        Ok(lock)
     }
 
     /// Names of the labs that can be opened: those with state under [`labs_dir`], sorted.
