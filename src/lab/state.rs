@@ -1,15 +1,17 @@
 //! A lab's saved state (`state.json` under [`labs_dir`]), the lock on its directory, and
 //! loading, saving and listing labs.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::netns;
-use super::{Lab, Node, Pod, ProxyMode, labs_dir, validate_name};
+use super::{Lab, Node, Pod, ProxyMode, SyncDelay, labs_dir, validate_name};
 use crate::service::ServiceOptions;
 
 /// The saved state of a lab (`state.json`).
@@ -27,6 +29,40 @@ pub(super) struct State {
     pub(super) nodes: Vec<Node>,
     pub(super) pods: Vec<Pod>,
     pub(super) next_pod: usize,
+    /// The rules generation: one more at every change of the Service or its endpoints.
+    #[serde(default)]
+    pub(super) generation: u64,
+    /// What each node's kube-proxy last applied (by node name; none yet: nothing).
+    #[serde(default)]
+    pub(super) applied: BTreeMap<String, Applied>,
+    #[serde(default)]
+    pub(super) sync_delay: SyncDelay,
+}
+
+/// What one node's kube-proxy last applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Applied {
+    pub(super) generation: u64,
+    /// The affinity timeout its nftables affinity sets were made with (a new one needs new sets).
+    pub(super) affinity_timeout: Option<u32>,
+}
+
+impl State {
+    /// The Service or its endpoints changed: a new generation, and the delay after which each
+    /// node's kube-proxy applies it (in the order of `nodes`).
+    pub(super) fn bump(&mut self) -> Vec<(String, Duration)> {
+        self.generation += 1;
+        let mut rng = rand::rng();
+        self.nodes
+            .iter()
+            .map(|n| (n.name.clone(), self.sync_delay.pick(&mut rng)))
+            .collect()
+    }
+
+    /// The generation `node` has applied.
+    pub(super) fn applied_generation(&self, node: &str) -> u64 {
+        self.applied.get(node).map_or(0, |a| a.generation)
+    }
 }
 
 pub(super) fn state_path(dir: &Path) -> PathBuf {
@@ -56,7 +92,7 @@ impl Drop for DirLock {
     }
 }
 
-fn read_state(dir: &Path, name: &str) -> Result<State> {
+pub(super) fn read_state(dir: &Path, name: &str) -> Result<State> {
     let text = std::fs::read_to_string(state_path(dir))
         .map_err(|_| anyhow::anyhow!("no lab named {name}; run `kubectl svclb lab up --name {name}`"))?;
     serde_json::from_str(&text).with_context(|| format!("corrupt lab state {}", state_path(dir).display()))
@@ -83,8 +119,22 @@ impl Lab {
     /// one opened the lab is kept, so two changes at once never lose one.
     pub(super) fn lock(&mut self) -> Result<DirLock> {
         let lock = DirLock::take(&self.dir)?;
-        self.state = read_state(&self.dir, &self.state.name)?;
+        self.reload()?;
         Ok(lock)
+    }
+
+    /// Reads the state again (what this process's own threads and other commands saved).
+    pub(super) fn reload(&mut self) -> Result<()> {
+        self.state = read_state(&self.dir, &self.state.name)?;
+        Ok(())
+    }
+
+    /// Changes the lab's current state under its lock (re-read first) and saves it.
+    pub(super) fn change<T>(&mut self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let _lock = self.lock()?;
+        let out = f(&mut self.state)?;
+        self.save()?;
+        Ok(out)
     }
 
     /// Names of the labs that can be opened: those with state under [`labs_dir`], sorted.

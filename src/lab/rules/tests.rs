@@ -52,6 +52,7 @@ fn pod(n: u8, node: u8, zone: &str, hint: bool) -> Pod {
         pid: 0,
         hint: hint.then(|| zone.to_string()),
         hint_dropped: !hint,
+        conditions: Default::default(),
     }
 }
 
