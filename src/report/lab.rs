@@ -106,7 +106,7 @@ pub fn service(st: &LabStatus) -> String {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".to_string())
     );
-    println!("  client {} in {}", st.client.ip, st.client.netns);
+    let _ = writeln!(out, "  client {} in {}", st.client.ip, st.client.netns);
     out
 }
 
