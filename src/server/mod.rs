@@ -151,18 +151,27 @@ fn bind_socket(addr: SocketAddr, ty: Type) -> std::io::Result<Socket> {
 }
 
 fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = bind_socket(addr, Type::STREAM)?;
+    listen(bind_socket(addr, Type::STREAM)?)
+}
+
+fn listen(socket: Socket) -> std::io::Result<tokio::net::TcpListener> {
     // A deep backlog: storms open thousands of connections at once.
     socket.listen(8192)?;
     tokio::net::TcpListener::from_std(socket.into())
 }
 
 impl Listeners {
-    /// Binds every socket of `cfg`. Must be called inside a tokio runtime.
+    /// Binds every socket of `cfg`. Must be called inside a tokio runtime. The TCP socket
+    /// listens last: whoever sees it listening (the lab's readiness probe) finds UDP and HTTP
+    /// open too.
     pub fn bind(cfg: &ServeConfig) -> Result<Self> {
-        let tcp = tcp_listener(cfg.address).with_context(|| format!("cannot listen on TCP {}", cfg.address))?;
+        let cannot = || format!("cannot listen on TCP {}", cfg.address);
+        let tcp = bind_socket(cfg.address, Type::STREAM).with_context(cannot)?;
         // The UDP socket binds the port TCP got, so `--address 127.0.0.1:0` works for both.
-        let udp_addr = tcp.local_addr()?;
+        let udp_addr = tcp
+            .local_addr()?
+            .as_socket()
+            .context("the TCP socket has no IP address")?;
         let udp = bind_socket(udp_addr, Type::DGRAM).with_context(|| format!("cannot listen on UDP {udp_addr}"))?;
         let udp = tokio::net::UdpSocket::from_std(udp.into())?;
         let http = cfg
@@ -175,6 +184,7 @@ impl Listeners {
                 })
             })
             .transpose()?;
+        let tcp = listen(tcp).with_context(cannot)?;
         Ok(Self {
             tcp,
             udp,
