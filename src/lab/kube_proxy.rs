@@ -115,8 +115,12 @@ impl Syncs {
         }
     }
 
-    /// Every node applies the change that picked `delays`, each after its delay.
+    /// Every node applies the change that picked `delays`, each after its delay (none: no
+    /// change to apply).
     pub(super) fn start(&mut self, delays: Vec<(String, Duration)>) {
+        if delays.is_empty() {
+            return;
+        }
         let (dir, name, start) = (self.dir.clone(), self.name.clone(), self.start);
         self.running
             .push(std::thread::spawn(move || sync_nodes(&dir, &name, start, delays)));
@@ -148,10 +152,10 @@ impl Lab {
         let cluster = self.cluster(&pods);
         match self.state.proxy_mode {
             ProxyMode::Nftables => {
-                let existing = NftExisting::parse(
-                    &netns::exec_output(&n.netns, "nft", &["list", "chains", "ip"])?,
-                    &netns::exec_output(&n.netns, "nft", &["list", "sets", "ip"])?,
-                );
+                // Chains and sets in one listing (one `nft` run less per sync): chain lines
+                // and set lines are told apart by their keyword.
+                let listing = netns::exec_output(&n.netns, "nft", &["list chains ip ; list sets ip"])?;
+                let existing = NftExisting::parse(&listing, &listing);
                 // Affinity sets carry their timeout: a new one needs new sets.
                 let reset_affinity = self
                     .state
