@@ -374,3 +374,30 @@ fn print_status(st: &LabStatus, f: StatusFormat) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_delays_parse_as_a_range_or_one_delay() {
+        let ms = |a: u64, b: u64| SyncDelay::new(Duration::from_millis(a), Duration::from_millis(b)).unwrap();
+        assert_eq!(sync_delay("0"), Ok(ms(0, 0)));
+        assert_eq!(sync_delay("0..2s"), Ok(ms(0, 2000)));
+        assert_eq!(sync_delay("1..2s"), Ok(ms(1000, 2000)));
+        assert_eq!(sync_delay("100..500ms"), Ok(ms(100, 500)));
+        assert_eq!(sync_delay("500ms..1s"), Ok(ms(500, 1000)));
+        assert_eq!(sync_delay("750ms"), Ok(ms(750, 750)));
+        assert!(sync_delay("2s..1s").unwrap_err().contains("MIN must not be above MAX"));
+        assert!(sync_delay("0..2m").unwrap_err().contains("at most 60s"));
+        assert!(sync_delay("soon").is_err());
+    }
+
+    #[test]
+    fn grace_periods_are_seconds_or_durations() {
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert!(duration("-1").is_err());
+    }
+}

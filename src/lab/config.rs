@@ -158,3 +158,58 @@ impl Default for LabTiming {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn sync_delays_are_picked_in_the_range_and_cover_it() {
+        let ms = Duration::from_millis;
+        let d = SyncDelay::new(ms(100), ms(300)).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let picked: Vec<Duration> = (0..1000).map(|_| d.pick(&mut rng)).collect();
+        assert!(picked.iter().all(|p| (ms(100)..=ms(300)).contains(p)));
+        // Uniform: both ends of the range come up.
+        assert!(picked.iter().any(|p| *p < ms(120)) && picked.iter().any(|p| *p > ms(280)));
+        let fixed = SyncDelay::new(ms(250), ms(250)).unwrap();
+        assert_eq!(fixed.pick(&mut rng), ms(250));
+        assert_eq!(SyncDelay::default().pick(&mut rng), Duration::ZERO);
+        assert_eq!(d.to_string(), "100..300ms");
+        assert_eq!(fixed.to_string(), "250ms");
+    }
+
+    #[test]
+    fn sync_delays_must_be_ordered_and_bounded() {
+        let s = Duration::from_secs;
+        assert!(
+            SyncDelay::new(s(2), s(1))
+                .unwrap_err()
+                .to_string()
+                .contains("MIN must not be above MAX")
+        );
+        assert!(
+            SyncDelay::new(s(0), s(61))
+                .unwrap_err()
+                .to_string()
+                .contains("at most 60s")
+        );
+        assert!(SyncDelay::new(s(0), MAX_SYNC_DELAY).is_ok());
+    }
+
+    #[test]
+    fn only_rule_changes_make_a_new_generation() {
+        let delay_only = LabChanges {
+            sync_delay: Some(SyncDelay::default()),
+            ..LabChanges::default()
+        };
+        assert!(!delay_only.changes_rules());
+        let hints = LabChanges {
+            restore_hints: true,
+            ..LabChanges::default()
+        };
+        assert!(hints.changes_rules());
+    }
+}

@@ -164,3 +164,77 @@ impl Lab {
         Ok(names)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(nodes: usize, sync_delay: SyncDelay) -> State {
+        State {
+            kind: "SvclbLab".into(),
+            version: 1,
+            name: "t".into(),
+            created: jiff::Timestamp::UNIX_EPOCH,
+            proxy_mode: ProxyMode::Nftables,
+            ecmp: false,
+            zones: 1,
+            server: "serve".into(),
+            options: ServiceOptions::default(),
+            nodes: (1..=nodes)
+                .map(|i| Node {
+                    name: format!("node{i}"),
+                    zone: "zone-a".into(),
+                    ip: std::net::Ipv4Addr::new(172, 31, 0, 10 + i as u8),
+                    pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+                    netns: format!("svclb-t.node{i}"),
+                })
+                .collect(),
+            pods: Vec::new(),
+            next_pod: 1,
+            generation: 0,
+            applied: BTreeMap::new(),
+            sync_delay,
+        }
+    }
+
+    #[test]
+    fn a_change_is_a_new_generation_with_a_delay_for_every_node() {
+        let ms = Duration::from_millis;
+        let mut s = state(3, SyncDelay::new(ms(10), ms(20)).unwrap());
+        let delays = s.bump();
+        assert_eq!(s.generation, 1);
+        let nodes: Vec<&str> = delays.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(nodes, ["node1", "node2", "node3"]);
+        assert!(delays.iter().all(|(_, d)| (ms(10)..=ms(20)).contains(d)));
+        s.bump();
+        assert_eq!(s.generation, 2);
+        // Nothing applied yet: generation 0; then what the node recorded.
+        assert_eq!(s.applied_generation("node2"), 0);
+        s.applied.insert(
+            "node2".into(),
+            Applied {
+                generation: 2,
+                affinity_timeout: Some(10_800),
+            },
+        );
+        assert_eq!(s.applied_generation("node2"), 2);
+    }
+
+    #[test]
+    fn state_files_from_before_generations_and_conditions_still_load() {
+        let mut v = serde_json::to_value(state(1, SyncDelay::default())).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for gone in ["generation", "applied", "sync_delay"] {
+            o.remove(gone);
+        }
+        o.insert(
+            "pods".into(),
+            serde_json::json!([{"name": "pod-001", "node": "node1", "zone": "zone-a",
+                "ip": "10.244.1.2", "netns": "svclb-t.pod-001", "veth": "vp1", "pid": 42, "hint": null}]),
+        );
+        let s: State = serde_json::from_value(v).unwrap();
+        assert_eq!((s.generation, s.applied_generation("node1")), (0, 0));
+        assert_eq!(s.sync_delay, SyncDelay::default());
+        assert_eq!(s.pods[0].conditions, crate::lab::Conditions::READY);
+    }
+}
