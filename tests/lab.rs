@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use svclb::lab::{self, Lab, LabChanges, LabConfig, ProxyMode};
+use svclb::lab::{self, EndpointEvent, Lab, LabChanges, LabConfig, LabStatus, LabTiming, ProxyMode, SyncDelay};
 use svclb::service::{ServiceOptions, SessionAffinity, TrafficDistribution, TrafficPolicy};
 
 const EXE: &str = env!("CARGO_BIN_EXE_kubectl-svclb");
@@ -1096,10 +1096,13 @@ fn ask(flow: &std::net::UdpSocket) -> Option<String> {
         .map(str::to_string)
 }
 
+/// kube-proxy's conntrack cleanup (`conntrack/cleanup.go`) after each node's sync: a UDP flow
+/// stays on its endpoint while the endpoint serves (terminating too), moves once it no longer
+/// serves, and when no endpoint is left its entry goes as well (the Service's reject answers).
 fn udp_flow_moves_on_delete(mode: ProxyMode, base: &str) {
     let mut t = TestLab::up(base, small(2, 4, mode));
-    let lab = t.lab();
-    let flow = udp_flow(lab, "node1", "10.96.0.10:5001");
+    let name = t.lab().name().to_string();
+    let flow = udp_flow(t.lab(), "node1", "10.96.0.10:5001");
     let first = ask(&flow).expect("an answer");
     for _ in 0..5 {
         assert_eq!(
@@ -1108,13 +1111,59 @@ fn udp_flow_moves_on_delete(mode: ProxyMode, base: &str) {
             "conntrack keeps a UDP flow on one backend"
         );
     }
-    // kube-proxy deletes the flow's conntrack entry with the endpoint: the next datagram is
-    // balanced again instead of vanishing until the entry times out.
-    lab.delete_pod(&first).expect("delete");
-    let next = ask(&flow)
-        .or_else(|| ask(&flow))
-        .expect("the flow is answered again at once");
+    let deleting = first.clone();
+    let deleter = std::thread::spawn(move || {
+        let timing = LabTiming {
+            drain_delay: Duration::from_millis(1500),
+            ..LabTiming::default()
+        };
+        Lab::open(&name).expect("open").delete_pod_with(&deleting, &timing)
+    });
+    // Terminating and applied on node1, but still serving: the flow stays where it is.
+    let name = t.lab().name().to_string();
+    wait_for(&name, "node1", |s| pod_is(s, &first, "terminating"));
+    assert_eq!(
+        ask(&flow).as_deref(),
+        Some(first.as_str()),
+        "a serving endpoint keeps its flows"
+    );
+    // No longer serving, applied on node1: its entry was deleted, the next datagram is balanced
+    // again instead of vanishing until the entry times out.
+    wait_for(&name, "node1", |s| !pod_is(s, &first, "terminating"));
+    let next = ask(&flow).expect("the flow is answered again at once");
     assert_ne!(next, first);
+    deleter.join().expect("deleter").expect("delete");
+    // Down to one pod, which the flow reaches.
+    let lab = t.lab();
+    let zero = LabTiming {
+        grace_period: Duration::ZERO,
+        ..LabTiming::default()
+    };
+    lab.scale_with(1, &zero).expect("scale to 1");
+    let last = lab.pods()[0].clone();
+    let answered = ask(&flow).or_else(|| ask(&flow));
+    assert_eq!(answered.as_deref(), Some(last.name.as_str()));
+    // It stops serving but lives on (a connection keeps it): no serving endpoint is left, and
+    // the flow's entry goes too, so its next datagram is a new connection and meets the
+    // Service's reject, which a sender on the node itself gets as EPERM. (kube-proxy v1.34
+    // skips such a Service and keeps the entry: the datagram would go on to the pod's closed
+    // port.)
+    let (held, _) = tcp_conn(lab, "node1", &format!("{}:5001", last.ip));
+    let deleting = (name.clone(), last.name.clone());
+    let deleter = std::thread::spawn(move || {
+        let timing = LabTiming {
+            grace_period: Duration::from_secs(30),
+            ..LabTiming::default()
+        };
+        Lab::open(&deleting.0)
+            .expect("open")
+            .delete_pod_with(&deleting.1, &timing)
+    });
+    wait_for(&name, "node1", |s| pod_is(s, &last.name, "terminating, not serving"));
+    let err = flow.send(b"hello").expect_err("rejected");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    drop(held);
+    deleter.join().expect("deleter").expect("delete");
     t.finish();
 }
 
@@ -1157,4 +1206,309 @@ fn lab_up_names_the_packages_it_misses() {
         std::fs::read_dir(empty.path()).unwrap().next().is_none(),
         "nothing was built"
     );
+}
+
+/// Two `lab delete-pod` at once: each re-reads the state once it holds the lab's lock, so
+/// neither deletion is lost (before, the second saved the state it read before the lock, and
+/// the first pod came back).
+fn concurrent_deletes(mode: ProxyMode, base: &str) {
+    let mut t = TestLab::up(base, small(2, 4, mode));
+    let name = t.lab().name().to_string();
+    let delete = |pod: &str| {
+        Command::new(EXE)
+            .args(["lab", "delete-pod", pod, "--name", &name])
+            .spawn()
+            .expect("start delete-pod")
+    };
+    let (a, b) = (delete("pod-001"), delete("pod-002"));
+    for child in [a, b] {
+        let out = child.wait_with_output().expect("delete-pod");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let lab = Lab::open(&name).expect("open");
+    assert_eq!(all_pods(&lab), ["pod-003", "pod-004"]);
+    for node in ["node1", "node2"] {
+        let rules = lab.rules(node).expect("rules");
+        for gone in ["10.244.1.2", "10.244.2.2"] {
+            assert!(!rules.contains(gone), "{node} still sends to {gone}");
+        }
+    }
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_concurrent_deletes_both_happen() {
+    if is_root() {
+        concurrent_deletes(ProxyMode::Nftables, "nftrace");
+    }
+}
+
+#[test]
+fn lab_iptables_concurrent_deletes_both_happen() {
+    if is_root() {
+        concurrent_deletes(ProxyMode::Iptables, "iptrace");
+    }
+}
+
+/// Waits until `check` holds on the lab's status and `node` has applied the lab's generation.
+fn wait_for(name: &str, node: &str, check: impl Fn(&LabStatus) -> bool) -> LabStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = Lab::open(name).expect("open").status();
+        let n = s.nodes.iter().find(|n| n.name == node).expect("node");
+        if check(&s) && n.generation == s.generation {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "never came: {s:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `pod` is in the lab with these conditions ("ready", "terminating", ...).
+fn pod_is(s: &LabStatus, pod: &str, what: &str) -> bool {
+    s.pods.iter().any(|p| p.name == pod && p.conditions.describe() == what)
+}
+
+/// A TCP connection made inside `who`'s namespace to `addr`, with the server's greeting read.
+fn tcp_conn(lab: &Lab, who: &str, addr: &str) -> (std::net::TcpStream, String) {
+    use std::io::{BufRead, BufReader};
+    let ns = std::fs::File::open(format!("/run/netns/{}", lab.netns(who).expect("netns"))).expect("open netns");
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    let c = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this short-lived thread only.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect")
+    })
+    .join()
+    .expect("thread");
+    c.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut greeting = String::new();
+    BufReader::new(&c).read_line(&mut greeting).expect("greeting");
+    (c, greeting)
+}
+
+/// eTP Local, the only local pod of node2 deleted: while it drains it is node2's endpoint
+/// (terminating, serving: kube-proxy's fallback when no local endpoint is ready) and new
+/// connections via node2 reach it; once its server closed its listeners nothing local serves
+/// and they are dropped; its open connection is finished; it is removed when that closes.
+fn terminating_fallback(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        options: ServiceOptions {
+            external_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
+        ..small(2, 3, mode)
+    };
+    // node1: pod-001, pod-003; node2: pod-002.
+    let mut t = TestLab::up(base, cfg);
+    let name = t.lab().name().to_string();
+    let (mut held, greeting) = tcp_conn(t.lab(), "client", "172.31.0.12:30001");
+    assert!(greeting.starts_with("pod-002 "), "{greeting}");
+    let deleting = name.clone();
+    let deleter = std::thread::spawn(move || {
+        let timing = LabTiming {
+            grace_period: Duration::from_secs(30),
+            drain_delay: Duration::from_millis(1500),
+            ..LabTiming::default()
+        };
+        Lab::open(&deleting).expect("open").delete_pod_with("pod-002", &timing)
+    });
+    wait_for(&name, "node2", |s| pod_is(s, "pod-002", "terminating"));
+    let lab = Lab::open(&name).expect("open");
+    let local: Vec<&str> = lab
+        .endpoints("node2", lab::Reach::FromOutside)
+        .expect("endpoints")
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(local, ["pod-002"], "the serving terminating endpoint is the fallback");
+    let line = hello(&lab, "client", "172.31.0.12", 30001).expect("a new connection while it drains");
+    assert!(line.starts_with("pod-002 "), "{line}");
+    // node1 still has ready local endpoints: the terminating one is not used there.
+    let n1 = spread(&lab, "client", "172.31.0.11:30001", 60, false);
+    assert_eq!(n1.names(), ["pod-001", "pod-003"], "{n1:?}");
+
+    wait_for(&name, "node2", |s| pod_is(s, "pod-002", "terminating, not serving"));
+    let lab = Lab::open(&name).expect("open");
+    assert!(
+        lab.endpoints("node2", lab::Reach::FromOutside)
+            .expect("endpoints")
+            .is_empty()
+    );
+    assert_eq!(
+        hello(&lab, "client", "172.31.0.12", 30001),
+        None,
+        "dropped once it stopped serving"
+    );
+    // Its open connection is still served.
+    use std::io::{Read, Write};
+    writeln!(held, "svclb held 1").expect("write");
+    let mut buf = [0u8; 256];
+    let n = held.read(&mut buf).expect("answer on the open connection");
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("pod-002 ") && reply.ends_with(" seq=1\n"), "{reply}");
+    drop(held);
+    let tl = deleter.join().expect("deleter").expect("delete");
+    let at = |e| tl.at("pod-002", e).unwrap_or_else(|| panic!("no {e}: {tl:?}"));
+    let (term, not_serving, removed) = (
+        at(EndpointEvent::Terminating),
+        at(EndpointEvent::NotServing),
+        at(EndpointEvent::Removed),
+    );
+    assert!(not_serving >= term + Duration::from_millis(1500), "{tl:?}");
+    assert!(
+        removed >= not_serving && removed < Duration::from_secs(30),
+        "exited on its own: {tl:?}"
+    );
+    assert!(Lab::open(&name).expect("open").netns("pod-002").is_err());
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_terminating_endpoint_is_the_local_fallback_while_it_drains() {
+    if is_root() {
+        terminating_fallback(ProxyMode::Nftables, "nftterm");
+    }
+}
+
+#[test]
+fn lab_iptables_terminating_endpoint_is_the_local_fallback_while_it_drains() {
+    if is_root() {
+        terminating_fallback(ProxyMode::Iptables, "iptterm");
+    }
+}
+
+/// A new pod enters the rules only `--ready-delay` after its server answers: a storm while its
+/// server already answers, but before it is ready, never reaches it; once ready, it does.
+fn ready_delay(mode: ProxyMode, base: &str) {
+    let mut t = TestLab::up(base, small(2, 2, mode));
+    let name = t.lab().name().to_string();
+    let scaling = name.clone();
+    let scaler = std::thread::spawn(move || {
+        let timing = LabTiming {
+            ready_delay: Duration::from_secs(2),
+            ..LabTiming::default()
+        };
+        Lab::open(&scaling).expect("open").scale_with(3, &timing)
+    });
+    // Its server answers (asked directly, not through the Service).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lab = loop {
+        let lab = Lab::open(&name).expect("open");
+        if let Some(p) = lab.pods().iter().find(|p| p.name == "pod-003")
+            && p.pid != 0
+            && hello(&lab, "pod-001", &p.ip.to_string(), 5001).is_some()
+        {
+            break lab;
+        }
+        assert!(Instant::now() < deadline, "pod-003 never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(pod_is(&lab.status(), "pod-003", "not ready"));
+    for node in ["node1", "node2"] {
+        let eps = lab.endpoints(node, lab::Reach::ClusterIp).expect("endpoints");
+        assert!(eps.iter().all(|p| p.name != "pod-003"), "{node}");
+    }
+    let s = spread(&lab, "pod-001", "10.96.0.10:5001", 100, false);
+    let storm_end = Instant::now();
+    assert_eq!(s.names(), ["pod-001", "pod-002"], "{s:?}");
+    let tl = scaler.join().expect("scaler").expect("scale");
+    let ready = tl.at("pod-003", EndpointEvent::Ready).expect("ready");
+    assert!(ready >= Duration::from_secs(2), "{tl:?}");
+    assert!(
+        tl.start + ready > storm_end,
+        "the storm ran before it was ready: {tl:?}"
+    );
+    let lab = Lab::open(&name).expect("open");
+    let s = spread(&lab, "pod-001", "10.96.0.10:5001", 300, false);
+    assert_plausible(&s, &all_pods(&lab));
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_new_pod_enters_the_rules_after_the_ready_delay() {
+    if is_root() {
+        ready_delay(ProxyMode::Nftables, "nftready");
+    }
+}
+
+#[test]
+fn lab_iptables_new_pod_enters_the_rules_after_the_ready_delay() {
+    if is_root() {
+        ready_delay(ProxyMode::Iptables, "iptready");
+    }
+}
+
+/// With a sync delay each node applies a change at its own time: for a moment after a
+/// deletion one node still sends to the removed pod while another no longer does.
+fn per_node_sync(mode: ProxyMode, base: &str) {
+    let cfg = LabConfig {
+        sync_delay: SyncDelay::new(Duration::ZERO, Duration::from_millis(1500)).expect("delay"),
+        ..small(3, 6, mode)
+    };
+    let mut t = TestLab::up(base, cfg);
+    let name = t.lab().name().to_string();
+    let nodes = ["node1", "node2", "node3"];
+    let mut seen = None;
+    // Each try deletes one pod; the nodes' random delays are nearly equal once in a while.
+    for pod in ["pod-004", "pod-005", "pod-006"] {
+        let lab = Lab::open(&name).expect("open");
+        let ip = lab.pods().iter().find(|p| p.name == pod).expect("pod").ip.to_string();
+        let deleting = (name.clone(), pod.to_string());
+        let deleter = std::thread::spawn(move || {
+            let zero = LabTiming {
+                grace_period: Duration::ZERO,
+                ..LabTiming::default()
+            };
+            Lab::open(&deleting.0)
+                .expect("open")
+                .delete_pod_with(&deleting.1, &zero)
+        });
+        while !deleter.is_finished() {
+            // Rules are only ever taken out here: a node read later that still has the pod
+            // had it while one read earlier had not.
+            let has: Vec<bool> = nodes
+                .iter()
+                .map(|n| lab.rules(n).expect("rules").contains(&ip))
+                .collect();
+            if let (Some(without), Some(with)) = (has.iter().position(|h| !h), has.iter().rposition(|h| *h))
+                && without < with
+            {
+                seen = Some((nodes[without], nodes[with]));
+            }
+        }
+        let tl = deleter.join().expect("deleter").expect("delete");
+        let removal = tl.syncs.iter().map(|s| s.generation).max().expect("synced");
+        let at: Vec<Duration> = tl
+            .syncs
+            .iter()
+            .filter(|s| s.generation == removal)
+            .map(|s| s.at)
+            .collect();
+        assert_eq!(at.len(), 3, "every node applied the removal: {tl:?}");
+        assert!(nodes.iter().all(|n| !lab.rules(n).expect("rules").contains(&ip)));
+        if seen.is_some() {
+            break;
+        }
+    }
+    let (without, with) = seen.expect("no moment where the nodes disagreed in three deletions");
+    eprintln!("{base}: {without} no longer sent to the deleted pod while {with} still did");
+    let s = Lab::open(&name).expect("open").status();
+    assert!(s.nodes.iter().all(|n| n.generation == s.generation), "{s:?}");
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_nodes_apply_a_deletion_each_at_its_own_time() {
+    if is_root() {
+        per_node_sync(ProxyMode::Nftables, "nftsync");
+    }
+}
+
+#[test]
+fn lab_iptables_nodes_apply_a_deletion_each_at_its_own_time() {
+    if is_root() {
+        per_node_sync(ProxyMode::Iptables, "iptsync");
+    }
 }

@@ -387,3 +387,102 @@ fn http_binds_the_host_of_address_and_a_taken_port_names_the_flags() {
         "{err}"
     );
 }
+
+fn sigterm(s: &Serve) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+}
+
+/// Polls the child until it exits; its status, or None if still running at `limit`.
+fn exited_within(s: &mut Serve, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// SIGTERM: everything is served for `--drain-delay`; then TCP, UDP and HTTP stop (new
+/// connections refused, datagrams unanswered), an open TCP connection is still answered until
+/// its client closes it, an idle kept-alive HTTP connection is closed (both were open when the
+/// listeners closed), and the server exits 0
+/// once nothing is open.
+#[test]
+fn sigterm_drains_then_closes_listeners_and_finishes_open_connections() {
+    let mut s = Serve::start(
+        &[
+            "--address",
+            "127.0.16.9:0",
+            "--http",
+            "127.0.16.9:0",
+            "--drain-delay",
+            "1s",
+        ],
+        None,
+    );
+    let (addr, http) = (s.addr, s.http.unwrap());
+    let u = udp_client("127.0.16.9");
+    let mut held = greeted(addr).unwrap();
+    let mut kept_alive = TcpStream::connect(http).unwrap();
+    write!(kept_alive, "GET /hostname HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    kept_alive.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(kept_alive.read(&mut buf).unwrap() > 0);
+    let t0 = Instant::now();
+    sigterm(&s);
+    std::thread::sleep(Duration::from_millis(200));
+    // Draining: still serving new connections and datagrams.
+    greeted(addr).expect("a new connection during the drain delay");
+    assert!(ask(&u, addr, b"hostname").starts_with("pod"));
+    assert!(http_get(http, "/hostname").contains("pod"));
+    assert!(s.child.try_wait().unwrap().is_none());
+    // After the drain delay: the idle HTTP connection is closed, new connections are refused,
+    // datagrams go unanswered; the held connection is still served.
+    let closed = closed_within(&mut kept_alive, Duration::from_secs(3)).expect("kept-alive HTTP closed");
+    assert!(t0.elapsed() + closed >= Duration::from_millis(900), "closed early");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+    assert!(TcpStream::connect_timeout(&http, Duration::from_secs(1)).is_err());
+    u.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    u.send_to(b"hostname", addr).unwrap();
+    assert!(u.recv(&mut buf).is_err(), "UDP answered after the drain");
+    writeln!(held, "svclb held 7").unwrap();
+    let n = held.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with(" seq=7\n"));
+    assert!(s.child.try_wait().unwrap().is_none(), "exited with a connection open");
+    drop(held);
+    let status = exited_within(&mut s, Duration::from_secs(3)).expect("exits once nothing is open");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        s.log().iter().any(|l| l.contains("finishing 2 open connections")),
+        "{:?}",
+        s.log()
+    );
+}
+
+/// A SIGTERM carrying a value (sigqueue) drains for that many milliseconds whatever
+/// `--drain-delay` says; a second SIGTERM ends the drain at once.
+#[test]
+fn queued_sigterm_value_sets_the_drain_and_a_second_sigterm_ends_it() {
+    let mut s = Serve::start(&["--address", "127.0.16.10:0", "--no-http"], None);
+    svclb::server::terminate(s.child.id(), Duration::from_millis(800)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    greeted(s.addr).expect("still accepting: the queued value, not --drain-delay 0");
+    let status = exited_within(&mut s, Duration::from_secs(3)).expect("exits after the drain");
+    assert!(status.success(), "{status:?}");
+
+    let mut s = Serve::start(
+        &["--address", "127.0.16.10:0", "--no-http", "--drain-delay", "30s"],
+        None,
+    );
+    let _held = greeted(s.addr).unwrap();
+    sigterm(&s);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(s.child.try_wait().unwrap().is_none(), "draining");
+    sigterm(&s);
+    let status = exited_within(&mut s, Duration::from_secs(2)).expect("the second SIGTERM ends it");
+    assert!(status.success(), "{status:?}");
+}

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::service_args::{ServiceArgs, ServiceChanges};
-use crate::lab::{self, Lab, LabChanges, LabConfig, LabStatus, ProxyMode};
+use crate::lab::{self, Lab, LabChanges, LabConfig, LabStatus, LabTiming, ProxyMode, SyncDelay};
 use crate::report;
 
 #[derive(Debug, Subcommand)]
@@ -22,11 +22,12 @@ pub enum LabCommand {
     Rules(RulesArgs),
     /// Run a command inside a lab namespace: `client`, a node or a pod. Its exit code is passed through.
     Exec(ExecArgs),
-    /// Delete a pod: its endpoint leaves every node's rules, then its server and namespace go.
+    /// Delete a pod as Kubernetes does: terminating while its server drains, then not serving,
+    /// then removed; prints when each step happened and when every node applied it.
     DeletePod(DeletePodArgs),
-    /// Add or remove pods; every node's rules are rewritten.
+    /// Add pods (in the rules once ready) or delete the newest ones (as delete-pod).
     Scale(ScaleArgs),
-    /// Change Service options or endpoint zone hints on a running lab; rules are rewritten.
+    /// Change Service options, endpoint hints or the nodes' sync delay on a running lab.
     Set(SetArgs),
     /// Remove a lab (works from the namespace prefix even if its state is lost).
     Down(DownArgs),
@@ -106,9 +107,53 @@ pub struct UpArgs {
     /// Program the pods run as `PROGRAM serve ...` (default: this executable).
     #[arg(long, value_name = "PROGRAM")]
     pub server: Option<PathBuf>,
+    /// Each node's kube-proxy applies every change after its own delay, picked in MIN..MAX
+    /// (e.g. `0..2s`, `500ms`): nodes disagree for a moment, as on a real cluster.
+    #[arg(long, default_value = "0", value_name = "MIN..MAX", value_parser = sync_delay)]
+    pub sync_delay: SyncDelay,
+    /// A pod enters the rules this long after its server answers (a slow readiness probe).
+    #[arg(long, default_value = "0", value_name = "DURATION", value_parser = duration)]
+    pub ready_delay: Duration,
     /// Print the built lab's status in this format instead of the topology summary.
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<StatusFormat>,
+}
+
+/// How a deleted pod ends.
+#[derive(Debug, Args)]
+pub struct EndArgs {
+    /// From the deletion until the server is killed if it has not exited (seconds, or a
+    /// duration); 0 kills it at once.
+    #[arg(long, default_value = "5", value_name = "SECONDS", value_parser = duration)]
+    pub grace_period: Duration,
+    /// The preStop sleep: how long the terminating server keeps accepting new connections
+    /// before it closes its listeners and finishes the open ones.
+    #[arg(long, default_value = "0", value_name = "DURATION", value_parser = duration)]
+    pub drain_delay: Duration,
+}
+
+/// `5` (seconds, as kubectl's --grace-period) or a duration (`500ms`, `2s`).
+fn duration(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => super::parse_duration(s),
+    }
+}
+
+/// `MIN..MAX` or one delay for every node; a bare number takes the other side's unit
+/// (`0..2s`), or is seconds.
+fn sync_delay(s: &str) -> Result<SyncDelay, String> {
+    let (min, max) = s.split_once("..").unwrap_or((s, s));
+    let unit = |n: &str, other: &str| {
+        let suffix = other.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !suffix.is_empty() {
+            format!("{n}{suffix}")
+        } else {
+            n.to_string()
+        }
+    };
+    let (min, max) = (duration(&unit(min, max))?, duration(&unit(max, min))?);
+    SyncDelay::new(min, max).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +192,8 @@ pub struct DeletePodArgs {
     pub pod: String,
     #[command(flatten)]
     pub name: NameArg,
+    #[command(flatten)]
+    pub end: EndArgs,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +206,11 @@ pub struct ScaleArgs {
     /// Number of pods wanted (`lab scale 50` as `lab scale --pods 50`).
     #[arg(conflicts_with = "pods", value_name = "PODS")]
     pub count: Option<usize>,
+    /// New pods enter the rules this long after their server answers.
+    #[arg(long, default_value = "0", value_name = "DURATION", value_parser = duration)]
+    pub ready_delay: Duration,
+    #[command(flatten)]
+    pub end: EndArgs,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +225,9 @@ pub struct SetArgs {
     /// Give every endpoint its hints back.
     #[arg(long)]
     pub restore_hints: bool,
+    /// Each node's kube-proxy applies later changes after its own delay in MIN..MAX.
+    #[arg(long, value_name = "MIN..MAX", value_parser = sync_delay)]
+    pub sync_delay: Option<SyncDelay>,
 }
 
 #[derive(Debug, Args)]
@@ -219,14 +274,26 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         }
         LabCommand::DeletePod(a) => {
             let mut lab = a.name.open()?;
-            lab.delete_pod(&a.pod)?;
+            let timing = LabTiming {
+                grace_period: a.end.grace_period,
+                drain_delay: a.end.drain_delay,
+                ..LabTiming::default()
+            };
+            let tl = lab.delete_pod_with(&a.pod, &timing)?;
+            print!("{}", report::lab::timeline(&tl));
             println!("pod {} deleted; {} pods left", a.pod, lab.pods().len());
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Scale(a) => {
             let mut lab = a.name.open()?;
             let pods = a.pods.or(a.count).expect("clap requires --pods or a count");
-            lab.scale(pods)?;
+            let timing = LabTiming {
+                grace_period: a.end.grace_period,
+                drain_delay: a.end.drain_delay,
+                ready_delay: a.ready_delay,
+            };
+            let tl = lab.scale_with(pods, &timing)?;
+            print!("{}", report::lab::timeline(&tl));
             println!("lab {} scaled to {} pods", lab.name(), lab.pods().len());
             Ok(ExitCode::SUCCESS)
         }
@@ -285,6 +352,8 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         ecmp: a.ecmp,
         options: a.service.options()?,
         server: a.server,
+        sync_delay: a.sync_delay,
+        ready_delay: a.ready_delay,
     };
     let t = Instant::now();
     let lab = Lab::up(&cfg)?;
@@ -323,10 +392,12 @@ fn set(a: SetArgs) -> Result<ExitCode> {
         source_ranges: a.service.lb_source_ranges.map(|r| r.0),
         drop_hints: a.drop_hint,
         restore_hints: a.restore_hints,
+        sync_delay: a.sync_delay,
     };
     let mut lab = a.name.open()?;
-    lab.set(&ch)?;
+    let tl = lab.set(&ch)?;
     print!("{}", report::lab::service(&lab.status()));
+    print!("{}", report::lab::timeline(&tl));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -337,4 +408,31 @@ fn print_status(st: &LabStatus, f: StatusFormat) -> Result<()> {
         StatusFormat::Table => print!("{}", report::lab::status(st)),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_delays_parse_as_a_range_or_one_delay() {
+        let ms = |a: u64, b: u64| SyncDelay::new(Duration::from_millis(a), Duration::from_millis(b)).unwrap();
+        assert_eq!(sync_delay("0"), Ok(ms(0, 0)));
+        assert_eq!(sync_delay("0..2s"), Ok(ms(0, 2000)));
+        assert_eq!(sync_delay("1..2s"), Ok(ms(1000, 2000)));
+        assert_eq!(sync_delay("100..500ms"), Ok(ms(100, 500)));
+        assert_eq!(sync_delay("500ms..1s"), Ok(ms(500, 1000)));
+        assert_eq!(sync_delay("750ms"), Ok(ms(750, 750)));
+        assert!(sync_delay("2s..1s").unwrap_err().contains("MIN must not be above MAX"));
+        assert!(sync_delay("0..2m").unwrap_err().contains("at most 60s"));
+        assert!(sync_delay("soon").is_err());
+    }
+
+    #[test]
+    fn grace_periods_are_seconds_or_durations() {
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert!(duration("-1").is_err());
+    }
 }

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::server::{Limits, Listeners, ServeConfig};
+use crate::server::{Limits, Listeners, ServeConfig, signals};
 use crate::wire::Identity;
 
 #[derive(Debug, Args)]
@@ -41,6 +41,12 @@ pub struct ServeArgs {
     /// Zone reported in replies (default: env ZONE, else the hostname).
     #[arg(long, env = "ZONE")]
     pub zone: Option<String>,
+    /// On SIGTERM keep serving this long, then close the listeners (TCP, UDP, HTTP) and finish
+    /// the open connections; exit when none is left. A SIGTERM sent with sigqueue(3) carrying a
+    /// value uses that many milliseconds instead (the lab's `delete-pod --drain-delay`). A second
+    /// SIGTERM, or SIGINT, exits at once.
+    #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = super::parse_duration)]
+    pub drain_delay: Duration,
     /// Runtime worker threads; 0 = one per CPU, 1 = single-threaded (lab pods).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -99,6 +105,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }
     }
     crate::run::runtime(args.workers)?.block_on(async {
+        // Watched before anything listens: whoever sees the sockets may already send SIGTERM.
+        let stops = signals(args.drain_delay).context("cannot watch SIGTERM and SIGINT")?;
         let listeners = Listeners::bind(&cfg)?.with_limits(limits);
         match listeners.http_address() {
             Some(h) => eprintln!(
@@ -108,7 +116,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             ),
             None => eprintln!("svclb serve: {} on tcp+udp {}", cfg.identity.name, listeners.address()),
         }
-        listeners.serve(crate::run::interrupt::shutdown_signal()).await
+        listeners.serve_until(stops).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

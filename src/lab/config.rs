@@ -1,8 +1,13 @@
 //! What a lab is built from and changed by: [`LabConfig`] (`lab up`), [`LabChanges`]
-//! (`lab set`), and the [`ProxyMode`]. The Service's options are the crate's one Service model
-//! ([`crate::service::ServiceOptions`]).
+//! (`lab set`), the [`ProxyMode`], each node's [`SyncDelay`] and a pod's [`LabTiming`]. The
+//! Service's options are the crate's one Service model ([`crate::service::ServiceOptions`]).
 
+use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use rand::RngExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +36,10 @@ pub struct LabConfig {
     pub options: ServiceOptions,
     /// The program pods run as `PROGRAM serve ...`; `None` = this executable.
     pub server: Option<PathBuf>,
+    /// How long each node's kube-proxy takes to apply a change.
+    pub sync_delay: SyncDelay,
+    /// A new pod becomes ready this long after its server answers (a slow readiness probe).
+    pub ready_delay: Duration,
 }
 
 impl Default for LabConfig {
@@ -44,6 +53,8 @@ impl Default for LabConfig {
             ecmp: false,
             options: ServiceOptions::default(),
             server: None,
+            sync_delay: SyncDelay::default(),
+            ready_delay: Duration::ZERO,
         }
     }
 }
@@ -63,4 +74,145 @@ pub struct LabChanges {
     pub drop_hints: Vec<String>,
     /// Give every endpoint its hint back.
     pub restore_hints: bool,
+    pub sync_delay: Option<SyncDelay>,
+}
+
+impl LabChanges {
+    /// Something kube-proxy writes changes (not only how fast it writes).
+    pub(super) fn changes_rules(&self) -> bool {
+        self.affinity.is_some()
+            || self.affinity_timeout.is_some()
+            || self.external_traffic_policy.is_some()
+            || self.internal_traffic_policy.is_some()
+            || self.traffic_distribution.is_some()
+            || self.source_ranges.is_some()
+            || !self.drop_hints.is_empty()
+            || self.restore_hints
+    }
+}
+
+/// The longest sync delay: a typo should not hang `lab set` for an hour.
+pub const MAX_SYNC_DELAY: Duration = Duration::from_secs(60);
+
+/// How long after a change each node's kube-proxy applies it: every node picks its own delay,
+/// uniformly in `min..=max`, for every change (kube-proxy's min-sync-period and the watch's
+/// latency), so nodes disagree for a moment as on a real cluster. Default: 0, at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncDelay {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl SyncDelay {
+    pub fn new(min: Duration, max: Duration) -> Result<SyncDelay> {
+        if min > max {
+            bail!("--sync-delay MIN..MAX: MIN must not be above MAX");
+        }
+        if max > MAX_SYNC_DELAY {
+            bail!("--sync-delay must be at most {}s", MAX_SYNC_DELAY.as_secs());
+        }
+        Ok(SyncDelay {
+            min_ms: min.as_millis() as u64,
+            max_ms: max.as_millis() as u64,
+        })
+    }
+
+    /// One node's delay for one change.
+    pub fn pick(&self, rng: &mut impl rand::Rng) -> Duration {
+        Duration::from_millis(if self.max_ms > self.min_ms {
+            rng.random_range(self.min_ms..=self.max_ms)
+        } else {
+            self.min_ms
+        })
+    }
+}
+
+impl fmt::Display for SyncDelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min_ms == self.max_ms {
+            write!(f, "{}ms", self.min_ms)
+        } else {
+            write!(f, "{}..{}ms", self.min_ms, self.max_ms)
+        }
+    }
+}
+
+/// How pods come and go (`delete-pod`, `scale`), as Kubernetes times them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabTiming {
+    /// `terminationGracePeriodSeconds` (or `--grace-period`): from the deletion until the
+    /// server is killed if it has not exited. 0 kills it at once.
+    pub grace_period: Duration,
+    /// The preStop sleep: how long a terminating server keeps accepting new connections before
+    /// it closes its listeners (its endpoint is serving until then).
+    pub drain_delay: Duration,
+    /// A new pod becomes ready this long after its server answers.
+    pub ready_delay: Duration,
+}
+
+impl Default for LabTiming {
+    /// Kubernetes' defaults, but a shorter grace period: 5 s (Kubernetes: 30 s), no preStop
+    /// sleep, ready as soon as the server answers.
+    fn default() -> Self {
+        LabTiming {
+            grace_period: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
+            ready_delay: Duration::ZERO,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn sync_delays_are_picked_in_the_range_and_cover_it() {
+        let ms = Duration::from_millis;
+        let d = SyncDelay::new(ms(100), ms(300)).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let picked: Vec<Duration> = (0..1000).map(|_| d.pick(&mut rng)).collect();
+        assert!(picked.iter().all(|p| (ms(100)..=ms(300)).contains(p)));
+        // Uniform: both ends of the range come up.
+        assert!(picked.iter().any(|p| *p < ms(120)) && picked.iter().any(|p| *p > ms(280)));
+        let fixed = SyncDelay::new(ms(250), ms(250)).unwrap();
+        assert_eq!(fixed.pick(&mut rng), ms(250));
+        assert_eq!(SyncDelay::default().pick(&mut rng), Duration::ZERO);
+        assert_eq!(d.to_string(), "100..300ms");
+        assert_eq!(fixed.to_string(), "250ms");
+    }
+
+    #[test]
+    fn sync_delays_must_be_ordered_and_bounded() {
+        let s = Duration::from_secs;
+        assert!(
+            SyncDelay::new(s(2), s(1))
+                .unwrap_err()
+                .to_string()
+                .contains("MIN must not be above MAX")
+        );
+        assert!(
+            SyncDelay::new(s(0), s(61))
+                .unwrap_err()
+                .to_string()
+                .contains("at most 60s")
+        );
+        assert!(SyncDelay::new(s(0), MAX_SYNC_DELAY).is_ok());
+    }
+
+    #[test]
+    fn only_rule_changes_make_a_new_generation() {
+        let delay_only = LabChanges {
+            sync_delay: Some(SyncDelay::default()),
+            ..LabChanges::default()
+        };
+        assert!(!delay_only.changes_rules());
+        let hints = LabChanges {
+            restore_hints: true,
+            ..LabChanges::default()
+        };
+        assert!(hints.changes_rules());
+    }
 }

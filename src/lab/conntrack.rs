@@ -1,10 +1,18 @@
-//! Stale UDP conntrack entries, cleared the way kube-proxy clears them after an endpoint
-//! goes away (`conntrack -D -p udp --dst-nat <endpoint>`), spoken directly over ctnetlink
-//! so the lab needs no `conntrack` binary. Run it on a thread inside the node's namespace
-//! (netlink sockets belong to the namespace they are created in).
+//! Stale UDP conntrack entries, cleared after each sync the way kube-proxy's
+//! `pkg/proxy/conntrack/cleanup.go` (`CleanStaleEntries`) clears them, spoken directly over
+//! ctnetlink so the lab needs no `conntrack` binary. Run it on a thread inside the node's
+//! namespace (netlink sockets belong to the namespace they are created in).
+//!
+//! An entry is stale when it is UDP, its original destination is a Service IP:port (ClusterIP,
+//! LoadBalancer IP) or any address at a UDP nodePort, and its reply comes from an IP:port that
+//! is not a *serving* endpoint of that Service (traffic policies, topology and terminating do
+//! not matter: a terminating endpoint that still serves keeps its flows). Unlike v1.34, whose
+//! loop skips a Service without serving endpoints, a Service whose endpoints all went away has
+//! its entries deleted too (kubernetes PR #139629), so its clients get the Service's reject at
+//! once instead of a black hole until the entry times out.
 
-use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Result, bail};
 
@@ -25,6 +33,8 @@ const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
@@ -135,24 +145,63 @@ fn find(data: &[u8], kind: u16) -> Option<&[u8]> {
     attrs(data).into_iter().find(|(k, _, _)| *k == kind).map(|(_, p, _)| p)
 }
 
-/// (source, destination, L4 protocol) of a CTA_TUPLE_* payload.
-fn tuple(data: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u8)> {
+/// One direction of a conntrack entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tuple {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    proto: u8,
+}
+
+/// The CTA_TUPLE_* payload (addresses, protocol, ports; ports 0 for protocols without them).
+fn tuple(data: &[u8]) -> Option<Tuple> {
     let ip = find(data, CTA_TUPLE_IP)?;
     let v4 = |k| -> Option<Ipv4Addr> {
         let b = find(ip, k)?;
         Some(Ipv4Addr::new(*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?))
     };
-    let proto = *find(find(data, CTA_TUPLE_PROTO)?, CTA_PROTO_NUM)?.first()?;
-    Some((v4(CTA_IP_V4_SRC)?, v4(CTA_IP_V4_DST)?, proto))
+    let proto = find(data, CTA_TUPLE_PROTO)?;
+    let port = |k| find(proto, k).and_then(|b| Some(u16::from_be_bytes([*b.first()?, *b.get(1)?])));
+    Some(Tuple {
+        src: SocketAddrV4::new(v4(CTA_IP_V4_SRC)?, port(CTA_PROTO_SRC_PORT).unwrap_or(0)),
+        dst: SocketAddrV4::new(v4(CTA_IP_V4_DST)?, port(CTA_PROTO_DST_PORT).unwrap_or(0)),
+        proto: *find(proto, CTA_PROTO_NUM)?.first()?,
+    })
 }
 
-/// Deletes the UDP conntrack entries of this namespace that were DNATed to one of
-/// `endpoints` (their reply comes from the endpoint, their original destination was a
-/// Service address). Returns how many were deleted.
-pub fn delete_udp_to(endpoints: &HashSet<Ipv4Addr>) -> Result<usize> {
-    if endpoints.is_empty() {
-        return Ok(0);
+/// The UDP Services of a node's kube-proxy as `CleanStaleEntries` indexes them: per Service
+/// IP:port and per nodePort, the IP:ports of the serving endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct UdpServices {
+    by_address: HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
+    by_node_port: HashMap<u16, HashSet<SocketAddrV4>>,
+}
+
+impl UdpServices {
+    /// A UDP service port reached at `addresses` (ClusterIP:port, LoadBalancer IP:port) and at
+    /// `node_port` (0: none), whose serving endpoints are `serving`.
+    pub fn add(&mut self, addresses: &[SocketAddrV4], node_port: u16, serving: &HashSet<SocketAddrV4>) {
+        for a in addresses {
+            self.by_address.insert(*a, serving.clone());
+        }
+        if node_port != 0 {
+            self.by_node_port.insert(node_port, serving.clone());
+        }
     }
+
+    /// An entry (original direction, reply direction) that no serving endpoint answers any more.
+    fn is_stale(&self, orig: &Tuple, reply: &Tuple) -> bool {
+        if orig.proto != libc::IPPROTO_UDP as u8 {
+            return false;
+        }
+        let gone = |serving: &HashSet<SocketAddrV4>| !serving.contains(&reply.src);
+        self.by_address.get(&orig.dst).is_some_and(gone) || self.by_node_port.get(&orig.dst.port()).is_some_and(gone)
+    }
+}
+
+/// Deletes the stale UDP conntrack entries of this namespace (see the module's comment).
+/// Returns how many were deleted.
+pub fn delete_stale_udp(services: &UdpServices) -> Result<usize> {
     let sock = Socket::open()?;
     let flags = NLM_F_REQUEST | NLM_F_DUMP;
     sock.send(&message(IPCTNL_MSG_CT_GET, flags, 1, &[]))?;
@@ -181,10 +230,8 @@ pub fn delete_udp_to(endpoints: &HashSet<Ipv4Addr>) -> Result<usize> {
                     let orig = all.iter().find(|(k, _, _)| *k == CTA_TUPLE_ORIG);
                     let reply = all.iter().find(|(k, _, _)| *k == CTA_TUPLE_REPLY);
                     if let (Some((_, o, whole)), Some((_, r, _))) = (orig, reply)
-                        && let (Some((_, odst, proto)), Some((rsrc, _, _))) = (tuple(o), tuple(r))
-                        && proto == libc::IPPROTO_UDP as u8
-                        && endpoints.contains(&rsrc)
-                        && odst != rsrc
+                        && let (Some(o), Some(r)) = (tuple(o), tuple(r))
+                        && services.is_stale(&o, &r)
                     {
                         stale.push(whole.to_vec());
                     }
@@ -215,29 +262,130 @@ pub fn delete_udp_to(endpoints: &HashSet<Ipv4Addr>) -> Result<usize> {
 mod tests {
     use super::*;
 
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(payload);
+        a.resize(align4(a.len()), 0);
+        a
+    }
+
     #[test]
-    fn parses_nested_tuples() {
-        // CTA_TUPLE_ORIG { CTA_TUPLE_IP { SRC 10.244.1.2, DST 10.96.0.10 }, CTA_TUPLE_PROTO { NUM 17 } }
-        let mut ip = Vec::new();
-        for (k, a) in [(CTA_IP_V4_SRC, [10, 244, 1, 2]), (CTA_IP_V4_DST, [10, 96, 0, 10])] {
-            ip.extend_from_slice(&8u16.to_ne_bytes());
-            ip.extend_from_slice(&k.to_ne_bytes());
-            ip.extend_from_slice(&a);
-        }
-        let mut proto = Vec::new();
-        proto.extend_from_slice(&5u16.to_ne_bytes());
-        proto.extend_from_slice(&CTA_PROTO_NUM.to_ne_bytes());
-        proto.extend_from_slice(&[17, 0, 0, 0]);
-        let mut t = Vec::new();
-        t.extend_from_slice(&((4 + ip.len()) as u16).to_ne_bytes());
-        t.extend_from_slice(&(CTA_TUPLE_IP | 0x8000).to_ne_bytes());
-        t.extend_from_slice(&ip);
-        t.extend_from_slice(&(4 + 5u16).to_ne_bytes());
-        t.extend_from_slice(&(CTA_TUPLE_PROTO | 0x8000).to_ne_bytes());
-        t.extend_from_slice(&proto);
+    fn parses_nested_tuples_with_ports() {
+        // CTA_TUPLE_ORIG { CTA_TUPLE_IP { SRC 10.244.1.2, DST 10.96.0.10 },
+        //                  CTA_TUPLE_PROTO { NUM 17, SRC_PORT 40000, DST_PORT 5001 } }
+        let ip = [
+            attr(CTA_IP_V4_SRC, &[10, 244, 1, 2]),
+            attr(CTA_IP_V4_DST, &[10, 96, 0, 10]),
+        ]
+        .concat();
+        let proto = [
+            attr(CTA_PROTO_NUM, &[17]),
+            attr(CTA_PROTO_SRC_PORT, &40000u16.to_be_bytes()),
+            attr(CTA_PROTO_DST_PORT, &5001u16.to_be_bytes()),
+        ]
+        .concat();
+        let t = [attr(CTA_TUPLE_IP | 0x8000, &ip), attr(CTA_TUPLE_PROTO | 0x8000, &proto)].concat();
         assert_eq!(
             tuple(&t),
-            Some((Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 96, 0, 10), 17))
+            Some(Tuple {
+                src: "10.244.1.2:40000".parse().unwrap(),
+                dst: "10.96.0.10:5001".parse().unwrap(),
+                proto: 17,
+            })
         );
+    }
+
+    fn entry(proto: u8, client: &str, to: &str, from: &str) -> (Tuple, Tuple) {
+        let (client, to, from) = (client.parse().unwrap(), to.parse().unwrap(), from.parse().unwrap());
+        (
+            Tuple {
+                src: client,
+                dst: to,
+                proto,
+            },
+            Tuple {
+                src: from,
+                dst: client,
+                proto,
+            },
+        )
+    }
+
+    #[test]
+    fn stale_means_udp_to_the_service_answered_by_no_serving_endpoint() {
+        let serving: HashSet<SocketAddrV4> = ["10.244.1.2:5001".parse().unwrap()].into();
+        let mut svc = UdpServices::default();
+        let addresses = ["10.96.0.10:5001".parse().unwrap(), "172.30.0.10:5001".parse().unwrap()];
+        svc.add(&addresses, 30001, &serving);
+        let udp = libc::IPPROTO_UDP as u8;
+        let stale = |(o, r): (Tuple, Tuple)| svc.is_stale(&o, &r);
+        // To the ClusterIP or the LB IP, answered by the serving endpoint: kept.
+        assert!(!stale(entry(
+            udp,
+            "10.244.2.2:40000",
+            "10.96.0.10:5001",
+            "10.244.1.2:5001"
+        )));
+        assert!(!stale(entry(
+            udp,
+            "172.31.0.2:40000",
+            "172.30.0.10:5001",
+            "10.244.1.2:5001"
+        )));
+        // Answered by an endpoint that is gone, or by a port it does not serve: stale.
+        assert!(stale(entry(
+            udp,
+            "10.244.2.2:40000",
+            "10.96.0.10:5001",
+            "10.244.3.2:5001"
+        )));
+        assert!(stale(entry(
+            udp,
+            "10.244.2.2:40000",
+            "10.96.0.10:5001",
+            "10.244.1.2:6000"
+        )));
+        // Any address at the nodePort.
+        assert!(stale(entry(
+            udp,
+            "172.31.0.2:40000",
+            "172.31.0.13:30001",
+            "10.244.3.2:5001"
+        )));
+        assert!(!stale(entry(
+            udp,
+            "172.31.0.2:40000",
+            "172.31.0.13:30001",
+            "10.244.1.2:5001"
+        )));
+        // Made before any endpoint existed: the reply was the Service address itself.
+        assert!(stale(entry(
+            udp,
+            "10.244.2.2:40000",
+            "10.96.0.10:5001",
+            "10.96.0.10:5001"
+        )));
+        // TCP, or another destination: never.
+        let tcp = libc::IPPROTO_TCP as u8;
+        assert!(!stale(entry(
+            tcp,
+            "10.244.2.2:40000",
+            "10.96.0.10:5001",
+            "10.244.3.2:5001"
+        )));
+        assert!(!stale(entry(udp, "10.244.2.2:40000", "10.96.0.10:53", "10.244.3.2:53")));
+        assert!(!stale(entry(
+            udp,
+            "10.244.2.2:40000",
+            "10.244.3.2:5001",
+            "10.244.3.2:5001"
+        )));
+        // No serving endpoint left: everything to the Service is stale (not skipped as in v1.34).
+        let mut none = UdpServices::default();
+        none.add(&addresses, 30001, &HashSet::new());
+        let (o, r) = entry(udp, "10.244.2.2:40000", "10.96.0.10:5001", "10.244.1.2:5001");
+        assert!(none.is_stale(&o, &r));
     }
 }

@@ -220,7 +220,8 @@ impl Lab {
     /// The nodes a health-checked load balancer routes the LoadBalancer IP over once it has
     /// converged: with eTP Local those with a local ready endpoint (all if none has), else all.
     pub fn healthy_nodes(&self) -> Vec<String> {
-        let c = self.cluster();
+        let pods = self.usable_pods();
+        let c = self.cluster(&pods);
         let all: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
         if c.services[0].health_check_port().is_none() {
             return all;
@@ -302,7 +303,8 @@ pub async fn lb_agent(name: String) -> Result<()> {
             return Ok(());
         };
         let s = &lab.state;
-        let (port, path) = match lab.cluster().services[0].health_check_port() {
+        let pods = lab.usable_pods();
+        let (port, path) = match lab.cluster(&pods).services[0].health_check_port() {
             Some(p) => (p, "/"),
             None => (PROXY_HEALTHZ_PORT, "/healthz"),
         };

@@ -1,15 +1,24 @@
-//! Each node's kube-proxy: writing its rules after a change (one atomic transaction per
-//! node, from [`super::rules`]), clearing UDP conntrack entries of endpoints that left, and
-//! the views of its work (the endpoints it chose, the rules it generated, the rules the
-//! kernel has).
+//! Each node's kube-proxy: applying a change after its own delay (its rules, one atomic
+//! transaction from [`super::rules`], then its UDP conntrack cleanup), recording the generation
+//! it applied, and the views of its work (the endpoints it chose, the rules it generated, the
+//! rules the kernel has).
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::rules::{self, Cluster, Endpoint, NftExisting, PORTS, PortPlan, Service};
+use super::conntrack::{self, UdpServices};
+use super::health::{self, node_sync};
+use super::rules::{self, Cluster, Endpoint, NftExisting, PORTS, PortPlan, Proto, Service};
+use super::state::{Applied, DirLock, read_state};
+use super::timeline::{NodeSync, Timeline};
 use super::topology::{CLUSTER_CIDR, CLUSTER_IP, HEALTH_CHECK_NODE_PORT, LB_IP, SERVICE_CIDR};
+use super::{Lab, Node, Pod, ProxyMode, THREADS, netns};
 use crate::service::ServiceType;
 
 /// Which traffic to a Service: to its ClusterIP, or to a NodePort / the LoadBalancer IP from
@@ -20,53 +29,219 @@ pub enum Reach {
     FromOutside,
     FromInside,
 }
-use super::health::{self, node_sync};
-use super::{Lab, Node, Pod, ProxyMode, THREADS, conntrack, netns};
 
-impl Lab {
-    /// Writes every node's rules (in parallel), as each node's kube-proxy would after an
-    /// EndpointSlice or Service change: one atomic transaction per node.
-    pub(super) fn write_rules(&self, initial: bool, reset_affinity: bool) -> Result<()> {
-        let cluster = self.cluster();
-        netns::par_each(&self.state.nodes, THREADS, |n| {
-            self.sync_node(&cluster, n, initial, reset_affinity)?;
-            health::record_sync(&self.dir, &n.name, &node_sync(&cluster, n))
-        })
+/// When each node applies a change made at `changed`: (due, node), soonest first.
+fn schedule(changed: Instant, delays: Vec<(String, Duration)>) -> Vec<(Instant, String)> {
+    let mut due: Vec<(Instant, String)> = delays.into_iter().map(|(n, d)| (changed + d, n)).collect();
+    due.sort();
+    due
+}
+
+/// The nodes of `due` whose kube-proxy has not applied `generation` yet: one that did (an
+/// earlier change's sync ran after this change) has nothing left to do.
+fn behind<'a>(
+    state_nodes: &'a [Node],
+    due: &[String],
+    applied: impl Fn(&str) -> u64,
+    generation: u64,
+) -> Vec<&'a Node> {
+    state_nodes
+        .iter()
+        .filter(|n| due.contains(&n.name) && applied(&n.name) < generation)
+        .collect()
+}
+
+/// Each node's kube-proxy after a change: at its own delay (from `delays`, node by node) it
+/// applies the lab's state *as it is then* (kube-proxy syncs the latest state, so a later
+/// change may be applied in the same sync), writes its rules, cleans its UDP conntrack entries
+/// and records the generation. Nodes due together are written in parallel under one hold of
+/// the lab's lock. Returns when every node has applied; the syncs are timed from `start`.
+pub(super) fn sync_nodes(
+    dir: &Path,
+    name: &str,
+    start: Instant,
+    delays: Vec<(String, Duration)>,
+) -> Result<Vec<NodeSync>> {
+    let mut pending = schedule(Instant::now(), delays);
+    let mut done = Vec::new();
+    while let Some((first, _)) = pending.first() {
+        std::thread::sleep(first.saturating_duration_since(Instant::now()));
+        let _lock = DirLock::take(dir)?;
+        let mut lab = Lab {
+            dir: dir.to_path_buf(),
+            state: read_state(dir, name)?,
+        };
+        let now = Instant::now();
+        let due: Vec<String> = pending
+            .drain(..pending.partition_point(|(at, _)| *at <= now))
+            .map(|(_, n)| n)
+            .collect();
+        let generation = lab.state.generation;
+        let nodes = behind(&lab.state.nodes, &due, |n| lab.state.applied_generation(n), generation);
+        let synced = Mutex::new(Vec::new());
+        netns::par_each(&nodes, THREADS, |n| {
+            lab.write_node(n)?;
+            lab.clean_conntrack(n)?;
+            synced.lock().expect("no panic holding it").push(NodeSync {
+                at: start.elapsed(),
+                node: n.name.clone(),
+                generation,
+            });
+            Ok(())
+        })?;
+        let synced = synced.into_inner().expect("no panic holding it");
+        let timeout = lab.state.options.affinity_timeout;
+        for s in &synced {
+            lab.state.applied.insert(
+                s.node.clone(),
+                Applied {
+                    generation,
+                    affinity_timeout: Some(timeout),
+                },
+            );
+        }
+        lab.save()?;
+        done.extend(synced);
+    }
+    Ok(done)
+}
+
+/// The node syncs a command started, running in the background while it goes on (a deletion
+/// goes through three changes; each node applies each at its own time).
+pub(super) struct Syncs {
+    dir: PathBuf,
+    name: String,
+    start: Instant,
+    running: Vec<JoinHandle<Result<Vec<NodeSync>>>>,
+}
+
+impl Syncs {
+    /// Syncs of `lab`, timed from `start`.
+    pub(super) fn new(lab: &Lab, start: Instant) -> Syncs {
+        Syncs {
+            dir: lab.dir.clone(),
+            name: lab.state.name.clone(),
+            start,
+            running: Vec::new(),
+        }
     }
 
-    /// One node's kube-proxy sync: its rules in one transaction.
-    fn sync_node(&self, cluster: &Cluster, n: &Node, initial: bool, reset_affinity: bool) -> Result<()> {
+    /// Every node applies the change that picked `delays`, each after its delay (none: no
+    /// change to apply).
+    pub(super) fn start(&mut self, delays: Vec<(String, Duration)>) {
+        if delays.is_empty() {
+            return;
+        }
+        let (dir, name, start) = (self.dir.clone(), self.name.clone(), self.start);
+        self.running
+            .push(std::thread::spawn(move || sync_nodes(&dir, &name, start, delays)));
+    }
+
+    /// Waits until every node applied every change; their syncs go to `tl`.
+    pub(super) fn finish(self, tl: &mut Timeline) -> Result<()> {
+        let mut first_error = None;
+        for h in self.running {
+            match h.join() {
+                Ok(Ok(syncs)) => tl.add_syncs(syncs),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(anyhow::anyhow!("a node sync panicked"));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Lab {
+    /// Writes `n`'s rules as its kube-proxy would after an EndpointSlice or Service change: one
+    /// atomic transaction (flush what is kept, delete what is stale); then what its health
+    /// servers answer.
+    fn write_node(&self, n: &Node) -> Result<()> {
+        let pods = self.usable_pods();
+        let cluster = self.cluster(&pods);
+        self.write_rules_of(&cluster, n)?;
+        health::record_sync(&self.dir, &n.name, &node_sync(&cluster, n))
+    }
+
+    fn write_rules_of(&self, cluster: &Cluster, n: &Node) -> Result<()> {
         match self.state.proxy_mode {
             ProxyMode::Nftables => {
-                let existing = if initial {
-                    NftExisting::default()
-                } else {
-                    NftExisting::parse(
-                        &netns::exec_output(&n.netns, "nft", &["list", "chains", "ip"])?,
-                        &netns::exec_output(&n.netns, "nft", &["list", "sets", "ip"])?,
-                    )
-                };
+                // Chains and sets in one listing (one `nft` run less per sync): chain lines
+                // and set lines are told apart by their keyword.
+                let listing = netns::exec_output(&n.netns, "nft", &["list chains ip ; list sets ip"])?;
+                let existing = NftExisting::parse(&listing, &listing);
+                // Affinity sets carry their timeout: a new one needs new sets.
+                let reset_affinity = self
+                    .state
+                    .applied
+                    .get(&n.name)
+                    .and_then(|a| a.affinity_timeout)
+                    .is_some_and(|t| t != self.state.options.affinity_timeout);
                 let tx = rules::nft_transaction(cluster, n, &existing, reset_affinity);
                 netns::exec_with_stdin(&n.netns, "nft", &["-f", "-"], &tx)
             }
             ProxyMode::Iptables => {
-                let existing = if initial {
+                let existing = rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?);
+                // The jumps from the built-in chains are added once, by the first sync.
+                let initial = !existing.contains("KUBE-SERVICES");
+                if initial {
                     // kube-proxy's iptables mode serves NodePorts on 127.0.0.1 (localhostNodePorts)
                     // and sets this so the kernel routes the DNATed packets.
                     netns::sysctls(&n.netns, &[("net/ipv4/conf/all/route_localnet", "1")])?;
-                    Default::default()
-                } else {
-                    rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?)
-                };
+                }
                 let input = rules::iptables_restore(cluster, n, &existing, initial);
                 netns::exec_with_stdin(&n.netns, "iptables-restore", &["--noflush"], &input)
             }
         }
     }
 
+    /// After its sync, a node's kube-proxy deletes the UDP conntrack entries no serving endpoint
+    /// answers any more (`pkg/proxy/conntrack/cleanup.go`; see [`conntrack`]): UDP has no close
+    /// to end them, and they would keep a flow on a gone endpoint until they time out. TCP
+    /// entries are left alone, as kube-proxy does.
+    fn clean_conntrack(&self, n: &Node) -> Result<()> {
+        let services = self.udp_services();
+        netns::in_netns(&n.netns, || conntrack::delete_stale_udp(&services)).map(|_| ())
+    }
+
+    /// The Service's UDP ports as the conntrack cleanup indexes them: every serving endpoint
+    /// counts, whatever the traffic policies, topology or terminating state.
+    fn udp_services(&self) -> UdpServices {
+        let mut services = UdpServices::default();
+        for sp in PORTS.iter().filter(|sp| sp.proto == Proto::Udp) {
+            let serving: HashSet<SocketAddrV4> = self
+                .state
+                .pods
+                .iter()
+                .filter(|p| p.conditions.serving)
+                .map(|p| SocketAddrV4::new(p.ip, sp.target_port))
+                .collect();
+            let addresses = [
+                SocketAddrV4::new(CLUSTER_IP, sp.port),
+                SocketAddrV4::new(LB_IP, sp.port),
+            ];
+            services.add(&addresses, sp.node_port, &serving);
+        }
+        services
+    }
+
+    /// The endpoints kube-proxy can use at all: ready ones, and serving terminating ones (its
+    /// fallback). The others (starting, or terminating and no longer serving) change no rule.
+    pub(super) fn usable_pods(&self) -> Vec<Pod> {
+        self.state
+            .pods
+            .iter()
+            .filter(|p| p.conditions.usable())
+            .cloned()
+            .collect()
+    }
+
     /// What every node's kube-proxy is given: the lab's one Service (a LoadBalancer with a
-    /// NodePort per port) and its pods as endpoints.
-    pub(super) fn cluster(&self) -> Cluster<'_> {
+    /// NodePort per port) and `pods` as its endpoints.
+    pub(super) fn cluster<'a>(&'a self, pods: &'a [Pod]) -> Cluster<'a> {
         Cluster {
             service_cidr: SERVICE_CIDR,
             cluster_cidr: CLUSTER_CIDR,
@@ -80,21 +255,18 @@ impl Lab {
                 external_ips: Vec::new(),
                 health_check_node_port: HEALTH_CHECK_NODE_PORT,
                 options: &self.state.options,
-                endpoints: self
-                    .state
-                    .pods
-                    .iter()
-                    .map(|p| Endpoint { ip: p.ip, ep: p.ep() })
-                    .collect(),
+                endpoints: pods.iter().map(|p| Endpoint { ip: p.ip, ep: p.ep() }).collect(),
             }],
         }
     }
 
     /// The endpoints `node`'s kube-proxy balances `reach` over (the Service's first port; all
-    /// ports have the same endpoints), after traffic policies and topology hints.
+    /// ports have the same endpoints), after traffic policies, topology hints and endpoint
+    /// conditions (a terminating endpoint only when no ready one is left for that traffic).
     pub fn endpoints(&self, node: &str, reach: Reach) -> Result<Vec<&Pod>> {
         let n = self.node(node).with_context(|| self.unknown(node))?;
-        let c = self.cluster();
+        let pods = self.usable_pods();
+        let c = self.cluster(&pods);
         let svc = &c.services[0];
         let plan = PortPlan::new(svc, &PORTS[0], n);
         let chosen = match reach {
@@ -111,7 +283,8 @@ impl Lab {
     /// The generated rules for `node` (what the lab feeds to `nft -f` / `iptables-restore`).
     pub fn generated_rules(&self, node: &str) -> Result<String> {
         let n = self.node(node).with_context(|| self.unknown(node))?;
-        let c = self.cluster();
+        let pods = self.usable_pods();
+        let c = self.cluster(&pods);
         Ok(match self.state.proxy_mode {
             ProxyMode::Nftables => rules::nft_transaction(&c, n, &NftExisting::default(), false),
             ProxyMode::Iptables => rules::iptables_restore(&c, n, &Default::default(), true),
@@ -127,14 +300,47 @@ impl Lab {
             ProxyMode::Iptables => netns::exec_output(&n.netns, "iptables-save", &[]),
         }
     }
+}
 
-    /// After endpoints left the rules, kube-proxy deletes the UDP conntrack entries that
-    /// still point at them (UDP has no close to end them; they would blackhole the flow until
-    /// they time out). TCP entries are left alone, as kube-proxy does.
-    pub(super) fn clear_udp_conntrack(&self, gone: &[Pod]) -> Result<()> {
-        let ips: HashSet<Ipv4Addr> = gone.iter().map(|p| p.ip).collect();
-        netns::par_each(&self.state.nodes, THREADS, |n| {
-            netns::in_netns(&n.netns, || conntrack::delete_udp_to(&ips)).map(|_| ())
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u8) -> Node {
+        Node {
+            name: format!("node{i}"),
+            zone: "zone-a".into(),
+            ip: std::net::Ipv4Addr::new(172, 31, 0, 10 + i),
+            pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+            netns: format!("svclb-t.node{i}"),
+        }
+    }
+
+    #[test]
+    fn nodes_are_due_in_the_order_of_their_delays() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let due = schedule(
+            t,
+            vec![
+                ("node1".into(), ms(300)),
+                ("node2".into(), ms(0)),
+                ("node3".into(), ms(100)),
+            ],
+        );
+        let order: Vec<(Duration, &str)> = due.iter().map(|(at, n)| (*at - t, n.as_str())).collect();
+        assert_eq!(order, [(ms(0), "node2"), (ms(100), "node3"), (ms(300), "node1")]);
+    }
+
+    #[test]
+    fn only_due_nodes_behind_the_generation_are_synced() {
+        let nodes = [node(1), node(2), node(3)];
+        let applied = |n: &str| if n == "node2" { 7 } else { 6 };
+        let due = ["node1".to_string(), "node2".to_string()];
+        let names = |ns: Vec<&Node>| ns.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        // node2 already applied 7 (a later sync of an earlier change took it); node3 is not due.
+        assert_eq!(names(behind(&nodes, &due, applied, 7)), ["node1"]);
+        assert_eq!(names(behind(&nodes, &due, applied, 8)), ["node1", "node2"]);
+        assert!(behind(&nodes, &due, applied, 6).is_empty());
     }
 }

@@ -1,8 +1,8 @@
 //! Building, changing and removing a lab: `up` (namespaces, links, routes, rules, pod
-//! servers), adding and deleting pods, `set`, and `down` (also from the namespace prefix
-//! alone, when the state is gone).
+//! servers), `set`, and `down` (also from the namespace prefix alone, when the state is gone).
+//! Pods coming and going are in [`super::pods`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -14,14 +14,12 @@ use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 
 use super::ProxyMode;
-use super::rules::PORTS;
+use super::kube_proxy::Syncs;
 use super::state::{DirLock, State, state_path};
-use super::topology::{
-    CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, NODE_NET_PREFIX, NODE_NET_ROUTER, POD_GATEWAY, node_ip,
-};
-use super::{Lab, LabChanges, LabConfig, Node, Pod, THREADS, labs_dir, netns, netns_prefix, validate_name};
+use super::timeline::Timeline;
+use super::topology::{CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, NODE_NET_PREFIX, NODE_NET_ROUTER, node_ip};
+use super::{Lab, LabChanges, LabConfig, Node, THREADS, labs_dir, netns, netns_prefix, validate_name};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long `lab up --ecmp` waits for the load balancer's first health checks to settle
 /// (a node without endpoints needs two failed probes, one second apart).
 const LB_CONVERGE: Duration = Duration::from_secs(10);
@@ -103,7 +101,8 @@ impl Lab {
         };
         let dir = labs_dir().join(name);
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
-        // Locked before the check, so two `lab up` of one name cannot both build.
+        // Locked from the check until the state is saved, so two `lab up` of one name cannot
+        // both build (the second finds the state). Each change of the build takes it again.
         let lock = DirLock::take(&dir)?;
         if state_path(&dir).exists() || !netns::list_with_prefix(&netns_prefix(name)).is_empty() {
             bail!("a lab named {name} already exists; run `kubectl svclb lab down --name {name}` first");
@@ -133,11 +132,14 @@ impl Lab {
                 nodes,
                 pods: Vec::new(),
                 next_pod: 1,
+                generation: 0,
+                applied: Default::default(),
+                sync_delay: cfg.sync_delay,
             },
         };
         lab.save()?;
-        let built = lab.build(cfg.pods);
         drop(lock);
+        let built = lab.build(cfg.pods, cfg.ready_delay);
         match built {
             Ok(()) => Ok(lab),
             Err(e) => {
@@ -147,7 +149,7 @@ impl Lab {
         }
     }
 
-    fn build(&mut self, pods: usize) -> Result<()> {
+    fn build(&mut self, pods: usize, ready_delay: Duration) -> Result<()> {
         let s = &self.state;
         let net = self.netns_of("net");
         let client = self.netns_of("client");
@@ -208,135 +210,20 @@ impl Lab {
             b.push_str(&format!("link set {port} master br0\nlink set {port} up\n"));
         }
         netns::ip_batch(Some(&net), &b, false)?;
-
-        self.write_rules(true, false)?;
         self.spawn_agents()?;
-        self.add_pods(pods)?;
+
+        // Every kube-proxy's first sync (the Service without endpoints), at once.
+        let start = Instant::now();
+        let first = self.change(|s| Ok(s.bump()))?;
+        let mut syncs = Syncs::new(self, start);
+        syncs.start(first.into_iter().map(|(n, _)| (n, Duration::ZERO)).collect());
+        // The pods, ready together: nothing sends traffic before `up` returns.
+        let mut tl = Timeline::new(start);
+        let added = self.add_pods(pods, ready_delay, true, &mut tl, &mut syncs);
+        let synced = syncs.finish(&mut tl);
+        self.reload()?;
+        added.and(synced)?;
         self.wait_lb(LB_CONVERGE)
-    }
-
-    /// Adds `count` pods: namespaces, links, servers; waits until they listen, then
-    /// rewrites the rules (the endpoints become ready).
-    fn add_pods(&mut self, count: usize) -> Result<()> {
-        if count == 0 {
-            return Ok(());
-        }
-        let prefix = netns_prefix(&self.state.name);
-        let mut new: Vec<Pod> = Vec::new();
-        for _ in 0..count {
-            // The node with the fewest pods (round-robin when balanced).
-            let node = self
-                .state
-                .nodes
-                .iter()
-                .min_by_key(|n| self.state.pods.iter().chain(&new).filter(|p| p.node == n.name).count())
-                .expect("a lab has nodes")
-                .clone();
-            let used: HashSet<Ipv4Addr> = self.state.pods.iter().chain(&new).map(|p| p.ip).collect();
-            let ip = node
-                .pod_cidr
-                .hosts()
-                .skip(1)
-                .find(|ip| !used.contains(ip))
-                .with_context(|| format!("node {} has no free pod address", node.name))?;
-            let idx = self.state.next_pod;
-            self.state.next_pod += 1;
-            let name = format!("pod-{idx:03}");
-            new.push(Pod {
-                netns: format!("{prefix}{name}"),
-                veth: format!("vp{idx}"),
-                name,
-                node: node.name.clone(),
-                zone: node.zone.clone(),
-                ip,
-                pid: 0,
-                hint: None,
-                node_hint: None,
-                hint_dropped: false,
-            });
-        }
-        let add: String = new.iter().map(|p| format!("netns add {}\n", p.netns)).collect();
-        netns::ip_batch(None, &add, false)?;
-        // Record them now so a failure below still tears them down.
-        self.state.pods.extend(new.iter().cloned());
-        self.save()?;
-
-        let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-        for p in &new {
-            by_node.entry(p.node.clone()).or_default().push(p);
-        }
-        let groups: Vec<(Node, Vec<&Pod>)> = by_node
-            .into_iter()
-            .map(|(n, ps)| (self.node(&n).expect("pod's node exists").clone(), ps))
-            .collect();
-        netns::par_each(&groups, THREADS, |(node, pods)| {
-            let mut b = String::new();
-            for p in pods {
-                b.push_str(&format!(
-                    "link add {} type veth peer name eth0 netns {}\n",
-                    p.veth, p.netns
-                ));
-                b.push_str(&format!("link set {} up\n", p.veth));
-                b.push_str(&format!("route add {}/32 dev {} scope link\n", p.ip, p.veth));
-            }
-            netns::ip_batch(Some(&node.netns), &b, false)?;
-            // Calico's settings: answer every ARP from the pod, and at once (the default
-            // proxy_delay of up to 0.8 s stalls a pod's first burst of connections).
-            let keys: Vec<String> = pods
-                .iter()
-                .flat_map(|p| {
-                    [
-                        format!("net/ipv4/conf/{}/proxy_arp", p.veth),
-                        format!("net/ipv4/neigh/{}/proxy_delay", p.veth),
-                    ]
-                })
-                .collect();
-            let kv: Vec<(&str, &str)> = keys
-                .iter()
-                .map(|k| (k.as_str(), if k.ends_with("proxy_arp") { "1" } else { "0" }))
-                .collect();
-            netns::sysctls(&node.netns, &kv)
-        })?;
-        netns::par_each(&new, THREADS, |p| {
-            let b = format!(
-                "link set lo up\naddr add {}/32 dev eth0\nlink set eth0 up\n\
-                 route add default via {POD_GATEWAY} dev eth0 onlink\n",
-                p.ip
-            );
-            netns::ip_batch(Some(&p.netns), &b, false)
-        })?;
-
-        for p in &new {
-            let pid = self.spawn_server(p)?;
-            if let Some(sp) = self.state.pods.iter_mut().find(|q| q.name == p.name) {
-                sp.pid = pid;
-            }
-        }
-        self.save()?;
-        self.wait_ready(&new)?;
-        self.refresh_hints();
-        self.write_rules(false, false)?;
-        self.save()
-    }
-
-    fn spawn_server(&self, p: &Pod) -> Result<u32> {
-        let args = [
-            "serve",
-            "--address",
-            "[::]:5001",
-            "--http",
-            "[::]:8080",
-            "--name",
-            &p.name,
-            "--node",
-            &p.node,
-            "--zone",
-            &p.zone,
-            "--workers",
-            "1",
-        ];
-        self.spawn_in(&p.netns, &p.name, &args)
-            .with_context(|| format!("cannot start {} serve for {}", self.state.server.display(), p.name))
     }
 
     /// Starts the health agents: kube-proxy's health servers on every node and, with ECMP, the
@@ -356,8 +243,9 @@ impl Lab {
         Ok(())
     }
 
-    /// Runs `PROGRAM args` in namespace `ns`, in its own session, logging to `logs/<log>.log`.
-    fn spawn_in(&self, ns: &str, log: &str, args: &[&str]) -> Result<u32> {
+    /// Runs the lab's program (`kubectl-svclb`) with `args` in namespace `ns`, in its own session,
+    /// logging to `logs/<log>.log`; returns its pid.
+    pub(super) fn spawn_in(&self, ns: &str, log: &str, args: &[&str]) -> Result<u32> {
         let log_path = self.dir.join("logs").join(format!("{log}.log"));
         let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
         let ns_file = File::open(netns::netns_path(ns)).with_context(|| format!("no namespace {ns}"))?;
@@ -384,134 +272,62 @@ impl Lab {
         Ok(child.id())
     }
 
-    fn wait_ready(&self, pods: &[Pod]) -> Result<()> {
-        let start = Instant::now();
-        let pids: BTreeMap<&str, u32> = self.state.pods.iter().map(|p| (p.name.as_str(), p.pid)).collect();
-        let mut waiting: Vec<&Pod> = pods.iter().collect();
-        while !waiting.is_empty() {
-            for p in &waiting {
-                let pid = pids[p.name.as_str()];
-                if !netns::alive(pid) {
-                    let log = std::fs::read_to_string(self.dir.join("logs").join(format!("{}.log", p.name)))
-                        .unwrap_or_default();
-                    let last = log.lines().last().unwrap_or("(no output)");
-                    bail!("the server of pod {} exited: {last}", p.name);
+    /// Changes Service options, endpoint hints or the sync delay; every node's kube-proxy
+    /// applies the change after its own delay. Returns when all of them have, with their syncs.
+    pub fn set(&mut self, ch: &LabChanges) -> Result<Timeline> {
+        require_host()?;
+        let mut tl = Timeline::new(Instant::now());
+        let delays = self.change(|s| {
+            for p in &ch.drop_hints {
+                if !s.pods.iter().any(|q| &q.name == p) {
+                    let n = &s.name;
+                    bail!("no pod named {p} in lab {n}; see `kubectl svclb lab status --name {n}`");
                 }
             }
-            waiting.retain(|p| !netns::listening(pids[p.name.as_str()], PORTS[0].target_port));
-            // Thousands of servers starting on a few CPUs take a while: 20 s plus 20 ms a pod.
-            let timeout = READY_TIMEOUT + Duration::from_millis(20) * pods.len() as u32;
-            if !waiting.is_empty() && start.elapsed() > timeout {
-                bail!(
-                    "pods not listening on :{} after {}s: {}",
-                    PORTS[0].target_port,
-                    timeout.as_secs(),
-                    waiting.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" ")
-                );
+            let o = &mut s.options;
+            if let Some(a) = ch.affinity {
+                o.affinity = a;
             }
-            if !waiting.is_empty() {
-                std::thread::sleep(Duration::from_millis(20));
+            if let Some(t) = ch.affinity_timeout {
+                if t == 0 || t > 86400 {
+                    bail!("--affinity-timeout must be 1..=86400 seconds");
+                }
+                o.affinity_timeout = t;
             }
-        }
-        Ok(())
-    }
-
-    /// EndpointSlice hints, as the EndpointSlice controller gives them: with a trafficDistribution
-    /// every endpoint gets its zone (and with PreferSameNode also its node), unless its hints were
-    /// dropped.
-    fn refresh_hints(&mut self) {
-        let td = self.state.options.traffic_distribution;
-        for p in &mut self.state.pods {
-            let hinted = td.filter(|_| !p.hint_dropped);
-            p.hint = hinted.map(|_| p.zone.clone());
-            p.node_hint = hinted.filter(|t| t.hints_nodes()).map(|_| p.node.clone());
-        }
-    }
-
-    /// Deletes a pod as Kubernetes would: its endpoint leaves every node's rules first
-    /// (one atomic rewrite per node), then the server is killed and the namespace removed.
-    pub fn delete_pod(&mut self, pod: &str) -> Result<()> {
-        require_host()?;
-        let Some(i) = self.state.pods.iter().position(|p| p.name == pod) else {
-            let n = &self.state.name;
-            bail!("no pod named {pod} in lab {n}; see `kubectl svclb lab status --name {n}`");
-        };
-        let _lock = DirLock::take(&self.dir)?;
-        let gone = self.state.pods.remove(i);
-        self.write_rules(false, false)?;
-        self.save()?;
-        self.clear_udp_conntrack(std::slice::from_ref(&gone))?;
-        remove_pods(&[gone])
-    }
-
-    /// Scales the pods to `pods`: new pods go to the nodes with the fewest pods; scaling
-    /// down removes the newest pods.
-    pub fn scale(&mut self, pods: usize) -> Result<()> {
-        require_host()?;
-        if pods > self.state.nodes.len() * MAX_PODS_PER_NODE {
-            bail!("--pods must be at most {}", self.state.nodes.len() * MAX_PODS_PER_NODE);
-        }
-        let _lock = DirLock::take(&self.dir)?;
-        let have = self.state.pods.len();
-        if pods > have {
-            return self.add_pods(pods - have);
-        }
-        let gone: Vec<Pod> = self.state.pods.drain(pods..).collect();
-        if gone.is_empty() {
-            return Ok(());
-        }
-        self.write_rules(false, false)?;
-        self.save()?;
-        self.clear_udp_conntrack(&gone)?;
-        remove_pods(&gone)
-    }
-
-    /// Changes Service options or endpoint hints and rewrites the rules.
-    pub fn set(&mut self, ch: &LabChanges) -> Result<()> {
-        require_host()?;
-        for p in &ch.drop_hints {
-            if !self.state.pods.iter().any(|q| &q.name == p) {
-                let n = &self.state.name;
-                bail!("no pod named {p} in lab {n}; see `kubectl svclb lab status --name {n}`");
+            if let Some(p) = ch.external_traffic_policy {
+                o.external_traffic_policy = p;
             }
-        }
-        let _lock = DirLock::take(&self.dir)?;
-        let before = self.state.options.clone();
-        let o = &mut self.state.options;
-        if let Some(a) = ch.affinity {
-            o.affinity = a;
-        }
-        if let Some(t) = ch.affinity_timeout {
-            if t == 0 || t > 86400 {
-                bail!("--affinity-timeout must be 1..=86400 seconds");
+            if let Some(p) = ch.internal_traffic_policy {
+                o.internal_traffic_policy = p;
             }
-            o.affinity_timeout = t;
-        }
-        if let Some(p) = ch.external_traffic_policy {
-            o.external_traffic_policy = p;
-        }
-        if let Some(p) = ch.internal_traffic_policy {
-            o.internal_traffic_policy = p;
-        }
-        if let Some(td) = ch.traffic_distribution {
-            o.traffic_distribution = td;
-        }
-        if let Some(r) = &ch.source_ranges {
-            o.source_ranges = r.clone();
-        }
-        check_source_ranges(o)?;
-        for p in &mut self.state.pods {
-            if ch.restore_hints {
-                p.hint_dropped = false;
+            if let Some(td) = ch.traffic_distribution {
+                o.traffic_distribution = td;
             }
-            if ch.drop_hints.contains(&p.name) {
-                p.hint_dropped = true;
+            if let Some(r) = &ch.source_ranges {
+                o.source_ranges = r.clone();
             }
+            check_source_ranges(o)?;
+            for p in &mut s.pods {
+                if ch.restore_hints {
+                    p.hint_dropped = false;
+                }
+                if ch.drop_hints.contains(&p.name) {
+                    p.hint_dropped = true;
+                }
+            }
+            s.refresh_hints();
+            if let Some(d) = ch.sync_delay {
+                s.sync_delay = d;
+            }
+            Ok(ch.changes_rules().then(|| s.bump()))
+        })?;
+        if let Some(delays) = delays {
+            let mut syncs = Syncs::new(self, tl.start);
+            syncs.start(delays);
+            syncs.finish(&mut tl)?;
+            self.reload()?;
         }
-        self.refresh_hints();
-        let reset = before.affinity_timeout != self.state.options.affinity_timeout;
-        self.write_rules(false, reset)?;
-        self.save()
+        Ok(tl)
     }
 
     /// Removes the whole lab.
@@ -526,16 +342,6 @@ fn check_source_ranges(o: &crate::service::ServiceOptions) -> Result<()> {
         bail!("--lb-source-ranges {r}: the lab's Service is IPv4, give IPv4 CIDRs");
     }
     Ok(())
-}
-
-/// Kills the pods' processes and deletes their namespaces (their veths go with them).
-fn remove_pods(pods: &[Pod]) -> Result<()> {
-    let inodes: HashSet<u64> = pods.iter().filter_map(|p| netns::netns_inode(&p.netns)).collect();
-    let mut pids = netns::pids_in(&inodes);
-    pids.retain(|&pid| pid != std::process::id());
-    netns::kill_and_reap(&pids);
-    let del: String = pods.iter().map(|p| format!("netns del {}\n", p.netns)).collect();
-    netns::ip_batch(None, &del, true)
 }
 
 /// Removes lab `name` from its namespace prefix alone: kills every process in its

@@ -15,8 +15,12 @@
 //! * `config`: what `lab up` and `lab set` take, and the Service options;
 //! * `topology`: nodes, pods, addresses, limits, lab names;
 //! * `state`: the saved state, its lock, loading and listing labs;
-//! * `lifecycle`: up, pods added and deleted, set, down;
-//! * `kube_proxy`: each node's kube-proxy writing (and showing) its rules;
+//! * `lifecycle`: up, set, down;
+//! * `pods`: pods added (ready after their server answers) and deleted (terminating, not
+//!   serving, removed), as Kubernetes times them;
+//! * `kube_proxy`: each node's kube-proxy applying each change after its own delay (its rules,
+//!   its conntrack cleanup, the generation it applied), and showing its work;
+//! * `timeline`: what happened to endpoints and nodes during a change, on one time axis;
 //! * `rules`: the rules themselves, as kube-proxy writes them;
 //! * `health`: kube-proxy's health servers per node and the health-checked ECMP load balancer;
 //! * `status`: `lab status`;
@@ -28,9 +32,11 @@ pub mod health;
 mod kube_proxy;
 mod lifecycle;
 mod netns;
+mod pods;
 pub mod rules;
 mod state;
 mod status;
+mod timeline;
 mod topology;
 
 use std::path::{Path, PathBuf};
@@ -38,11 +44,12 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-pub use config::{LabChanges, LabConfig, ProxyMode};
+pub use config::{LabChanges, LabConfig, LabTiming, MAX_SYNC_DELAY, ProxyMode, SyncDelay};
 pub use kube_proxy::Reach;
 pub use lifecycle::{down_by_name, require_host};
 pub use status::{ClientStatus, LabStatus, NodeStatus, PodStatus, ServiceStatus};
-pub use topology::{Node, Pod, labs_dir, netns_prefix, validate_name};
+pub use timeline::{EndpointEvent, Event, NodeSync, Timeline};
+pub use topology::{Conditions, Node, Pod, labs_dir, netns_prefix, validate_name};
 
 use state::State;
 

@@ -1,15 +1,17 @@
 //! A lab's saved state (`state.json` under [`labs_dir`]), the lock on its directory, and
 //! loading, saving and listing labs.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::netns;
-use super::{Lab, Node, Pod, ProxyMode, labs_dir, validate_name};
+use super::{Lab, Node, Pod, ProxyMode, SyncDelay, labs_dir, validate_name};
 use crate::service::ServiceOptions;
 
 /// The saved state of a lab (`state.json`).
@@ -27,6 +29,40 @@ pub(super) struct State {
     pub(super) nodes: Vec<Node>,
     pub(super) pods: Vec<Pod>,
     pub(super) next_pod: usize,
+    /// The rules generation: one more at every change of the Service or its endpoints.
+    #[serde(default)]
+    pub(super) generation: u64,
+    /// What each node's kube-proxy last applied (by node name; none yet: nothing).
+    #[serde(default)]
+    pub(super) applied: BTreeMap<String, Applied>,
+    #[serde(default)]
+    pub(super) sync_delay: SyncDelay,
+}
+
+/// What one node's kube-proxy last applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Applied {
+    pub(super) generation: u64,
+    /// The affinity timeout its nftables affinity sets were made with (a new one needs new sets).
+    pub(super) affinity_timeout: Option<u32>,
+}
+
+impl State {
+    /// The Service or its endpoints changed: a new generation, and the delay after which each
+    /// node's kube-proxy applies it (in the order of `nodes`).
+    pub(super) fn bump(&mut self) -> Vec<(String, Duration)> {
+        self.generation += 1;
+        let mut rng = rand::rng();
+        self.nodes
+            .iter()
+            .map(|n| (n.name.clone(), self.sync_delay.pick(&mut rng)))
+            .collect()
+    }
+
+    /// The generation `node` has applied.
+    pub(super) fn applied_generation(&self, node: &str) -> u64 {
+        self.applied.get(node).map_or(0, |a| a.generation)
+    }
 }
 
 pub(super) fn state_path(dir: &Path) -> PathBuf {
@@ -56,6 +92,12 @@ impl Drop for DirLock {
     }
 }
 
+pub(super) fn read_state(dir: &Path, name: &str) -> Result<State> {
+    let text = std::fs::read_to_string(state_path(dir))
+        .map_err(|_| anyhow::anyhow!("no lab named {name}; run `kubectl svclb lab up --name {name}`"))?;
+    serde_json::from_str(&text).with_context(|| format!("corrupt lab state {}", state_path(dir).display()))
+}
+
 impl Lab {
     pub(super) fn save(&self) -> Result<()> {
         let path = state_path(&self.dir);
@@ -69,11 +111,30 @@ impl Lab {
     pub fn open(name: &str) -> Result<Lab> {
         validate_name(name)?;
         let dir = labs_dir().join(name);
-        let text = std::fs::read_to_string(state_path(&dir))
-            .map_err(|_| anyhow::anyhow!("no lab named {name}; run `kubectl svclb lab up --name {name}`"))?;
-        let state: State =
-            serde_json::from_str(&text).with_context(|| format!("corrupt lab state {}", state_path(&dir).display()))?;
+        let state = read_state(&dir, name)?;
         Ok(Lab { dir, state })
+    }
+
+    /// Takes the lab's lock and reads its state again: what another command changed since this
+    /// one opened the lab is kept, so two changes at once never lose one.
+    pub(super) fn lock(&mut self) -> Result<DirLock> {
+        let lock = DirLock::take(&self.dir)?;
+        self.reload()?;
+        Ok(lock)
+    }
+
+    /// Reads the state again (what this process's own threads and other commands saved).
+    pub(super) fn reload(&mut self) -> Result<()> {
+        self.state = read_state(&self.dir, &self.state.name)?;
+        Ok(())
+    }
+
+    /// Changes the lab's current state under its lock (re-read first) and saves it.
+    pub(super) fn change<T>(&mut self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let _lock = self.lock()?;
+        let out = f(&mut self.state)?;
+        self.save()?;
+        Ok(out)
     }
 
     /// Names of the labs that can be opened: those with state under [`labs_dir`], sorted.
@@ -101,5 +162,79 @@ impl Lab {
         names.sort();
         names.dedup();
         Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(nodes: usize, sync_delay: SyncDelay) -> State {
+        State {
+            kind: "SvclbLab".into(),
+            version: 1,
+            name: "t".into(),
+            created: jiff::Timestamp::UNIX_EPOCH,
+            proxy_mode: ProxyMode::Nftables,
+            ecmp: false,
+            zones: 1,
+            server: "serve".into(),
+            options: ServiceOptions::default(),
+            nodes: (1..=nodes)
+                .map(|i| Node {
+                    name: format!("node{i}"),
+                    zone: "zone-a".into(),
+                    ip: std::net::Ipv4Addr::new(172, 31, 0, 10 + i as u8),
+                    pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+                    netns: format!("svclb-t.node{i}"),
+                })
+                .collect(),
+            pods: Vec::new(),
+            next_pod: 1,
+            generation: 0,
+            applied: BTreeMap::new(),
+            sync_delay,
+        }
+    }
+
+    #[test]
+    fn a_change_is_a_new_generation_with_a_delay_for_every_node() {
+        let ms = Duration::from_millis;
+        let mut s = state(3, SyncDelay::new(ms(10), ms(20)).unwrap());
+        let delays = s.bump();
+        assert_eq!(s.generation, 1);
+        let nodes: Vec<&str> = delays.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(nodes, ["node1", "node2", "node3"]);
+        assert!(delays.iter().all(|(_, d)| (ms(10)..=ms(20)).contains(d)));
+        s.bump();
+        assert_eq!(s.generation, 2);
+        // Nothing applied yet: generation 0; then what the node recorded.
+        assert_eq!(s.applied_generation("node2"), 0);
+        s.applied.insert(
+            "node2".into(),
+            Applied {
+                generation: 2,
+                affinity_timeout: Some(10_800),
+            },
+        );
+        assert_eq!(s.applied_generation("node2"), 2);
+    }
+
+    #[test]
+    fn state_files_from_before_generations_and_conditions_still_load() {
+        let mut v = serde_json::to_value(state(1, SyncDelay::default())).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for gone in ["generation", "applied", "sync_delay"] {
+            o.remove(gone);
+        }
+        o.insert(
+            "pods".into(),
+            serde_json::json!([{"name": "pod-001", "node": "node1", "zone": "zone-a",
+                "ip": "10.244.1.2", "netns": "svclb-t.pod-001", "veth": "vp1", "pid": 42, "hint": null}]),
+        );
+        let s: State = serde_json::from_value(v).unwrap();
+        assert_eq!((s.generation, s.applied_generation("node1")), (0, 0));
+        assert_eq!(s.sync_delay, SyncDelay::default());
+        assert_eq!(s.pods[0].conditions, crate::lab::Conditions::READY);
     }
 }

@@ -1,5 +1,6 @@
-//! `lab status`: what a caller needs to drive a running lab (nodes, pods and whether their
-//! servers live, the client, the Service's addresses).
+//! `lab status`: what a caller needs to drive a running lab (nodes and the rules generation
+//! each applied, pods with their conditions and whether their servers live, the client, the
+//! Service's addresses).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rules::{self, PORTS};
 use super::topology::{CLIENT_IP, CLUSTER_IP, LB_IP};
-use super::{Lab, ProxyMode, netns};
+use super::{Conditions, Lab, ProxyMode, SyncDelay, netns};
 use crate::service::ServiceOptions;
 
 /// `lab status`: what a caller needs to drive the lab.
@@ -21,6 +22,9 @@ pub struct LabStatus {
     pub kube_proxy: String,
     pub created: jiff::Timestamp,
     pub state_dir: PathBuf,
+    /// The rules generation: one more at every change of the Service or its endpoints.
+    pub generation: u64,
+    pub sync_delay: SyncDelay,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
     pub client: ClientStatus,
@@ -35,6 +39,8 @@ pub struct NodeStatus {
     pub pod_cidr: Ipv4Net,
     pub netns: String,
     pub pods: usize,
+    /// The rules generation this node's kube-proxy has applied (behind the lab's while it syncs).
+    pub generation: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +53,8 @@ pub struct PodStatus {
     pub pid: u32,
     pub alive: bool,
     pub hint: Option<String>,
+    /// EndpointSlice conditions.
+    pub conditions: Conditions,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -97,6 +105,8 @@ impl Lab {
             kube_proxy: kube_proxy_emulated(s.proxy_mode),
             created: s.created,
             state_dir: self.dir.clone(),
+            generation: s.generation,
+            sync_delay: s.sync_delay,
             nodes: s
                 .nodes
                 .iter()
@@ -107,6 +117,7 @@ impl Lab {
                     pod_cidr: n.pod_cidr,
                     netns: n.netns.clone(),
                     pods: s.pods.iter().filter(|p| p.node == n.name).count(),
+                    generation: s.applied_generation(&n.name),
                 })
                 .collect(),
             pods: s
@@ -124,6 +135,7 @@ impl Lab {
                         && netns::pid_netns_inode(p.pid).is_some()
                         && netns::pid_netns_inode(p.pid) == netns::netns_inode(&p.netns),
                     hint: p.hint.clone(),
+                    conditions: p.conditions,
                 })
                 .collect(),
             client: ClientStatus {

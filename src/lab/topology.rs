@@ -38,6 +38,66 @@ pub struct Pod {
     /// The hint was removed with `lab set --drop-hint`.
     #[serde(default)]
     pub hint_dropped: bool,
+    /// The endpoint's EndpointSlice conditions (ready in state files from before they existed).
+    #[serde(default)]
+    pub conditions: Conditions,
+}
+
+/// An endpoint's conditions in the EndpointSlice (`endpoints[].conditions`), as the lab plays
+/// the EndpointSlice controller: a new pod is none of them until its server answers (plus the
+/// ready delay); a deleted pod is terminating, serving while its server still listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conditions {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Conditions::READY
+    }
+}
+
+impl Conditions {
+    pub const READY: Conditions = Conditions {
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+    /// Started, not ready yet.
+    pub const STARTING: Conditions = Conditions {
+        ready: false,
+        serving: false,
+        terminating: false,
+    };
+    /// Deleted, its server draining.
+    pub const TERMINATING: Conditions = Conditions {
+        ready: false,
+        serving: true,
+        terminating: true,
+    };
+    /// Deleted, its server no longer listens.
+    pub const NOT_SERVING: Conditions = Conditions {
+        ready: false,
+        serving: false,
+        terminating: true,
+    };
+
+    /// kube-proxy may send traffic to it: ready, or serving while terminating (the fallback).
+    pub fn usable(&self) -> bool {
+        self.ready || (self.serving && self.terminating)
+    }
+
+    /// As `lab status` shows it.
+    pub fn describe(&self) -> &'static str {
+        match (self.ready, self.serving, self.terminating) {
+            (true, _, _) => "ready",
+            (false, true, true) => "terminating",
+            (false, false, true) => "terminating, not serving",
+            (false, _, false) => "not ready",
+        }
+    }
 }
 
 pub(super) const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -92,12 +152,16 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 impl Pod {
-    /// The endpoint as kube-proxy sees it in the EndpointSlice (every lab pod in the rules is ready).
+    /// The endpoint as kube-proxy sees it in the EndpointSlice.
     pub fn ep(&self) -> crate::service::Ep {
         crate::service::Ep {
+            name: self.name.clone(),
+            node: self.node.clone(),
+            ready: self.conditions.ready,
+            serving: self.conditions.serving,
+            terminating: self.conditions.terminating,
             zone_hints: self.hint.iter().cloned().collect(),
             node_hints: self.node_hint.iter().cloned().collect(),
-            ..crate::service::Ep::ready(&self.name, &self.node)
         }
     }
 }

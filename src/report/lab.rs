@@ -1,26 +1,31 @@
-//! A lab's status: nodes, pods and the Service, as `lab up` and `lab status` print them.
+//! A lab's status: nodes, pods and the Service, as `lab up` and `lab status` print them; and
+//! what a change went through (`delete-pod`, `scale`, `set`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::time::Duration;
 
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::lab::{LabStatus, ProxyMode};
+use crate::lab::{EndpointEvent, LabStatus, ProxyMode, Timeline};
 
 /// The whole status as a table.
 pub fn status(st: &LabStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lab {} (proxy mode {}, state {})",
+        "lab {} (proxy mode {}, rules generation {}, sync delay {}, state {})",
         st.name,
         proxy_mode(st.proxy_mode),
+        st.generation,
+        st.sync_delay,
         st.state_dir.display()
     );
     let _ = writeln!(out, "kube-proxy {}", st.kube_proxy);
     let _ = writeln!(out, "{}", nodes(st));
     let mut b = Builder::default();
-    b.push_record(["POD", "NODE", "ZONE", "IP", "PID", "ALIVE", "HINT"]);
+    b.push_record(["POD", "NODE", "ZONE", "IP", "PID", "ALIVE", "HINT", "ENDPOINT"]);
     for p in &st.pods {
         b.push_record([
             p.name.clone(),
@@ -30,6 +35,7 @@ pub fn status(st: &LabStatus) -> String {
             p.pid.to_string(),
             if p.alive { "yes" } else { "NO" }.to_string(),
             p.hint.clone().unwrap_or_else(|| "-".to_string()),
+            p.conditions.describe().to_string(),
         ]);
     }
     let _ = writeln!(out, "{}", b.build().with(Style::blank()));
@@ -44,10 +50,10 @@ pub fn proxy_mode(m: ProxyMode) -> &'static str {
     }
 }
 
-/// The nodes: zone, address, pod CIDR, pods.
+/// The nodes: zone, address, pod CIDR, pods, the rules generation applied.
 pub fn nodes(st: &LabStatus) -> String {
     let mut b = Builder::default();
-    b.push_record(["NODE", "ZONE", "IP", "POD CIDR", "PODS"]);
+    b.push_record(["NODE", "ZONE", "IP", "POD CIDR", "PODS", "RULES"]);
     for n in &st.nodes {
         b.push_record([
             n.name.clone(),
@@ -55,6 +61,11 @@ pub fn nodes(st: &LabStatus) -> String {
             n.ip.to_string(),
             n.pod_cidr.to_string(),
             n.pods.to_string(),
+            if n.generation < st.generation {
+                format!("{} (syncing)", n.generation)
+            } else {
+                n.generation.to_string()
+            },
         ]);
     }
     b.build().with(Style::blank()).to_string()
@@ -96,6 +107,87 @@ pub fn service(st: &LabStatus) -> String {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".to_string())
     );
-    println!("  client {} in {}", st.client.ip, st.client.netns);
+    let _ = writeln!(out, "  client {} in {}", st.client.ip, st.client.netns);
     out
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+/// What a change went through: each pod's steps, then when each rules generation reached the
+/// nodes (first and last node).
+pub fn timeline(tl: &Timeline) -> String {
+    let mut out = String::new();
+    for pod in tl.pods() {
+        let steps: Vec<String> = tl
+            .events
+            .iter()
+            .filter(|e| e.pod == pod)
+            .map(|e| {
+                let what = match e.event {
+                    EndpointEvent::NotServing => "not serving".to_string(),
+                    other => other.to_string(),
+                };
+                format!("{what} at {}", ms(e.at))
+            })
+            .collect();
+        let _ = writeln!(out, "{pod}: {}", steps.join(", "));
+    }
+    let mut generations: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+    for s in &tl.syncs {
+        generations.entry(s.generation).or_default().push(s.at);
+    }
+    for (generation, at) in generations {
+        let (first, last) = (at.iter().min().expect("one sync"), at.iter().max().expect("one sync"));
+        let nodes = match at.len() {
+            1 => "1 node".to_string(),
+            n => format!("{n} nodes"),
+        };
+        let when = if first == last {
+            format!("at {}", ms(*first))
+        } else {
+            format!("from {} to {}", ms(*first), ms(*last))
+        };
+        let _ = writeln!(out, "rules generation {generation} applied on {nodes} {when}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::lab::{Event, NodeSync};
+
+    #[test]
+    fn a_timeline_prints_each_pod_s_steps_and_each_generation_s_spread() {
+        let ms = Duration::from_millis;
+        let ev = |at, event| Event {
+            at: ms(at),
+            pod: "pod-003".into(),
+            event,
+        };
+        let sync = |at, node: &str, generation| NodeSync {
+            at: ms(at),
+            node: node.into(),
+            generation,
+        };
+        let tl = Timeline {
+            start: Instant::now(),
+            events: vec![
+                ev(0, EndpointEvent::Terminating),
+                ev(1012, EndpointEvent::NotServing),
+                ev(1030, EndpointEvent::Removed),
+            ],
+            syncs: vec![sync(3, "node1", 7), sync(41, "node2", 7), sync(1040, "node1", 9)],
+        };
+        assert_eq!(
+            timeline(&tl),
+            "pod-003: terminating at 0 ms, not serving at 1012 ms, removed at 1030 ms\n\
+             rules generation 7 applied on 2 nodes from 3 ms to 41 ms\n\
+             rules generation 9 applied on 1 node at 1040 ms\n"
+        );
+    }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 /// Limits on TCP and HTTP connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +64,15 @@ pub(super) struct Conns {
     /// One permit per connection until its task has ended and its descriptor is closed: a
     /// connection closed for a new one still counts until then, so descriptors never overshoot.
     slots: Arc<Semaphore>,
+    /// The semaphore's permits: the cap on open connections.
+    cap: usize,
     limits: Limits,
     epoch: Instant,
     next_id: AtomicU64,
+    /// Set when the server drains: HTTP connections finish their request and close.
+    draining: watch::Sender<bool>,
+    /// Told whenever a connection's slot is given up.
+    closed: Notify,
 }
 
 struct Open {
@@ -100,12 +106,15 @@ impl Conn {
 pub(super) struct Slot {
     conns: Arc<Conns>,
     conn: Arc<Conn>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.conns.lock().conns.remove(&self.conn.id);
+        // The permit goes first: whoever is told sees the connection gone.
+        self.permit.take();
+        self.conns.closed.notify_waiters();
     }
 }
 
@@ -130,20 +139,52 @@ impl Slot {
 
 impl Conns {
     pub(super) fn new(limits: Limits) -> Arc<Self> {
+        let cap = limits.max_conns.min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
             open: Mutex::new(Open {
                 conns: HashMap::new(),
                 victims: Vec::new(),
             }),
-            slots: Arc::new(Semaphore::new(limits.max_conns.min(Semaphore::MAX_PERMITS))),
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
             limits,
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
+            draining: watch::Sender::new(false),
+            closed: Notify::new(),
         })
     }
 
     pub(super) fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Connections whose task has not ended yet.
+    pub(super) fn open(&self) -> usize {
+        self.cap - self.slots.available_permits()
+    }
+
+    /// The server drains: HTTP connections are told to finish their request and close.
+    pub(super) fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Completes once the server drains.
+    pub(super) async fn draining(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Completes once no connection is open.
+    pub(super) async fn closed(&self) {
+        loop {
+            // Created before the count is read: a slot given up in between still wakes it.
+            let told = self.closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            told.await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
@@ -175,7 +216,7 @@ impl Conns {
         Slot {
             conns: self.clone(),
             conn,
-            _permit: permit,
+            permit: Some(permit),
         }
     }
 

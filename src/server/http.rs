@@ -45,7 +45,13 @@ pub(super) async fn serve(
                 async move { Ok::<_, Infallible>(route(&req, &identity, &counts, canonical(peer))) }
             });
             let conn = http.serve_connection(TokioIo::new(slot.track(stream)), service);
-            tokio::spawn(slot.run(async {
+            let conns = conns.clone();
+            tokio::spawn(slot.run(async move {
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = conns.draining() => conn.as_mut().graceful_shutdown(),
+                }
                 let _ = conn.await;
             }));
         })

@@ -3,6 +3,7 @@
 //! TCP and UDP on one port, HTTP on another, all replying per the wire protocol (see [`crate::wire`]).
 
 mod conns;
+mod drain;
 mod http;
 mod tcp;
 mod udp;
@@ -19,6 +20,7 @@ use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use conns::Limits;
+pub use drain::{Stop, signals, terminate};
 
 use crate::wire::Identity;
 
@@ -149,18 +151,27 @@ fn bind_socket(addr: SocketAddr, ty: Type) -> std::io::Result<Socket> {
 }
 
 fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = bind_socket(addr, Type::STREAM)?;
+    listen(bind_socket(addr, Type::STREAM)?)
+}
+
+fn listen(socket: Socket) -> std::io::Result<tokio::net::TcpListener> {
     // A deep backlog: storms open thousands of connections at once.
     socket.listen(8192)?;
     tokio::net::TcpListener::from_std(socket.into())
 }
 
 impl Listeners {
-    /// Binds every socket of `cfg`. Must be called inside a tokio runtime.
+    /// Binds every socket of `cfg`. Must be called inside a tokio runtime. The TCP socket
+    /// listens last: whoever sees it listening (the lab's readiness probe) finds UDP and HTTP
+    /// open too.
     pub fn bind(cfg: &ServeConfig) -> Result<Self> {
-        let tcp = tcp_listener(cfg.address).with_context(|| format!("cannot listen on TCP {}", cfg.address))?;
+        let cannot = || format!("cannot listen on TCP {}", cfg.address);
+        let tcp = bind_socket(cfg.address, Type::STREAM).with_context(cannot)?;
         // The UDP socket binds the port TCP got, so `--address 127.0.0.1:0` works for both.
-        let udp_addr = tcp.local_addr()?;
+        let udp_addr = tcp
+            .local_addr()?
+            .as_socket()
+            .context("the TCP socket has no IP address")?;
         let udp = bind_socket(udp_addr, Type::DGRAM).with_context(|| format!("cannot listen on UDP {udp_addr}"))?;
         let udp = tokio::net::UdpSocket::from_std(udp.into())?;
         let http = cfg
@@ -173,6 +184,7 @@ impl Listeners {
                 })
             })
             .transpose()?;
+        let tcp = listen(tcp).with_context(cannot)?;
         Ok(Self {
             tcp,
             udp,
@@ -200,30 +212,70 @@ impl Listeners {
 
     /// Serves until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (_keep, stops) = tokio::sync::mpsc::unbounded_channel();
+        tokio::select! {
+            res = self.serve_until(stops) => res,
+            () = shutdown => Ok(()),
+        }
+    }
+
+    /// Serves until `stops` says: at once ([`Stop::Now`]), or after a drain ([`Stop::Drain`]):
+    /// everything is served for the delay, then the listeners close (TCP, UDP and HTTP) and the
+    /// open TCP and HTTP connections are finished (HTTP after the current request); it returns
+    /// when none is left. Any further stop ends it at once.
+    pub async fn serve_until(self, mut stops: tokio::sync::mpsc::UnboundedReceiver<Stop>) -> Result<()> {
         let udp = udp::UdpServer::new(self.udp, self.identity.clone(), self.counts.clone())?;
         // TCP and HTTP share one cap: both spend the process's descriptors.
         let conns = conns::Conns::new(self.limits);
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(tcp::serve(
+        // The listening sockets: closed (dropped with their tasks) when a drain ends.
+        let mut listening = tokio::task::JoinSet::new();
+        listening.spawn(tcp::serve(
             self.tcp,
             self.identity.clone(),
             self.counts.clone(),
             conns.clone(),
         ));
-        tasks.spawn(udp.serve());
-        if let Some(idle) = self.limits.idle_timeout {
-            tasks.spawn(conns.clone().close_idle(idle));
-        }
+        listening.spawn(udp.serve());
         if let Some(http) = self.http {
-            tasks.spawn(http::serve(http, self.identity.clone(), self.counts.clone(), conns));
+            listening.spawn(http::serve(
+                http,
+                self.identity.clone(),
+                self.counts.clone(),
+                conns.clone(),
+            ));
         }
-        tokio::select! {
-            () = shutdown => Ok(()),
-            Some(res) = tasks.join_next() => match res {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+        let mut sweeper = tokio::task::JoinSet::new();
+        if let Some(idle) = self.limits.idle_timeout {
+            sweeper.spawn(conns.clone().close_idle(idle));
+        }
+        // A closed channel sends no more stops: wait forever rather than stop.
+        let mut next_stop = async move || match stops.recv().await {
+            Some(stop) => stop,
+            None => std::future::pending().await,
+        };
+        let ended = |res: Result<Result<()>, tokio::task::JoinError>| match res {
+            Ok(res) => res,
+            Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+        };
+        let delay = tokio::select! {
+            stop = next_stop() => match stop {
+                Stop::Now => return Ok(()),
+                Stop::Drain(delay) => delay,
             },
+            Some(res) = listening.join_next() => return ended(res),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = next_stop() => return Ok(()),
+            Some(res) = listening.join_next() => return ended(res),
+        }
+        listening.shutdown().await;
+        let open = conns.open();
+        eprintln!("svclb serve: draining: listeners closed, finishing {open} open connections");
+        conns.drain();
+        tokio::select! {
+            () = conns.closed() => Ok(()),
+            _ = next_stop() => Ok(()),
         }
     }
 }

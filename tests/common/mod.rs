@@ -36,9 +36,11 @@ impl Server {
             .spawn()
             .expect("start serve");
         let mut line = String::new();
-        BufReader::new(child.stderr.take().expect("stderr"))
-            .read_line(&mut line)
-            .expect("serve banner");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        stderr.read_line(&mut line).expect("serve banner");
+        // Kept open (and read): with its stderr closed the server dies of SIGPIPE when it logs,
+        // e.g. that it drains on SIGTERM.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         // "svclb serve: NAME on tcp+udp ADDR, http ADDR"
         let after = line
             .split("tcp+udp ")

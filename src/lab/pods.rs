@@ -1,0 +1,429 @@
+//! Pods coming and going as Kubernetes has them: a new pod enters the rules once its server
+//! answers (plus the ready delay); a deleted pod is terminating while its server drains, stops
+//! serving when the server closes its listeners, and is removed once the server has exited or
+//! the grace period ended. Every step is a change of the lab's state (under its lock) that each
+//! node's kube-proxy applies at its own time ([`super::kube_proxy`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::kube_proxy::Syncs;
+use super::rules::PORTS;
+use super::state::State;
+use super::timeline::{EndpointEvent, Timeline};
+use super::topology::{Conditions, MAX_PODS_PER_NODE, POD_GATEWAY};
+use super::{Lab, LabTiming, Node, Pod, THREADS, lifecycle::require_host, netns, netns_prefix};
+
+/// How long a new server may take to listen.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often servers are looked at (listening, exited): the readiness probe's period.
+const PROBE: Duration = Duration::from_millis(10);
+
+impl State {
+    /// EndpointSlice hints, as the EndpointSlice controller gives them: with a trafficDistribution
+    /// every endpoint gets its zone (and with PreferSameNode also its node), unless its hints were
+    /// dropped.
+    pub(super) fn refresh_hints(&mut self) {
+        let td = self.options.traffic_distribution;
+        for p in &mut self.pods {
+            let hinted = td.filter(|_| !p.hint_dropped);
+            p.hint = hinted.map(|_| p.zone.clone());
+            p.node_hint = hinted.filter(|t| t.hints_nodes()).map(|_| p.node.clone());
+        }
+    }
+
+    /// Sets the conditions of `pods` and starts a new generation.
+    fn set_conditions(&mut self, pods: &[String], c: Conditions) -> Vec<(String, Duration)> {
+        for p in self.pods.iter_mut().filter(|p| pods.contains(&p.name)) {
+            p.conditions = c;
+        }
+        self.bump()
+    }
+}
+
+fn names(pods: &[Pod]) -> Vec<String> {
+    pods.iter().map(|p| p.name.clone()).collect()
+}
+
+impl Lab {
+    /// Deletes a pod as Kubernetes does, with the default [`LabTiming`].
+    pub fn delete_pod(&mut self, pod: &str) -> Result<Timeline> {
+        self.delete_pod_with(pod, &LabTiming::default())
+    }
+
+    /// Deletes a pod as Kubernetes does: it becomes terminating (not ready, serving) and its
+    /// server gets SIGTERM at once, carrying the drain delay; the server keeps accepting for the
+    /// drain delay, then closes its listeners (not serving) and finishes its open connections;
+    /// once it has exited, or when the grace period ends (then it is killed), the endpoint is
+    /// removed and the namespace deleted. Each step is applied by every node's kube-proxy after
+    /// its own sync delay; this returns when all of them applied the removal, with the timeline.
+    /// Safe to call from another thread with its own [`Lab::open`] while traffic runs.
+    pub fn delete_pod_with(&mut self, pod: &str, timing: &LabTiming) -> Result<Timeline> {
+        require_host()?;
+        let mut tl = Timeline::new(Instant::now());
+        let mut syncs = Syncs::new(self, tl.start);
+        let deleted = self.delete_pods(&[pod.to_string()], timing, &mut tl, &mut syncs);
+        let synced = syncs.finish(&mut tl);
+        self.reload()?;
+        deleted.and(synced)?;
+        Ok(tl)
+    }
+
+    /// Scales the pods with the default [`LabTiming`].
+    pub fn scale(&mut self, pods: usize) -> Result<Timeline> {
+        self.scale_with(pods, &LabTiming::default())
+    }
+
+    /// Scales to `pods` pods (terminating ones do not count): new pods go to the nodes with the
+    /// fewest pods and become ready one by one (`timing.ready_delay` after their server
+    /// answers); scaling down deletes the newest pods, all at once, as [`Lab::delete_pod_with`].
+    pub fn scale_with(&mut self, pods: usize, timing: &LabTiming) -> Result<Timeline> {
+        require_host()?;
+        if pods > self.state.nodes.len() * MAX_PODS_PER_NODE {
+            bail!("--pods must be at most {}", self.state.nodes.len() * MAX_PODS_PER_NODE);
+        }
+        self.reload()?;
+        let mut tl = Timeline::new(Instant::now());
+        let mut syncs = Syncs::new(self, tl.start);
+        let live: Vec<String> = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| !p.conditions.terminating)
+            .map(|p| p.name.clone())
+            .collect();
+        let done = if pods > live.len() {
+            self.add_pods(pods - live.len(), timing.ready_delay, false, &mut tl, &mut syncs)
+        } else {
+            self.delete_pods(&live[pods..], timing, &mut tl, &mut syncs)
+        };
+        let synced = syncs.finish(&mut tl);
+        self.reload()?;
+        done.and(synced)?;
+        Ok(tl)
+    }
+
+    /// Adds `count` pods: namespaces, links, servers; each becomes ready `ready_delay` after its
+    /// server listens (all together when `together`: the first rules of `lab up`).
+    pub(super) fn add_pods(
+        &mut self,
+        count: usize,
+        ready_delay: Duration,
+        together: bool,
+        tl: &mut Timeline,
+        syncs: &mut Syncs,
+    ) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let prefix = netns_prefix(&self.state.name);
+        // Recorded at once (not ready yet), so a failure below still tears them down.
+        let new: Vec<Pod> = self.change(|s| {
+            let mut new: Vec<Pod> = Vec::new();
+            for _ in 0..count {
+                // The node with the fewest pods (round-robin when balanced).
+                let node = s
+                    .nodes
+                    .iter()
+                    .min_by_key(|n| s.pods.iter().chain(&new).filter(|p| p.node == n.name).count())
+                    .expect("a lab has nodes")
+                    .clone();
+                let used: HashSet<Ipv4Addr> = s.pods.iter().chain(&new).map(|p| p.ip).collect();
+                let ip = node
+                    .pod_cidr
+                    .hosts()
+                    .skip(1)
+                    .find(|ip| !used.contains(ip))
+                    .with_context(|| format!("node {} has no free pod address", node.name))?;
+                let idx = s.next_pod;
+                s.next_pod += 1;
+                let name = format!("pod-{idx:03}");
+                new.push(Pod {
+                    netns: format!("{prefix}{name}"),
+                    veth: format!("vp{idx}"),
+                    name,
+                    node: node.name.clone(),
+                    zone: node.zone.clone(),
+                    ip,
+                    pid: 0,
+                    hint: None,
+                    node_hint: None,
+                    hint_dropped: false,
+                    conditions: Conditions::STARTING,
+                });
+            }
+            s.pods.extend(new.iter().cloned());
+            s.refresh_hints();
+            Ok(new)
+        })?;
+        let add: String = new.iter().map(|p| format!("netns add {}\n", p.netns)).collect();
+        netns::ip_batch(None, &add, false)?;
+        self.wire_pods(&new)?;
+        let mut pids = BTreeMap::new();
+        for p in &new {
+            pids.insert(p.name.clone(), self.spawn_server(p)?);
+        }
+        self.change(|s| {
+            for p in s.pods.iter_mut() {
+                if let Some(pid) = pids.get(&p.name) {
+                    p.pid = *pid;
+                }
+            }
+            Ok(())
+        })?;
+        self.become_ready(&pids, ready_delay, together, tl, syncs)
+    }
+
+    /// Pod veths and routes on the nodes (one `ip -batch` per node), then addresses and the
+    /// default route inside each pod.
+    fn wire_pods(&self, new: &[Pod]) -> Result<()> {
+        let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
+        for p in new {
+            by_node.entry(p.node.clone()).or_default().push(p);
+        }
+        let groups: Vec<(Node, Vec<&Pod>)> = by_node
+            .into_iter()
+            .map(|(n, ps)| (self.node(&n).expect("pod's node exists").clone(), ps))
+            .collect();
+        netns::par_each(&groups, THREADS, |(node, pods)| {
+            let mut b = String::new();
+            for p in pods {
+                b.push_str(&format!(
+                    "link add {} type veth peer name eth0 netns {}\n",
+                    p.veth, p.netns
+                ));
+                b.push_str(&format!("link set {} up\n", p.veth));
+                b.push_str(&format!("route add {}/32 dev {} scope link\n", p.ip, p.veth));
+            }
+            netns::ip_batch(Some(&node.netns), &b, false)?;
+            // Calico's settings: answer every ARP from the pod, and at once (the default
+            // proxy_delay of up to 0.8 s stalls a pod's first burst of connections).
+            let keys: Vec<String> = pods
+                .iter()
+                .flat_map(|p| {
+                    [
+                        format!("net/ipv4/conf/{}/proxy_arp", p.veth),
+                        format!("net/ipv4/neigh/{}/proxy_delay", p.veth),
+                    ]
+                })
+                .collect();
+            let kv: Vec<(&str, &str)> = keys
+                .iter()
+                .map(|k| (k.as_str(), if k.ends_with("proxy_arp") { "1" } else { "0" }))
+                .collect();
+            netns::sysctls(&node.netns, &kv)
+        })?;
+        netns::par_each(new, THREADS, |p| {
+            let b = format!(
+                "link set lo up\naddr add {}/32 dev eth0\nlink set eth0 up\n\
+                 route add default via {POD_GATEWAY} dev eth0 onlink\n",
+                p.ip
+            );
+            netns::ip_batch(Some(&p.netns), &b, false)
+        })
+    }
+
+    fn spawn_server(&self, p: &Pod) -> Result<u32> {
+        let args = [
+            "serve",
+            "--address",
+            "[::]:5001",
+            "--http",
+            "[::]:8080",
+            "--name",
+            &p.name,
+            "--node",
+            &p.node,
+            "--zone",
+            &p.zone,
+            "--workers",
+            "1",
+        ];
+        self.spawn_in(&p.netns, &p.name, &args)
+            .with_context(|| format!("cannot start {} serve for {}", self.state.server.display(), p.name))
+    }
+
+    /// The readiness probe of new pods: each becomes ready (and enters the rules) `ready_delay`
+    /// after its server listens; all at once when `together`.
+    fn become_ready(
+        &mut self,
+        pids: &BTreeMap<String, u32>,
+        ready_delay: Duration,
+        together: bool,
+        tl: &mut Timeline,
+        syncs: &mut Syncs,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let mut listening: HashMap<&str, Instant> = HashMap::new();
+        let mut waiting: Vec<&str> = pids.keys().map(String::as_str).collect();
+        while !waiting.is_empty() {
+            let now = Instant::now();
+            for &p in &waiting {
+                let pid = pids[p];
+                if !netns::alive(pid) {
+                    let log =
+                        std::fs::read_to_string(self.dir.join("logs").join(format!("{p}.log"))).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or("(no output)");
+                    bail!("the server of pod {p} exited: {last}");
+                }
+                if !listening.contains_key(p) && netns::listening(pid, PORTS[0].target_port) {
+                    listening.insert(p, now);
+                }
+            }
+            let is_due = |p: &&str| listening.get(p).is_some_and(|at| now >= *at + ready_delay);
+            let due: Vec<String> = if together && !waiting.iter().all(is_due) {
+                Vec::new()
+            } else {
+                waiting.iter().filter(|p| is_due(p)).map(|p| p.to_string()).collect()
+            };
+            if !due.is_empty() {
+                let delays = self.change(|s| Ok(s.set_conditions(&due, Conditions::READY)))?;
+                tl.push(due.iter().map(String::as_str), EndpointEvent::Ready);
+                syncs.start(delays);
+                waiting.retain(|p| !due.iter().any(|d| d == p));
+            }
+            let silent: Vec<&str> = waiting.iter().copied().filter(|p| !listening.contains_key(p)).collect();
+            // Thousands of servers starting on a few CPUs take a while: 20 s plus 20 ms a pod.
+            let timeout = LISTEN_TIMEOUT + Duration::from_millis(20) * pids.len() as u32;
+            if !silent.is_empty() && start.elapsed() > timeout {
+                bail!(
+                    "pods not listening on :{} after {}s: {}",
+                    PORTS[0].target_port,
+                    timeout.as_secs(),
+                    silent.join(" ")
+                );
+            }
+            if !waiting.is_empty() {
+                std::thread::sleep(PROBE);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `pods` together (see [`Lab::delete_pod_with`]).
+    fn delete_pods(&mut self, pods: &[String], timing: &LabTiming, tl: &mut Timeline, syncs: &mut Syncs) -> Result<()> {
+        if pods.is_empty() {
+            return Ok(());
+        }
+        let (gone, delays) = self.change(|s| {
+            let lab = &s.name;
+            let mut gone = Vec::new();
+            for name in pods {
+                let Some(p) = s.pods.iter().find(|p| &p.name == name) else {
+                    bail!("no pod named {name} in lab {lab}; see `kubectl svclb lab status --name {lab}`");
+                };
+                if p.conditions.terminating {
+                    bail!("pod {name} is already terminating: another command is deleting it");
+                }
+                gone.push(p.clone());
+            }
+            Ok((gone, s.set_conditions(pods, Conditions::TERMINATING)))
+        })?;
+        tl.push(pods.iter().map(String::as_str), EndpointEvent::Terminating);
+        let kill_at = Instant::now() + timing.grace_period;
+        let mut killed = timing.grace_period.is_zero();
+        if killed {
+            // No grace: killed at once; the endpoint goes from terminating to removed in one
+            // sync, as kube-proxy sees a pod deleted with --grace-period 0.
+            kill(&gone);
+        } else {
+            for p in gone.iter().filter(|p| p.pid != 0) {
+                // Gone already (ESRCH) is what the loop below finds out too.
+                let _ = crate::server::terminate(p.pid, timing.drain_delay);
+            }
+            syncs.start(delays);
+        }
+        let mut serving = names(&gone);
+        let mut running = gone;
+        while !running.is_empty() {
+            if !killed && Instant::now() >= kill_at {
+                kill(&running);
+                killed = true;
+            }
+            for p in &running {
+                reap(p);
+            }
+            let exited: Vec<Pod> = running.iter().filter(|p| !server_running(p)).cloned().collect();
+            // A server that closed its listeners, or exited on its own: its readiness fails.
+            // One killed at the end of the grace period goes straight to removed.
+            let stopped: Vec<String> = if killed {
+                Vec::new()
+            } else {
+                running
+                    .iter()
+                    .filter(|p| serving.contains(&p.name) && !netns::listening(p.pid, PORTS[0].target_port))
+                    .map(|p| p.name.clone())
+                    .collect()
+            };
+            if !stopped.is_empty() {
+                let delays = self.change(|s| Ok(s.set_conditions(&stopped, Conditions::NOT_SERVING)))?;
+                tl.push(stopped.iter().map(String::as_str), EndpointEvent::NotServing);
+                syncs.start(delays);
+                serving.retain(|p| !stopped.contains(p));
+            }
+            if !exited.is_empty() {
+                let removed = names(&exited);
+                let delays = self.change(|s| {
+                    s.pods.retain(|p| !removed.contains(&p.name));
+                    Ok(s.bump())
+                })?;
+                tl.push(removed.iter().map(String::as_str), EndpointEvent::Removed);
+                syncs.start(delays);
+                // The pod's sandbox goes with it (nodes that have not synced yet send into
+                // nothing, as on a real cluster).
+                remove_pods(&exited)?;
+                running.retain(|p| !removed.contains(&p.name));
+                serving.retain(|p| !removed.contains(p));
+            }
+            if !running.is_empty() {
+                std::thread::sleep(PROBE);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SIGKILLs every process in the pods' namespaces.
+fn kill(pods: &[Pod]) {
+    let inodes: HashSet<u64> = pods.iter().filter_map(|p| netns::netns_inode(&p.netns)).collect();
+    let mut pids = netns::pids_in(&inodes);
+    pids.retain(|&pid| pid != std::process::id());
+    netns::kill_and_reap(&pids);
+}
+
+/// The pod's server still runs: alive, and still in the pod's namespace (a recorded pid that
+/// was reused by another process is not the server).
+fn server_running(p: &Pod) -> bool {
+    p.pid != 0
+        && netns::alive(p.pid)
+        && netns::pid_netns_inode(p.pid).is_some_and(|ino| Some(ino) == netns::netns_inode(&p.netns))
+}
+
+/// Reaps the pod's server if it exited as a child of this process (a lab this process built).
+fn reap(p: &Pod) {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
+    // "pid (comm) state ppid ...": a zombie whose parent is us.
+    let mut rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace())
+        .into_iter()
+        .flatten();
+    let zombie_child = rest.next() == Some("Z") && rest.next() == Some(&std::process::id().to_string());
+    if zombie_child {
+        let mut status = 0;
+        // SAFETY: waitpid on our own exited child.
+        unsafe {
+            libc::waitpid(p.pid as libc::pid_t, &mut status, libc::WNOHANG);
+        }
+    }
+}
+
+/// Kills the pods' processes and deletes their namespaces (their veths go with them).
+pub(super) fn remove_pods(pods: &[Pod]) -> Result<()> {
+    kill(pods);
+    let del: String = pods.iter().map(|p| format!("netns del {}\n", p.netns)).collect();
+    netns::ip_batch(None, &del, true)
+}
