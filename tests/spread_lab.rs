@@ -25,7 +25,8 @@ fn has_agent_child(parent: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
         let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-        ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|arg| arg == b"agent")
+        // The storm agent (`agent --request JSON`), not the lab's own agents (`lab agent node`).
+        ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|arg| arg == b"--request")
     })
 }
 
