@@ -1233,6 +1233,24 @@ fn concurrent_deletes(mode: ProxyMode, base: &str) {
             assert!(!rules.contains(gone), "{node} still sends to {gone}");
         }
     }
+    // A deletion killed while its pod drains leaves it terminating; deleting it again takes
+    // over (with its own grace period) instead of refusing it.
+    let mut slow = Command::new(EXE)
+        .args(["lab", "delete-pod", "pod-003", "--name", &name])
+        .args(["--grace-period", "60", "--drain-delay", "60s"])
+        .spawn()
+        .expect("start delete-pod");
+    wait_for(&name, "node1", |s| pod_is(s, "pod-003", "terminating"));
+    slow.kill().expect("kill the first delete-pod");
+    slow.wait().expect("reap");
+    let out = Command::new(EXE)
+        .args(["lab", "delete-pod", "pod-003", "--name", &name, "--grace-period", "0"])
+        .output()
+        .expect("delete-pod again");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("pod-003: removed at "), "{text}");
+    assert_eq!(all_pods(&Lab::open(&name).expect("open")), ["pod-004"]);
     t.finish();
 }
 

@@ -19,8 +19,11 @@ use super::{Lab, LabTiming, Node, Pod, THREADS, lifecycle::require_host, netns, 
 
 /// How long a new server may take to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often servers are looked at (listening, exited): the readiness probe's period.
-const PROBE: Duration = Duration::from_millis(10);
+/// How often new servers are looked at (listening, exited): the readiness probe's period (a
+/// lab comes up with a hundred of them, which this reads /proc for each time).
+const READY_PROBE: Duration = Duration::from_millis(20);
+/// How often deleted pods' servers are looked at (still listening, exited).
+const END_PROBE: Duration = Duration::from_millis(10);
 
 impl State {
     /// EndpointSlice hints, as the EndpointSlice controller gives them: with a trafficDistribution
@@ -35,17 +38,24 @@ impl State {
         }
     }
 
-    /// Sets the conditions of `pods` and starts a new generation.
-    fn set_conditions(&mut self, pods: &[String], c: Conditions) -> Vec<(String, Duration)> {
-        for p in self.pods.iter_mut().filter(|p| pods.contains(&p.name)) {
-            p.conditions = c;
+    /// Sets the conditions of those of `pods` that are still in the lab with conditions `from`;
+    /// the ones changed, and a new generation if there are any.
+    fn set_conditions(
+        &mut self,
+        pods: &[String],
+        from: Conditions,
+        to: Conditions,
+    ) -> (Vec<String>, Option<Vec<(String, Duration)>>) {
+        let mut changed = Vec::new();
+        for p in self.pods.iter_mut() {
+            if pods.contains(&p.name) && p.conditions == from {
+                p.conditions = to;
+                changed.push(p.name.clone());
+            }
         }
-        self.bump()
+        let delays = (!changed.is_empty()).then(|| self.bump());
+        (changed, delays)
     }
-}
-
-fn names(pods: &[Pod]) -> Vec<String> {
-    pods.iter().map(|p| p.name.clone()).collect()
 }
 
 impl Lab {
@@ -280,9 +290,10 @@ impl Lab {
                 waiting.iter().filter(|p| is_due(p)).map(|p| p.to_string()).collect()
             };
             if !due.is_empty() {
-                let delays = self.change(|s| Ok(s.set_conditions(&due, Conditions::READY)))?;
-                tl.push(due.iter().map(String::as_str), EndpointEvent::Ready);
-                syncs.start(delays);
+                let (ready, delays) =
+                    self.change(|s| Ok(s.set_conditions(&due, Conditions::STARTING, Conditions::READY)))?;
+                tl.push(ready.iter().map(String::as_str), EndpointEvent::Ready, now);
+                syncs.start(delays.unwrap_or_default());
                 waiting.retain(|p| !due.iter().any(|d| d == p));
             }
             let silent: Vec<&str> = waiting.iter().copied().filter(|p| !listening.contains_key(p)).collect();
@@ -297,32 +308,49 @@ impl Lab {
                 );
             }
             if !waiting.is_empty() {
-                std::thread::sleep(PROBE);
+                std::thread::sleep(READY_PROBE);
             }
         }
         Ok(())
     }
 
-    /// Deletes `pods` together (see [`Lab::delete_pod_with`]).
+    /// Deletes `pods` together (see [`Lab::delete_pod_with`]). A pod already terminating (its
+    /// deletion was interrupted, or another command deletes it) is not signalled again: it is
+    /// watched until it is gone, killed when this deletion's grace period ends (a second
+    /// deletion shortens the grace period, as in Kubernetes).
     fn delete_pods(&mut self, pods: &[String], timing: &LabTiming, tl: &mut Timeline, syncs: &mut Syncs) -> Result<()> {
         if pods.is_empty() {
             return Ok(());
         }
-        let (gone, delays) = self.change(|s| {
+        let (gone, fresh, delays) = self.change(|s| {
             let lab = &s.name;
             let mut gone = Vec::new();
             for name in pods {
                 let Some(p) = s.pods.iter().find(|p| &p.name == name) else {
                     bail!("no pod named {name} in lab {lab}; see `kubectl svclb lab status --name {lab}`");
                 };
-                if p.conditions.terminating {
-                    bail!("pod {name} is already terminating: another command is deleting it");
-                }
                 gone.push(p.clone());
             }
-            Ok((gone, s.set_conditions(pods, Conditions::TERMINATING)))
+            // Not ready any more; serving if it was (a pod deleted before it was ready is not).
+            let mut fresh = Vec::new();
+            for p in s.pods.iter_mut() {
+                if pods.contains(&p.name) && !p.conditions.terminating {
+                    p.conditions = Conditions {
+                        ready: false,
+                        terminating: true,
+                        ..p.conditions
+                    };
+                    fresh.push(p.name.clone());
+                }
+            }
+            let delays = (!fresh.is_empty()).then(|| s.bump());
+            Ok((gone, fresh, delays))
         })?;
-        tl.push(pods.iter().map(String::as_str), EndpointEvent::Terminating);
+        tl.push(
+            fresh.iter().map(String::as_str),
+            EndpointEvent::Terminating,
+            Instant::now(),
+        );
         let kill_at = Instant::now() + timing.grace_period;
         let mut killed = timing.grace_period.is_zero();
         if killed {
@@ -330,13 +358,18 @@ impl Lab {
             // sync, as kube-proxy sees a pod deleted with --grace-period 0.
             kill(&gone);
         } else {
-            for p in gone.iter().filter(|p| p.pid != 0) {
+            for p in gone.iter().filter(|p| p.pid != 0 && fresh.contains(&p.name)) {
                 // Gone already (ESRCH) is what the loop below finds out too.
                 let _ = crate::server::terminate(p.pid, timing.drain_delay);
             }
-            syncs.start(delays);
+            syncs.start(delays.unwrap_or_default());
         }
-        let mut serving = names(&gone);
+        // Watched for their listeners closing: those still serving.
+        let mut serving: Vec<String> = gone
+            .iter()
+            .filter(|p| p.conditions.serving)
+            .map(|p| p.name.clone())
+            .collect();
         let mut running = gone;
         while !running.is_empty() {
             if !killed && Instant::now() >= kill_at {
@@ -346,7 +379,11 @@ impl Lab {
             for p in &running {
                 reap(p);
             }
-            let exited: Vec<Pod> = running.iter().filter(|p| !server_running(p)).cloned().collect();
+            let exited: Vec<String> = running
+                .iter()
+                .filter(|p| !server_running(p))
+                .map(|p| p.name.clone())
+                .collect();
             // A server that closed its listeners, or exited on its own: its readiness fails.
             // One killed at the end of the grace period goes straight to removed.
             let stopped: Vec<String> = if killed {
@@ -358,28 +395,35 @@ impl Lab {
                     .map(|p| p.name.clone())
                     .collect()
             };
+            // Recorded as seen now, right after the probes (not when the lock is had).
+            let seen = Instant::now();
             if !stopped.is_empty() {
-                let delays = self.change(|s| Ok(s.set_conditions(&stopped, Conditions::NOT_SERVING)))?;
-                tl.push(stopped.iter().map(String::as_str), EndpointEvent::NotServing);
-                syncs.start(delays);
+                let (changed, delays) =
+                    self.change(|s| Ok(s.set_conditions(&stopped, Conditions::TERMINATING, Conditions::NOT_SERVING)))?;
+                tl.push(changed.iter().map(String::as_str), EndpointEvent::NotServing, seen);
+                syncs.start(delays.unwrap_or_default());
                 serving.retain(|p| !stopped.contains(p));
             }
             if !exited.is_empty() {
-                let removed = names(&exited);
-                let delays = self.change(|s| {
-                    s.pods.retain(|p| !removed.contains(&p.name));
-                    Ok(s.bump())
+                let (removed, delays) = self.change(|s| {
+                    let removed: Vec<Pod> = s.pods.iter().filter(|p| exited.contains(&p.name)).cloned().collect();
+                    s.pods.retain(|p| !exited.contains(&p.name));
+                    let delays = (!removed.is_empty()).then(|| s.bump());
+                    Ok((removed, delays))
                 })?;
-                tl.push(removed.iter().map(String::as_str), EndpointEvent::Removed);
-                syncs.start(delays);
+                tl.push(removed.iter().map(|p| p.name.as_str()), EndpointEvent::Removed, seen);
+                syncs.start(delays.unwrap_or_default());
                 // The pod's sandbox goes with it (nodes that have not synced yet send into
-                // nothing, as on a real cluster).
-                remove_pods(&exited)?;
-                running.retain(|p| !removed.contains(&p.name));
-                serving.retain(|p| !removed.contains(p));
+                // nothing, as on a real cluster). Another command that removed it first
+                // removes it.
+                if !removed.is_empty() {
+                    remove_pods(&removed)?;
+                }
+                running.retain(|p| !exited.contains(&p.name));
+                serving.retain(|p| !exited.contains(p));
             }
             if !running.is_empty() {
-                std::thread::sleep(PROBE);
+                std::thread::sleep(END_PROBE);
             }
         }
         Ok(())

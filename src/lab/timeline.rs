@@ -66,9 +66,9 @@ impl Timeline {
         }
     }
 
-    /// Records `event` of every pod in `pods` now.
-    pub(super) fn push<'a>(&mut self, pods: impl IntoIterator<Item = &'a str>, event: EndpointEvent) {
-        let at = self.start.elapsed();
+    /// Records `event` of every pod in `pods`, seen at `seen`.
+    pub(super) fn push<'a>(&mut self, pods: impl IntoIterator<Item = &'a str>, event: EndpointEvent, seen: Instant) {
+        let at = seen.saturating_duration_since(self.start);
         for pod in pods {
             self.events.push(Event {
                 at,
@@ -124,10 +124,10 @@ mod tests {
     #[test]
     fn events_keep_their_order_and_are_found_per_pod() {
         let mut t = Timeline::new(Instant::now());
-        t.push(["pod-002", "pod-001"], EndpointEvent::Terminating);
+        t.push(["pod-002", "pod-001"], EndpointEvent::Terminating, Instant::now());
         std::thread::sleep(Duration::from_millis(5));
-        t.push(["pod-001"], EndpointEvent::NotServing);
-        t.push(["pod-001"], EndpointEvent::Removed);
+        t.push(["pod-001"], EndpointEvent::NotServing, Instant::now());
+        t.push(["pod-001"], EndpointEvent::Removed, Instant::now());
         assert_eq!(t.pods(), ["pod-002", "pod-001"]);
         let term = t.at("pod-001", EndpointEvent::Terminating).unwrap();
         let not_serving = t.at("pod-001", EndpointEvent::NotServing).unwrap();
