@@ -170,16 +170,23 @@ impl Backend for LabBackend {
         local_stream(cmd, &format!("the agent in {ns} (is iproute2 installed?)"))
     }
 
-    /// The lab's pods, as its state file has them now (`lab delete-pod` and `lab scale` from
-    /// another process change it).
+    /// The lab's ready endpoints, as its state file has them now (`lab delete-pod` and `lab
+    /// scale` from another process change it): a deleted pod leaves the pool when it becomes
+    /// terminating, a new one joins when it is ready, as the cluster backend reads EndpointSlices.
     async fn pool(&self) -> Option<BTreeSet<String>> {
-        Lab::open(self.lab.name())
-            .ok()
-            .map(|lab| lab.pods().iter().map(|p| p.name.clone()).collect())
+        Lab::open(self.lab.name()).ok().map(|lab| {
+            lab.pods()
+                .iter()
+                .filter(|p| p.conditions.ready)
+                .map(|p| p.name.clone())
+                .collect()
+        })
     }
 
-    /// The lab rewrites every node's rules before `delete-pod`/`scale` return: the polling period.
+    /// The polling period plus the longest delay after which a node's kube-proxy applies a
+    /// change (`--sync-delay`).
     fn pool_slack(&self, poll: Duration) -> Duration {
-        poll
+        let sync = Lab::open(self.lab.name()).map_or(self.lab.sync_delay(), |lab| lab.sync_delay());
+        poll + Duration::from_millis(sync.max_ms)
     }
 }

@@ -88,6 +88,11 @@ impl Lab {
         &self.state.options
     }
 
+    /// How long each node's kube-proxy takes to apply a change.
+    pub fn sync_delay(&self) -> SyncDelay {
+        self.state.sync_delay
+    }
+
     fn node(&self, name: &str) -> Option<&Node> {
         self.state.nodes.iter().find(|n| n.name == name)
     }
