@@ -270,7 +270,7 @@ impl Lab {
         let svc = &c.services[0];
         let plan = PortPlan::new(svc, &PORTS[0], n);
         let chosen = match reach {
-            Reach::ClusterIp => plan.internal(svc),
+            Reach::ClusterIp => plan.internal(),
             Reach::FromOutside => plan.external(),
             Reach::FromInside => plan.external_from_inside(),
         };

@@ -8,7 +8,7 @@ use super::Cluster;
 use super::select::{NoEndpoint, PortPlan};
 use super::service::{Endpoint, endpoint_str};
 use crate::lab::Node;
-use crate::service::{SessionAffinity, TrafficPolicy};
+use crate::service::SessionAffinity;
 
 /// kube-proxy's masquerade mark.
 const MASQ_MARK: &str = "0x4000";
@@ -71,15 +71,7 @@ pub fn iptables_restore(c: &Cluster, node: &Node, existing: &BTreeSet<String>, i
                 format!("KUBE-EXT-{h}"),
                 format!("KUBE-FW-{h}"),
             );
-            let internal_chain = match o.internal_traffic_policy {
-                TrafficPolicy::Local => &local_chain,
-                TrafficPolicy::Cluster => &cluster_chain,
-            };
-            let external_policy_chain = if plan.external_local {
-                &local_chain
-            } else {
-                &cluster_chain
-            };
+            let (internal_chain, external_policy_chain) = plan.policy_chains(&cluster_chain, &local_chain);
             let proto = sp.proto.as_str();
             let (port, np) = (sp.port, sp.node_port);
             let ranges = svc.source_ranges();

@@ -9,7 +9,7 @@ use super::Cluster;
 use super::select::{NoEndpoint, PortPlan};
 use super::service::{Endpoint, endpoint_str};
 use crate::lab::Node;
-use crate::service::{SessionAffinity, TrafficPolicy};
+use crate::service::SessionAffinity;
 
 /// Chains and sets currently in a node's `ip kube-proxy` table.
 #[derive(Default, Debug)]
@@ -172,15 +172,7 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             let local_chain = format!("local-{base}");
             let ext_chain = format!("external-{base}");
             let fw_chain = format!("firewall-{base}");
-            let internal_chain = match o.internal_traffic_policy {
-                TrafficPolicy::Local => &local_chain,
-                TrafficPolicy::Cluster => &cluster_chain,
-            };
-            let external_policy_chain = if plan.external_local {
-                &local_chain
-            } else {
-                &cluster_chain
-            };
+            let (internal_chain, external_policy_chain) = plan.policy_chains(&cluster_chain, &local_chain);
             let _ = writeln!(chains, "# {spn}");
 
             // Endpoint chains (and affinity sets) for every endpoint a policy chain reaches.

@@ -28,6 +28,8 @@ pub struct PortPlan<'s> {
     pub reason: String,
     /// Some endpoint is usable somewhere (else every address of the Service rejects).
     pub has_endpoints: bool,
+    /// internalTrafficPolicy Local (`InternalPolicyLocal`).
+    pub internal_local: bool,
     /// externalTrafficPolicy Local and reachable from outside (`ExternalPolicyLocal`).
     pub external_local: bool,
     /// ClusterIP traffic has endpoints (iTP Local needs local ones).
@@ -67,6 +69,7 @@ impl<'s> PortPlan<'s> {
             topology: s.topology,
             reason: s.reason,
             has_endpoints,
+            internal_local,
             external_local,
             has_internal: has_endpoints && !(internal_local && local.is_empty()),
             has_external: has_endpoints && !(external_local && local.is_empty()),
@@ -79,11 +82,20 @@ impl<'s> PortPlan<'s> {
     }
 
     /// Endpoints of ClusterIP traffic (internalTrafficPolicy).
-    pub fn internal(&self, svc: &Service) -> &[&'s Endpoint] {
-        match svc.options.internal_traffic_policy {
-            TrafficPolicy::Cluster => &self.cluster,
-            TrafficPolicy::Local => &self.local,
+    pub fn internal(&self) -> &[&'s Endpoint] {
+        if self.internal_local {
+            &self.local
+        } else {
+            &self.cluster
         }
+    }
+
+    /// The chains ClusterIP traffic and external traffic from outside go to (kube-proxy's
+    /// `internalPolicyChain` and `externalPolicyChain`), given the port's cluster and local
+    /// policy chain names.
+    pub fn policy_chains<'c>(&self, cluster: &'c str, local: &'c str) -> (&'c str, &'c str) {
+        let pick = |is_local: bool| if is_local { local } else { cluster };
+        (pick(self.internal_local), pick(self.external_local))
     }
 
     /// Endpoints of traffic from outside the cluster to a NodePort, LoadBalancer or external IP.

@@ -155,7 +155,7 @@ fn local_policies_use_local_endpoints_and_external_traffic_from_inside_uses_all(
     );
     let svc = &c.services[0];
     let e = PortPlan::new(svc, &PORTS[0], &node(1, "zone-a"));
-    assert_eq!(names(e.internal(svc)), ["pod-001", "pod-003"]);
+    assert_eq!(names(e.internal()), ["pod-001", "pod-003"]);
     assert_eq!(names(e.external()), ["pod-001", "pod-003"]);
     // The Service is reachable from outside, so the cluster endpoints are kept: pods and the
     // node reaching the NodePort or LB IP are short-circuited to all of them.
@@ -188,7 +188,7 @@ fn a_node_without_local_endpoints_keeps_the_short_circuits_and_drops_the_rest() 
     let svc = &c.services[0];
     let n3 = node(3, "zone-c");
     let plan = PortPlan::new(svc, &PORTS[0], &n3);
-    assert!(plan.internal(svc).is_empty() && plan.external().is_empty());
+    assert!(plan.internal().is_empty() && plan.external().is_empty());
     assert_eq!(plan.external_from_inside().len(), 2);
     let tx = nft_transaction(&c, &n3, &NftExisting::default(), false);
     let ext = format!("external-{}", svc.nft_base(&PORTS[0]));
