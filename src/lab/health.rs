@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::rules::{Cluster, SERVICE_NAME, SERVICE_NAMESPACE};
+use super::state::write_atomic;
 use super::topology::{LB_IP, PROXY_HEALTHZ_PORT};
 use super::{Lab, Node, netns};
 
@@ -60,9 +61,7 @@ pub(super) fn record_sync(dir: &Path, node: &str, sync: &NodeSync) -> Result<()>
     let path = sync_path(dir, node);
     std::fs::create_dir_all(path.parent().expect("nodes dir"))
         .with_context(|| format!("cannot create {}", path.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(sync)?).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    write_atomic(&path, &serde_json::to_vec(sync)?)
 }
 
 /// The service health check's answer (kube-proxy's `hcHandler.ServeHTTP`): status, endpoint
@@ -338,9 +337,7 @@ pub async fn lb_agent(name: String) -> Result<()> {
             routed = hops.clone();
         }
         st.next_hops = hops;
-        let tmp = lab.dir.join("lb.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&st)?)?;
-        std::fs::rename(&tmp, lb_path(&lab.dir))?;
+        write_atomic(&lb_path(&lab.dir), &serde_json::to_vec(&st)?)?;
         tokio::time::sleep(LB_INTERVAL).await;
     }
 }

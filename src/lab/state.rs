@@ -98,13 +98,18 @@ pub(super) fn read_state(dir: &Path, name: &str) -> Result<State> {
     serde_json::from_str(&text).with_context(|| format!("corrupt lab state {}", state_path(dir).display()))
 }
 
+/// Writes a lab file whole or not at all (`PATH.tmp`, then renamed): another process reading it
+/// (a node's health agent, the load balancer, a concurrent command) never sees half of it.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", Path::new(&tmp).display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
 impl Lab {
     pub(super) fn save(&self) -> Result<()> {
-        let path = state_path(&self.dir);
-        let tmp = self.dir.join("state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.state)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+        write_atomic(&state_path(&self.dir), &serde_json::to_vec_pretty(&self.state)?)
     }
 
     /// Loads a running lab.
