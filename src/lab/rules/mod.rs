@@ -16,6 +16,8 @@ mod select;
 mod service;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upstream_tests;
 
 pub use iptables::{ipt_existing, iptables_restore};
 pub use nftables::{NftExisting, nft_transaction};
