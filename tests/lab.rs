@@ -199,15 +199,20 @@ fn spread_parallel(lab: &Lab, who: &str, addr: &str, conns: u64, parallel: usize
 
 /// The first line a TCP server at `ip:port` sends to a connection from `who` (bash /dev/tcp).
 fn hello(lab: &Lab, who: &str, ip: &str, port: u16) -> Option<String> {
-    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && head -1 <&3");
-    let out = lab
-        .command(who, Path::new("timeout"))
+    let out = over_tcp(lab, who, ip, port, "head -1 <&3");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !line.is_empty()).then_some(line)
+}
+
+/// Runs `then` in bash inside `who`'s namespace with fd 3 connected to `ip:port` (/dev/tcp), for
+/// at most 2 s.
+fn over_tcp(lab: &Lab, who: &str, ip: &str, port: u16, then: &str) -> std::process::Output {
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && {then}");
+    lab.command(who, Path::new("timeout"))
         .expect("command")
         .args(["2", "bash", "-c", &script])
         .output()
-        .expect("run bash");
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !line.is_empty()).then_some(line)
+        .expect("run bash")
 }
 
 /// `client=` address (without port) from a server line.
@@ -763,13 +768,8 @@ fn lab_ecmp_loadbalancer_reaches_every_node() {
 
 /// An HTTP/1.0 GET from `who` (bash /dev/tcp): the status code and the body.
 fn http_get(lab: &Lab, who: &str, ip: &str, port: u16, path: &str) -> (u16, String) {
-    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
-    let out = lab
-        .command(who, Path::new("timeout"))
-        .expect("command")
-        .args(["2", "bash", "-c", &script])
-        .output()
-        .expect("run bash");
+    let request = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
+    let out = over_tcp(lab, who, ip, port, &request);
     let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\n\n").map(|(_, b)| b.to_string()).unwrap_or_default();
