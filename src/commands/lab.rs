@@ -314,12 +314,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::Agent(a) => {
             let rt = crate::run::runtime(1)?;
             match a {
-                AgentCommand::Node { name, node } => {
-                    let lab = Lab::open(&name)?;
-                    let n = lab.nodes().iter().find(|n| n.name == node).cloned();
-                    let n = n.with_context(|| format!("no node {node} in lab {name}"))?;
-                    rt.block_on(lab::health::node_agent(lab.dir().to_path_buf(), n))?;
-                }
+                AgentCommand::Node { name, node } => rt.block_on(lab::health::node_agent(name, node))?,
                 AgentCommand::Lb { name } => rt.block_on(lab::health::lb_agent(name))?,
             }
             Ok(ExitCode::SUCCESS)

@@ -129,7 +129,10 @@ async fn serve_http(listener: TcpListener, answer: Arc<dyn Fn(&str) -> Reply + S
 
 /// The node agent (`kubectl-svclb lab agent node`), run in the node's namespace: kube-proxy's
 /// health servers for `node`. Ends when the lab's directory is gone.
-pub async fn node_agent(dir: PathBuf, node: Node) -> Result<()> {
+pub async fn node_agent(name: String, node: String) -> Result<()> {
+    let lab = Lab::open(&name)?;
+    let node = lab.node(&node).cloned().with_context(|| lab.unknown(&node))?;
+    let dir = lab.dir;
     let synced = Arc::new(std::sync::Mutex::new(jiff::Timestamp::now()));
     let healthz = TcpListener::bind(SocketAddr::from((node.ip, PROXY_HEALTHZ_PORT)))
         .await

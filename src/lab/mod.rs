@@ -67,11 +67,6 @@ impl Lab {
         &self.state.name
     }
 
-    /// Where the lab's state, logs and agents' files are.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn proxy_mode(&self) -> ProxyMode {
         self.state.proxy_mode
     }
