@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 
 use super::ProxyMode;
 use super::kube_proxy::Syncs;
-use super::state::{DirLock, State, state_path};
+use super::state::{Changed, DirLock, State, state_path};
 use super::timeline::Timeline;
 use super::topology::{CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, NODE_NET_PREFIX, NODE_NET_ROUTER, node_ip};
 use super::{Lab, LabChanges, LabConfig, Node, THREADS, labs_dir, netns, netns_prefix, validate_name};
@@ -135,6 +135,7 @@ impl Lab {
                 generation: 0,
                 applied: Default::default(),
                 sync_delay: cfg.sync_delay,
+                endpoints_generation: 0,
             },
         };
         lab.save()?;
@@ -214,7 +215,7 @@ impl Lab {
 
         // Every kube-proxy's first sync (the Service without endpoints), at once.
         let start = Instant::now();
-        let first = self.change(|s| Ok(s.bump()))?;
+        let first = self.change(|s| Ok(s.bump(Changed::Service)))?;
         let mut syncs = Syncs::new(self, start);
         syncs.start(first.into_iter().map(|(n, _)| (n, Duration::ZERO)).collect());
         // The pods, ready together: nothing sends traffic before `up` returns.
@@ -307,6 +308,8 @@ impl Lab {
                 o.source_ranges = r.clone();
             }
             check_source_ranges(o)?;
+            let slices = |s: &State| s.pods.iter().map(|p| p.ep()).collect::<Vec<_>>();
+            let before = slices(s);
             for p in &mut s.pods {
                 if ch.restore_hints {
                     p.hint_dropped = false;
@@ -319,7 +322,13 @@ impl Lab {
             if let Some(d) = ch.sync_delay {
                 s.sync_delay = d;
             }
-            Ok(ch.changes_rules().then(|| s.bump()))
+            // New hints are an EndpointSlice change; the rest changes the Service only.
+            let what = if slices(s) == before {
+                Changed::Service
+            } else {
+                Changed::Endpoints
+            };
+            Ok(ch.changes_rules().then(|| s.bump(what)))
         })?;
         if let Some(delays) = delays {
             let mut syncs = Syncs::new(self, tl.start);

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use super::kube_proxy::Syncs;
 use super::rules::PORTS;
-use super::state::State;
+use super::state::{Changed, State};
 use super::timeline::{EndpointEvent, Timeline};
 use super::topology::{Conditions, MAX_PODS_PER_NODE, POD_GATEWAY};
 use super::{Lab, LabTiming, Node, Pod, THREADS, lifecycle::require_host, netns, netns_prefix};
@@ -53,7 +53,7 @@ impl State {
                 changed.push(p.name.clone());
             }
         }
-        let delays = (!changed.is_empty()).then(|| self.bump());
+        let delays = (!changed.is_empty()).then(|| self.bump(Changed::Endpoints));
         (changed, delays)
     }
 }
@@ -343,7 +343,7 @@ impl Lab {
                     fresh.push(p.name.clone());
                 }
             }
-            let delays = (!fresh.is_empty()).then(|| s.bump());
+            let delays = (!fresh.is_empty()).then(|| s.bump(Changed::Endpoints));
             Ok((gone, fresh, delays))
         })?;
         tl.push(
@@ -408,7 +408,7 @@ impl Lab {
                 let (removed, delays) = self.change(|s| {
                     let removed: Vec<Pod> = s.pods.iter().filter(|p| exited.contains(&p.name)).cloned().collect();
                     s.pods.retain(|p| !exited.contains(&p.name));
-                    let delays = (!removed.is_empty()).then(|| s.bump());
+                    let delays = (!removed.is_empty()).then(|| s.bump(Changed::Endpoints));
                     Ok((removed, delays))
                 })?;
                 tl.push(removed.iter().map(|p| p.name.as_str()), EndpointEvent::Removed, seen);

@@ -37,6 +37,17 @@ pub(super) struct State {
     pub(super) applied: BTreeMap<String, Applied>,
     #[serde(default)]
     pub(super) sync_delay: SyncDelay,
+    /// The generation of the last change of the Service's endpoints (kube-proxy cleans UDP
+    /// conntrack entries only after those: `ConntrackCleanupRequired`).
+    #[serde(default)]
+    pub(super) endpoints_generation: u64,
+}
+
+/// What a change touched: the Service's spec only, or its endpoints (their EndpointSlices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Changed {
+    Service,
+    Endpoints,
 }
 
 /// What one node's kube-proxy last applied.
@@ -50,8 +61,11 @@ pub(super) struct Applied {
 impl State {
     /// The Service or its endpoints changed: a new generation, and the delay after which each
     /// node's kube-proxy applies it (in the order of `nodes`).
-    pub(super) fn bump(&mut self) -> Vec<(String, Duration)> {
+    pub(super) fn bump(&mut self, what: Changed) -> Vec<(String, Duration)> {
         self.generation += 1;
+        if what == Changed::Endpoints {
+            self.endpoints_generation = self.generation;
+        }
         let mut rng = rand::rng();
         self.nodes
             .iter()
@@ -62,6 +76,12 @@ impl State {
     /// The generation `node` has applied.
     pub(super) fn applied_generation(&self, node: &str) -> u64 {
         self.applied.get(node).map_or(0, |a| a.generation)
+    }
+
+    /// True when the endpoints changed since `node` last applied: its sync then cleans UDP
+    /// conntrack entries (a Service-only change does not, as in kube-proxy).
+    pub(super) fn endpoints_changed_for(&self, node: &str) -> bool {
+        self.endpoints_generation > self.applied_generation(node)
     }
 }
 
@@ -199,6 +219,7 @@ mod tests {
             generation: 0,
             applied: BTreeMap::new(),
             sync_delay,
+            endpoints_generation: 0,
         }
     }
 
@@ -206,12 +227,12 @@ mod tests {
     fn a_change_is_a_new_generation_with_a_delay_for_every_node() {
         let ms = Duration::from_millis;
         let mut s = state(3, SyncDelay::new(ms(10), ms(20)).unwrap());
-        let delays = s.bump();
+        let delays = s.bump(Changed::Endpoints);
         assert_eq!(s.generation, 1);
         let nodes: Vec<&str> = delays.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(nodes, ["node1", "node2", "node3"]);
         assert!(delays.iter().all(|(_, d)| (ms(10)..=ms(20)).contains(d)));
-        s.bump();
+        s.bump(Changed::Service);
         assert_eq!(s.generation, 2);
         // Nothing applied yet: generation 0; then what the node recorded.
         assert_eq!(s.applied_generation("node2"), 0);
@@ -223,13 +244,17 @@ mod tests {
             },
         );
         assert_eq!(s.applied_generation("node2"), 2);
+        // The endpoints last changed at 1: node2 (at 2) has nothing to clean, node1 (at 0) has.
+        assert_eq!(s.endpoints_generation, 1);
+        assert!(!s.endpoints_changed_for("node2"));
+        assert!(s.endpoints_changed_for("node1"));
     }
 
     #[test]
     fn state_files_from_before_generations_and_conditions_still_load() {
         let mut v = serde_json::to_value(state(1, SyncDelay::default())).unwrap();
         let o = v.as_object_mut().unwrap();
-        for gone in ["generation", "applied", "sync_delay"] {
+        for gone in ["generation", "applied", "sync_delay", "endpoints_generation"] {
             o.remove(gone);
         }
         o.insert(
@@ -239,6 +264,7 @@ mod tests {
         );
         let s: State = serde_json::from_value(v).unwrap();
         assert_eq!((s.generation, s.applied_generation("node1")), (0, 0));
+        assert_eq!(s.endpoints_generation, 0);
         assert_eq!(s.sync_delay, SyncDelay::default());
         assert_eq!(s.pods[0].conditions, crate::lab::Conditions::READY);
     }
