@@ -14,8 +14,9 @@ use anyhow::{Context, Result};
 
 use super::conntrack::{self, UdpServices};
 use super::health::{self, node_sync};
-use super::rules::{self, Cluster, Endpoint, NftExisting, PORTS, PortPlan, Proto, Service};
-use super::state::{Applied, DirLock, read_state};
+use super::nfnetlink;
+use super::rules::{self, Cluster, Endpoint, NftExisting, PORTS, PortPlan, Proto, Service, Written};
+use super::state::{Applied, DirLock, read_state, write_atomic};
 use super::timeline::{NodeSync, Timeline};
 use super::topology::{CLUSTER_CIDR, CLUSTER_IP, HEALTH_CHECK_NODE_PORT, LB_IP, SERVICE_CIDR};
 use super::{Lab, Node, Pod, ProxyMode, THREADS, netns};
@@ -81,7 +82,9 @@ pub(super) fn sync_nodes(
         let synced = Mutex::new(Vec::new());
         netns::par_each(&nodes, THREADS, |n| {
             lab.write_node(n)?;
-            lab.clean_conntrack(n)?;
+            if lab.state.endpoints_changed_for(&n.name) {
+                lab.clean_conntrack(n)?;
+            }
             synced.lock().expect("no panic holding it").push(NodeSync {
                 at: start.elapsed(),
                 node: n.name.clone(),
@@ -166,13 +169,24 @@ impl Lab {
         health::record_sync(&self.dir, &n.name, &node_sync(&cluster, n))
     }
 
+    /// Writes `n`'s rules in one transaction: what exists is listed as kube-proxy lists it
+    /// before each sync (chain and set names); the chains whose rules this lab's last sync of
+    /// the node wrote already (`nodes/<node>.rules.json`) are left as they are.
     fn write_rules_of(&self, cluster: &Cluster, n: &Node) -> Result<()> {
-        match self.state.proxy_mode {
+        let record = self.dir.join("nodes").join(format!("{}.rules.json", n.name));
+        // None (first sync, or unreadable): every chain is written.
+        let written: Written = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let (sync, program, args) = match self.state.proxy_mode {
             ProxyMode::Nftables => {
-                // Chains and sets in one listing (one `nft` run less per sync): chain lines
-                // and set lines are told apart by their keyword.
-                let listing = netns::exec_output(&n.netns, "nft", &["list chains ip ; list sets ip"])?;
-                let existing = NftExisting::parse(&listing, &listing);
+                let (chains, sets) = netns::in_netns(&n.netns, || nfnetlink::nft_objects("kube-proxy"))?;
+                let existing = NftExisting {
+                    chains: chains.into_iter().collect(),
+                    sets: sets.into_iter().collect(),
+                    written,
+                };
                 // Affinity sets carry their timeout: a new one needs new sets.
                 let reset_affinity = self
                     .state
@@ -180,8 +194,8 @@ impl Lab {
                     .get(&n.name)
                     .and_then(|a| a.affinity_timeout)
                     .is_some_and(|t| t != self.state.options.affinity_timeout);
-                let tx = rules::nft_transaction(cluster, n, &existing, reset_affinity);
-                netns::exec_with_stdin(&n.netns, "nft", &["-f", "-"], &tx)
+                let sync = rules::nft_transaction(cluster, n, &existing, reset_affinity);
+                (sync, "nft", ["-f", "-"].as_slice())
             }
             ProxyMode::Iptables => {
                 let existing = rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?);
@@ -192,19 +206,32 @@ impl Lab {
                     // and sets this so the kernel routes the DNATed packets.
                     netns::sysctls(&n.netns, &[("net/ipv4/conf/all/route_localnet", "1")])?;
                 }
-                let input = rules::iptables_restore(cluster, n, &existing, initial);
-                netns::exec_with_stdin(&n.netns, "iptables-restore", &["--noflush"], &input)
+                let sync = rules::iptables_restore(cluster, n, &existing, &written, initial);
+                (sync, "iptables-restore", ["--noflush"].as_slice())
             }
-        }
+        };
+        // Forgotten first: should the transaction fail, the next sync writes every chain.
+        let _ = std::fs::remove_file(&record);
+        netns::exec_with_stdin(&n.netns, program, args, &sync.tx)?;
+        std::fs::create_dir_all(record.parent().expect("nodes dir"))?;
+        write_atomic(&record, &serde_json::to_vec(&sync.written)?)
     }
 
-    /// After its sync, a node's kube-proxy deletes the UDP conntrack entries no serving endpoint
-    /// answers any more (`pkg/proxy/conntrack/cleanup.go`; see [`conntrack`]): UDP has no close
-    /// to end them, and they would keep a flow on a gone endpoint until they time out. TCP
-    /// entries are left alone, as kube-proxy does.
+    /// After a sync that applied an endpoint change, a node's kube-proxy deletes the UDP
+    /// conntrack entries no serving endpoint answers any more (`pkg/proxy/conntrack/cleanup.go`;
+    /// see [`conntrack`]): UDP has no close to end them, and they would keep a flow on a gone
+    /// endpoint until they time out. TCP entries are left alone, as kube-proxy does.
     fn clean_conntrack(&self, n: &Node) -> Result<()> {
         let services = self.udp_services();
-        netns::in_netns(&n.netns, || conntrack::delete_stale_udp(&services)).map(|_| ())
+        netns::in_netns(&n.netns, || {
+            // A dump walks the kernel's whole conntrack table (all namespaces share it); a node
+            // that tracks nothing has nothing to clean.
+            if conntrack::tracked() == Some(0) {
+                return Ok(0);
+            }
+            conntrack::delete_stale_udp(&services)
+        })
+        .map(|_| ())
     }
 
     /// The Service's UDP ports as the conntrack cleanup indexes them: every serving endpoint
@@ -286,8 +313,8 @@ impl Lab {
         let pods = self.usable_pods();
         let c = self.cluster(&pods);
         Ok(match self.state.proxy_mode {
-            ProxyMode::Nftables => rules::nft_transaction(&c, n, &NftExisting::default(), false),
-            ProxyMode::Iptables => rules::iptables_restore(&c, n, &Default::default(), true),
+            ProxyMode::Nftables => rules::nft_transaction(&c, n, &NftExisting::default(), false).tx,
+            ProxyMode::Iptables => rules::iptables_restore(&c, n, &Default::default(), &Written::new(), true).tx,
         })
     }
 

@@ -32,6 +32,7 @@ pub mod health;
 mod kube_proxy;
 mod lifecycle;
 mod netns;
+mod nfnetlink;
 mod pods;
 pub mod rules;
 mod state;

@@ -1,12 +1,12 @@
 //! The iptables writer: one `iptables-restore --noflush` transaction per node, mirroring
 //! `pkg/proxy/iptables/proxier.go` (same chain names, same rule shapes, same full sync).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::Cluster;
 use super::select::{NoEndpoint, PortPlan};
 use super::service::{Endpoint, endpoint_str};
+use super::{Cluster, RulesSync, Written, rules_hash};
 use crate::lab::Node;
 use crate::service::SessionAffinity;
 
@@ -37,12 +37,20 @@ fn target(v: NoEndpoint) -> (&'static str, &'static str) {
 }
 
 /// iptables-restore --noflush input for one node, one atomic transaction: every KUBE-*
-/// chain this proxier writes is declared (so iptables-restore flushes and refills it), and
-/// stale service chains are declared and deleted (`-X`). `initial` adds the jumps from the
+/// chain this proxier writes is declared (so iptables-restore flushes and refills it), except
+/// the per-service chains that `written` says hold the same rules already (those in
+/// `existing` with the same hash), and stale service chains are declared and deleted (`-X`).
+/// `initial` adds the jumps from the
 /// built-in chains (kube-proxy's EnsureChain/EnsureRule at startup). NodePorts are served on
 /// every local address, 127.0.0.1 included (kube-proxy's iptables defaults:
 /// `--nodeport-addresses` unset, `localhostNodePorts` true, with `route_localnet=1`).
-pub fn iptables_restore(c: &Cluster, node: &Node, existing: &BTreeSet<String>, initial: bool) -> String {
+pub fn iptables_restore(
+    c: &Cluster,
+    node: &Node,
+    existing: &BTreeSet<String>,
+    written: &Written,
+    initial: bool,
+) -> RulesSync {
     let total_endpoints: usize = c.services.iter().map(|s| s.endpoints.len() * s.ports.len()).sum();
     let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
 
@@ -310,7 +318,29 @@ pub fn iptables_restore(c: &Cluster, node: &Node, existing: &BTreeSet<String>, i
         .iter()
         .filter(|ch| IPT_SERVICE_CHAIN_PREFIXES.iter().any(|p| ch.starts_with(p)) && !nat_chains.contains(ch))
         .collect();
-    for ch in nat_chains.iter().chain(stale.iter().copied()) {
+    // Each per-service chain's rules (`-A CHAIN ...` lines, in order): the chains that exist
+    // with the same rules are neither declared (which would flush them) nor written.
+    let mut bodies: BTreeMap<&str, String> = BTreeMap::new();
+    for line in nat.lines() {
+        let chain = line.split_whitespace().nth(1).unwrap_or_default();
+        let body = bodies.entry(chain).or_default();
+        body.push_str(line);
+        body.push('\n');
+    }
+    let mut now_written = Written::new();
+    let mut rewrite: BTreeSet<&str> = BTreeSet::new();
+    for ch in &nat_chains {
+        let h = rules_hash(bodies.get(ch.as_str()).map_or("", String::as_str));
+        if !(existing.contains(ch) && written.get(ch) == Some(&h)) {
+            rewrite.insert(ch);
+        }
+        now_written.insert(ch.clone(), h);
+    }
+    for ch in nat_chains
+        .iter()
+        .filter(|ch| rewrite.contains(ch.as_str()))
+        .chain(stale.iter().copied())
+    {
         let _ = writeln!(out, ":{ch} - [0:0]");
     }
     if initial {
@@ -334,12 +364,17 @@ pub fn iptables_restore(c: &Cluster, node: &Node, existing: &BTreeSet<String>, i
     out.push_str(
         "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
     );
-    out.push_str(&nat);
+    for ch in nat_chains.iter().filter(|ch| rewrite.contains(ch.as_str())) {
+        out.push_str(bodies.get(ch.as_str()).map_or("", String::as_str));
+    }
     // Stale service chains: declared (so they are flushed) and deleted, in the same
     // transaction, as kube-proxy does (a chain must be empty to be deleted).
     for ch in &stale {
         let _ = writeln!(out, "-X {ch}");
     }
     out.push_str("COMMIT\n");
-    out
+    RulesSync {
+        tx: out,
+        written: now_written,
+    }
 }

@@ -5,34 +5,19 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::Cluster;
 use super::select::{NoEndpoint, PortPlan};
 use super::service::{Endpoint, endpoint_str};
+use super::{Cluster, RulesSync, Written, rules_hash};
 use crate::lab::Node;
 use crate::service::SessionAffinity;
 
-/// Chains and sets currently in a node's `ip kube-proxy` table.
+/// The chains and sets (maps too) currently in a node's `ip kube-proxy` table, and what the
+/// lab's last sync of the node wrote into each per-service chain ([`Written`]).
 #[derive(Default, Debug)]
 pub struct NftExisting {
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
-}
-
-impl NftExisting {
-    /// Parses `nft list chains ip kube-proxy` / `nft list sets ip kube-proxy` output.
-    pub fn parse(chains: &str, sets: &str) -> Self {
-        let grab = |text: &str, kw: &str| -> BTreeSet<String> {
-            text.lines()
-                .filter_map(|l| l.trim().strip_prefix(kw))
-                .filter_map(|rest| rest.split_whitespace().next())
-                .map(str::to_string)
-                .collect()
-        };
-        NftExisting {
-            chains: grab(chains, "chain "),
-            sets: grab(sets, "set "),
-        }
-    }
+    pub written: Written,
 }
 
 /// Prefixes of the per-service chains the nftables proxier owns (and deletes when stale).
@@ -145,12 +130,16 @@ fn verdict(v: NoEndpoint) -> &'static str {
 }
 
 /// One `nft -f` transaction that brings a node's `ip kube-proxy` table to the desired
-/// state, as kube-proxy's full sync does: kept chains are flushed and refilled, stale ones
+/// state, as kube-proxy's sync does: chains whose rules change are flushed and refilled
+/// (those `existing.written` says hold the same rules are left as they are), stale ones
 /// deleted, affinity sets that stay in use are left alone (their entries survive),
 /// `reset_affinity` drops them all (the timeout changed).
-pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_affinity: bool) -> String {
+pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_affinity: bool) -> RulesSync {
     let mut sets = String::new(); // affinity sets, before the rules that use them
-    let mut chains = String::new(); // per-service chains and rules, endpoint chains first
+    // Per-service chains in the order they are written, endpoint chains first: (name, rules);
+    // a port's name comment has no rules.
+    let mut chains: Vec<(String, String)> = Vec::new();
+    let mut body = String::new();
     let mut elements = String::new();
     let mut want_chains = BTreeSet::new();
     let mut want_sets = BTreeSet::new();
@@ -173,42 +162,45 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             let ext_chain = format!("external-{base}");
             let fw_chain = format!("firewall-{base}");
             let (internal_chain, external_policy_chain) = plan.policy_chains(&cluster_chain, &local_chain);
-            let _ = writeln!(chains, "# {spn}");
+            chains.push((format!("# {spn}"), String::new()));
 
             // Endpoint chains (and affinity sets) for every endpoint a policy chain reaches.
             for e in &plan.reachable {
                 let ep_base = svc.nft_ep_base(sp, e.ip);
                 let ep_chain = format!("endpoint-{ep_base}");
-                let _ = writeln!(chains, "add chain ip kube-proxy {ep_chain}");
                 let _ = writeln!(
-                    chains,
+                    body,
                     "add rule ip kube-proxy {ep_chain} ip saddr {} jump mark-for-masquerade",
                     e.ip
                 );
                 if affinity {
                     let set = format!("affinity-{ep_base}");
-                    let _ = writeln!(
-                        sets,
-                        "add set ip kube-proxy {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {}s ; }}",
-                        o.affinity_timeout
-                    );
-                    let _ = writeln!(chains, "add rule ip kube-proxy {ep_chain} update @{set} {{ ip saddr }}");
+                    // Kept as it is when it exists (its entries survive), unless reset.
+                    if reset_affinity || !existing.sets.contains(&set) {
+                        let _ = writeln!(
+                            sets,
+                            "add set ip kube-proxy {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {}s ; }}",
+                            o.affinity_timeout
+                        );
+                    }
+                    let _ = writeln!(body, "add rule ip kube-proxy {ep_chain} update @{set} {{ ip saddr }}");
                     want_sets.insert(set);
                 }
                 let _ = writeln!(
-                    chains,
+                    body,
                     "add rule ip kube-proxy {ep_chain} meta l4proto {proto} dnat to {}",
                     endpoint_str(e.ip, sp)
                 );
-                want_chains.insert(ep_chain);
+                want_chains.insert(ep_chain.clone());
+                chains.push((ep_chain, std::mem::take(&mut body)));
             }
             // Policy chains: the ClusterIP masquerade rule in the internal one, then the
             // load-balancing rules (writeServiceToEndpointRules).
             let mut policy = |chain: &str, list: &[&Endpoint]| {
-                let _ = writeln!(chains, "add chain ip kube-proxy {chain}");
+                let mut body = String::new();
                 if chain == internal_chain && plan.has_internal {
                     let _ = writeln!(
-                        chains,
+                        body,
                         "add rule ip kube-proxy {chain} ip daddr {cip} ip saddr != {} jump mark-for-masquerade",
                         c.cluster_cidr
                     );
@@ -217,7 +209,7 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
                     for e in list {
                         let ep_base = svc.nft_ep_base(sp, e.ip);
                         let _ = writeln!(
-                            chains,
+                            body,
                             "add rule ip kube-proxy {chain} ip saddr @affinity-{ep_base} goto endpoint-{ep_base}"
                         );
                     }
@@ -228,12 +220,13 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
                     .map(|(i, e)| format!("{i} : goto endpoint-{}", svc.nft_ep_base(sp, e.ip)))
                     .collect();
                 let _ = writeln!(
-                    chains,
+                    body,
                     "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
                     list.len(),
                     arms.join(" , ")
                 );
                 want_chains.insert(chain.to_string());
+                chains.push((chain.to_string(), body));
             };
             if plan.uses_cluster_chain {
                 policy(&cluster_chain, &plan.cluster);
@@ -244,30 +237,27 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             // The external chain: masquerade (eTP Cluster) or the pod and host short-circuits to
             // the cluster chain (eTP Local), then the external policy chain if it has endpoints.
             if plan.uses_external_chain {
-                let _ = writeln!(chains, "add chain ip kube-proxy {ext_chain}");
                 if !plan.external_local {
-                    let _ = writeln!(chains, "add rule ip kube-proxy {ext_chain} jump mark-for-masquerade");
+                    let _ = writeln!(body, "add rule ip kube-proxy {ext_chain} jump mark-for-masquerade");
                 } else {
                     let _ = writeln!(
-                        chains,
+                        body,
                         "add rule ip kube-proxy {ext_chain} {local_ctx} goto {cluster_chain} comment \"short-circuit pod traffic\""
                     );
                     let _ = writeln!(
-                        chains,
+                        body,
                         "add rule ip kube-proxy {ext_chain} fib saddr type local jump mark-for-masquerade comment \"masquerade local traffic\""
                     );
                     let _ = writeln!(
-                        chains,
+                        body,
                         "add rule ip kube-proxy {ext_chain} fib saddr type local goto {cluster_chain} comment \"short-circuit local traffic\""
                     );
                 }
                 if plan.has_external {
-                    let _ = writeln!(
-                        chains,
-                        "add rule ip kube-proxy {ext_chain} goto {external_policy_chain}"
-                    );
+                    let _ = writeln!(body, "add rule ip kube-proxy {ext_chain} goto {external_policy_chain}");
                 }
                 want_chains.insert(ext_chain.clone());
+                chains.push((ext_chain.clone(), std::mem::take(&mut body)));
             }
             // loadBalancerSourceRanges: checked before DNAT, on the LoadBalancer IPs only.
             let ranges = svc.source_ranges();
@@ -278,13 +268,13 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
                 if ranges.iter().any(|r| r.contains(&node.ip)) {
                     allowed.extend(svc.lb_ips.iter().map(|ip| ip.to_string()));
                 }
-                let _ = writeln!(chains, "add chain ip kube-proxy {fw_chain}");
                 let _ = writeln!(
-                    chains,
+                    body,
                     "add rule ip kube-proxy {fw_chain} ip saddr != {{ {} }} drop",
                     allowed.join(" , ")
                 );
                 want_chains.insert(fw_chain.clone());
+                chains.push((fw_chain.clone(), std::mem::take(&mut body)));
             }
 
             // The dispatch maps.
@@ -345,8 +335,22 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
         }
     }
 
-    // Assemble: flush every per-service chain that exists (drops references), delete the
-    // stale ones, then (re)write base and service objects.
+    // Which chains to (re)write: all but those that exist holding the same rules already
+    // (all of them when the affinity sets are recreated: their rules refer to the sets).
+    let mut written = Written::new();
+    let mut rewrite = BTreeSet::new();
+    for (name, rules) in chains.iter().filter(|(n, _)| !n.starts_with('#')) {
+        let h = rules_hash(rules);
+        let kept = existing.chains.contains(name) && existing.written.get(name) == Some(&h);
+        if reset_affinity || !kept {
+            rewrite.insert(name.as_str());
+        }
+        written.insert(name.clone(), h);
+    }
+
+    // Assemble: flush the per-service chains that exist and change or go (drops their
+    // references to stale chains; maps are flushed too), delete the stale ones, then
+    // (re)write base and service objects.
     let mut tx = String::new();
     let owned = |n: &&String| nft_is_service_object(n, &NFT_SERVICE_CHAIN_PREFIXES);
     if !existing.chains.is_empty() {
@@ -361,13 +365,14 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             tx.push_str("flush map ip kube-proxy firewall-ips\n");
         }
     }
+    let stale = |ch: &&String| !want_chains.contains(*ch);
     for ch in existing.chains.iter().filter(owned) {
-        let _ = writeln!(tx, "flush chain ip kube-proxy {ch}");
-    }
-    for ch in existing.chains.iter().filter(owned) {
-        if !want_chains.contains(ch) {
-            let _ = writeln!(tx, "delete chain ip kube-proxy {ch}");
+        if rewrite.contains(ch.as_str()) || stale(&ch) {
+            let _ = writeln!(tx, "flush chain ip kube-proxy {ch}");
         }
+    }
+    for ch in existing.chains.iter().filter(owned).filter(stale) {
+        let _ = writeln!(tx, "delete chain ip kube-proxy {ch}");
     }
     for set in existing
         .sets
@@ -380,7 +385,14 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
     }
     tx.push_str(&NFT_BASE.replace("SERVICE_CIDR", c.service_cidr));
     tx.push_str(&sets);
-    tx.push_str(&chains);
+    for (name, rules) in &chains {
+        if name.starts_with('#') {
+            let _ = writeln!(tx, "{name}");
+        } else if rewrite.contains(name.as_str()) {
+            let _ = writeln!(tx, "add chain ip kube-proxy {name}");
+            tx.push_str(rules);
+        }
+    }
     tx.push_str(&elements);
-    tx
+    RulesSync { tx, written }
 }

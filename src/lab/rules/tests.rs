@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::service::{base32, hash_and_truncate, port_proto_hash, sep_chain};
 use super::{
-    Cluster, Endpoint, NftExisting, NoEndpoint, PORTS, PortPlan, Service, ipt_existing, iptables_restore,
+    Cluster, Endpoint, NftExisting, NoEndpoint, PORTS, PortPlan, Service, Written, ipt_existing, iptables_restore,
     nft_transaction,
 };
 use crate::lab::Node;
@@ -133,7 +133,7 @@ fn endpoints_are_ordered_as_ip_port_strings() {
     let ips: Vec<String> = plan.cluster.iter().map(|e| e.ip.to_string()).collect();
     // "10.244.1.10:5001" < "10.244.1.2:5001" < "10.244.1.3:5001", as kube-proxy sorts them.
     assert_eq!(ips, ["10.244.1.10", "10.244.1.2", "10.244.1.3"]);
-    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false);
+    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false).tx;
     let vmap = tx.lines().find(|l| l.contains("numgen random mod 3")).unwrap();
     assert!(vmap.contains("0 : goto endpoint-") && vmap.find("10.244.1.10/5001") < vmap.find("10.244.1.2/5001"));
 }
@@ -160,7 +160,7 @@ fn local_policies_use_local_endpoints_and_external_traffic_from_inside_uses_all(
     // The Service is reachable from outside, so the cluster endpoints are kept: pods and the
     // node reaching the NodePort or LB IP are short-circuited to all of them.
     assert_eq!(names(e.external_from_inside()), ["pod-001", "pod-003", "pod-002"]);
-    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false);
+    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false).tx;
     let ext = format!("external-{}", svc.nft_base(&PORTS[0]));
     let cluster = format!("service-{}", svc.nft_base(&PORTS[0]));
     assert!(tx.contains(&format!(
@@ -170,7 +170,7 @@ fn local_policies_use_local_endpoints_and_external_traffic_from_inside_uses_all(
         "add rule ip kube-proxy {ext} fib saddr type local goto {cluster} comment \"short-circuit local traffic\""
     )));
     assert!(tx.contains(&format!("add rule ip kube-proxy {cluster} numgen random mod 3 ")));
-    let ipt = iptables_restore(&c, &node(1, "zone-a"), &BTreeSet::new(), false);
+    let ipt = iptables_restore(&c, &node(1, "zone-a"), &BTreeSet::new(), &Written::new(), false).tx;
     let h = svc.ipt_hash(&PORTS[0]);
     assert!(ipt.contains(&format!(
         "-A KUBE-EXT-{h} -m comment --comment \"route LOCAL traffic for default/tserver:tcp external destinations\" -m addrtype --src-type LOCAL -j KUBE-SVC-{h}"
@@ -190,7 +190,7 @@ fn a_node_without_local_endpoints_keeps_the_short_circuits_and_drops_the_rest() 
     let plan = PortPlan::new(svc, &PORTS[0], &n3);
     assert!(plan.internal().is_empty() && plan.external().is_empty());
     assert_eq!(plan.external_from_inside().len(), 2);
-    let tx = nft_transaction(&c, &n3, &NftExisting::default(), false);
+    let tx = nft_transaction(&c, &n3, &NftExisting::default(), false).tx;
     let ext = format!("external-{}", svc.nft_base(&PORTS[0]));
     assert!(tx.contains(&format!("add chain ip kube-proxy {ext}")), "{tx}");
     assert!(tx.contains(&format!("service-nodeports {{ tcp . 30001 : goto {ext} }}")));
@@ -199,7 +199,7 @@ fn a_node_without_local_endpoints_keeps_the_short_circuits_and_drops_the_rest() 
     assert!(tx.contains("no-endpoint-services { 10.96.0.10 . tcp . 5001 comment \"default/tserver:tcp\" : drop }"));
     assert!(tx.contains("no-endpoint-nodeports { tcp . 30001 comment \"default/tserver:tcp\" : drop }"));
     assert!(tx.contains("no-endpoint-services { 172.30.0.10 . tcp . 5001 comment \"default/tserver:tcp\" : drop }"));
-    let ipt = iptables_restore(&c, &n3, &BTreeSet::new(), false);
+    let ipt = iptables_restore(&c, &n3, &BTreeSet::new(), &Written::new(), false).tx;
     assert!(ipt.contains("default/tserver:tcp has no local endpoints"), "{ipt}");
     assert!(ipt.contains(&format!(":KUBE-EXT-{} - [0:0]", svc.ipt_hash(&PORTS[0]))));
 }
@@ -237,14 +237,14 @@ fn source_ranges_filter_the_lb_ip_before_dnat() {
     };
     let c = lab(&o, vec![ep(1, 1, "zone-a", false)]);
     let svc = &c.services[0];
-    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false);
+    let tx = nft_transaction(&c, &node(1, "zone-a"), &NftExisting::default(), false).tx;
     let fw = format!("firewall-{}", svc.nft_base(&PORTS[0]));
     // The node is inside 172.31.0.0/24: the LB IP is allowed as a source too.
     assert!(tx.contains(&format!(
         "add rule ip kube-proxy {fw} ip saddr != {{ 203.0.113.0/25 , 172.31.0.0/24 , 172.30.0.10 }} drop"
     )));
     assert!(tx.contains(&format!("firewall-ips {{ 172.30.0.10 . tcp . 5001 : goto {fw} }}")));
-    let ipt = iptables_restore(&c, &node(1, "zone-a"), &BTreeSet::new(), false);
+    let ipt = iptables_restore(&c, &node(1, "zone-a"), &BTreeSet::new(), &Written::new(), false).tx;
     let h = svc.ipt_hash(&PORTS[0]);
     assert!(ipt.contains(&format!("-d 172.30.0.10 --dport 5001 -j KUBE-FW-{h}")));
     assert!(ipt.contains(&format!(
@@ -261,7 +261,8 @@ fn nft_sync_deletes_stale_objects_and_keeps_affinity_sets() {
     let eps = vec![ep(1, 1, "zone-a", false), ep(2, 2, "zone-b", false)];
     let c = lab(&o, eps.clone());
     let n = node(1, "zone-a");
-    let full = nft_transaction(&c, &n, &NftExisting::default(), false);
+    let first = nft_transaction(&c, &n, &NftExisting::default(), false);
+    let full = first.tx;
     assert!(full.contains("numgen random mod 2 vmap"));
     let grab = |kw: &str| -> BTreeSet<String> {
         full.lines()
@@ -272,25 +273,52 @@ fn nft_sync_deletes_stale_objects_and_keeps_affinity_sets() {
     let existing = NftExisting {
         chains: grab("chain"),
         sets: grab("set"),
+        written: first.written,
     };
     // pod-002 goes away.
     let c1 = lab(&o, eps[..1].to_vec());
     let svc = &c1.services[0];
-    let tx = nft_transaction(&c1, &n, &existing, false);
+    let tx = nft_transaction(&c1, &n, &existing, false).tx;
     let gone = svc.nft_ep_base(&PORTS[0], eps[1].ip);
     let kept = svc.nft_ep_base(&PORTS[0], eps[0].ip);
+    assert!(tx.contains(&format!("flush chain ip kube-proxy endpoint-{gone}")));
     assert!(tx.contains(&format!("delete chain ip kube-proxy endpoint-{gone}")));
     assert!(tx.contains(&format!("delete set ip kube-proxy affinity-{gone}")));
     assert!(!tx.contains(&format!("delete set ip kube-proxy affinity-{kept}")));
     assert!(!tx.contains("delete chain ip kube-proxy services"));
+    // The policy chain changes and is written again; the kept endpoint's chain and affinity
+    // set hold what they should already and are not touched.
     assert!(tx.contains("numgen random mod 1 vmap"));
-    // A new timeout recreates every affinity set.
-    let tx = nft_transaction(&c1, &n, &existing, true);
+    assert!(tx.contains(&format!(
+        "flush chain ip kube-proxy service-{}",
+        svc.nft_base(&PORTS[0])
+    )));
+    assert!(!tx.contains(&format!("endpoint-{kept} ip saddr")));
+    assert!(!tx.contains(&format!("flush chain ip kube-proxy endpoint-{kept}")));
+    assert!(!tx.contains(&format!("add set ip kube-proxy affinity-{kept}")));
+    // Without the record of what was written, every chain is written again.
+    let unknown = NftExisting {
+        written: Default::default(),
+        ..existing
+    };
+    let tx = nft_transaction(&c1, &n, &unknown, false).tx;
+    assert!(tx.contains(&format!("add rule ip kube-proxy endpoint-{kept} ip saddr")));
+    let existing = NftExisting {
+        written: nft_transaction(&c, &n, &NftExisting::default(), false).written,
+        ..unknown
+    };
+    // A new timeout recreates every affinity set, and rewrites the rules that refer to them.
+    let tx = nft_transaction(&c1, &n, &existing, true).tx;
     assert!(tx.contains(&format!("delete set ip kube-proxy affinity-{kept}")));
+    assert!(tx.contains(&format!("add set ip kube-proxy affinity-{kept}")));
+    assert!(tx.contains(&format!("flush chain ip kube-proxy endpoint-{kept}")));
+    assert!(tx.contains(&format!(
+        "add rule ip kube-proxy endpoint-{kept} update @affinity-{kept}"
+    )));
     // A table of the layout before v1.34 gets its filter base chains rewritten.
     let mut old = existing;
     old.chains.insert("filter-output-post-dnat".into());
-    let tx = nft_transaction(&c1, &n, &old, false);
+    let tx = nft_transaction(&c1, &n, &old, false).tx;
     assert!(tx.contains("delete chain ip kube-proxy filter-output-post-dnat"));
     assert!(tx.contains("delete chain ip kube-proxy filter-input\n"));
     assert!(
@@ -309,13 +337,14 @@ fn iptables_sync_flushes_and_deletes_stale_chains() {
     ];
     let c = lab(&o, eps.clone());
     let n = node(1, "zone-a");
-    let full = iptables_restore(&c, &n, &BTreeSet::new(), true);
+    let first = iptables_restore(&c, &n, &BTreeSet::new(), &Written::new(), true);
+    let full = first.tx;
     assert!(full.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"));
     assert!(full.contains("--probability 0.3333333333"));
     assert!(full.contains("--probability 0.5000000000"));
     let existing = ipt_existing(&full);
     let c1 = lab(&o, eps[..2].to_vec());
-    let tx = iptables_restore(&c1, &n, &existing, false);
+    let tx = iptables_restore(&c1, &n, &existing, &first.written, false).tx;
     let gone = c1.services[0].ipt_sep(&PORTS[0], eps[2].ip);
     assert!(
         tx.contains(&format!(":{gone} - [0:0]")),
@@ -323,6 +352,18 @@ fn iptables_sync_flushes_and_deletes_stale_chains() {
     );
     assert!(tx.contains(&format!("-X {gone}")));
     assert!(!tx.contains("-A PREROUTING"), "built-in jumps only on the first sync");
+    // The policy chain changes and is declared and written again; a kept endpoint's chain
+    // holds what it should already and is left alone.
+    let svc = &c1.services[0];
+    let kept = svc.ipt_sep(&PORTS[0], eps[0].ip);
+    assert!(tx.contains(&format!(":KUBE-SVC-{} - [0:0]", svc.ipt_hash(&PORTS[0]))));
+    assert!(tx.contains("--probability 0.5000000000"));
+    assert!(!tx.contains(&format!(":{kept} ")));
+    assert!(!tx.contains(&format!("-A {kept} ")));
+    // Without the record of what was written, every chain is written again.
+    let tx = iptables_restore(&c1, &n, &existing, &Written::new(), false).tx;
+    assert!(tx.contains(&format!(":{kept} - [0:0]")));
+    assert!(tx.contains(&format!("-A {kept} ")));
 }
 
 #[test]
@@ -335,28 +376,27 @@ fn iptables_leaves_out_endpoint_comments_above_1000_endpoints() {
         })
         .collect();
     // 400 endpoints x 3 ports = 1200 > 1000: kube-proxy's large-cluster mode.
-    let ipt = iptables_restore(&lab(&o, eps.clone()), &node(1, "zone-a"), &BTreeSet::new(), false);
+    let ipt = iptables_restore(
+        &lab(&o, eps.clone()),
+        &node(1, "zone-a"),
+        &BTreeSet::new(),
+        &Written::new(),
+        false,
+    )
+    .tx;
     assert!(!ipt.contains(" -> 10.244."), "no per-endpoint comments");
     let small = iptables_restore(
         &lab(&o, eps[..300].to_vec()),
         &node(1, "zone-a"),
         &BTreeSet::new(),
+        &Written::new(),
         false,
-    );
+    )
+    .tx;
     assert!(small.contains("\"default/tserver:tcp -> 10.244.1.2:5001\""));
 }
 
 #[test]
 fn probability_format_is_kube_proxys() {
     assert_eq!(format!("{:.10}", 1.0 / 3.0_f64), "0.3333333333");
-}
-
-#[test]
-fn parses_existing_nft_objects() {
-    let e = NftExisting::parse(
-        "table ip kube-proxy {\n\tchain services {\n\t}\n\tchain endpoint-AB-x/y {\n\t}\n}\n",
-        "table ip kube-proxy {\n\tset affinity-XY-a/b {\n\t\ttype ipv4_addr\n\t}\n\tmap service-ips {\n\t}\n}\n",
-    );
-    assert!(e.chains.contains("endpoint-AB-x/y"));
-    assert!(e.sets.contains("affinity-XY-a/b"));
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::{Cluster, Endpoint, NftExisting, Proto, Service, ServicePort, iptables_restore, nft_transaction};
+use super::{Cluster, Endpoint, NftExisting, Proto, Service, ServicePort, Written, iptables_restore, nft_transaction};
 use crate::lab::Node;
 use crate::service::{Ep, ServiceOptions, ServiceType, SessionAffinity, TrafficPolicy};
 
@@ -194,7 +194,7 @@ fn nft_shape(text: &str) -> NftShape {
 fn nftables_rules_match_kube_proxys_overall_test() {
     let [c, l, s5] = upstream_options();
     let (cluster, node) = upstream_overall(&c, &l, &s5);
-    let ours = nft_shape(&nft_transaction(&cluster, &node, &NftExisting::default(), false));
+    let ours = nft_shape(&nft_transaction(&cluster, &node, &NftExisting::default(), false).tx);
     let want = nft_shape(include_str!("testdata/overall_nftables.txt"));
     assert_eq!(ours.objects, want.objects);
     assert_eq!(ours.elements, want.elements);
@@ -242,7 +242,9 @@ fn iptables_rules_match_kube_proxys_overall_test() {
     let (cluster, node) = upstream_overall(&c, &l, &s5);
     // The test's fake has the nfacct counters and no --random-fully; a lab node has no nfacct
     // counters (kube-proxy then writes neither) and has --random-fully.
-    let ours = iptables_restore(&cluster, &node, &BTreeSet::new(), false).replace(" --random-fully", "");
+    let ours = iptables_restore(&cluster, &node, &BTreeSet::new(), &Written::new(), false)
+        .tx
+        .replace(" --random-fully", "");
     let want: String = include_str!("testdata/overall_iptables.txt")
         .lines()
         .filter(|l| !l.contains("localhost_nps_accepted_pkts"))
