@@ -45,7 +45,8 @@ pub fn build_record(
             }),
         }
     }
-    backends.sort_by(|a, b| a.name.cmp(&b.name));
+    // Natural order: pod-2 before pod-10, node2 before node10.
+    backends.sort_by(|a, b| alphanumeric_sort::compare_str(&a.name, &b.name));
     let criteria = Criteria {
         expect_backends: criteria.expect_backends.or((!known.is_empty()).then_some(known.len())),
         ..*criteria
@@ -201,6 +202,11 @@ mod tests {
                 node: "n2".into(),
                 zone: "z2".into(),
             },
+            KnownBackend {
+                name: "p10".into(),
+                node: "n10".into(),
+                zone: "z1".into(),
+            },
         ];
         let target = record(&o).target;
         let r = build_record(
@@ -217,7 +223,11 @@ mod tests {
             .iter()
             .map(|b| (b.name.as_str(), b.node.as_str(), b.zone.as_str(), b.count))
             .collect();
-        assert_eq!(rows, [("p1", "n1", "z1", 5), ("p2", "n2", "z2", 0)]);
+        // In natural order: p2 before p10.
+        assert_eq!(
+            rows,
+            [("p1", "n1", "z1", 5), ("p2", "n2", "z2", 0), ("p10", "n10", "z1", 0)]
+        );
         assert_eq!(
             r.stats.verdict,
             Verdict::Fail,

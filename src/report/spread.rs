@@ -90,7 +90,9 @@ fn text(run: &SpreadRun, md: bool) -> String {
         let _ = writeln!(out, "{}", styled(b, md));
 
         // Source x backend node: where each source's connections landed.
-        let nodes: std::collections::BTreeSet<&str> = run.backends.iter().map(|b| b.node.as_str()).collect();
+        let mut nodes: Vec<&str> = run.backends.iter().map(|b| b.node.as_str()).collect();
+        nodes.sort_by(|a, b| alphanumeric_sort::compare_str(a, b));
+        nodes.dedup();
         heading(&mut out, "Source x backend node", md);
         let mut b = Builder::default();
         b.push_record(std::iter::once("source").chain(nodes.iter().copied()));

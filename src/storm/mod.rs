@@ -354,7 +354,7 @@ pub async fn run(cfg: &StormConfig, control: Arc<Control>) -> Result<Outcome> {
             count: b.count,
         })
         .collect();
-    backends.sort_by(|a, b| a.name.cmp(&b.name));
+    backends.sort_by(|a, b| alphanumeric_sort::compare_str(&a.name, &b.name));
     let attempted = total.ok + total.failures.total();
     let stopped = if control.interrupted.load(Ordering::Relaxed) {
         Some(Stop::Interrupted)
