@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::select::{NoEndpoint, PortPlan};
 use super::service::{Endpoint, endpoint_str};
-use super::{Cluster, RulesSync, Written, rules_hash};
+use super::{Cluster, RulesSync, Written, to_rewrite};
 use crate::lab::Node;
 use crate::service::SessionAffinity;
 
@@ -327,15 +327,14 @@ pub fn iptables_restore(
         body.push_str(line);
         body.push('\n');
     }
-    let mut now_written = Written::new();
-    let mut rewrite: BTreeSet<&str> = BTreeSet::new();
-    for ch in &nat_chains {
-        let h = rules_hash(bodies.get(ch.as_str()).map_or("", String::as_str));
-        if !(existing.contains(ch) && written.get(ch) == Some(&h)) {
-            rewrite.insert(ch);
-        }
-        now_written.insert(ch.clone(), h);
-    }
+    let (rewrite, now_written) = to_rewrite(
+        nat_chains
+            .iter()
+            .map(|ch| (ch.as_str(), bodies.get(ch.as_str()).map_or("", String::as_str))),
+        existing,
+        written,
+        false,
+    );
     for ch in nat_chains
         .iter()
         .filter(|ch| rewrite.contains(ch.as_str()))

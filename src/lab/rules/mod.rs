@@ -10,7 +10,7 @@
 //!   endpoints, any number of them, as in kube-proxy's own tests), the lab's Service's name and
 //!   ports, and the names kube-proxy derives (hashed chain names).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 mod iptables;
@@ -38,6 +38,26 @@ fn rules_hash(rules: &str) -> u64 {
     let mut h = DefaultHasher::new();
     rules.hash(&mut h);
     h.finish()
+}
+
+/// Which of `chains` (name, rules) a sync writes: those not in `existing` or whose rules differ
+/// from what `written` records (every one when `all`); and the record of what they hold after.
+fn to_rewrite<'a>(
+    chains: impl IntoIterator<Item = (&'a str, &'a str)>,
+    existing: &BTreeSet<String>,
+    written: &Written,
+    all: bool,
+) -> (BTreeSet<&'a str>, Written) {
+    let mut rewrite = BTreeSet::new();
+    let mut now = Written::new();
+    for (name, rules) in chains {
+        let h = rules_hash(rules);
+        if all || !(existing.contains(name) && written.get(name) == Some(&h)) {
+            rewrite.insert(name);
+        }
+        now.insert(name.to_string(), h);
+    }
+    (rewrite, now)
 }
 
 /// One node's transaction (`nft -f` or `iptables-restore --noflush` input) and what it leaves

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::select::{NoEndpoint, PortPlan};
 use super::service::{Endpoint, endpoint_str};
-use super::{Cluster, RulesSync, Written, rules_hash};
+use super::{Cluster, RulesSync, Written, to_rewrite};
 use crate::lab::Node;
 use crate::service::SessionAffinity;
 
@@ -337,16 +337,15 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
 
     // Which chains to (re)write: all but those that exist holding the same rules already
     // (all of them when the affinity sets are recreated: their rules refer to the sets).
-    let mut written = Written::new();
-    let mut rewrite = BTreeSet::new();
-    for (name, rules) in chains.iter().filter(|(n, _)| !n.starts_with('#')) {
-        let h = rules_hash(rules);
-        let kept = existing.chains.contains(name) && existing.written.get(name) == Some(&h);
-        if reset_affinity || !kept {
-            rewrite.insert(name.as_str());
-        }
-        written.insert(name.clone(), h);
-    }
+    let (rewrite, written) = to_rewrite(
+        chains
+            .iter()
+            .filter(|(n, _)| !n.starts_with('#'))
+            .map(|(n, r)| (n.as_str(), r.as_str())),
+        &existing.chains,
+        &existing.written,
+        reset_affinity,
+    );
 
     // Assemble: flush the per-service chains that exist and change or go (drops their
     // references to stale chains; maps are flushed too), delete the stale ones, then
