@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::server::{Limits, Listeners, ServeConfig, signals};
+use crate::server::{LOG_LISTENING, Limits, Listeners, ServeConfig, signals};
 use crate::wire::Identity;
 
 #[derive(Debug, Args)]
@@ -108,14 +108,15 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         // Watched before anything listens: whoever sees the sockets may already send SIGTERM.
         let stops = signals(args.drain_delay).context("cannot watch SIGTERM and SIGINT")?;
         let listeners = Listeners::bind(&cfg)?.with_limits(limits);
-        match listeners.http_address() {
-            Some(h) => eprintln!(
-                "svclb serve: {} on tcp+udp {}, http {h}",
-                cfg.identity.name,
-                listeners.address()
-            ),
-            None => eprintln!("svclb serve: {} on tcp+udp {}", cfg.identity.name, listeners.address()),
-        }
+        let http = listeners
+            .http_address()
+            .map(|h| format!(", http {h}"))
+            .unwrap_or_default();
+        eprintln!(
+            "svclb serve: {}{LOG_LISTENING}{}{http}",
+            cfg.identity.name,
+            listeners.address()
+        );
         listeners.serve_until(stops).await
     })?;
     Ok(ExitCode::SUCCESS)

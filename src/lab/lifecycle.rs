@@ -17,7 +17,9 @@ use super::ProxyMode;
 use super::kube_proxy::Syncs;
 use super::state::{Changed, DirLock, State, state_path};
 use super::timeline::Timeline;
-use super::topology::{CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, NODE_NET_PREFIX, NODE_NET_ROUTER, node_ip};
+use super::topology::{
+    CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, mac_text, node_ip,
+};
 use super::{Lab, LabChanges, LabConfig, Node, THREADS, labs_dir, netns, netns_prefix, validate_name};
 
 /// How long `lab up --ecmp` waits for the load balancer's first health checks to settle
@@ -164,8 +166,9 @@ impl Lab {
         netns::ip_batch(
             Some(&net),
             &format!(
-                "link set lo up\nlink add br0 type bridge\naddr add {NODE_NET_ROUTER}/{NODE_NET_PREFIX} dev br0\n\
-                 link set br0 up\n"
+                "link set lo up\nlink add br0 address {} type bridge\n\
+                 addr add {NODE_NET_ROUTER}/{NODE_NET_PREFIX} dev br0\nlink set br0 up\n",
+                mac_text(MacOf::NodeNet, NODE_NET_ROUTER)
             ),
             false,
         )?;
@@ -180,9 +183,19 @@ impl Lab {
                 ],
             )?;
             let mut b = String::from("link set lo up\n");
-            b.push_str(&format!("link add eth0 type veth peer name {} netns {net}\n", n.name));
+            b.push_str(&format!(
+                "link add eth0 address {} type veth peer name {} netns {net}\n",
+                mac_text(MacOf::NodeNet, n.ip),
+                n.name
+            ));
             b.push_str(&format!("addr add {}/{NODE_NET_PREFIX} dev eth0\n", n.ip));
             b.push_str("link set eth0 up\n");
+            // Neighbours written, not learned (see [`MacOf`]).
+            let others = nodes.iter().filter(|o| o.name != n.name).map(|o| o.ip);
+            for ip in others.chain([NODE_NET_ROUTER, CLIENT_IP]) {
+                let mac = mac_text(MacOf::NodeNet, ip);
+                b.push_str(&format!("neigh add {ip} lladdr {mac} dev eth0 nud permanent\n"));
+            }
             for other in nodes.iter().filter(|o| o.name != n.name) {
                 b.push_str(&format!("route add {} via {} dev eth0\n", other.pod_cidr, other.ip));
             }
@@ -194,10 +207,17 @@ impl Lab {
             netns::ip_batch(Some(&n.netns), &b, false)
         })?;
         let mut c = String::from("link set lo up\n");
-        c.push_str(&format!("link add eth0 type veth peer name client netns {net}\n"));
+        c.push_str(&format!(
+            "link add eth0 address {} type veth peer name client netns {net}\n",
+            mac_text(MacOf::NodeNet, CLIENT_IP)
+        ));
         c.push_str(&format!(
             "addr add {CLIENT_IP}/{NODE_NET_PREFIX} dev eth0\nlink set eth0 up\n"
         ));
+        for ip in nodes.iter().map(|n| n.ip).chain([NODE_NET_ROUTER]) {
+            let mac = mac_text(MacOf::NodeNet, ip);
+            c.push_str(&format!("neigh add {ip} lladdr {mac} dev eth0 nud permanent\n"));
+        }
         if s.ecmp {
             netns::sysctls(&client, &[("net/ipv4/fib_multipath_hash_policy", "1")])?;
             let hops: Vec<String> = nodes.iter().map(|n| format!("nexthop via {} dev eth0", n.ip)).collect();

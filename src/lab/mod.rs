@@ -34,6 +34,7 @@ mod lifecycle;
 mod netns;
 mod nfnetlink;
 mod pods;
+mod rtnetlink;
 pub mod rules;
 mod state;
 mod status;

@@ -191,24 +191,6 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// True when process `pid` has a listening TCP socket on `port` (read from its own
-/// namespace's /proc/PID/net/tcp{,6}; no traffic is sent).
-pub fn listening(pid: u32, port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    ["tcp", "tcp6"].iter().any(|f| {
-        std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
-            .map(|t| {
-                t.lines().skip(1).any(|l| {
-                    let mut cols = l.split_whitespace();
-                    let local = cols.nth(1).unwrap_or("");
-                    let state = cols.nth(1).unwrap_or("");
-                    local.ends_with(&want) && state == "0A"
-                })
-            })
-            .unwrap_or(false)
-    })
-}
-
 /// Runs `f` over `items` on up to `threads` threads; returns the first error.
 pub fn par_each<T: Sync>(items: &[T], threads: usize, f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
     let next = AtomicUsize::new(0);

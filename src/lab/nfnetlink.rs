@@ -1,5 +1,6 @@
 //! nfnetlink, spoken directly: the message framing shared by the conntrack cleanup
-//! ([`super::conntrack`], ctnetlink) and the listing of a node's nftables objects (nf_tables).
+//! ([`super::conntrack`], ctnetlink), the listing of a node's nftables objects (nf_tables) and
+//! the pods' addresses and routes ([`super::rtnetlink`], which reuses the socket and attributes).
 //! Sockets belong to the namespace of the thread that opens them: open them on a thread inside
 //! the node's namespace ([`super::netns::in_netns`]).
 
@@ -7,6 +8,7 @@ use anyhow::{Result, bail};
 
 // Netlink's ABI numbers (linux/netlink.h, linux/netfilter/nfnetlink.h), written here so the
 // parsers build on every platform.
+pub(super) const NETLINK_ROUTE: libc::c_int = 0;
 const NETLINK_NETFILTER: libc::c_int = 12;
 pub(super) const NLM_F_REQUEST: u16 = 0x1;
 pub(super) const NLM_F_ACK: u16 = 0x4;
@@ -39,10 +41,14 @@ impl Drop for Socket {
 #[cfg(target_os = "linux")]
 impl Socket {
     pub(super) fn open() -> Result<Socket> {
+        Self::open_protocol(NETLINK_NETFILTER)
+    }
+
+    pub(super) fn open_protocol(protocol: libc::c_int) -> Result<Socket> {
         // SAFETY: plain socket(2); the fd is owned by the returned Socket.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if fd < 0 {
-            bail!("nfnetlink socket: {}", std::io::Error::last_os_error());
+            bail!("netlink socket: {}", std::io::Error::last_os_error());
         }
         Ok(Socket(fd))
     }
@@ -82,6 +88,10 @@ impl Socket {
 impl Socket {
     pub(super) fn open() -> Result<Socket> {
         bail!("nfnetlink needs Linux")
+    }
+
+    pub(super) fn open_protocol(_protocol: libc::c_int) -> Result<Socket> {
+        bail!("netlink needs Linux")
     }
 
     pub(super) fn send(&self, _msg: &[u8]) -> Result<()> {

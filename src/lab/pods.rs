@@ -14,8 +14,9 @@ use super::kube_proxy::Syncs;
 use super::rules::PORTS;
 use super::state::{Changed, State};
 use super::timeline::{EndpointEvent, Timeline};
-use super::topology::{Conditions, MAX_PODS_PER_NODE, POD_GATEWAY};
-use super::{Lab, LabTiming, Node, Pod, THREADS, lifecycle::require_host, netns, netns_prefix};
+use super::topology::{Conditions, MAX_PODS_PER_NODE, MacOf, POD_GATEWAY, mac, mac_text};
+use super::{Lab, LabTiming, Node, Pod, THREADS, lifecycle::require_host, netns, netns_prefix, rtnetlink};
+use crate::server::{LOG_DRAINING, LOG_LISTENING};
 
 /// How long a new server may take to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -188,7 +189,7 @@ impl Lab {
     }
 
     /// Pod veths and routes on the nodes (one `ip -batch` per node), then addresses and the
-    /// default route inside each pod.
+    /// default route inside each pod (rtnetlink from a thread in its namespace).
     fn wire_pods(&self, new: &[Pod]) -> Result<()> {
         let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
         for p in new {
@@ -202,10 +203,19 @@ impl Lab {
             let mut b = String::new();
             for p in pods {
                 b.push_str(&format!(
-                    "link add {} type veth peer name eth0 netns {}\n",
-                    p.veth, p.netns
+                    "link add {} address {} type veth peer name eth0 address {} netns {}\n",
+                    p.veth,
+                    mac_text(MacOf::PodGateway, p.ip),
+                    mac_text(MacOf::Pod, p.ip),
+                    p.netns
                 ));
                 b.push_str(&format!("link set {} up\n", p.veth));
+                b.push_str(&format!(
+                    "neigh add {} lladdr {} dev {} nud permanent\n",
+                    p.ip,
+                    mac_text(MacOf::Pod, p.ip),
+                    p.veth
+                ));
                 b.push_str(&format!("route add {}/32 dev {} scope link\n", p.ip, p.veth));
             }
             netns::ip_batch(Some(&node.netns), &b, false)?;
@@ -227,13 +237,15 @@ impl Lab {
             netns::sysctls(&node.netns, &kv)
         })?;
         netns::par_each(new, THREADS, |p| {
-            let b = format!(
-                "link set lo up\naddr add {}/32 dev eth0\nlink set eth0 up\n\
-                 route add default via {POD_GATEWAY} dev eth0 onlink\n",
-                p.ip
-            );
-            netns::ip_batch(Some(&p.netns), &b, false)
+            let gateway = mac(MacOf::PodGateway, p.ip);
+            netns::in_netns(&p.netns, || rtnetlink::configure_pod(p.ip, POD_GATEWAY, gateway))
+                .with_context(|| format!("cannot configure pod {}", p.name))
         })
+    }
+
+    /// What the server of `pod` wrote so far (its stdout and stderr).
+    fn server_log(&self, pod: &str) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join(format!("{pod}.log"))).unwrap_or_default()
     }
 
     fn spawn_server(&self, p: &Pod) -> Result<u32> {
@@ -274,12 +286,11 @@ impl Lab {
             for &p in &waiting {
                 let pid = pids[p];
                 if !netns::alive(pid) {
-                    let log =
-                        std::fs::read_to_string(self.dir.join("logs").join(format!("{p}.log"))).unwrap_or_default();
+                    let log = self.server_log(p);
                     let last = log.lines().last().unwrap_or("(no output)");
                     bail!("the server of pod {p} exited: {last}");
                 }
-                if !listening.contains_key(p) && netns::listening(pid, PORTS[0].target_port) {
+                if !listening.contains_key(p) && said_listening(&self.server_log(p), p) {
                     listening.insert(p, now);
                 }
             }
@@ -391,7 +402,7 @@ impl Lab {
             } else {
                 running
                     .iter()
-                    .filter(|p| serving.contains(&p.name) && !netns::listening(p.pid, PORTS[0].target_port))
+                    .filter(|p| serving.contains(&p.name) && said_draining(&self.server_log(&p.name)))
                     .map(|p| p.name.clone())
                     .collect()
             };
@@ -431,6 +442,20 @@ impl Lab {
 }
 
 /// SIGKILLs every process in the pods' namespaces.
+/// True when a server's log says it listens: its readiness probe (see [`LOG_LISTENING`]).
+fn said_listening(log: &str, pod: &str) -> bool {
+    log.lines().any(|l| {
+        l.strip_prefix("svclb serve: ")
+            .and_then(|rest| rest.strip_prefix(pod))
+            .is_some_and(|rest| rest.starts_with(LOG_LISTENING))
+    })
+}
+
+/// True when a server's log says it closed its listeners to drain.
+fn said_draining(log: &str) -> bool {
+    log.lines().any(|l| l.starts_with(LOG_DRAINING))
+}
+
 fn kill(pods: &[Pod]) {
     let inodes: HashSet<u64> = pods.iter().filter_map(|p| netns::netns_inode(&p.netns)).collect();
     let mut pids = netns::pids_in(&inodes);

@@ -118,6 +118,35 @@ pub(super) const MAX_NODES: usize = 200;
 pub(super) const MAX_PODS_PER_NODE: usize = 250;
 const MAX_NAME_LEN: usize = 16;
 
+/// Whose interface a lab MAC address names. Every lab interface gets a MAC made of its role and
+/// its IPv4 address, so the lab writes every neighbour entry itself, permanent: the kernel's
+/// neighbour table is shared by all namespaces and holds 1,024 learned entries by default
+/// (`gc_thresh3`), which a lab of 2,000 pods would overflow. Permanent entries do not count.
+#[derive(Clone, Copy)]
+pub(super) enum MacOf {
+    /// A node's, the client's or the router's interface on the node network.
+    NodeNet = 0x5a,
+    /// A pod's eth0.
+    Pod = 0x5b,
+    /// The node's end of a pod's veth: what the pod's gateway resolves to.
+    PodGateway = 0x5c,
+}
+
+/// A locally administered unicast MAC: 0e:ROLE:IP.
+pub(super) fn mac(of: MacOf, ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x0e, of as u8, a, b, c, d]
+}
+
+/// [`mac`] as `ip` writes it.
+pub(super) fn mac_text(of: MacOf, ip: Ipv4Addr) -> String {
+    mac(of, ip)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 pub(super) fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 31, 0, 10 + i as u8)
 }

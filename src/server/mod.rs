@@ -26,6 +26,14 @@ use crate::wire::Identity;
 
 /// Most sessions a server counts; requests of further new sessions are answered but not counted
 /// (`stats` then says `received=0`).
+/// The log line a server writes once its listeners listen: `svclb serve: NAME on tcp+udp ADDR`.
+/// The lab's readiness probe waits for it (reading a log costs nothing; the kernel's own view,
+/// /proc/PID/net/tcp, walks every bucket of the global TCP hash table on each read).
+pub const LOG_LISTENING: &str = " on tcp+udp ";
+
+/// The log line a draining server writes once its listeners are closed.
+pub const LOG_DRAINING: &str = "svclb serve: draining: listeners closed";
+
 pub const MAX_SESSIONS: usize = 1_000_000;
 /// Most bytes of session names a server keeps, the other bound on new sessions: with
 /// [`MAX_SESSIONS`] and names capped by [`crate::wire::MAX_REQUEST`] it bounds the counters'
@@ -271,7 +279,7 @@ impl Listeners {
         }
         listening.shutdown().await;
         let open = conns.open();
-        eprintln!("svclb serve: draining: listeners closed, finishing {open} open connections");
+        eprintln!("{LOG_DRAINING}, finishing {open} open connections");
         conns.drain();
         tokio::select! {
             () = conns.closed() => Ok(()),
