@@ -174,18 +174,17 @@ impl Lab {
     /// the node wrote already (`nodes/<node>.rules.json`) are left as they are.
     fn write_rules_of(&self, cluster: &Cluster, n: &Node) -> Result<()> {
         let record = self.dir.join("nodes").join(format!("{}.rules.json", n.name));
-        // None (first sync, or unreadable): every chain is written.
-        let written: Written = std::fs::read(&record)
+        // None (first sync, a failed one, or unreadable): every chain is written.
+        let recorded: Option<Written> = std::fs::read(&record)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let (sync, program, args) = match self.state.proxy_mode {
             ProxyMode::Nftables => {
                 let (chains, sets) = netns::in_netns(&n.netns, || nfnetlink::nft_objects("kube-proxy"))?;
                 let existing = NftExisting {
                     chains: chains.into_iter().collect(),
                     sets: sets.into_iter().collect(),
-                    written,
+                    written: recorded.unwrap_or_default(),
                 };
                 // Affinity sets carry their timeout: a new one needs new sets.
                 let reset_affinity = self
@@ -198,7 +197,16 @@ impl Lab {
                 (sync, "nft", ["-f", "-"].as_slice())
             }
             ProxyMode::Iptables => {
-                let existing = rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?);
+                // kube-proxy lists the nat table (iptables-save) before a sync to find stale
+                // chains, except in large clusters where that costs seconds. After a sync that
+                // succeeded, this lab knows the table: the chains it wrote (the built-in ones,
+                // KUBE-SERVICES among them, exist since the first sync). It lists the table only
+                // without that record; iptables-save cost twice what the restore did.
+                let existing = match &recorded {
+                    Some(w) => w.keys().cloned().chain(["KUBE-SERVICES".to_string()]).collect(),
+                    None => rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?),
+                };
+                let written = recorded.unwrap_or_default();
                 // The jumps from the built-in chains are added once, by the first sync.
                 let initial = !existing.contains("KUBE-SERVICES");
                 if initial {

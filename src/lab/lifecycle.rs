@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,32 +263,22 @@ impl Lab {
         Ok(())
     }
 
-    /// Runs the lab's program (`kubectl-svclb`) with `args` in namespace `ns`, in its own session,
-    /// logging to `logs/<log>.log`; returns its pid.
+    /// Runs the lab's program (`kubectl-svclb`) with `args` in namespace `ns`, in its own process
+    /// group (a Ctrl-C at the terminal does not reach it), logging to `logs/<log>.log`; returns
+    /// its pid. Spawned from a thread inside `ns`, so the child starts there with nothing to run
+    /// between fork and exec, and std spawns it with posix_spawn (vfork): a fork copies this
+    /// process's page tables, ~5 ms a pod at 2,000 pods.
     pub(super) fn spawn_in(&self, ns: &str, log: &str, args: &[&str]) -> Result<u32> {
         let log_path = self.dir.join("logs").join(format!("{log}.log"));
         let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-        let ns_file = File::open(netns::netns_path(ns)).with_context(|| format!("no namespace {ns}"))?;
-        let fd = ns_file.as_raw_fd();
         let mut cmd = Command::new(&self.state.server);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .current_dir("/");
-        // SAFETY: between fork and exec we only call setns and setsid, both
-        // async-signal-safe; `ns_file` outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                netns::enter(fd)?;
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn()?;
-        drop(ns_file);
+            .current_dir("/")
+            .process_group(0);
+        let child = netns::in_netns(ns, || Ok(cmd.spawn()?))?;
         Ok(child.id())
     }
 

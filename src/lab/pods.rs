@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -173,10 +174,13 @@ impl Lab {
         let add: String = new.iter().map(|p| format!("netns add {}\n", p.netns)).collect();
         netns::ip_batch(None, &add, false)?;
         self.wire_pods(&new)?;
-        let mut pids = BTreeMap::new();
-        for p in &new {
-            pids.insert(p.name.clone(), self.spawn_server(p)?);
-        }
+        let pids = Mutex::new(BTreeMap::new());
+        netns::par_each(&new, THREADS, |p| {
+            let pid = self.spawn_server(p)?;
+            pids.lock().expect("no panic holding it").insert(p.name.clone(), pid);
+            Ok(())
+        })?;
+        let pids = pids.into_inner().expect("no panic holding it");
         self.change(|s| {
             for p in s.pods.iter_mut() {
                 if let Some(pid) = pids.get(&p.name) {
