@@ -371,6 +371,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                     node: String::new(),
                     zone: String::new(),
                     count,
+                    bytes: 0,
                 })
                 .collect();
             let counts: Vec<(&str, u64)> = backends.iter().map(|b| (b.name.as_str(), b.count)).collect();
