@@ -232,11 +232,16 @@ fn text(run: &ZonesRun, md: bool) -> String {
         }
     }
 
-    let verdict = match run.stopped {
-        Some(Stop::Interrupted) => "INTERRUPTED".to_string(),
-        _ => run.verdict.to_string(),
-    };
-    let _ = writeln!(out, "\nverdict: {verdict}");
+    if run.stopped == Some(Stop::Interrupted) {
+        let planned = run.params.conns_per_source * run.sources.len() as u64 * u64::from(run.params.cycles);
+        let _ = writeln!(
+            out,
+            "\nINTERRUPTED: after {} of {planned} connections; the record is partial (on what was measured: {})",
+            run.conns, run.verdict
+        );
+    } else {
+        let _ = writeln!(out, "\nverdict: {}", run.verdict);
+    }
     for r in &run.reasons {
         let _ = writeln!(out, "  {r}");
     }
