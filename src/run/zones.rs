@@ -208,3 +208,107 @@ pub async fn run<B: Backend>(
         environment: env,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The cluster flow against the in-memory API: sources per zone from the pods' nodes,
+    //! kube-proxy's reasons from the EndpointSlices, storm agents run locally (the real binary)
+    //! against one loopback server standing in for the clusterIP.
+    use serde_json::json;
+
+    use super::*;
+    use crate::backend::kube::{KubeBackend, LocalRun};
+    use crate::cluster::fake::{self, FakeApi, Pods};
+    use crate::cluster::manifests::TSERVER;
+    use crate::record::Locality;
+    use crate::stats::Verdict;
+    use crate::testing::{local_target, serve};
+
+    /// Two nodes in two zones, a tserver pod on each, the clusterIP on loopback; the
+    /// EndpointSlice's zone hints as given.
+    async fn target(cluster_ip: &str, hint_b: &[&str]) -> KubeBackend<LocalRun, LocalRun> {
+        let api = FakeApi::new(Pods::Ready);
+        api.put(fake::node("node-1", "zone-a", "127.78.0.1"));
+        api.put(fake::node("node-2", "zone-b", "127.78.0.2"));
+        api.put(fake::pod("svclb-tserver-a1", TSERVER, "node-1", "10.244.1.10", true));
+        api.put(fake::pod("svclb-tserver-b1", TSERVER, "node-2", "10.244.2.10", true));
+        api.put(fake::service(
+            "ClusterIP",
+            cluster_ip,
+            json!({"trafficDistribution": "PreferSameZone"}),
+            None,
+        ));
+        api.put(fake::slice(&[
+            ("svclb-tserver-a1", "10.244.1.10", "zone-a", &["zone-a"]),
+            ("svclb-tserver-b1", "10.244.2.10", "zone-b", hint_b),
+        ]));
+        local_target(&api, TSERVER).await
+    }
+
+    fn job() -> ZonesJob {
+        ZonesJob {
+            per_zone: true,
+            storm: StormConfig {
+                target: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                proto: Proto::Tcp,
+                conns: 200,
+                parallel: 20,
+                rate: None,
+                timeout: Duration::from_secs(2),
+                deadline: None,
+                srccidr: None,
+                graceful_close: false,
+                session: String::new(),
+                fetch_bytes: None,
+            },
+            prices: Vec::new(),
+            rate: None,
+            interval: None,
+            cycles: 1,
+            save: SaveTo {
+                tag: None,
+                dir: "saves".into(),
+                no_save: true,
+            },
+            announce: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn reasons_come_from_the_endpoint_slices() {
+        // Only a1 answers (it is the clusterIP here), so zone-b's client is served in zone-a.
+        let server = serve("127.78.1.10:5001", None, "svclb-tserver-a1");
+        let t = target("127.78.1.10", &[]).await;
+        let r = run(&t, &job(), &Interrupt::default(), &mut |_| {}).await.unwrap();
+        let sources: Vec<(&str, &str, Locality, &str)> = r
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.zone.as_str(), s.locality, s.why.as_str()))
+            .collect();
+        let why = "using all endpoints: endpoint svclb-tserver-b1 has no zone hint";
+        assert_eq!(
+            sources,
+            [
+                ("svclb-tserver-a1", "zone-a", Locality::Any, why),
+                ("svclb-tserver-b1", "zone-b", Locality::Any, why)
+            ]
+        );
+        assert_eq!((r.ok, r.cross_zone_conns), (400, 200));
+        assert_eq!(r.target.mode, "pod");
+        assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reasons);
+
+        // Every endpoint hinted: zone-b's client must stay in zone-b, and it did not.
+        let t = target("127.78.1.10", &["zone-b"]).await;
+        let r = run(&t, &job(), &Interrupt::default(), &mut |_| {}).await.unwrap();
+        server.abort();
+        assert_eq!(r.sources[1].why, "endpoints hinted for zone zone-b");
+        assert_eq!(r.sources[1].expected, ["svclb-tserver-b1"]);
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert_eq!(
+            r.reasons,
+            [
+                "svclb-tserver-b1 on node-2 (zone-b): 200 of 200 connections left, though kube-proxy keeps them in zone-b (endpoints hinted for zone zone-b)"
+            ]
+        );
+    }
+}
