@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The project's benchmark: the figures in README.md come from here. Release build, loopback only.
 #   scripts/bench.sh [ROUNDS]   (default 5 rounds; medians reported)
+#   BENCH_ONLY=zones scripts/bench.sh   (only the zones case: root, a 3-zone lab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
+only=${BENCH_ONLY:-}
 conns=100000
 parallel=100
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
@@ -21,13 +23,41 @@ cleanup() {
 }
 trap cleanup EXIT
 
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+rate_of() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["ok"]/r["duration_s"]))'; }
+
+# zones: 3 zones x 3,000 connections, each fetching 64 KiB over HTTP (/bytes), PreferSameZone
+# (the issue 11 target: under 10 s); wall time of the whole command and the run's own duration.
+zones_case() {
+    echo "== zones: 3-zone lab (3 nodes, 9 pods, PreferSameZone), 3 x 3,000 conns x 64 KiB, $rounds rounds"
+    export SVCLB_LAB_DIR="$work/labs"
+    lab=zbench$$
+    "$bin" lab up --name "$lab" --nodes 3 --pods 9 --traffic-distribution PreferSameZone >/dev/null
+    : >"$work/zwall"; : >"$work/zrun"
+    for ((i = 1; i <= rounds; i++)); do
+        t0=$(date +%s.%N)
+        "$bin" zones --lab "$lab" --conns-per-source 3000 --bytes 64KiB --no-save -o json >"$work/z.json"
+        t1=$(date +%s.%N)
+        awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f\n", b-a}' >>"$work/zwall"
+        python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["ok"]==9000, r["ok"]; print(round(r["duration_s"],2))' "$work/z.json" >>"$work/zrun"
+        echo "round $i: command $(tail -1 "$work/zwall") s (storms $(tail -1 "$work/zrun") s), 9,000 conns, $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"])' "$work/z.json") bytes"
+    done
+    echo "zones 3 x 3,000 x 64 KiB: median command $(median <"$work/zwall") s, median storms $(median <"$work/zrun") s, max command $(sort -n "$work/zwall" | tail -1) s"
+    "$bin" lab down --name "$lab" >/dev/null
+    lab=
+}
+
 addr=127.0.0.1:15901
+if [[ $only == zones ]]; then
+    [[ $(id -u) -eq 0 ]] || { echo "== zones: needs root"; exit 1; }
+    zones_case
+    exit 0
+fi
+
 "$bin" serve --address "$addr" --no-http 2>/dev/null &
 server_pid=$!
 sleep 0.5
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-rate_of() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["ok"]/r["duration_s"]))'; }
 
 echo "== TCP: $conns conns, --parallel $parallel, $rounds rounds (baseline and spread alternate)"
 : >"$work/base" ; : >"$work/spread" ; : >"$work/rss"
@@ -107,3 +137,4 @@ t0=$(date +%s.%N)
 t1=$(date +%s.%N)
 lab=
 echo "lab down: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"
+zones_case

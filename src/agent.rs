@@ -111,7 +111,10 @@ pub fn merge<'a>(results: impl IntoIterator<Item = &'a StormResult>) -> Outcome 
         for b in &r.backends {
             backends
                 .entry(b.name.clone())
-                .and_modify(|x| x.count += b.count)
+                .and_modify(|x| {
+                    x.count += b.count;
+                    x.bytes += b.bytes;
+                })
                 .or_insert_with(|| b.clone());
         }
     }
@@ -224,6 +227,7 @@ mod tests {
                 node: "n1".into(),
                 zone: "z".into(),
                 count,
+                bytes: count * 10,
             }],
             latency_us: histogram_buckets(&h),
             elapsed_s: count as f64,
@@ -242,6 +246,8 @@ mod tests {
         assert_eq!((o.attempted, o.ok, o.failures.timeout), (13, 10, 3));
         let counts: Vec<(&str, u64)> = o.backends.iter().map(|b| (b.name.as_str(), b.count)).collect();
         assert_eq!(counts, [("a", 5), ("b", 5)]);
+        let bytes: Vec<u64> = o.backends.iter().map(|b| b.bytes).collect();
+        assert_eq!(bytes, [50, 50]);
         assert_eq!(o.latency.len(), 3);
         assert_eq!(o.elapsed, Duration::from_secs(5));
         assert_eq!(o.stopped, Some(Stop::Interrupted));
@@ -261,6 +267,7 @@ mod tests {
             srccidr: Some("127.1.0.0/16".parse().unwrap()),
             graceful_close: true,
             session: "s1".into(),
+            fetch_bytes: None,
         });
         let argv = argv(&req);
         assert_eq!(argv[..2], ["agent", "--request"]);

@@ -28,6 +28,9 @@ pub enum Command {
     /// Many long-lived client sessions: log every change of serving pod or reflective address, judge
     /// session affinity.
     Affinity(commands::affinity::AffinityArgs),
+    /// Does traffic stay in its zone (or node)? A storm from every zone (or node), the
+    /// source-zone × serving-zone matrix, kube-proxy's reasons, and the cross-zone cost.
+    Zones(commands::zones::ZonesArgs),
     /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
     Compare(commands::compare::CompareArgs),
     /// Deploy the test servers (tserver Deployment and Service) and wait until they are ready.

@@ -2,7 +2,8 @@
 //!
 //! The engine behind `kubectl svclb`: the test server ([`server`]), the storm engine ([`storm`]),
 //! the run record ([`record`]), statistics and verdicts ([`stats`]) and reports ([`report`]);
-//! session affinity checks ([`affinity`]); the emulated cluster in network namespaces ([`lab`]).
+//! session affinity checks ([`affinity`]); zone locality and its cost ([`zones`]); the emulated
+//! cluster in network namespaces ([`lab`]).
 
 pub mod affinity;
 pub mod agent;
@@ -23,3 +24,4 @@ pub mod storm;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod wire;
+pub mod zones;

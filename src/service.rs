@@ -156,7 +156,7 @@ impl Ep {
 }
 
 /// Which hints a node's kube-proxy follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Topology {
     /// Every ready endpoint is used.
     None,

@@ -42,6 +42,7 @@ pub fn build_record(
                 node: k.node.clone(),
                 zone: k.zone.clone(),
                 count: 0,
+                bytes: 0,
             }),
         }
     }
@@ -59,6 +60,7 @@ pub fn build_record(
         node: String::new(),
         zone: String::new(),
         count: 0,
+        bytes: 0,
     }));
     let counts: Vec<(&str, u64)> = backends.iter().map(|b| (b.name.as_str(), b.count)).collect();
     // An interrupted run is judged on what it measured; `stopped` says it is partial, and the
@@ -190,6 +192,7 @@ mod tests {
             node: "reported".into(),
             zone: "p1".into(),
             count: 5,
+            bytes: 0,
         }];
         let known = [
             KnownBackend {

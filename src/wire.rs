@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 /// this caps a session name below 256 bytes and so bounds what a server keeps per session.
 pub const MAX_REQUEST: usize = 256;
 
+/// The HTTP header in which a server names itself on `/bytes`: its reply line.
+pub const BACKEND_HEADER: &str = "x-svclb-backend";
+
 /// Who a server says it is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {

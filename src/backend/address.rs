@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::sync::Notify;
 
+use crate::zones::ServiceView;
+
 use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream};
 use crate::agent::{self, Request};
 use crate::storm::Proto;
@@ -48,6 +50,7 @@ impl Backend for AddressBackend {
     fn plan(&self, _from: &From, _path: &Path, _proto: Proto) -> Result<Plan> {
         Ok(Plan {
             address: self.address,
+            http: None,
             sources: vec![Self::source()],
             expected: Vec::new(),
         })
@@ -74,5 +77,10 @@ impl Backend for AddressBackend {
 
     fn pool_slack(&self, _poll: Duration) -> Duration {
         Duration::ZERO
+    }
+
+    /// A bare address has no Service to read.
+    async fn service_view(&self) -> Result<ServiceView> {
+        anyhow::bail!("an address has no Service, endpoints or zones to read: use a lab (--lab) or a cluster")
     }
 }

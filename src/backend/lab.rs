@@ -10,6 +10,7 @@ use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, local_str
 use crate::agent::{self, Request};
 use crate::lab::{Lab, Pod, Reach};
 use crate::storm::Proto;
+use crate::zones::{Placed, ServiceView};
 
 /// A lab backend over an open lab.
 pub struct LabBackend {
@@ -105,6 +106,37 @@ impl Backend for LabBackend {
                 }
                 out
             }
+            From::Nodes { per_zone } => {
+                let mut out: Vec<Source> = Vec::new();
+                for n in self.lab.nodes() {
+                    if *per_zone && out.iter().any(|s| s.zone == n.zone) {
+                        continue;
+                    }
+                    // A pod on the node, else the node itself (a host-network client).
+                    let name = self
+                        .lab
+                        .pods()
+                        .iter()
+                        .find(|p| p.node == n.name)
+                        .map_or(n.name.clone(), |p| p.name.clone());
+                    out.push(Source {
+                        name,
+                        node: n.name.clone(),
+                        zone: n.zone.clone(),
+                    });
+                }
+                out
+            }
+        };
+        let http = match path {
+            Path::ClusterIp => Some(SocketAddr::new(IpAddr::V4(svc.cluster_ip), svc.http_port)),
+            Path::NodePort(n) => self
+                .lab
+                .nodes()
+                .iter()
+                .find(|x| n.as_ref().is_none_or(|n| &x.name == n))
+                .map(|node| SocketAddr::new(IpAddr::V4(node.ip), svc.http_node_port)),
+            Path::LoadBalancer => Some(SocketAddr::new(IpAddr::V4(svc.lb_ip), svc.http_port)),
         };
         let (address, expected) = match path {
             Path::ClusterIp => {
@@ -156,6 +188,7 @@ impl Backend for LabBackend {
         };
         Ok(Plan {
             address,
+            http,
             sources,
             expected,
         })
@@ -180,6 +213,32 @@ impl Backend for LabBackend {
                 .filter(|p| p.conditions.ready)
                 .map(|p| p.name.clone())
                 .collect()
+        })
+    }
+
+    /// The lab's state as it is now: its Service options and the endpoints of its EndpointSlice
+    /// (usable pods, with their conditions and hints).
+    async fn service_view(&self) -> Result<ServiceView> {
+        let lab = Lab::open(self.lab.name())?;
+        Ok(ServiceView {
+            options: lab.options().clone(),
+            // The lab's Service is a LoadBalancer.
+            externally_accessible: true,
+            eps: lab
+                .pods()
+                .iter()
+                .filter(|p| p.conditions.usable())
+                .map(|p| p.ep())
+                .collect(),
+            endpoints: lab
+                .pods()
+                .iter()
+                .map(|p| Placed {
+                    name: p.name.clone(),
+                    node: p.node.clone(),
+                    zone: p.zone.clone(),
+                })
+                .collect(),
         })
     }
 

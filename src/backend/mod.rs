@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::agent::Request;
 use crate::storm::Proto;
+use crate::zones::ServiceView;
 
 /// A backend of the Service: a pod, where it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,9 @@ pub enum From {
     Pods { pod: Option<String>, per_node: bool },
     /// From outside the cluster (the lab's external client, or this machine for a cluster).
     Host,
+    /// A client on every node, or on one node of every zone: a pod on it, or in a lab the node
+    /// itself (a host-network client) where no pod runs.
+    Nodes { per_zone: bool },
 }
 
 /// Which Service address the storm goes to.
@@ -87,6 +91,8 @@ impl Path {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub address: SocketAddr,
+    /// The same path's HTTP port (`/bytes`), when the Service has one.
+    pub http: Option<SocketAddr>,
     pub sources: Vec<Source>,
     pub expected: Vec<Endpoint>,
 }
@@ -186,6 +192,9 @@ pub trait Backend {
     /// How long after a pool change the proxies may still be switching, when the pool is polled
     /// every `poll`.
     fn pool_slack(&self, poll: Duration) -> Duration;
+    /// The Service and its endpoints as kube-proxy sees them now (read again at every call: a
+    /// watch follows changes), for the expectations of `zones`.
+    fn service_view(&self) -> impl Future<Output = Result<ServiceView>> + Send;
     /// A check before agents start on `path` from `from` (e.g. one HTTP request from this
     /// machine to a nodePort), so an unreachable path is one clear error.
     fn preflight(&self, _from: &From, _path: &Path) -> impl Future<Output = Result<()>> + Send {

@@ -9,6 +9,7 @@ pub mod lab;
 pub mod serve;
 pub mod service_args;
 pub mod spread;
+pub mod zones;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -231,6 +231,7 @@ impl SpreadArgs {
                 srccidr: self.srccidr,
                 graceful_close: self.graceful_close,
                 session: String::new(),
+                fetch_bytes: None,
             },
             criteria: self.criteria(),
             save: self.record.to(),

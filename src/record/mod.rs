@@ -2,8 +2,12 @@
 //! saving is [`save`].
 
 mod save;
+mod zones;
 
 pub use save::save;
+pub use zones::{
+    Billed, Cost, Locality, Price, ZONES_KIND, ZONES_VERSION, ZoneCell, ZoneSource, ZonesCycle, ZonesParams, ZonesRun,
+};
 
 use std::path::Path;
 
@@ -310,6 +314,7 @@ struct Mconnect {
 pub enum AnyRun {
     Spread(Box<Loaded>),
     Affinity(Box<AffinityRun>),
+    Zones(Box<ZonesRun>),
 }
 
 fn check_version(path: &Path, value: &serde_json::Value, kind: &str, want: u32) -> Result<()> {
@@ -340,6 +345,12 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .map_err(|e| anyhow::anyhow!("{}: corrupt AffinityRun record: {e}", path.display()))?;
             Ok(AnyRun::Affinity(Box::new(run)))
         }
+        Some(ZONES_KIND) => {
+            check_version(path, &value, ZONES_KIND, ZONES_VERSION)?;
+            let run: ZonesRun = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("{}: corrupt ZonesRun record: {e}", path.display()))?;
+            Ok(AnyRun::Zones(Box::new(run)))
+        }
         Some(SPREAD_KIND) => {
             check_version(path, &value, SPREAD_KIND, SPREAD_VERSION)?;
             let run: SpreadRun = serde_json::from_value(value)
@@ -355,7 +366,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
             })))
         }
         Some(other) => bail!(
-            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun)",
+            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun)",
             path.display()
         ),
         None if value.get("hosts").is_some() => {
@@ -371,6 +382,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                     node: String::new(),
                     zone: String::new(),
                     count,
+                    bytes: 0,
                 })
                 .collect();
             let counts: Vec<(&str, u64)> = backends.iter().map(|b| (b.name.as_str(), b.count)).collect();

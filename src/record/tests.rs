@@ -14,12 +14,14 @@ fn sample() -> SpreadRun {
             node: "n1".into(),
             zone: "z1".into(),
             count: 60,
+            bytes: 0,
         },
         BackendCount {
             name: "b".into(),
             node: "n2".into(),
             zone: "z2".into(),
             count: 40,
+            bytes: 0,
         },
     ];
     let criteria = Criteria {
@@ -194,6 +196,7 @@ fn with_backends(n: u64) -> SpreadRun {
             node: format!("node-{}", i % 50),
             zone: "zone-a".into(),
             count: i,
+            bytes: 0,
         })
         .collect();
     run

@@ -5,10 +5,12 @@ mod compare;
 pub mod lab;
 pub mod live;
 mod spread;
+mod zones;
 
 pub use affinity::{affinity, clock};
 pub use compare::compare;
 pub use spread::spread;
+pub use zones::{cycle_line as zones_cycle_line, zones};
 
 use clap::ValueEnum;
 

@@ -11,8 +11,8 @@
 //! ```
 //!
 //! [`open`] resolves where a run goes (an address, a lab, a cluster) and cleans up after it;
-//! [`agents`] starts and streams the agents; [`spread`] and [`sessions`] are the two runs built
-//! on them; their decisions (verdicts, record building) live in the engines
+//! [`agents`] starts and streams the agents; [`spread`], [`sessions`] and [`zones`] are the runs
+//! built on them; their decisions (verdicts, record building) live in the engines
 //! ([`crate::spread`], [`crate::stats`], [`crate::affinity::judge`]).
 
 pub mod agents;
@@ -21,6 +21,7 @@ pub mod open;
 pub mod save;
 pub mod sessions;
 pub mod spread;
+pub mod zones;
 
 pub use interrupt::Interrupt;
 pub use save::SaveTo;
@@ -36,7 +37,7 @@ use crate::storm::Proto;
 pub fn mode(meta: &Meta, from: &From) -> String {
     match (meta.mode.as_str(), from) {
         ("cluster", From::Host) => "host".into(),
-        ("cluster", From::Pods { .. }) => "pod".into(),
+        ("cluster", From::Pods { .. } | From::Nodes { .. }) => "pod".into(),
         (m, _) => m.into(),
     }
 }
@@ -64,7 +65,11 @@ pub fn target_info(
         source: match sources {
             _ if address_only => None,
             [one] => Some(one.name.clone()),
-            many => Some(format!("per-node ({} pods)", many.len())),
+            many => Some(match from {
+                From::Nodes { per_zone: true } => format!("per-zone ({} sources)", many.len()),
+                From::Nodes { per_zone: false } => format!("per-node ({} sources)", many.len()),
+                _ => format!("per-node ({} pods)", many.len()),
+            }),
         },
         lab: meta.name.clone(),
     }

@@ -270,4 +270,8 @@ impl Backend for Opened {
     async fn preflight(&self, from: &From, path: &Path) -> Result<()> {
         each!(self, b => b.preflight(from, path).await)
     }
+
+    async fn service_view(&self) -> Result<crate::zones::ServiceView> {
+        each!(self, b => b.service_view().await)
+    }
 }

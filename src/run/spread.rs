@@ -213,6 +213,7 @@ mod tests {
                 srccidr: None,
                 graceful_close: false,
                 session: String::new(),
+                fetch_bytes: None,
             },
             criteria: Criteria {
                 expect_backends: None,

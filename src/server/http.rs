@@ -1,5 +1,6 @@
 //! HTTP (hyper): `/` the identity line, `/hostname` and `/clientip` as agnhost netexec,
-//! `/bytes?n=N` N bytes streamed (for transfer and cost tests), `/stats` the per-session received
+//! `/bytes?n=N` N bytes streamed (for transfer and cost tests, the server's reply line in the
+//! `x-svclb-backend` header), `/stats` the per-session received
 //! counters as `<session> <received>` lines, streamed.
 
 use std::convert::Infallible;
@@ -18,7 +19,7 @@ use tokio::net::TcpListener;
 
 use super::SessionCounts;
 use super::conns::Conns;
-use crate::wire::{Identity, canonical};
+use crate::wire::{BACKEND_HEADER, Identity, canonical};
 
 /// Largest `/bytes` response: 16 GiB is plenty for transfer tests and bounds a typo.
 const MAX_BYTES: u64 = 16 << 30;
@@ -84,11 +85,19 @@ fn route(
             .body(Stats::new(counts.clone()).boxed())
             .expect("static response parts are valid"),
         "/bytes" => match bytes_param(req.uri().query()) {
-            Ok(n) => Response::builder()
-                .header("content-type", "application/octet-stream")
-                .header("content-length", n)
-                .body(Zeros { left: n }.boxed())
-                .expect("static response parts are valid"),
+            Ok(n) => {
+                let mut reply = Response::builder()
+                    .header("content-type", "application/octet-stream")
+                    .header("content-length", n);
+                // Who served the bytes, for storms that fetch them (a name that is no header
+                // value is left out: the storm then counts the reply as unparsable).
+                if let Ok(line) = hyper::header::HeaderValue::from_str(&identity.line(peer)) {
+                    reply = reply.header(BACKEND_HEADER, line);
+                }
+                reply
+                    .body(Zeros { left: n }.boxed())
+                    .expect("static response parts are valid")
+            }
             Err(msg) => text(StatusCode::BAD_REQUEST, format!("{msg}\n")),
         },
         _ => text(

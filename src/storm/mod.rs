@@ -22,7 +22,7 @@ use tokio::time::{Instant, timeout_at};
 
 pub use srcaddr::SourcePicker;
 
-use crate::wire::parse_reply;
+use crate::wire::{BACKEND_HEADER, parse_reply};
 
 /// Transport of a storm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,10 @@ pub struct StormConfig {
     pub graceful_close: bool,
     /// Session token in UDP requests `svclb <session> <seq>`.
     pub session: String,
+    /// TCP to the HTTP port: each connection fetches this many bytes (`GET /bytes?n=N`), and
+    /// the bytes received are counted per backend (the server names itself in a header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_bytes: Option<u64>,
 }
 
 /// Why a connection failed.
@@ -136,6 +140,13 @@ pub struct BackendCount {
     #[serde(default)]
     pub zone: String,
     pub count: u64,
+    /// Response bytes received from it (storms that fetch bytes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a storm ended before all connections were made.
@@ -197,6 +208,7 @@ struct BackendTally {
     node: Box<str>,
     zone: Box<str>,
     count: u64,
+    bytes: u64,
 }
 
 struct Tally {
@@ -216,8 +228,9 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, result: Result<(Duration, &[u8]), FailKind>) {
-        let (latency, reply) = match result {
+    /// A connection's result: its latency, the reply naming the backend, the bytes received.
+    fn record(&mut self, result: Result<(Duration, &[u8], u64), FailKind>) {
+        let (latency, reply, bytes) = match result {
             Ok(r) => r,
             Err(kind) => return self.failures.add(kind),
         };
@@ -227,7 +240,10 @@ impl Tally {
         self.ok += 1;
         self.latency.saturating_record(latency.as_micros().max(1) as u64);
         match self.backends.get_mut(reply.name) {
-            Some(b) => b.count += 1,
+            Some(b) => {
+                b.count += 1;
+                b.bytes += bytes;
+            }
             None => {
                 self.backends.insert(
                     reply.name.into(),
@@ -235,6 +251,7 @@ impl Tally {
                         node: reply.node.unwrap_or_default().into(),
                         zone: reply.zone.unwrap_or_default().into(),
                         count: 1,
+                        bytes,
                     },
                 );
             }
@@ -249,6 +266,9 @@ struct Fatal(anyhow::Error);
 pub async fn run(cfg: &StormConfig, control: Arc<Control>) -> Result<Outcome> {
     if cfg.conns == 0 {
         bail!("--conns must be at least 1");
+    }
+    if cfg.fetch_bytes.is_some() && cfg.proto != Proto::Tcp {
+        bail!("fetching bytes is HTTP over TCP: not with UDP");
     }
     let picker = cfg
         .srccidr
@@ -272,7 +292,7 @@ pub async fn run(cfg: &StormConfig, control: Arc<Control>) -> Result<Outcome> {
         );
         workers.spawn(async move {
             let shard = &shards[w % shards.len()];
-            let mut buf = vec![0u8; 1024];
+            let mut buf = vec![0u8; if cfg.fetch_bytes.is_some() { HTTP_BUFFER } else { 1024 }];
             loop {
                 if control.stopping() {
                     return Ok(());
@@ -294,9 +314,10 @@ pub async fn run(cfg: &StormConfig, control: Arc<Control>) -> Result<Outcome> {
                     return Ok(());
                 }
                 let src = picker.as_ref().map(SourcePicker::pick);
-                let result = match cfg.proto {
-                    Proto::Tcp => tcp_once(&cfg, src, &mut buf).await,
-                    Proto::Udp => udp_once(&cfg, src, i, &mut buf).await,
+                let result = match (cfg.proto, cfg.fetch_bytes) {
+                    (Proto::Tcp, Some(n)) => http_once(&cfg, src, n, &mut buf).await,
+                    (Proto::Tcp, None) => tcp_once(&cfg, src, &mut buf).await.map(|(l, n)| (l, n, 0)),
+                    (Proto::Udp, _) => udp_once(&cfg, src, i, &mut buf).await.map(|(l, n)| (l, n, 0)),
                 };
                 let result = match result {
                     Ok(r) => Ok(r),
@@ -309,7 +330,7 @@ pub async fn run(cfg: &StormConfig, control: Arc<Control>) -> Result<Outcome> {
                 shard
                     .lock()
                     .expect("tally lock")
-                    .record(result.map(|(lat, n)| (lat, &buf[..n])));
+                    .record(result.map(|(lat, n, bytes)| (lat, &buf[..n], bytes)));
                 control.done.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -337,6 +358,7 @@ pub async fn run(cfg: &StormConfig, control: Arc<Control>) -> Result<Outcome> {
         for (name, b) in shard.backends.drain() {
             let entry = backends.entry(name).or_default();
             entry.count += b.count;
+            entry.bytes += b.bytes;
             if entry.node.is_empty() {
                 entry.node = b.node;
             }
@@ -352,6 +374,7 @@ pub async fn run(cfg: &StormConfig, control: Arc<Control>) -> Result<Outcome> {
             node: b.node.into(),
             zone: b.zone.into(),
             count: b.count,
+            bytes: b.bytes,
         })
         .collect();
     backends.sort_by(|a, b| alphanumeric_sort::compare_str(&a.name, &b.name));
@@ -437,6 +460,111 @@ async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Res
     }
 }
 
+/// Read buffer of a connection that fetches bytes: the response headers must fit in it.
+const HTTP_BUFFER: usize = 64 * 1024;
+
+/// A connection that fetches `n` bytes over HTTP/1.1: returns the connect latency, the length of
+/// the backend's reply line (copied to the start of `buf`) and the response bytes received
+/// (headers and body). The timeout covers the whole exchange.
+async fn http_once(
+    cfg: &StormConfig,
+    src: Option<IpAddr>,
+    n: u64,
+    buf: &mut [u8],
+) -> Result<(Duration, usize, u64), Attempt> {
+    use tokio::io::AsyncWriteExt;
+    let socket = if cfg.target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| Attempt::Fatal(Fatal(anyhow::anyhow!("cannot create a TCP socket: {e}"))))?;
+    if let Some(src) = src {
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .map_err(|e| bind_error(src, e, cfg.srccidr))?;
+    }
+    let t0 = Instant::now();
+    let attempt = timeout_at(t0 + cfg.timeout, async {
+        let mut stream = socket.connect(cfg.target).await.map_err(|e| classify(&e))?;
+        let latency = t0.elapsed();
+        let request = format!(
+            "GET /bytes?n={n} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            cfg.target
+        );
+        let io = |e: std::io::Error| match classify(&e) {
+            FailKind::Other => FailKind::Read,
+            k => k,
+        };
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        // The headers, within the buffer.
+        let mut got = 0;
+        let head = loop {
+            if got == buf.len() {
+                return Err(FailKind::Unparsable);
+            }
+            let k = stream.read(&mut buf[got..]).await.map_err(io)?;
+            if k == 0 {
+                return Err(FailKind::Read);
+            }
+            got += k;
+            if let Some(end) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        let (id, length) = http_head(&buf[..head]).ok_or(FailKind::Unparsable)?;
+        let mut received = got as u64;
+        let mut body = (got - head) as u64;
+        // The reply line goes to the front; the rest of the buffer takes the body.
+        buf.copy_within(id.clone(), 0);
+        let id_len = id.len();
+        while length.is_none_or(|l| body < l) {
+            let k = stream.read(&mut buf[id_len..]).await.map_err(io)?;
+            if k == 0 {
+                break;
+            }
+            received += k as u64;
+            body += k as u64;
+        }
+        if length.is_some_and(|l| body < l) {
+            return Err(FailKind::Read);
+        }
+        if !cfg.graceful_close {
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+        Ok((latency, id_len, received))
+    })
+    .await;
+    match attempt {
+        Err(_) => Err(FailKind::Timeout.into()),
+        Ok(r) => r.map_err(Attempt::from),
+    }
+}
+
+/// A `200` response head: where the backend header's value is in it, and the content length.
+fn http_head(head: &[u8]) -> Option<(std::ops::Range<usize>, Option<u64>)> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next()?;
+    if status.split_ascii_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    let (mut id, mut length) = (None, None);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case(BACKEND_HEADER) {
+            let start = value.as_ptr() as usize - text.as_ptr() as usize;
+            id = Some(start..start + value.len());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse().ok()?);
+        }
+    }
+    Some((id?, length))
+}
+
 async fn udp_once(
     cfg: &StormConfig,
     src: Option<IpAddr>,
@@ -480,5 +608,54 @@ async fn udp_once(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(target: &str, fetch_bytes: Option<u64>) -> StormConfig {
+        StormConfig {
+            target: target.parse().unwrap(),
+            proto: Proto::Tcp,
+            conns: 200,
+            parallel: 20,
+            rate: None,
+            timeout: Duration::from_secs(5),
+            deadline: None,
+            srccidr: None,
+            graceful_close: false,
+            session: String::new(),
+            fetch_bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn fetching_bytes_counts_them_per_backend() {
+        let server = crate::testing::serve("127.77.9.10:5001", Some("127.77.9.10:8080"), "pod-x");
+        let o = run(&config("127.77.9.10:8080", Some(65_536)), Control::new())
+            .await
+            .unwrap();
+        server.abort();
+        assert_eq!((o.attempted, o.ok), (200, 200), "{:?}", o.failures);
+        assert_eq!(o.backends.len(), 1);
+        let b = &o.backends[0];
+        assert_eq!((b.name.as_str(), b.count), ("pod-x", 200));
+        // Every response: 64 KiB of body and the same headers.
+        assert_eq!(b.bytes % 200, 0);
+        let head = b.bytes / 200 - 65_536;
+        assert!((100..1024).contains(&head), "{head} bytes of headers");
+    }
+
+    #[test]
+    fn a_response_head_names_the_backend_and_its_length() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nX-Svclb-Backend: p1 node=n1 zone=z client=1.2.3.4:5\r\n\r\n";
+        let (id, len) = http_head(head).unwrap();
+        assert_eq!(&head[id], b"p1 node=n1 zone=z client=1.2.3.4:5");
+        assert_eq!(len, Some(7));
+        assert_eq!(http_head(b"HTTP/1.1 404 Not Found\r\n\r\n"), None);
+        assert_eq!(http_head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"), None);
     }
 }

@@ -21,6 +21,7 @@ use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
 use crate::cluster::{ApiResult, Cluster};
 use crate::service::{self, Ep, ServiceShape, TrafficPolicy};
 use crate::storm::Proto;
+use crate::zones::{Placed, ServiceView};
 
 /// The service port of the test servers (TCP and UDP) and the tserver's HTTP port.
 pub const PORT: u16 = 5001;
@@ -194,11 +195,15 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
     /// The Service's endpoints as kube-proxy sees them: its EndpointSlices (node names filled
     /// from the pods when a slice has none), or the ready pods when it has no slices.
     fn eps(&self) -> Vec<Ep> {
-        if self.view.slices.is_empty() {
+        self.eps_of(&self.view.slices)
+    }
+
+    /// [`Self::eps`] from `slices`.
+    fn eps_of(&self, slices: &[SliceEndpoint]) -> Vec<Ep> {
+        if slices.is_empty() {
             return self.ready().map(|p| Ep::ready(&p.name, &p.node)).collect();
         }
-        self.view
-            .slices
+        slices
             .iter()
             .map(|e| {
                 let mut ep = e.ep();
@@ -385,6 +390,20 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
                 }
                 out
             }
+            From::Nodes { per_zone } => {
+                // One client pod per node (per zone), in the nodes' order; a node (zone) without
+                // a ready client pod has no source.
+                let mut out: Vec<Source> = Vec::new();
+                for n in &self.view.nodes {
+                    if *per_zone && out.iter().any(|s| s.zone == n.zone) {
+                        continue;
+                    }
+                    if let Some(p) = clients.iter().find(|p| p.node == n.name) {
+                        out.push(source(p));
+                    }
+                }
+                out
+            }
         };
         let proto_name = match proto {
             Proto::Tcp => "TCP",
@@ -420,6 +439,7 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
         };
         Ok(Plan {
             address,
+            http: self.http_address(path).ok(),
             sources,
             expected,
         })
@@ -443,6 +463,28 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
     /// EndpointSlice update and its rules.
     fn pool_slack(&self, poll: Duration) -> Duration {
         poll + Duration::from_secs(1)
+    }
+
+    /// The Service as loaded and its EndpointSlices read again now (hints, conditions), with
+    /// every pod placed on its node and zone.
+    async fn service_view(&self) -> Result<ServiceView> {
+        let slices = ops::endpoint_slices(&self.cluster, &self.view.service.name).await?;
+        let svc = &self.view.service;
+        Ok(ServiceView {
+            options: svc.options(),
+            externally_accessible: svc.externally_accessible(),
+            eps: self.eps_of(&slices),
+            endpoints: self
+                .view
+                .pods
+                .iter()
+                .map(|p| Placed {
+                    name: p.name.clone(),
+                    node: p.node.clone(),
+                    zone: p.zone.clone(),
+                })
+                .collect(),
+        })
     }
 
     /// From this machine: one HTTP request through the same path first.
