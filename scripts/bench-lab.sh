@@ -41,7 +41,7 @@ for mode in nftables iptables; do
         "$bin" lab set --name "$name" --session-affinity ClientIP >/dev/null
         set_s=$(since "$t")
         t=$(now)
-        "$bin" lab delete-pod --name "$name" pod-002 >/dev/null
+        "$bin" lab delete-pod --name "$name" pod-002 --grace-period 0 >/dev/null
         delete=$(since "$t")
         t=$(now)
         "$bin" lab down --name "$name" >/dev/null
