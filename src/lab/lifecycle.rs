@@ -17,7 +17,8 @@ use super::kube_proxy::Syncs;
 use super::state::{Changed, DirLock, State, state_path};
 use super::timeline::Timeline;
 use super::topology::{
-    CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, mac_text, node_ip,
+    CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, capacity_problem,
+    mac_text, node_ip,
 };
 use super::{Lab, LabChanges, LabConfig, Node, THREADS, labs_dir, netns, netns_prefix, validate_name};
 
@@ -96,6 +97,7 @@ impl Lab {
             bail!("--affinity-timeout must be 1..=86400 seconds");
         }
         check_source_ranges(&cfg.options)?;
+        check_capacity(cfg.pods, cfg.nodes)?;
         let server = match &cfg.server {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find this executable")?,
@@ -355,6 +357,29 @@ impl Lab {
 }
 
 /// The lab is IPv4: its Service's source ranges must be IPv4 CIDRs.
+/// Refuses, in one line, a size this machine cannot serve (see [`capacity_problem`]), read
+/// from /proc: `MemAvailable`, and `kernel.pid_max` less the tasks that exist (/proc/loadavg).
+pub(super) fn check_capacity(pods: usize, nodes: usize) -> Result<()> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let available_kib: Option<u64> = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok());
+    let pid_max: Option<u64> = read("/proc/sys/kernel/pid_max").trim().parse().ok();
+    // "0.52 0.58 0.59 2/389 12345": 389 tasks exist.
+    let tasks: Option<u64> = read("/proc/loadavg")
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.split_once('/')?.1.parse().ok());
+    let (Some(kib), Some(max), Some(tasks)) = (available_kib, pid_max, tasks) else {
+        return Ok(());
+    };
+    match capacity_problem(pods, nodes, kib / 1024, max.saturating_sub(tasks)) {
+        Some(why) => bail!("{why}"),
+        None => Ok(()),
+    }
+}
+
 fn check_source_ranges(o: &crate::service::ServiceOptions) -> Result<()> {
     if let Some(r) = o.source_ranges.iter().find(|r| matches!(r, ipnet::IpNet::V6(_))) {
         bail!("--lb-source-ranges {r}: the lab's Service is IPv4, give IPv4 CIDRs");

@@ -98,6 +98,8 @@ impl Lab {
             bail!("--pods must be at most {}", self.state.nodes.len() * MAX_PODS_PER_NODE);
         }
         self.reload()?;
+        let live_now = self.state.pods.iter().filter(|p| !p.conditions.terminating).count();
+        super::lifecycle::check_capacity(pods.saturating_sub(live_now), 0)?;
         let mut tl = Timeline::new(Instant::now());
         let mut syncs = Syncs::new(self, tl.start);
         let live: Vec<String> = self
