@@ -1530,3 +1530,101 @@ fn lab_iptables_nodes_apply_a_deletion_each_at_its_own_time() {
         per_node_sync(ProxyMode::Iptables, "iptsync");
     }
 }
+
+/// Sends `sig` to `child` once `ready` holds (polled every 20 ms, at most 30 s).
+fn signal_when(child: &std::process::Child, sig: i32, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "the condition to send the signal never held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+fn pod_namespaces(name: &str) -> usize {
+    let prefix = format!("{}pod-", lab::netns_prefix(name));
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn ctrl_c_during_lab_up_removes_the_half_built_lab_and_says_so() {
+    if !is_root() {
+        return;
+    }
+    let name = format!("intr-{}", std::process::id() % 100_000);
+    let root_before = root_net();
+    let _ = lab::down_by_name(&name);
+    // The servers start last: 60 pods give time to interrupt while they do.
+    let child = Command::new(EXE)
+        .args([
+            "lab", "up", "--name", &name, "--nodes", "2", "--pods", "60", "--server", EXE,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lab up");
+    signal_when(&child, libc::SIGINT, || pod_namespaces(&name) > 0);
+    let out = child.wait_with_output().expect("lab up ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cleaned = std::panic::catch_unwind(|| assert_clean(&name, &[], &root_before));
+    let _ = lab::down_by_name(&name);
+    assert_eq!(out.status.code(), Some(130), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("interrupted: lab {name} was removed")),
+        "stderr: {stderr}"
+    );
+    assert!(cleaned.is_ok(), "the interrupted lab left something behind");
+}
+
+#[test]
+fn an_interrupted_scale_leaves_an_incomplete_lab_that_runs_refuse_and_status_flags() {
+    if !is_root() {
+        return;
+    }
+    let t = TestLab::up("incomplete", small(2, 2, ProxyMode::Nftables));
+    let name = t.name.clone();
+    // A slow readiness probe keeps the new pods starting long enough to interrupt.
+    let child = Command::new(EXE)
+        .args(["lab", "scale", "--name", &name, "6", "--ready-delay", "20s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lab scale");
+    signal_when(&child, libc::SIGTERM, || pod_namespaces(&name) == 6);
+    let out = child.wait_with_output().expect("lab scale ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("lab {name} is incomplete")),
+        "stderr: {stderr}"
+    );
+
+    let status = Command::new(EXE)
+        .args(["lab", "status", "--name", &name])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("INCOMPLETE: `lab scale` did not finish"), "{text}");
+    let list = Command::new(EXE).args(["lab", "list"]).output().expect("list");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with(&name) && l.contains("incomplete")),
+        "{text}"
+    );
+    let run = Command::new(EXE)
+        .args(["spread", "--lab", &name, "--conns", "10", "--no-save"])
+        .output()
+        .expect("spread");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("lab {name} is incomplete")), "{err}");
+    t.finish();
+}

@@ -292,7 +292,17 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 drain_delay: a.end.drain_delay,
                 ready_delay: a.ready_delay,
             };
-            let tl = lab.scale_with(pods, &timing)?;
+            lab::cancel_on_signals()?;
+            let tl = match lab.scale_with(pods, &timing) {
+                Err(_) if lab::cancelled() => {
+                    eprintln!(
+                        "svclb: interrupted: lab {name} is incomplete (`kubectl svclb lab down --name {name}`)",
+                        name = lab.name()
+                    );
+                    return Ok(ExitCode::from(130));
+                }
+                other => other?,
+            };
             print!("{}", report::lab::timeline(&tl));
             println!("lab {} scaled to {} pods", lab.name(), lab.pods().len());
             Ok(ExitCode::SUCCESS)
@@ -321,7 +331,15 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         }
         LabCommand::List => {
             for n in Lab::list()? {
-                println!("{n}");
+                match Lab::open(&n) {
+                    Ok(lab) => match lab.incomplete() {
+                        Some(what) => println!("{n}  (incomplete: `{what}` did not finish)"),
+                        None => println!("{n}"),
+                    },
+                    Err(_) => {
+                        println!("{n}  (no readable state, namespaces left: `kubectl svclb lab down --name {n}`)")
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -351,7 +369,15 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         ready_delay: a.ready_delay,
     };
     let t = Instant::now();
-    let lab = Lab::up(&cfg)?;
+    lab::cancel_on_signals()?;
+    let lab = match Lab::up(&cfg) {
+        // `Lab::up` removed what it had built.
+        Err(_) if lab::cancelled() => {
+            eprintln!("svclb: interrupted: lab {} was removed", cfg.name);
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
     let took = t.elapsed().as_secs_f64();
     let st = lab.status();
     match a.output {

@@ -20,7 +20,7 @@ use super::topology::{
     CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, capacity_problem,
     mac_text, node_ip,
 };
-use super::{Lab, LabChanges, LabConfig, Node, THREADS, labs_dir, netns, netns_prefix, validate_name};
+use super::{Lab, LabChanges, LabConfig, Node, THREADS, check_cancelled, labs_dir, netns, netns_prefix, validate_name};
 
 /// How long `lab up --ecmp` waits for the load balancer's first health checks to settle
 /// (a node without endpoints needs two failed probes, one second apart).
@@ -139,11 +139,17 @@ impl Lab {
                 applied: Default::default(),
                 sync_delay: cfg.sync_delay,
                 endpoints_generation: 0,
+                building: Some("lab up".to_string()),
             },
         };
         lab.save()?;
         drop(lock);
-        let built = lab.build(cfg.pods, cfg.ready_delay);
+        let built = lab.build(cfg.pods, cfg.ready_delay).and_then(|()| {
+            lab.change(|s| {
+                s.building = None;
+                Ok(())
+            })
+        });
         match built {
             Ok(()) => Ok(lab),
             Err(e) => {
@@ -162,6 +168,7 @@ impl Lab {
             add.push_str(&format!("netns add {}\n", n.netns));
         }
         netns::ip_batch(None, &add, false)?;
+        check_cancelled()?;
 
         // The node network: a bridge in its own namespace.
         netns::ip_batch(
@@ -232,6 +239,7 @@ impl Lab {
             b.push_str(&format!("link set {port} master br0\nlink set {port} up\n"));
         }
         netns::ip_batch(Some(&net), &b, false)?;
+        check_cancelled()?;
         self.spawn_agents()?;
 
         // Every kube-proxy's first sync (the Service without endpoints), at once.

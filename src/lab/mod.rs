@@ -55,6 +55,33 @@ pub use topology::{Conditions, Node, Pod, labs_dir, netns_prefix, validate_name}
 
 use state::State;
 
+/// Set by SIGINT or SIGTERM once [`cancel_on_signals`] was called.
+static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on SIGINT and SIGTERM cancel a `lab up` or `lab scale` of this process at its next
+/// step (instead of killing it halfway): `lab up` then removes what it built.
+pub fn cancel_on_signals() -> Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+        unsafe { signal_hook_registry::register(sig, || CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst)) }
+            .map_err(|e| anyhow::anyhow!("cannot watch signal {sig}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// True once a signal cancelled this process's lab build.
+pub fn cancelled() -> bool {
+    CANCELLED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Fails when a signal cancelled the build: called between its steps.
+fn check_cancelled() -> Result<()> {
+    if cancelled() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
 /// Threads for per-namespace setup (mostly waiting on `ip` / `nft` processes).
 const THREADS: usize = 8;
 

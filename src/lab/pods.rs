@@ -16,7 +16,9 @@ use super::rules::PORTS;
 use super::state::{Changed, State};
 use super::timeline::{EndpointEvent, Timeline};
 use super::topology::{Conditions, MAX_PODS_PER_NODE, MacOf, POD_GATEWAY, mac, mac_text};
-use super::{Lab, LabTiming, Node, Pod, THREADS, lifecycle::require_host, netns, netns_prefix, rtnetlink};
+use super::{
+    Lab, LabTiming, Node, Pod, THREADS, check_cancelled, lifecycle::require_host, netns, netns_prefix, rtnetlink,
+};
 use crate::server::{LOG_DRAINING, LOG_LISTENING};
 
 /// How long a new server may take to listen.
@@ -110,7 +112,18 @@ impl Lab {
             .map(|p| p.name.clone())
             .collect();
         let done = if pods > live.len() {
+            // Marked until every new pod is ready: an interrupted scale leaves an incomplete lab.
+            self.change(|s| {
+                s.building = Some("lab scale".to_string());
+                Ok(())
+            })?;
             self.add_pods(pods - live.len(), timing.ready_delay, false, &mut tl, &mut syncs)
+                .and_then(|()| {
+                    self.change(|s| {
+                        s.building = None;
+                        Ok(())
+                    })
+                })
         } else {
             self.delete_pods(&live[pods..], timing, &mut tl, &mut syncs)
         };
@@ -175,9 +188,12 @@ impl Lab {
         })?;
         let add: String = new.iter().map(|p| format!("netns add {}\n", p.netns)).collect();
         netns::ip_batch(None, &add, false)?;
+        check_cancelled()?;
         self.wire_pods(&new)?;
+        check_cancelled()?;
         let pids = Mutex::new(BTreeMap::new());
         netns::par_each(&new, THREADS, |p| {
+            check_cancelled()?;
             let pid = self.spawn_server(p)?;
             pids.lock().expect("no panic holding it").insert(p.name.clone(), pid);
             Ok(())
@@ -288,6 +304,7 @@ impl Lab {
         let mut listening: HashMap<&str, Instant> = HashMap::new();
         let mut waiting: Vec<&str> = pids.keys().map(String::as_str).collect();
         while !waiting.is_empty() {
+            check_cancelled()?;
             let now = Instant::now();
             for &p in &waiting {
                 let pid = pids[p];

@@ -41,6 +41,10 @@ pub(super) struct State {
     /// conntrack entries only after those: `ConntrackCleanupRequired`).
     #[serde(default)]
     pub(super) endpoints_generation: u64,
+    /// The command building the lab or adding pods (`lab up`, `lab scale`) until it finished:
+    /// still set, the lab is incomplete (being built, or that command was interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) building: Option<String>,
 }
 
 /// What a change touched: the Service's spec only, or its endpoints (their EndpointSlices).
@@ -176,6 +180,22 @@ impl Lab {
         names
     }
 
+    /// The command that has not finished building this lab (`lab up`, `lab scale`), if one.
+    pub fn incomplete(&self) -> Option<&str> {
+        self.state.building.as_deref()
+    }
+
+    /// Why a run cannot use this lab, if it cannot: it is incomplete.
+    pub fn check_complete(&self) -> Result<()> {
+        match self.incomplete() {
+            Some(what) => bail!(
+                "lab {name} is incomplete (`{what}` did not finish, or still runs): `kubectl svclb lab down --name {name}`",
+                name = self.state.name
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// Names of the labs on this machine (with state or with namespaces left).
     pub fn list() -> Result<Vec<String>> {
         let mut names = Lab::saved();
@@ -220,6 +240,7 @@ mod tests {
             applied: BTreeMap::new(),
             sync_delay,
             endpoints_generation: 0,
+            building: None,
         }
     }
 

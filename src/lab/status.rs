@@ -25,6 +25,10 @@ pub struct LabStatus {
     /// The rules generation: one more at every change of the Service or its endpoints.
     pub generation: u64,
     pub sync_delay: SyncDelay,
+    /// The command that has not finished building the lab (`lab up`, `lab scale`): being built,
+    /// or interrupted. Runs refuse an incomplete lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
     pub client: ClientStatus,
@@ -107,6 +111,7 @@ impl Lab {
             state_dir: self.dir.clone(),
             generation: s.generation,
             sync_delay: s.sync_delay,
+            incomplete: s.building.clone(),
             nodes: s
                 .nodes
                 .iter()

@@ -22,6 +22,13 @@ pub fn status(st: &LabStatus) -> String {
         st.sync_delay,
         st.state_dir.display()
     );
+    if let Some(what) = &st.incomplete {
+        let _ = writeln!(
+            out,
+            "INCOMPLETE: `{what}` did not finish (or still runs); runs refuse this lab: `kubectl svclb lab down --name {}`",
+            st.name
+        );
+    }
     let _ = writeln!(out, "kube-proxy {}", st.kube_proxy);
     let _ = writeln!(out, "{}", nodes(st));
     let mut b = Builder::default();

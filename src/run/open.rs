@@ -113,7 +113,9 @@ pub const NEW_LAB: &str = "new";
 /// `--lab new`, builds a default lab for this run and removes it afterwards. Says which.
 async fn open_lab(name: &str, build_if_none: bool, interrupt: &Interrupt) -> Result<(Lab, Option<Ephemeral>)> {
     if !name.is_empty() && name != NEW_LAB {
-        return Ok((Lab::open(name)?, None));
+        let lab = Lab::open(name)?;
+        lab.check_complete()?;
+        return Ok((lab, None));
     }
     let why = if name == NEW_LAB {
         "--lab new".to_string()
@@ -122,7 +124,9 @@ async fn open_lab(name: &str, build_if_none: bool, interrupt: &Interrupt) -> Res
         match Lab::saved().as_slice() {
             [one] => {
                 eprintln!("svclb: using lab {one} (the only one running)");
-                return Ok((Lab::open(one)?, None));
+                let lab = Lab::open(one)?;
+                lab.check_complete()?;
+                return Ok((lab, None));
             }
             [] if !build_if_none => bail!(
                 "no lab running: start one, e.g. `kubectl svclb lab up --name demo --affinity clientip`, then --lab demo"
