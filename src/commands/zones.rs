@@ -220,7 +220,7 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let rt = run::runtime(0)?;
     let record = rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let opened = Opened::open(place, &interrupt).await?;
+        let mut opened = Opened::open(place, &interrupt).await?;
         let mut print = |c: &crate::record::ZonesCycle| {
             if live {
                 print!("{}", report::zones_cycle_line(c, job.cycles));
@@ -228,7 +228,7 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
                 eprint!("{}", report::zones_cycle_line(c, job.cycles));
             }
         };
-        let record = run::zones::run(&opened, &job, &interrupt, &mut print).await;
+        let record = run::zones::run_opened(&mut opened, &job, &interrupt, &mut print).await;
         // An ephemeral lab goes (and a cluster is cleaned up) before the verdict is printed.
         opened.close().await;
         record
