@@ -61,7 +61,7 @@ pub struct ZonesArgs {
     /// Cluster: fail when the test servers are not deployed instead of deploying them.
     #[arg(long, conflicts_with = "lab")]
     pub no_deploy: bool,
-    /// Cluster: image of the test servers when this run deploys them [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    /// Cluster: image of the test servers when this run deploys them (the run's client pods run the deployed tserver's image) [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
     #[arg(long, value_name = "IMAGE", conflicts_with_all = ["lab", "no_deploy"])]
     pub image: Option<String>,
     /// Cluster: delete what the plugin made in the namespace after the run (also when interrupted).
