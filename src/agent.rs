@@ -24,6 +24,9 @@ pub enum Request {
     Storm(StormConfig),
     /// Long-lived client sessions; streams their events, ending with [`Output::Done`].
     Sessions(SessionsRequest),
+    /// Nothing until stopped (SIGTERM when its pod is deleted): the main process of a client
+    /// pod, which the run's storm agents exec into. Prints nothing.
+    Hold,
 }
 
 /// Sessions for `duration`, a stats event every `stats_interval`.
@@ -204,6 +207,10 @@ pub async fn run<W: AsyncWrite + Unpin>(request: Request, stop: impl Future<Outp
                 }
             }
         }
+        Request::Hold => {
+            stop.await;
+            Ok(())
+        }
     }
 }
 
@@ -276,5 +283,34 @@ mod tests {
         };
         let Request::Storm(want) = req else { unreachable!() };
         assert_eq!(format!("{back:?}"), format!("{want:?}"));
+    }
+
+    #[tokio::test]
+    async fn hold_prints_nothing_and_ends_only_when_stopped() {
+        let mut out = Vec::new();
+        let held = run(Request::Hold, std::future::pending(), &mut out);
+        assert!(tokio::time::timeout(Duration::from_millis(100), held).await.is_err());
+        run(Request::Hold, async {}, &mut out).await.unwrap();
+        assert!(out.is_empty());
+    }
+
+    /// As a client pod's main process: stdin is /dev/null (no stop line ever comes), SIGTERM
+    /// (the pod being deleted) ends it at once, cleanly.
+    #[test]
+    fn a_client_pod_holds_until_sigterm() {
+        let mut child = std::process::Command::new(crate::testing::binary())
+            .args(argv(&Request::Hold))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(child.try_wait().unwrap().is_none(), "it holds");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t0 = std::time::Instant::now();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
     }
 }

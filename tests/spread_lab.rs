@@ -6,29 +6,10 @@
 
 mod common;
 
-use common::{LabGuard, lab_svclb as svclb, netns_with_prefix, output_json as json};
+use common::{LabGuard, has_agent_child, lab_svclb as svclb, netns_with_prefix, output_json as json};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Whether `parent` has a child process running the storm agent (`kubectl-svclb agent --request ...`).
-fn has_agent_child(parent: u32) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.filter_map(|e| e.ok()).any(|e| {
-        let dir = e.path();
-        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
-        // pid (comm) state ppid ...
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-        // The storm agent (`agent --request JSON`), not the lab's own agents (`lab agent node`).
-        ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|arg| arg == b"--request")
-    })
-}
 
 fn root_routes() -> String {
     let out = Command::new("ip")

@@ -1,7 +1,8 @@
 //! Test support: an in-memory API server behind kube's tower-test mock (no network). Objects are
 //! stored by their API path; GET (item, or list with a label selector), server-side apply
-//! (PATCH), DELETE and `/version` behave as the API server does for the calls the plugin makes.
-//! A fake Deployment controller makes pods for applied Deployments, ready or failing.
+//! (PATCH), create (POST), DELETE and `/version` behave as the API server does for the calls the
+//! plugin makes. A fake Deployment controller makes pods for applied Deployments, ready or
+//! failing; a fake kubelet starts created pods after a few reads (or fails them).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,8 @@ use super::Cluster;
 pub enum Pods {
     Ready,
     ImagePullBackOff,
+    /// Created pods never start (the kubelet is slow); Deployments' pods are not ready.
+    Pending,
 }
 
 #[derive(Default)]
@@ -25,7 +28,16 @@ struct State {
     objects: BTreeMap<String, Value>,
     log: Vec<String>,
     forbid: Option<(String, String, String)>,
+    /// Created pods not started yet: reads of pods left before the kubelet starts each.
+    starting: BTreeMap<String, u32>,
+    /// What the kubelet does with created pods (`None`: as with Deployments' pods).
+    created_pods: Option<Pods>,
+    /// Every object created (POST), as it was sent.
+    created: Vec<Value>,
 }
+
+/// Reads of pods a created pod stays Pending for.
+pub const START_READS: u32 = 2;
 
 #[derive(Clone)]
 pub struct FakeApi {
@@ -61,6 +73,16 @@ impl FakeApi {
     /// Refuses `method` on paths containing `fragment` as RBAC would, for `user`.
     pub fn forbid(&self, method: &str, fragment: &str, user: &str) {
         self.state.lock().unwrap().forbid = Some((method.into(), fragment.into(), user.into()));
+    }
+
+    /// What the kubelet does with pods created from now on (default: as with Deployments' pods).
+    pub fn created_pods(&self, pods: Pods) {
+        self.state.lock().unwrap().created_pods = Some(pods);
+    }
+
+    /// Every object created (POST) so far, as the client sent it.
+    pub fn created(&self) -> Vec<Value> {
+        self.state.lock().unwrap().created.clone()
     }
 
     /// A client whose requests this fake answers.
@@ -113,6 +135,9 @@ impl FakeApi {
         if path == "/version" {
             return (200, json!({"major": "1", "minor": "33", "gitVersion": "v1.33.1"}));
         }
+        if method == "GET" && path.contains("/pods") {
+            self.kubelet(&mut st);
+        }
         match method {
             "GET" => {
                 if let Some(obj) = st.objects.get(path).cloned() {
@@ -145,11 +170,65 @@ impl FakeApi {
                 st.objects.insert(path.to_string(), obj.clone());
                 (200, obj)
             }
+            "POST" => {
+                let mut obj: Value = serde_json::from_slice(body).unwrap();
+                st.created.push(obj.clone());
+                let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
+                    return status(422, "Invalid", "metadata.name: Required value");
+                };
+                let item = format!("{path}/{name}");
+                if st.objects.contains_key(&item) {
+                    return status(409, "AlreadyExists", &format!("{item} already exists"));
+                }
+                obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+                obj["metadata"]["namespace"] = json!(NS);
+                if obj["kind"] == "Pod" {
+                    obj["status"] =
+                        json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
+                    st.starting.insert(item.clone(), START_READS);
+                }
+                st.objects.insert(item, obj.clone());
+                (201, obj)
+            }
             "DELETE" => match st.objects.remove(path) {
                 Some(o) => (200, o),
                 None => status(404, "NotFound", &format!("{path} not found")),
             },
             _ => status(405, "MethodNotAllowed", method),
+        }
+    }
+
+    /// The fake kubelet, at every read of pods: a created pod starts (Running and Ready, with an
+    /// IP) or fails to pull its image after [`START_READS`] reads.
+    fn kubelet(&self, st: &mut State) {
+        let outcome = st.created_pods.unwrap_or(self.pods);
+        if outcome == Pods::Pending {
+            return;
+        }
+        let mut started = Vec::new();
+        for (path, left) in st.starting.iter_mut() {
+            *left -= 1;
+            if *left == 0 {
+                started.push(path.clone());
+            }
+        }
+        for path in started {
+            st.starting.remove(&path);
+            let Some(pod) = st.objects.get_mut(&path) else { continue };
+            let n = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+            let last = n.rsplit('-').next().unwrap_or("9");
+            pod["status"] = match outcome {
+                Pods::Ready => {
+                    json!({"phase": "Running", "podIP": format!("10.244.{last}.200"), "hostIP": "172.18.0.2",
+                    "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"},
+                                   {"type": "ContainersReady", "status": "True"}]})
+                }
+                Pods::ImagePullBackOff | Pods::Pending => json!({"phase": "Pending",
+                    "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [{"name": "client", "ready": false, "restartCount": 0, "image": pod["spec"]["containers"][0]["image"], "imageID": "",
+                        "state": {"waiting": {"reason": "ImagePullBackOff",
+                            "message": format!("Back-off pulling image {}", pod["spec"]["containers"][0]["image"])}}}]}),
+            };
         }
     }
 
@@ -170,7 +249,7 @@ impl FakeApi {
                 &format!("10.244.{}.{}", i % 2 + 1, i + 10),
                 ready,
             );
-            if !ready {
+            if self.pods == Pods::ImagePullBackOff {
                 p["status"]["containerStatuses"] = json!([{
                     "name": "tserver", "ready": false, "restartCount": 0, "image": "bad/image:none", "imageID": "",
                     "state": {"waiting": {"reason": "ImagePullBackOff",

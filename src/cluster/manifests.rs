@@ -16,6 +16,8 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kubectl-s
 /// Names of the objects (Deployment and Service share them).
 pub const TSERVER: &str = "svclb-tserver";
 pub const AFFINITY: &str = "svclb-affinity";
+/// The app name of the client pods a `zones` run makes ([`super::clients`]).
+pub const CLIENT: &str = "svclb-client";
 /// The container image when `--image` is not given: the release of this version.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/kubectl-svclb/kubectl-svclb:v", env!("CARGO_PKG_VERSION"));
 /// Where the binary sits in the image (the storm agent is exec'd there).
@@ -293,6 +295,57 @@ mod tests {
         })
         .unwrap();
         assert_eq!(parse(&to_yaml(&objs).unwrap()).unwrap(), objs);
+    }
+
+    #[test]
+    fn servers_spread_over_nodes_and_zones() {
+        // The tserver: the Service `spread` and `zones` measure.
+        for d in parse(TSERVER_YAML).unwrap().iter().filter(|o| kind(o) == "Deployment") {
+            let spread = d["spec"]["template"]["spec"]["topologySpreadConstraints"]
+                .as_array()
+                .unwrap();
+            let keys: Vec<&str> = spread.iter().map(|c| c["topologyKey"].as_str().unwrap()).collect();
+            assert_eq!(
+                keys,
+                ["kubernetes.io/hostname", "topology.kubernetes.io/zone"],
+                "{}",
+                name(d)
+            );
+            for c in spread {
+                assert_eq!(c["maxSkew"], 1);
+                // A single-node or single-zone cluster still gets all its pods.
+                assert_eq!(c["whenUnsatisfiable"], "ScheduleAnyway");
+                assert_eq!(
+                    c["labelSelector"]["matchLabels"]["app.kubernetes.io/name"],
+                    d["metadata"]["name"]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_role_may_create_and_delete_pods_in_its_namespace_only() {
+        let objs = render_rbac("team-a").unwrap();
+        let role = find(&objs, "Role", "svclb-user");
+        assert_eq!(role["metadata"]["namespace"], "team-a");
+        let rule = |resource: &str| {
+            role["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["resources"] == json!([resource]))
+                .unwrap_or_else(|| panic!("no rule for {resource}"))["verbs"]
+                .clone()
+        };
+        // zones' client pods: create and delete; no update, patch, watch or deletecollection.
+        assert_eq!(rule("pods"), json!(["get", "list", "create", "delete"]));
+        assert_eq!(rule("pods/exec"), json!(["create", "get"]));
+        // Nothing cluster-wide but reading nodes.
+        let cluster_role = find(&objs, "ClusterRole", "svclb-nodes-reader");
+        assert_eq!(
+            cluster_role["rules"],
+            json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]}])
+        );
     }
 
     #[test]

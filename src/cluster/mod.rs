@@ -1,6 +1,7 @@
 //! A real cluster through kube-rs: connecting the way kubectl does (kubeconfig, context,
 //! namespace, impersonation), the bundled manifests, and deploy/status/cleanup.
 
+pub mod clients;
 pub mod deploy;
 #[cfg(test)]
 pub mod fake;

@@ -61,7 +61,7 @@ pub struct ZonesArgs {
     /// Cluster: fail when the test servers are not deployed instead of deploying them.
     #[arg(long, conflicts_with = "lab")]
     pub no_deploy: bool,
-    /// Cluster: image of the test servers when this run deploys them [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    /// Cluster: image of the test servers when this run deploys them (the run's client pods run the deployed tserver's image) [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
     #[arg(long, value_name = "IMAGE", conflicts_with_all = ["lab", "no_deploy"])]
     pub image: Option<String>,
     /// Cluster: delete what the plugin made in the namespace after the run (also when interrupted).
@@ -220,7 +220,7 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let rt = run::runtime(0)?;
     let record = rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let opened = Opened::open(place, &interrupt).await?;
+        let mut opened = Opened::open(place, &interrupt).await?;
         let mut print = |c: &crate::record::ZonesCycle| {
             if live {
                 print!("{}", report::zones_cycle_line(c, job.cycles));
@@ -228,7 +228,7 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
                 eprint!("{}", report::zones_cycle_line(c, job.cycles));
             }
         };
-        let record = run::zones::run(&opened, &job, &interrupt, &mut print).await;
+        let record = run::zones::run_opened(&mut opened, &job, &interrupt, &mut print).await;
         // An ephemeral lab goes (and a cluster is cleaned up) before the verdict is printed.
         opened.close().await;
         record

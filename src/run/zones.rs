@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::agents::{AgentSet, check, no_result};
+use super::open::Opened;
 use super::{Interrupt, SaveTo, environment, target_info};
 use crate::agent::{Output, Request, StormResult};
+use crate::backend::kube::{AgentRunner, KubeBackend};
 use crate::backend::{Backend, From, Path};
+use crate::cluster::clients::{self, ClientPods};
 use crate::record::{Environment, Price, ZonesCycle, ZonesParams, ZonesRun};
 use crate::storm::{Proto, Stop, StormConfig};
 use crate::zones::{Measured, Part, Placed, build, cycle, expect};
@@ -87,6 +90,53 @@ async fn storms<B: Backend>(
         }
     }
     Ok(results)
+}
+
+/// The run on what was opened: on a cluster from client pods of its own
+/// ([`from_client_pods`]; agents exec into their `client` container), elsewhere from the lab's
+/// nodes and pods.
+pub async fn run_opened(
+    opened: &mut Opened,
+    job: &ZonesJob,
+    interrupt: &Interrupt,
+    on_cycle: &mut dyn FnMut(&ZonesCycle),
+) -> Result<ZonesRun> {
+    match opened {
+        Opened::Cluster { backend, .. } => {
+            clients::CONTAINER.clone_into(&mut backend.pods.container);
+            from_client_pods(backend, job, interrupt, on_cycle).await
+        }
+        other => run(&*other, job, interrupt, on_cycle).await,
+    }
+}
+
+/// A zones run on a cluster from its own client pods ([`crate::cluster::clients`]): one on a
+/// ready node of every zone (or on every ready node), running the tserver's image, waited for;
+/// the run from them; and the pods deleted afterwards whatever happened (an error, an
+/// interrupt while they start or during the run).
+pub async fn from_client_pods<P: AgentRunner, H: AgentRunner>(
+    backend: &mut KubeBackend<P, H>,
+    job: &ZonesJob,
+    interrupt: &Interrupt,
+    on_cycle: &mut dyn FnMut(&ZonesCycle),
+) -> Result<ZonesRun> {
+    let mut pods = ClientPods::new(&backend.cluster);
+    let result = async {
+        let nodes = clients::pick_nodes(&backend.view.nodes, job.per_zone);
+        if nodes.is_empty() {
+            bail!("no ready node to put a client pod on: see `kubectl get nodes`");
+        }
+        let image = clients::server_image(&backend.cluster).await?;
+        let started = tokio::select! {
+            r = pods.start(&nodes, &image, clients::START_TIMEOUT, clients::START_POLL) => r?,
+            () = interrupt.wait() => bail!("interrupted while the client pods were starting"),
+        };
+        backend.use_clients(clients::CLIENT, started);
+        run(&*backend, job, interrupt, on_cycle).await
+    }
+    .await;
+    pods.delete().await;
+    result
 }
 
 /// Runs `job` on `backend`; `on_cycle` gets each cycle's line as it ends (the watch output).
@@ -218,7 +268,7 @@ mod tests {
 
     use super::*;
     use crate::backend::kube::{KubeBackend, LocalRun};
-    use crate::cluster::fake::{self, FakeApi, Pods};
+    use crate::cluster::fake::{self, FakeApi, Pods, START_READS};
     use crate::cluster::manifests::TSERVER;
     use crate::record::Locality;
     use crate::stats::Verdict;
@@ -310,5 +360,160 @@ mod tests {
                 "svclb-tserver-b1 on node-2 (zone-b): 200 of 200 connections left, though kube-proxy keeps them in zone-b (endpoints hinted for zone zone-b)"
             ]
         );
+    }
+
+    /// Three zones, tserver pods in zone-a and zone-b only (zone-c has no endpoint, and so no
+    /// tserver pod to storm from): the tserver Deployment's image, a1 hinted for zone-a and
+    /// zone-b, b1 for zone-b. a1 answers on the loopback clusterIP.
+    async fn three_zones(cluster_ip: &str, pods_ready: bool) -> (FakeApi, KubeBackend<LocalRun, LocalRun>) {
+        let api = FakeApi::new(Pods::Ready);
+        api.put(fake::node("node-1", "zone-a", "127.78.0.1"));
+        api.put(fake::node("node-2", "zone-b", "127.78.0.2"));
+        api.put(fake::node("node-3", "zone-c", "127.78.0.3"));
+        api.put(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": TSERVER, "namespace": fake::NS},
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": TSERVER}},
+                "template": {"spec": {"containers": [{"name": "tserver", "image": "registry.example/svclb:dev"}]}}},
+            "status": {"replicas": 2}
+        }));
+        api.put(fake::pod(
+            "svclb-tserver-a1",
+            TSERVER,
+            "node-1",
+            "10.244.1.10",
+            pods_ready,
+        ));
+        api.put(fake::pod(
+            "svclb-tserver-b1",
+            TSERVER,
+            "node-2",
+            "10.244.2.10",
+            pods_ready,
+        ));
+        api.put(fake::service(
+            "ClusterIP",
+            cluster_ip,
+            json!({"trafficDistribution": "PreferSameZone"}),
+            None,
+        ));
+        api.put(fake::slice(&[
+            ("svclb-tserver-a1", "10.244.1.10", "zone-a", &["zone-a", "zone-b"]),
+            ("svclb-tserver-b1", "10.244.2.10", "zone-b", &["zone-b"]),
+        ]));
+        let backend = local_target(&api, TSERVER).await;
+        (api, backend)
+    }
+
+    /// The created client pods still in the API.
+    fn client_pods_left(api: &FakeApi) -> Vec<String> {
+        api.created()
+            .iter()
+            .filter_map(|o| o["metadata"]["name"].as_str())
+            .filter(|n| api.get(&format!("/api/v1/namespaces/{}/pods/{n}", fake::NS)).is_some())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn client_pods_give_every_zone_a_source_and_go_after_the_run() {
+        let server = serve("127.78.2.10:5001", None, "svclb-tserver-a1");
+        let (api, mut t) = three_zones("127.78.2.10", true).await;
+        let r = from_client_pods(&mut t, &job(), &Interrupt::default(), &mut |_| {})
+            .await
+            .unwrap();
+        server.abort();
+        // One pod per zone, pinned to the first node of each, the tserver's image, labelled.
+        let created = api.created();
+        let pinned: Vec<(&str, &str, &str, &str)> = created
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap(),
+                    p["spec"]["nodeName"].as_str().unwrap(),
+                    p["spec"]["containers"][0]["image"].as_str().unwrap(),
+                    p["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+                        .as_str()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = pinned.iter().map(|p| p.0).collect();
+        assert_eq!(pinned.len(), 3, "{pinned:?}");
+        for (p, node) in pinned.iter().zip(["node-1", "node-2", "node-3"]) {
+            assert!(p.0.starts_with("svclb-client-"), "{p:?}");
+            assert_eq!((p.1, p.2, p.3), (node, "registry.example/svclb:dev", "kubectl-svclb"));
+        }
+        // The storms came from them, zone-c's too, and kube-proxy's reason for it.
+        let sources: Vec<(&str, &str, Locality, &str)> = r
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.zone.as_str(), s.locality, s.why.as_str()))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (names[0], "zone-a", Locality::Zone, "endpoints hinted for zone zone-a"),
+                (names[1], "zone-b", Locality::Zone, "endpoints hinted for zone zone-b"),
+                (
+                    names[2],
+                    "zone-c",
+                    Locality::Any,
+                    "using all endpoints: no endpoint hinted for zone zone-c"
+                ),
+            ]
+        );
+        assert_eq!((r.ok, r.verdict), (600, Verdict::Pass), "{:?}", r.reasons);
+        assert_eq!(r.target.source.as_deref(), Some("per-zone (3 sources)"));
+        // Created, waited for (listed until Running), deleted after the storms.
+        let log = api.log();
+        let first_delete = log.iter().position(|l| l.starts_with("DELETE")).unwrap();
+        let last_wait = log.iter().rposition(|l| l.contains("instance%3D")).unwrap();
+        assert!(log.iter().filter(|l| l.contains("instance%3D")).count() >= START_READS as usize);
+        assert!(last_wait < first_delete, "{log:?}");
+        assert_eq!(log.iter().filter(|l| l.starts_with("DELETE")).count(), 3, "{log:?}");
+        assert!(client_pods_left(&api).is_empty());
+
+        // Per node: a pod on every node.
+        let server = serve("127.78.2.12:5001", None, "svclb-tserver-a1");
+        let (api, mut t) = three_zones("127.78.2.12", true).await;
+        let per_node = ZonesJob {
+            per_zone: false,
+            ..job()
+        };
+        let r = from_client_pods(&mut t, &per_node, &Interrupt::default(), &mut |_| {})
+            .await
+            .unwrap();
+        server.abort();
+        let nodes: Vec<&str> = r.sources.iter().map(|s| s.node.as_str()).collect();
+        assert_eq!(nodes, ["node-1", "node-2", "node-3"]);
+        assert!(client_pods_left(&api).is_empty());
+    }
+
+    #[tokio::test]
+    async fn client_pods_go_when_the_run_fails_or_is_interrupted() {
+        // The tserver pods are not ready: the run fails once the clients run; they still go.
+        let (api, mut t) = three_zones("127.78.2.11", false).await;
+        let e = from_client_pods(&mut t, &job(), &Interrupt::default(), &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no ready svclb-tserver pod"), "{e}");
+        assert_eq!(api.created().len(), 3);
+        assert!(client_pods_left(&api).is_empty());
+
+        // Ctrl-C while the clients start (the kubelet never starts them): they go too.
+        let (api, mut t) = three_zones("127.78.2.11", true).await;
+        api.created_pods(Pods::Pending);
+        let e = from_client_pods(
+            &mut t,
+            &job(),
+            &Interrupt::after(Duration::from_millis(300)),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.to_string(), "interrupted while the client pods were starting");
+        assert_eq!(api.created().len(), 3);
+        assert!(client_pods_left(&api).is_empty());
     }
 }

@@ -128,6 +128,49 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `parent` has a child process running the storm agent (`kubectl-svclb agent --request ...`).
+pub fn has_agent_child(parent: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.filter_map(|e| e.ok()).any(|e| {
+        let dir = e.path();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        // The storm agent (`agent --request JSON`), not the lab's own agents (`lab agent node`).
+        ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|arg| arg == b"--request")
+    })
+}
+
+/// Storm agents (`... --request ...`) running inside a network namespace whose name starts with
+/// `prefix` (`/proc/PID/ns/net` against `/run/netns/NAME`), whoever their parent is now.
+pub fn agents_in_netns(prefix: &str) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: Vec<String> = netns_with_prefix(prefix)
+        .iter()
+        .filter_map(|n| std::fs::metadata(format!("/run/netns/{n}")).ok())
+        .map(|m| format!("net:[{}]", m.ino()))
+        .collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let ns = std::fs::read_link(e.path().join("ns/net")).ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let agent = cmdline.split(|b| *b == 0).any(|arg| arg == b"--request");
+            (agent && inodes.iter().any(|i| ns.to_str() == Some(i.as_str()))).then_some(pid)
+        })
+        .collect()
+}
+
 /// A named lab in its own state directory, removed on drop (also when the test fails); a passing
 /// test also checks that `lab down` left no namespace.
 pub struct LabGuard {

@@ -179,6 +179,12 @@ fn source(p: &PodInfo) -> Source {
 }
 
 impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
+    /// From now on agents run in `pods`, of `app` (a run's own client pods).
+    pub fn use_clients(&mut self, app: &str, pods: Vec<PodInfo>) {
+        app.clone_into(&mut self.view.client_app);
+        self.view.clients = pods;
+    }
+
     /// Pod sources always have a node (only scheduled, ready pods are sources); the host none.
     fn runner(&self, source: &Source) -> &dyn AgentRunner {
         if source.node.is_empty() { &self.host } else { &self.pods }

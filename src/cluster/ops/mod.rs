@@ -180,8 +180,9 @@ pub async fn wait_ready(cluster: &Cluster, name: &str, timeout: Duration, poll: 
     result
 }
 
-/// Deletes every Deployment and Service labelled as made by the plugin in the namespace.
-/// Returns `kind/name` of what was deleted.
+/// Deletes every Deployment and Service labelled as made by the plugin in the namespace, and
+/// the client pods `zones` runs left (a run killed before it deleted them). Returns `kind/name`
+/// of what was deleted.
 pub async fn cleanup(cluster: &Cluster) -> Result<Vec<String>> {
     let ns = &cluster.namespace;
     let lp = ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
@@ -209,6 +210,19 @@ pub async fn cleanup(cluster: &Cluster) -> Result<Vec<String>> {
             }
         }
     }
+    // The servers' pods go with their Deployments; only the client pods stand alone.
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    let clients = ListParams::default().labels(&app_selector(super::manifests::CLIENT));
+    for p in pods.list(&clients).await.api("list", "pods", ns)? {
+        let name = p.metadata.name.unwrap_or_default();
+        match pods.delete(&name, &dp).await {
+            Err(e) if not_found(&e) => {}
+            r => {
+                r.api("delete", "pods", ns)?;
+                deleted.push(format!("pod/{name}"));
+            }
+        }
+    }
     Ok(deleted)
 }
 
@@ -232,6 +246,8 @@ pub struct NodeInfo {
     pub zone: String,
     pub internal_ip: Option<String>,
     pub external_ip: Option<String>,
+    /// The node's Ready condition is True.
+    pub ready: bool,
 }
 
 pub async fn nodes(cluster: &Cluster) -> Result<Vec<NodeInfo>> {
@@ -259,6 +275,11 @@ pub async fn nodes(cluster: &Cluster) -> Result<Vec<NodeInfo>> {
                     .and_then(|l| l.get("topology.kubernetes.io/zone"))
                     .cloned()
                     .unwrap_or_default(),
+                ready: n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
                 internal_ip: addr("InternalIP"),
                 external_ip: addr("ExternalIP"),
                 name: n.metadata.name.clone().unwrap_or_default(),

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::cluster::fake::{self, FakeApi, NS, Pods};
-use crate::cluster::manifests::{Options, TSERVER};
+use crate::cluster::manifests::{CLIENT, Options, TSERVER};
 
 #[tokio::test]
 async fn deploy_applies_server_side_and_waits_until_ready() {
@@ -144,11 +144,27 @@ async fn cleanup_deletes_exactly_what_the_plugin_made() {
     )
     .await
     .unwrap();
-    // Someone else's Service in the same namespace stays.
+    // Someone else's Service and pod in the same namespace stay; a tserver pod goes with its
+    // Deployment, not by itself; a client pod a killed `zones` run left goes.
     let mut other = fake::service("ClusterIP", "10.96.0.99", json!({}), None);
     other["metadata"]["name"] = json!("theirs");
     other["metadata"]["labels"] = json!({"app": "theirs"});
     api.put(other);
+    api.put(fake::pod("theirs-1", "theirs", "node-1", "10.244.1.50", true));
+    api.put(fake::pod(
+        "svclb-tserver-7d9f-0",
+        TSERVER,
+        "node-1",
+        "10.244.1.10",
+        true,
+    ));
+    api.put(fake::pod(
+        "svclb-client-0badcafe-0",
+        CLIENT,
+        "node-1",
+        "10.244.1.20",
+        true,
+    ));
     let deleted = cleanup(&c).await.unwrap();
     assert_eq!(
         deleted,
@@ -156,10 +172,17 @@ async fn cleanup_deletes_exactly_what_the_plugin_made() {
             "deployment/svclb-affinity",
             "deployment/svclb-tserver",
             "service/svclb-affinity",
-            "service/svclb-tserver"
+            "service/svclb-tserver",
+            "pod/svclb-client-0badcafe-0"
         ]
     );
     assert!(api.get(&format!("/api/v1/namespaces/{NS}/services/theirs")).is_some());
+    for pod in ["theirs-1", "svclb-tserver-7d9f-0"] {
+        assert!(
+            api.get(&format!("/api/v1/namespaces/{NS}/pods/{pod}")).is_some(),
+            "{pod}"
+        );
+    }
     assert!(
         api.log()
             .iter()
