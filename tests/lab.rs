@@ -1628,3 +1628,63 @@ fn an_interrupted_scale_leaves_an_incomplete_lab_that_runs_refuse_and_status_fla
     assert!(err.contains(&format!("lab {name} is incomplete")), "{err}");
     t.finish();
 }
+
+#[test]
+fn a_lab_left_by_a_killed_run_is_marked_then_removed_by_the_next_run() {
+    if !is_root() {
+        return;
+    }
+    // Its own labs directory: the next run must find no other lab to use.
+    let dir = tempfile::tempdir().unwrap();
+    let svclb = |args: &[&str]| {
+        let mut c = Command::new(EXE);
+        c.args(args).env("SVCLB_LAB_DIR", dir.path());
+        c
+    };
+    let mut killed = svclb(&["spread", "--lab", "new", "--conns", "2000", "--rate", "50", "--no-save"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spread");
+    let name = format!("run{}", killed.id());
+    let state = dir.path().join(&name).join("state.json");
+    // Killed once its lab is built and the storm runs (no `building` left in the state).
+    let built = || {
+        std::fs::read_to_string(&state).is_ok_and(|s| !s.contains("\"building\""))
+            && pod_namespaces(&name) == LabConfig::default().pods
+    };
+    signal_when(&killed, libc::SIGKILL, built);
+    killed.wait().expect("killed");
+
+    let list = svclb(&["lab", "list"]).output().expect("lab list");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let marked = text
+        .lines()
+        .any(|l| l.starts_with(&name) && l.contains(&format!("built for a run that is gone, pid {}", killed.id())));
+
+    let next = svclb(&["spread", "--lab", "--conns", "200", "--no-save"])
+        .output()
+        .expect("spread");
+    let err = String::from_utf8_lossy(&next.stderr);
+    let left = pod_namespaces(&name);
+    let _ = Command::new(EXE)
+        .args(["lab", "down", "--all"])
+        .env("SVCLB_LAB_DIR", dir.path())
+        .output();
+    let _ = lab::down_by_name(&name);
+    assert!(marked, "lab list: {text}");
+    assert!(
+        err.contains(&format!(
+            "removed lab {name}, built for a run that is gone (pid {})",
+            killed.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(left, 0, "the orphan's namespaces are left");
+    // Then it built its own lab, ran on it (0 PASS or 1 FAIL: the verdict of 200 connections
+    // does not matter here) and removed it.
+    assert!(matches!(next.status.code(), Some(0 | 1)), "{err}");
+    assert!(err.contains("no lab running: building lab run"), "{err}");
+    assert!(err.contains("200 connection(s) from 1 source(s)"), "{err}");
+    assert!(!dir.path().join(&name).exists());
+}

@@ -332,9 +332,12 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::List => {
             for n in Lab::list()? {
                 match Lab::open(&n) {
-                    Ok(lab) => match lab.incomplete() {
-                        Some(what) => println!("{n}  (incomplete: `{what}` did not finish)"),
-                        None => println!("{n}"),
+                    Ok(lab) => match (lab.orphaned_by(), lab.incomplete()) {
+                        (Some(pid), _) => println!(
+                            "{n}  (built for a run that is gone, pid {pid}: the next run or `lab down` removes it)"
+                        ),
+                        (None, Some(what)) => println!("{n}  (incomplete: `{what}` did not finish)"),
+                        (None, None) => println!("{n}"),
                     },
                     Err(_) => {
                         println!("{n}  (no readable state, namespaces left: `kubectl svclb lab down --name {n}`)")
@@ -367,6 +370,7 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         server: a.server,
         sync_delay: a.sync_delay,
         ready_delay: a.ready_delay,
+        ephemeral: false,
     };
     let t = Instant::now();
     lab::cancel_on_signals()?;

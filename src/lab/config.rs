@@ -40,6 +40,9 @@ pub struct LabConfig {
     pub sync_delay: SyncDelay,
     /// A new pod becomes ready this long after its server answers (a slow readiness probe).
     pub ready_delay: Duration,
+    /// Built for one run of this process: the lab records it as its owner, and a later run
+    /// removes the lab once that process is gone (killed before it could).
+    pub ephemeral: bool,
 }
 
 impl Default for LabConfig {
@@ -55,6 +58,7 @@ impl Default for LabConfig {
             server: None,
             sync_delay: SyncDelay::default(),
             ready_delay: Duration::ZERO,
+            ephemeral: false,
         }
     }
 }

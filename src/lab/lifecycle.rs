@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 
 use super::ProxyMode;
 use super::kube_proxy::Syncs;
-use super::state::{Changed, DirLock, State, state_path};
+use super::state::{Changed, DirLock, Owner, State, state_path};
 use super::timeline::Timeline;
 use super::topology::{
     CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, capacity_problem,
@@ -140,6 +140,7 @@ impl Lab {
                 sync_delay: cfg.sync_delay,
                 endpoints_generation: 0,
                 building: Some("lab up".to_string()),
+                owner: if cfg.ephemeral { Owner::this_process() } else { None },
             },
         };
         lab.save()?;

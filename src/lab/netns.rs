@@ -163,6 +163,14 @@ pub fn pids_in(inodes: &HashSet<u64>) -> Vec<u32> {
         .collect()
 }
 
+/// When process `pid` started (clock ticks after boot, /proc/PID/stat field 22): with the pid,
+/// it names one process (a pid alone may have been reused).
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is field 3, start time 22.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// SIGKILLs `pids` and reaps those that are our own children.
 pub fn kill_and_reap(pids: &[u32]) {
     for &pid in pids {

@@ -45,6 +45,27 @@ pub(super) struct State {
     /// still set, the lab is incomplete (being built, or that command was interrupted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) building: Option<String>,
+    /// The process a lab built for one run belongs to (`spread --lab` without a running lab).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) owner: Option<Owner>,
+}
+
+/// One process: its pid and when it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Owner {
+    pub(super) pid: u32,
+    pub(super) start: u64,
+}
+
+impl Owner {
+    pub(super) fn this_process() -> Option<Owner> {
+        let pid = std::process::id();
+        netns::process_start(pid).map(|start| Owner { pid, start })
+    }
+
+    fn alive(&self) -> bool {
+        netns::process_start(self.pid) == Some(self.start) && netns::alive(self.pid)
+    }
 }
 
 /// What a change touched: the Service's spec only, or its endpoints (their EndpointSlices).
@@ -185,6 +206,24 @@ impl Lab {
         self.state.building.as_deref()
     }
 
+    /// The pid of the process this lab was built for, when that process is gone: nobody will
+    /// remove the lab but the next run ([`Lab::reap_orphans`]) or `lab down`.
+    pub fn orphaned_by(&self) -> Option<u32> {
+        self.state.owner.filter(|o| !o.alive()).map(|o| o.pid)
+    }
+
+    /// Removes the labs built for a run whose process is gone; returns them with that pid.
+    pub fn reap_orphans() -> Vec<(String, u32)> {
+        Lab::saved()
+            .into_iter()
+            .filter_map(|n| {
+                let pid = Lab::open(&n).ok()?.orphaned_by()?;
+                super::down_by_name(&n).ok()?;
+                Some((n, pid))
+            })
+            .collect()
+    }
+
     /// Why a run cannot use this lab, if it cannot: it is incomplete.
     pub fn check_complete(&self) -> Result<()> {
         match self.incomplete() {
@@ -241,6 +280,7 @@ mod tests {
             sync_delay,
             endpoints_generation: 0,
             building: None,
+            owner: None,
         }
     }
 

@@ -117,6 +117,10 @@ async fn open_lab(name: &str, build_if_none: bool, interrupt: &Interrupt) -> Res
         lab.check_complete()?;
         return Ok((lab, None));
     }
+    // Labs built for runs that were killed before they could remove them.
+    for (lab, pid) in Lab::reap_orphans() {
+        eprintln!("svclb: removed lab {lab}, built for a run that is gone (pid {pid})");
+    }
     let why = if name == NEW_LAB {
         "--lab new".to_string()
     } else {
@@ -145,6 +149,7 @@ async fn open_lab(name: &str, build_if_none: bool, interrupt: &Interrupt) -> Res
     };
     let cfg = LabConfig {
         name: format!("run{}", std::process::id()),
+        ephemeral: true,
         ..LabConfig::default()
     };
     eprintln!(
