@@ -1667,10 +1667,14 @@ fn a_lab_left_by_a_killed_run_is_marked_then_removed_by_the_next_run() {
         .expect("spread");
     let err = String::from_utf8_lossy(&next.stderr);
     let left = pod_namespaces(&name);
-    let _ = Command::new(EXE)
-        .args(["lab", "down", "--all"])
-        .env("SVCLB_LAB_DIR", dir.path())
-        .output();
+    // Only this test's labs: `lab down --all` would take every lab on the machine, other tests' too.
+    for e in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+        let _ = Command::new(EXE)
+            .args(["lab", "down", "--name"])
+            .arg(e.file_name())
+            .env("SVCLB_LAB_DIR", dir.path())
+            .output();
+    }
     let _ = lab::down_by_name(&name);
     assert!(marked, "lab list: {text}");
     assert!(
