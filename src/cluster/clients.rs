@@ -1,7 +1,7 @@
 //! Client pods for `zones` on a cluster: short-lived pods of the plugin's own image pinned with
 //! `nodeName` to one node of every zone (or to every node), so that every zone has a client even
-//! where no tserver pod runs. Their main process holds ([`Request::Hold`]) until the pod is
-//! deleted; the run's storm agents exec into them. They carry the plugin's labels (`cleanup`
+//! where no tserver pod runs. Their main process (the arguments the run gives: an agent that
+//! holds) runs until the pod is deleted; the run's storm agents exec into them. They carry the plugin's labels (`cleanup`
 //! deletes them) and the run's (`app.kubernetes.io/instance`), so that concurrent runs keep apart.
 
 use std::time::{Duration, Instant};
@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use super::manifests::{MANAGED_BY, TSERVER};
 use super::ops::{self, NodeInfo, PodInfo};
 use super::{ApiResult, Cluster, not_found};
-use crate::agent::{Request, argv};
 
 pub use super::manifests::CLIENT;
 /// The client pods' container.
@@ -51,7 +50,7 @@ pub fn pod_name(run: &str, index: usize) -> String {
 
 /// The client pod on `node`: the restricted profile of the tserver, no Service links, no API
 /// token, never restarted; its process holds until the pod is deleted.
-pub fn pod(run: &str, index: usize, node: &str, image: &str, namespace: &str) -> Value {
+pub fn pod(run: &str, index: usize, node: &str, image: &str, namespace: &str, args: &[String]) -> Value {
     let labels = json!({
         "app.kubernetes.io/name": CLIENT,
         "app.kubernetes.io/component": "client",
@@ -76,7 +75,7 @@ pub fn pod(run: &str, index: usize, node: &str, image: &str, namespace: &str) ->
                 "name": CONTAINER,
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
-                "args": argv(&Request::Hold),
+                "args": args,
                 "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
                 "securityContext": {
                     "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
@@ -127,14 +126,17 @@ pub async fn server_image(c: &Cluster) -> Result<String> {
 /// The client pods of one run: what was created (so that it is deleted whatever happens next).
 pub struct ClientPods {
     cluster: Cluster,
+    /// The arguments of each pod's main process (the image's entrypoint is the plugin).
+    args: Vec<String>,
     pub run: String,
     pub names: Vec<String>,
 }
 
 impl ClientPods {
-    pub fn new(cluster: &Cluster) -> Self {
+    pub fn new(cluster: &Cluster, args: Vec<String>) -> Self {
         Self {
             cluster: cluster.clone(),
+            args,
             run: format!("{:08x}", rand::random::<u32>()),
             names: Vec::new(),
         }
@@ -158,7 +160,7 @@ impl ClientPods {
             ..PostParams::default()
         };
         for (i, n) in nodes.iter().enumerate() {
-            let obj: Pod = serde_json::from_value(pod(&self.run, i, &n.name, image, &ns))?;
+            let obj: Pod = serde_json::from_value(pod(&self.run, i, &n.name, image, &ns, &self.args))?;
             self.names.push(pod_name(&self.run, i));
             api.create(&params, &obj).await.api("create", "pods", &ns)?;
         }

@@ -120,7 +120,7 @@ pub async fn from_client_pods<P: AgentRunner, H: AgentRunner>(
     interrupt: &Interrupt,
     on_cycle: &mut dyn FnMut(&ZonesCycle),
 ) -> Result<ZonesRun> {
-    let mut pods = ClientPods::new(&backend.cluster);
+    let mut pods = ClientPods::new(&backend.cluster, crate::agent::argv(&crate::agent::Request::Hold));
     let result = async {
         let nodes = clients::pick_nodes(&backend.view.nodes, job.per_zone);
         if nodes.is_empty() {

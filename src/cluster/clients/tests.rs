@@ -37,7 +37,7 @@ fn one_ready_node_per_zone_or_every_ready_node() {
 
 #[test]
 fn a_client_pod_is_pinned_labelled_restricted_and_holds() {
-    let p = pod("0badcafe", 2, "node-7", "registry.example/svclb:dev", "team-a");
+    let p = pod("0badcafe", 2, "node-7", "registry.example/svclb:dev", "team-a", &hold());
     assert_eq!(p["metadata"]["name"], "svclb-client-0badcafe-2");
     assert_eq!(p["metadata"]["namespace"], "team-a");
     let labels = &p["metadata"]["labels"];
@@ -66,7 +66,10 @@ fn a_client_pod_is_pinned_labelled_restricted_and_holds() {
         .map(|a| a.as_str().unwrap())
         .collect();
     assert_eq!(args[..2], ["agent", "--request"]);
-    assert!(matches!(crate::agent::parse(args[2]).unwrap(), Request::Hold));
+    assert!(matches!(
+        crate::agent::parse(args[2]).unwrap(),
+        crate::agent::Request::Hold
+    ));
     // It is a valid Pod for the API types.
     serde_json::from_value::<Pod>(p).unwrap();
 }
@@ -120,7 +123,7 @@ fn client_pods_in(api: &FakeApi) -> Vec<String> {
 async fn pods_are_created_waited_for_until_running_and_deleted() {
     let api = FakeApi::new(Pods::Ready);
     let c = api.cluster();
-    let mut pods = ClientPods::new(&c);
+    let mut pods = ClientPods::new(&c, hold());
     let started = pods
         .start(&nodes(), "img:1", Duration::from_secs(5), Duration::from_millis(5))
         .await
@@ -152,7 +155,7 @@ async fn pods_are_created_waited_for_until_running_and_deleted() {
 async fn a_pod_that_cannot_pull_fails_the_start_and_is_still_deleted() {
     let api = FakeApi::new(Pods::Ready);
     api.created_pods(Pods::ImagePullBackOff);
-    let mut pods = ClientPods::new(&api.cluster());
+    let mut pods = ClientPods::new(&api.cluster(), hold());
     let e = pods
         .start(
             &nodes(),
@@ -173,7 +176,7 @@ async fn a_pod_that_cannot_pull_fails_the_start_and_is_still_deleted() {
 async fn a_refused_create_names_the_rbac_rule() {
     let api = FakeApi::new(Pods::Ready);
     api.forbid("POST", "/pods", "dev");
-    let mut pods = ClientPods::new(&api.cluster());
+    let mut pods = ClientPods::new(&api.cluster(), hold());
     let e = pods
         .start(&nodes(), "img:1", Duration::from_secs(5), Duration::from_millis(5))
         .await
@@ -191,7 +194,7 @@ async fn a_refused_create_names_the_rbac_rule() {
 async fn pods_that_never_run_time_out_with_how_to_look() {
     let api = FakeApi::new(Pods::Ready);
     api.created_pods(Pods::Pending);
-    let mut pods = ClientPods::new(&api.cluster());
+    let mut pods = ClientPods::new(&api.cluster(), hold());
     let e = pods
         .start(&nodes(), "img:1", Duration::from_millis(50), Duration::from_millis(5))
         .await
@@ -203,4 +206,8 @@ async fn pods_that_never_run_time_out_with_how_to_look() {
         "{e}"
     );
     pods.delete().await;
+}
+
+fn hold() -> Vec<String> {
+    crate::agent::argv(&crate::agent::Request::Hold)
 }
