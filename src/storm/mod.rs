@@ -422,7 +422,8 @@ fn bind_error(src: IpAddr, e: std::io::Error, cidr: Option<IpNet>) -> Attempt {
     Attempt::Fatal(Fatal(srcaddr::bind_hint(src, &e, cidr)))
 }
 
-async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Result<(Duration, usize), Attempt> {
+/// A TCP socket of the target's family, bound to `src` when given.
+fn tcp_socket(cfg: &StormConfig, src: Option<IpAddr>) -> Result<TcpSocket, Attempt> {
     let socket = if cfg.target.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -434,6 +435,11 @@ async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Res
             .bind(SocketAddr::new(src, 0))
             .map_err(|e| bind_error(src, e, cfg.srccidr))?;
     }
+    Ok(socket)
+}
+
+async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Result<(Duration, usize), Attempt> {
+    let socket = tcp_socket(cfg, src)?;
     // One timer per connection covers connect and first reply.
     let t0 = Instant::now();
     let attempt = timeout_at(t0 + cfg.timeout, async {
@@ -473,17 +479,7 @@ async fn http_once(
     buf: &mut [u8],
 ) -> Result<(Duration, usize, u64), Attempt> {
     use tokio::io::AsyncWriteExt;
-    let socket = if cfg.target.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| Attempt::Fatal(Fatal(anyhow::anyhow!("cannot create a TCP socket: {e}"))))?;
-    if let Some(src) = src {
-        socket
-            .bind(SocketAddr::new(src, 0))
-            .map_err(|e| bind_error(src, e, cfg.srccidr))?;
-    }
+    let socket = tcp_socket(cfg, src)?;
     let t0 = Instant::now();
     let attempt = timeout_at(t0 + cfg.timeout, async {
         let mut stream = socket.connect(cfg.target).await.map_err(|e| classify(&e))?;
