@@ -145,12 +145,9 @@ impl Lab {
         };
         lab.save()?;
         drop(lock);
-        let built = lab.build(cfg.pods, cfg.ready_delay).and_then(|()| {
-            lab.change(|s| {
-                s.building = None;
-                Ok(())
-            })
-        });
+        let built = lab
+            .build(cfg.pods, cfg.ready_delay)
+            .and_then(|()| lab.mark_building(None));
         match built {
             Ok(()) => Ok(lab),
             Err(e) => {

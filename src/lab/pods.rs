@@ -113,17 +113,9 @@ impl Lab {
             .collect();
         let done = if pods > live.len() {
             // Marked until every new pod is ready: an interrupted scale leaves an incomplete lab.
-            self.change(|s| {
-                s.building = Some("lab scale".to_string());
-                Ok(())
-            })?;
+            self.mark_building(Some("lab scale"))?;
             self.add_pods(pods - live.len(), timing.ready_delay, false, &mut tl, &mut syncs)
-                .and_then(|()| {
-                    self.change(|s| {
-                        s.building = None;
-                        Ok(())
-                    })
-                })
+                .and_then(|()| self.mark_building(None))
         } else {
             self.delete_pods(&live[pods..], timing, &mut tl, &mut syncs)
         };

@@ -201,6 +201,14 @@ impl Lab {
         names
     }
 
+    /// Records that `what` (`lab up`, `lab scale`) builds the lab, or (None) that it finished.
+    pub(super) fn mark_building(&mut self, what: Option<&str>) -> Result<()> {
+        self.change(|s| {
+            s.building = what.map(str::to_string);
+            Ok(())
+        })
+    }
+
     /// The command that has not finished building this lab (`lab up`, `lab scale`), if one.
     pub fn incomplete(&self) -> Option<&str> {
         self.state.building.as_deref()
