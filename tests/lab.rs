@@ -83,14 +83,7 @@ impl Drop for TestLab {
 }
 
 fn assert_clean(name: &str, pids: &[u32], root_before: &(String, String)) {
-    let prefix = lab::netns_prefix(name);
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = namespaces_with(&lab::netns_prefix(name));
     assert!(left.is_empty(), "namespaces left: {left:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -1542,15 +1535,19 @@ fn signal_when(child: &std::process::Child, sig: i32, ready: impl Fn() -> bool) 
     unsafe { libc::kill(child.id() as i32, sig) };
 }
 
-fn pod_namespaces(name: &str) -> usize {
-    let prefix = format!("{}pod-", lab::netns_prefix(name));
+/// The network namespaces whose names start with `prefix`.
+fn namespaces_with(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/run/netns")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&prefix))
-                .count()
+                .filter(|n| n.starts_with(prefix))
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+fn pod_namespaces(name: &str) -> usize {
+    namespaces_with(&format!("{}pod-", lab::netns_prefix(name))).len()
 }
 
 #[test]
