@@ -95,7 +95,8 @@ impl Failures {
         self.refused + self.timeout + self.reset + self.unreachable + self.read + self.unparsable + self.other
     }
 
-    fn add(&mut self, kind: FailKind) {
+    /// Counts one failure of `kind`.
+    pub fn add(&mut self, kind: FailKind) {
         *match kind {
             FailKind::Refused => &mut self.refused,
             FailKind::Timeout => &mut self.timeout,
@@ -463,6 +464,18 @@ async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Res
     match attempt {
         Err(_) => Err(FailKind::Timeout.into()),
         Ok(r) => r.map_err(Attempt::from),
+    }
+}
+
+/// One TCP connection as a storm makes it, for engines that schedule their own connections
+/// (`disruption`): connect to `cfg.target`, read the reply into `buf`, close (RST unless
+/// `cfg.graceful_close`), all within `cfg.timeout`. The connect latency and the reply's length,
+/// or why it failed; `Err` only when no socket can be made at all.
+pub async fn tcp_connection(cfg: &StormConfig, buf: &mut [u8]) -> Result<Result<(Duration, usize), FailKind>> {
+    match tcp_once(cfg, None, buf).await {
+        Ok(r) => Ok(Ok(r)),
+        Err(Attempt::Failed(kind)) => Ok(Err(kind)),
+        Err(Attempt::Fatal(Fatal(e))) => Err(e),
     }
 }
 
