@@ -24,6 +24,9 @@ pub enum Request {
     Storm(StormConfig),
     /// Long-lived client sessions; streams their events, ending with [`Output::Done`].
     Sessions(SessionsRequest),
+    /// A disruption run's traffic (new connections, long-lived connections, UDP sessions),
+    /// streamed as one [`Output::Disruption`] a second, the last one `done`.
+    Disruption(crate::disruption::TrafficConfig),
     /// Nothing until stopped (SIGTERM when its pod is deleted): the main process of a client
     /// pod, which the run's storm agents exec into. Prints nothing.
     Hold,
@@ -47,6 +50,8 @@ pub enum Output {
     },
     /// The storm's result.
     Storm(StormResult),
+    /// What a disruption agent measured since its last line.
+    Disruption(crate::disruption::Tick),
     Change(affinity::Change),
     Stats {
         at_ms: u64,
@@ -211,7 +216,34 @@ pub async fn run<W: AsyncWrite + Unpin>(request: Request, stop: impl Future<Outp
             stop.await;
             Ok(())
         }
+        Request::Disruption(cfg) => disruption(cfg, stop, out).await,
     }
+}
+
+/// Runs a disruption agent's traffic, one line per tick; the last line comes after `stop`, once
+/// everything in flight has ended.
+async fn disruption<W: AsyncWrite + Unpin>(
+    cfg: crate::disruption::TrafficConfig,
+    stop: impl Future<Output = ()>,
+    out: &mut W,
+) -> Result<()> {
+    let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+    let traffic = crate::disruption::run(cfg, stop, move |t| {
+        let _ = tx.send(t);
+        Ok(())
+    });
+    tokio::pin!(traffic);
+    let mut ended = None;
+    loop {
+        tokio::select! {
+            r = &mut traffic, if ended.is_none() => ended = Some(r),
+            t = ticks.recv() => match t {
+                Some(t) => emit(out, &Output::Disruption(t)).await?,
+                None => break,
+            },
+        }
+    }
+    ended.unwrap_or(Ok(()))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod disruption;
 pub mod host;
 pub mod lab;
 pub mod record;

@@ -16,12 +16,15 @@ const RANKS: &[(&str, u32)] = &[
     ("storm", 1),
     ("server", 1),
     ("affinity", 2),
+    // The disruption agent's traffic (storms, long-lived connections, UDP sessions per second).
+    ("disruption", 2),
     // The run record (it embeds the engines' result types).
     ("record", 3),
     // Engines that judge and build records; the two places where Services run.
     ("spread", 4),
     ("zones", 4),
     ("affinity/judge", 4),
+    ("disruption/judge", 4),
     ("lab", 4),
     ("cluster", 4),
     // What reads records, and the agent program.

@@ -12,7 +12,7 @@ use crate::stats::Criteria;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Run records (spread, affinity and zones runs) or mconnect `-output json` files; a directory stands for its *.json files
+    /// Run records (spread, affinity, zones and disruption runs) or mconnect `-output json` files; a directory stands for its *.json files
     /// (hidden ones left out; one that cannot be read is skipped with a warning).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -74,11 +74,13 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
         alpha: None,
     };
     let (mut spread, mut affinity, mut zones) = (Vec::new(), Vec::new(), Vec::new());
+    let mut disruption = Vec::new();
     let mut skipped = 0;
     for input in expand(&args.files)? {
         match crate::record::load(&input.path, &criteria) {
             Ok(AnyRun::Spread(r)) => spread.push(*r),
             Ok(AnyRun::Affinity(r)) => affinity.push(*r),
+            Ok(AnyRun::Disruption(r)) => disruption.push(*r),
             Ok(AnyRun::Zones(r)) => zones.push(*r),
             Err(e) if !input.named => {
                 eprintln!("svclb: warning: {e:#}; skipped");
@@ -87,9 +89,14 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
             Err(e) => return Err(e),
         }
     }
-    if spread.is_empty() && affinity.is_empty() && zones.is_empty() {
+    if spread.is_empty() && affinity.is_empty() && zones.is_empty() && disruption.is_empty() {
         bail!("nothing to compare: all {skipped} .json files were skipped (see the warnings above)");
     }
-    print!("{}", report::compare(&spread, &affinity, &zones, args.output)?);
+    if !(spread.is_empty() && affinity.is_empty() && zones.is_empty()) {
+        print!("{}", report::compare(&spread, &affinity, &zones, args.output)?);
+    }
+    if !disruption.is_empty() {
+        print!("{}", report::disruption_compare(&disruption, args.output)?);
+    }
     Ok(ExitCode::SUCCESS)
 }

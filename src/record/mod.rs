@@ -1,8 +1,14 @@
 //! The run record: the one saved format (docs/architecture.md), its version, and mconnect import;
 //! saving is [`save`].
 
+mod disruption;
 mod save;
 mod zones;
+
+pub use disruption::{
+    ActionInfo, BrokenConn, DISRUPTION_KIND, DISRUPTION_VERSION, DisruptionParams, DisruptionRun, DisruptionTotals,
+    EndpointChange, LongLivedSecond, MAX_BREAKS, NodeSyncAt, SecondRow, Step, UdpSecond,
+};
 
 pub use save::save;
 pub use zones::{
@@ -314,6 +320,7 @@ struct Mconnect {
 pub enum AnyRun {
     Spread(Box<Loaded>),
     Affinity(Box<AffinityRun>),
+    Disruption(Box<DisruptionRun>),
     Zones(Box<ZonesRun>),
 }
 
@@ -345,6 +352,12 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .map_err(|e| anyhow::anyhow!("{}: corrupt AffinityRun record: {e}", path.display()))?;
             Ok(AnyRun::Affinity(Box::new(run)))
         }
+        Some(DISRUPTION_KIND) => {
+            check_version(path, &value, DISRUPTION_KIND, DISRUPTION_VERSION)?;
+            let run: DisruptionRun = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("{}: corrupt DisruptionRun record: {e}", path.display()))?;
+            Ok(AnyRun::Disruption(Box::new(run)))
+        }
         Some(ZONES_KIND) => {
             check_version(path, &value, ZONES_KIND, ZONES_VERSION)?;
             let run: ZonesRun = serde_json::from_value(value)
@@ -366,7 +379,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
             })))
         }
         Some(other) => bail!(
-            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun)",
+            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun, DisruptionRun)",
             path.display()
         ),
         None if value.get("hosts").is_some() => {

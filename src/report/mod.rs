@@ -2,6 +2,7 @@
 
 mod affinity;
 mod compare;
+mod disruption;
 pub mod lab;
 pub mod live;
 mod spread;
@@ -9,6 +10,7 @@ mod zones;
 
 pub use affinity::{affinity, clock};
 pub use compare::compare;
+pub use disruption::{disruption, disruption_compare, second_line as disruption_second_line};
 pub use spread::spread;
 pub use zones::{cycle_line as zones_cycle_line, zones};
 
