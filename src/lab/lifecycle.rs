@@ -141,6 +141,7 @@ impl Lab {
                 endpoints_generation: 0,
                 building: Some("lab up".to_string()),
                 owner: if cfg.ephemeral { Owner::this_process() } else { None },
+                last_ip: Default::default(),
             },
         };
         lab.save()?;

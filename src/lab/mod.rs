@@ -18,6 +18,8 @@
 //! * `lifecycle`: up, set, down;
 //! * `pods`: pods added (ready after their server answers) and deleted (terminating, not
 //!   serving, removed), as Kubernetes times them;
+//! * `deployment`: pods as a Deployment's controllers drive them (a deleted pod replaced, a
+//!   rolling restart, a drained node), for `disruption`;
 //! * `kube_proxy`: each node's kube-proxy applying each change after its own delay (its rules,
 //!   its conntrack cleanup, the generation it applied), and showing its work;
 //! * `timeline`: what happened to endpoints and nodes during a change, on one time axis;
@@ -28,6 +30,7 @@
 
 mod config;
 mod conntrack;
+mod deployment;
 pub mod health;
 mod kube_proxy;
 mod lifecycle;
@@ -47,6 +50,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 pub use config::{LabChanges, LabConfig, LabTiming, MAX_SYNC_DELAY, ProxyMode, SyncDelay};
+pub use deployment::{Rollout, RolloutStep};
 pub use kube_proxy::Reach;
 pub use lifecycle::{down_by_name, require_host};
 pub use status::{ClientStatus, LabStatus, NodeStatus, PodStatus, ServiceStatus};

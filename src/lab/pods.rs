@@ -76,10 +76,16 @@ impl Lab {
     /// its own sync delay; this returns when all of them applied the removal, with the timeline.
     /// Safe to call from another thread with its own [`Lab::open`] while traffic runs.
     pub fn delete_pod_with(&mut self, pod: &str, timing: &LabTiming) -> Result<Timeline> {
+        self.delete_pods_with(&[pod.to_string()], timing)
+    }
+
+    /// Deletes `pods` together, each as [`Lab::delete_pod_with`] (an eviction of a node's pods,
+    /// a ReplicaSet scaled down); returns when every node applied their removal.
+    pub fn delete_pods_with(&mut self, pods: &[String], timing: &LabTiming) -> Result<Timeline> {
         require_host()?;
         let mut tl = Timeline::new(Instant::now());
         let mut syncs = Syncs::new(self, tl.start);
-        let deleted = self.delete_pods(&[pod.to_string()], timing, &mut tl, &mut syncs);
+        let deleted = self.delete_pods(pods, timing, &mut tl, &mut syncs);
         let synced = syncs.finish(&mut tl);
         self.reload()?;
         deleted.and(synced)?;
@@ -95,7 +101,19 @@ impl Lab {
     /// fewest pods and become ready one by one (`timing.ready_delay` after their server
     /// answers); scaling down deletes the newest pods, all at once, as [`Lab::delete_pod_with`].
     pub fn scale_with(&mut self, pods: usize, timing: &LabTiming) -> Result<Timeline> {
+        self.scale_avoiding(pods, timing, &[])
+    }
+
+    /// [`Lab::scale_with`], placing no new pod on the nodes in `avoid` (cordoned ones, as a
+    /// scheduler would: a node being drained).
+    pub fn scale_avoiding(&mut self, pods: usize, timing: &LabTiming, avoid: &[String]) -> Result<Timeline> {
         require_host()?;
+        if !avoid.is_empty() && self.state.nodes.iter().all(|n| avoid.contains(&n.name)) {
+            bail!(
+                "every node of lab {} is cordoned: no node to place pods on",
+                self.state.name
+            );
+        }
         if pods > self.state.nodes.len() * MAX_PODS_PER_NODE {
             bail!("--pods must be at most {}", self.state.nodes.len() * MAX_PODS_PER_NODE);
         }
@@ -114,7 +132,7 @@ impl Lab {
         let done = if pods > live.len() {
             // Marked until every new pod is ready: an interrupted scale leaves an incomplete lab.
             self.mark_building(Some("lab scale"))?;
-            self.add_pods(pods - live.len(), timing.ready_delay, false, &mut tl, &mut syncs)
+            self.add_pods_avoiding(pods - live.len(), timing.ready_delay, false, avoid, &mut tl, &mut syncs)
                 .and_then(|()| self.mark_building(None))
         } else {
             self.delete_pods(&live[pods..], timing, &mut tl, &mut syncs)
@@ -135,6 +153,19 @@ impl Lab {
         tl: &mut Timeline,
         syncs: &mut Syncs,
     ) -> Result<()> {
+        self.add_pods_avoiding(count, ready_delay, together, &[], tl, syncs)
+    }
+
+    /// [`Lab::add_pods`] on the nodes not in `avoid`.
+    fn add_pods_avoiding(
+        &mut self,
+        count: usize,
+        ready_delay: Duration,
+        together: bool,
+        avoid: &[String],
+        tl: &mut Timeline,
+        syncs: &mut Syncs,
+    ) -> Result<()> {
         if count == 0 {
             return Ok(());
         }
@@ -147,16 +178,18 @@ impl Lab {
                 let node = s
                     .nodes
                     .iter()
+                    .filter(|n| !avoid.contains(&n.name))
                     .min_by_key(|n| s.pods.iter().chain(&new).filter(|p| p.node == n.name).count())
                     .expect("a lab has nodes")
                     .clone();
                 let used: HashSet<Ipv4Addr> = s.pods.iter().chain(&new).map(|p| p.ip).collect();
-                let ip = node
-                    .pod_cidr
-                    .hosts()
-                    .skip(1)
-                    .find(|ip| !used.contains(ip))
+                // The next free address after the last one this node handed out (as the
+                // host-local IPAM does): a pod's address is not reused while the sandbox of the
+                // pod that had it may still be going away (its route and veth on the node).
+                let hosts: Vec<Ipv4Addr> = node.pod_cidr.hosts().skip(1).collect();
+                let ip = next_ip(&hosts, s.last_ip.get(&node.name), &used)
                     .with_context(|| format!("node {} has no free pod address", node.name))?;
+                s.last_ip.insert(node.name.clone(), ip);
                 let idx = s.next_pod;
                 s.next_pod += 1;
                 let name = format!("pod-{idx:03}");
@@ -456,6 +489,18 @@ impl Lab {
     }
 }
 
+/// The first address of `hosts` after `last` (wrapping around) that is not `used`.
+fn next_ip(hosts: &[Ipv4Addr], last: Option<&Ipv4Addr>, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let after = last
+        .and_then(|last| hosts.iter().position(|h| h == last))
+        .map_or(0, |i| i + 1);
+    hosts[after..]
+        .iter()
+        .chain(&hosts[..after])
+        .copied()
+        .find(|ip| !used.contains(ip))
+}
+
 /// SIGKILLs every process in the pods' namespaces.
 /// True when a server's log says it listens: its readiness probe (see [`LOG_LISTENING`]).
 fn said_listening(log: &str, pod: &str) -> bool {
@@ -510,4 +555,27 @@ pub(super) fn remove_pods(pods: &[Pod]) -> Result<()> {
     kill(pods);
     let del: String = pods.iter().map(|p| format!("netns del {}\n", p.netns)).collect();
     netns::ip_batch(None, &del, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_handed_out_in_turn_and_not_reused_at_once() {
+        let hosts: Vec<Ipv4Addr> = (2..=6).map(|i| Ipv4Addr::new(10, 244, 1, i)).collect();
+        let used = |ips: &[u8]| {
+            ips.iter()
+                .map(|i| Ipv4Addr::new(10, 244, 1, *i))
+                .collect::<HashSet<_>>()
+        };
+        let ip = |i: u8| Ipv4Addr::new(10, 244, 1, i);
+        // A fresh node: the first address.
+        assert_eq!(next_ip(&hosts, None, &used(&[])), Some(ip(2)));
+        // .3 was just freed (its pod is going away), .4 was handed out last: .5, not .3.
+        assert_eq!(next_ip(&hosts, Some(&ip(4)), &used(&[2, 4])), Some(ip(5)));
+        // Wrapping around past the end, skipping what is in use.
+        assert_eq!(next_ip(&hosts, Some(&ip(6)), &used(&[2, 6])), Some(ip(3)));
+        assert_eq!(next_ip(&hosts, Some(&ip(3)), &used(&[2, 3, 4, 5, 6])), None);
+    }
 }

@@ -45,6 +45,9 @@ pub(super) struct State {
     /// still set, the lab is incomplete (being built, or that command was interrupted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) building: Option<String>,
+    /// Per node, the pod address it handed out last (the next pod gets the next free one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) last_ip: BTreeMap<String, std::net::Ipv4Addr>,
     /// The process a lab built for one run belongs to (`spread --lab` without a running lab).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) owner: Option<Owner>,
@@ -289,6 +292,7 @@ mod tests {
             endpoints_generation: 0,
             building: None,
             owner: None,
+            last_ip: BTreeMap::new(),
         }
     }
 

@@ -84,6 +84,22 @@ impl Timeline {
         self.syncs.sort_by_key(|s| s.at);
     }
 
+    /// Takes in the events and syncs of `other` (another change, e.g. one made at the same time
+    /// from another thread), placed on this timeline's axis; events stay in time order.
+    pub fn absorb(&mut self, other: Timeline) {
+        let shift = |at: Duration| (other.start + at).saturating_duration_since(self.start);
+        for e in other.events {
+            self.events.push(Event { at: shift(e.at), ..e });
+        }
+        self.events.sort_by_key(|e| e.at);
+        let syncs: Vec<NodeSync> = other
+            .syncs
+            .into_iter()
+            .map(|s| NodeSync { at: shift(s.at), ..s })
+            .collect();
+        self.add_syncs(syncs);
+    }
+
     /// When `pod` went through `event`.
     pub fn at(&self, pod: &str, event: EndpointEvent) -> Option<Duration> {
         self.events
@@ -135,6 +151,29 @@ mod tests {
         assert!(t.at("pod-001", EndpointEvent::Removed).unwrap() >= not_serving);
         assert_eq!(t.at("pod-002", EndpointEvent::Removed), None);
         assert_eq!(EndpointEvent::NotServing.to_string(), "not-serving");
+    }
+
+    #[test]
+    fn a_timeline_absorbs_another_on_its_own_axis() {
+        let t0 = Instant::now();
+        let mut a = Timeline::new(t0);
+        a.push(["pod-1"], EndpointEvent::Terminating, t0 + Duration::from_millis(100));
+        a.push(["pod-1"], EndpointEvent::Removed, t0 + Duration::from_millis(900));
+        let mut b = Timeline::new(t0 + Duration::from_millis(300));
+        b.push(["pod-2"], EndpointEvent::Ready, t0 + Duration::from_millis(500));
+        b.add_syncs([sync(250, "node1", 7)]);
+        a.absorb(b);
+        let got: Vec<(u64, &str)> = a
+            .events
+            .iter()
+            .map(|e| (e.at.as_millis() as u64, e.pod.as_str()))
+            .collect();
+        assert_eq!(got, [(100, "pod-1"), (500, "pod-2"), (900, "pod-1")]);
+        assert_eq!(a.syncs[0].at, Duration::from_millis(550));
+        // One that started before: its early events are at the start, not before it.
+        let mut c = Timeline::new(t0 + Duration::from_secs(1));
+        c.absorb(a);
+        assert_eq!(c.events[0].at, Duration::ZERO);
     }
 
     #[test]
