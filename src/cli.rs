@@ -28,6 +28,9 @@ pub enum Command {
     /// Many long-lived client sessions: log every change of serving pod or reflective address, judge
     /// session affinity.
     Affinity(commands::affinity::AffinityArgs),
+    /// What a rollout, scale, pod deletion or node drain does to traffic, second by second:
+    /// failures by kind, pods answering, long-lived connections and UDP flows, endpoint events.
+    Disruption(commands::disruption::DisruptionArgs),
     /// Does traffic stay in its zone (or node)? A storm from every zone (or node), the
     /// source-zone × serving-zone matrix, kube-proxy's reasons, and the cross-zone cost.
     Zones(commands::zones::ZonesArgs),

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Spread(args) => commands::spread::run(args, &cli.kube),
         Command::Affinity(args) => commands::affinity::run(args, &cli.kube),
+        Command::Disruption(args) => commands::disruption::run(args, &cli.kube),
         Command::Zones(args) => commands::zones::run(args, &cli.kube),
         Command::Deploy(args) => commands::cluster::deploy(args, &cli.kube),
         Command::Status(args) => commands::cluster::status(args, &cli.kube),

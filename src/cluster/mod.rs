@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod deploy;
+pub mod disrupt;
 #[cfg(test)]
 pub mod fake;
 pub mod manifests;

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cluster;
 pub mod compare;
 pub mod completion;
+pub mod disruption;
 pub mod lab;
 pub mod serve;
 pub mod service_args;

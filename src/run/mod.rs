@@ -16,6 +16,7 @@
 //! ([`crate::spread`], [`crate::stats`], [`crate::affinity::judge`]).
 
 pub mod agents;
+pub mod disruption;
 pub mod interrupt;
 pub mod open;
 pub mod save;

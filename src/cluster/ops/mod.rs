@@ -468,41 +468,45 @@ pub async fn endpoint_slices(cluster: &Cluster, service: &str) -> Result<Vec<Sli
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
     let list = api.list(&lp).await.api("list", "endpointslices", &cluster.namespace)?;
-    let mut out = Vec::new();
-    for s in list.items {
-        let slice = s.metadata.name.clone().unwrap_or_default();
-        for e in s.endpoints {
-            let cond = |f: fn(&k8s_openapi::api::discovery::v1::EndpointConditions) -> Option<bool>| {
-                e.conditions.as_ref().and_then(f)
-            };
-            // API semantics: a nil ready means ready, a nil serving means as ready, nil terminating false.
-            let ready = cond(|c| c.ready).unwrap_or(true);
-            out.push(SliceEndpoint {
-                slice: slice.clone(),
-                pod: e.target_ref.as_ref().and_then(|r| r.name.clone()).unwrap_or_default(),
-                addresses: e.addresses.clone(),
-                zone: e.zone.clone().unwrap_or_default(),
-                node: e.node_name.clone().unwrap_or_default(),
-                ready,
-                serving: cond(|c| c.serving).unwrap_or(ready),
-                terminating: cond(|c| c.terminating).unwrap_or(false),
-                hints: e
-                    .hints
-                    .as_ref()
-                    .and_then(|h| h.for_zones.as_ref())
-                    .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                    .unwrap_or_default(),
-                node_hints: e
-                    .hints
-                    .as_ref()
-                    .and_then(|h| h.for_nodes.as_ref())
-                    .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                    .unwrap_or_default(),
-            });
-        }
-    }
+    let mut out: Vec<SliceEndpoint> = list.items.into_iter().flat_map(slice_endpoints).collect();
     out.sort_by(|a, b| a.pod.cmp(&b.pod));
     Ok(out)
+}
+
+/// The endpoints of one EndpointSlice, with the API's defaults for missing conditions.
+pub fn slice_endpoints(s: EndpointSlice) -> Vec<SliceEndpoint> {
+    let slice = s.metadata.name.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for e in s.endpoints {
+        let cond = |f: fn(&k8s_openapi::api::discovery::v1::EndpointConditions) -> Option<bool>| {
+            e.conditions.as_ref().and_then(f)
+        };
+        // API semantics: a nil ready means ready, a nil serving means as ready, nil terminating false.
+        let ready = cond(|c| c.ready).unwrap_or(true);
+        out.push(SliceEndpoint {
+            slice: slice.clone(),
+            pod: e.target_ref.as_ref().and_then(|r| r.name.clone()).unwrap_or_default(),
+            addresses: e.addresses.clone(),
+            zone: e.zone.clone().unwrap_or_default(),
+            node: e.node_name.clone().unwrap_or_default(),
+            ready,
+            serving: cond(|c| c.serving).unwrap_or(ready),
+            terminating: cond(|c| c.terminating).unwrap_or(false),
+            hints: e
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                .unwrap_or_default(),
+            node_hints: e
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                .unwrap_or_default(),
+        });
+    }
+    out
 }
 
 /// Everything `status` shows.
