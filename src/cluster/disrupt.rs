@@ -395,3 +395,6 @@ async fn list(api: &Api<EndpointSlice>, selector: &str, ns: &str) -> Result<(Sli
 fn flat(slices: &Slices) -> Vec<SliceEndpoint> {
     slices.values().flatten().cloned().collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,14 +3,29 @@
 //! (PATCH), create (POST), DELETE and `/version` behave as the API server does for the calls the
 //! plugin makes. A fake Deployment controller makes pods for applied Deployments, ready or
 //! failing; a fake kubelet starts created pods after a few reads (or fails them).
+//!
+//! Merge and strategic merge patches merge into the stored object; a list `?watch=true` streams
+//! the changes after its resourceVersion (every change has one); with [`FakeApi::rollouts`] the
+//! Deployment controller also follows changes as it would over time, one step per read: it scales,
+//! rolls a changed pod template out one surge pod at a time, replaces deleted and evicted pods,
+//! lets pods terminate (serving, then not serving, then gone), honours cordoned nodes, and keeps
+//! the Service's EndpointSlice in step.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// A response body: whole, or a watch's stream of events.
+type FakeBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 use super::Cluster;
 
@@ -34,6 +49,85 @@ struct State {
     created_pods: Option<Pods>,
     /// Every object created (POST), as it was sent.
     created: Vec<Value>,
+    /// `METHOD path` and body of every PATCH, POST and DELETE, in order.
+    bodies: Vec<(String, Value)>,
+    /// The last resourceVersion handed out; every change gets the next.
+    rv: u64,
+    /// Every change: (resourceVersion, ADDED/MODIFIED/DELETED, path, object).
+    changes: Vec<(u64, &'static str, String, Value)>,
+    watchers: Vec<Watcher>,
+    /// The live Deployment controller ([`FakeApi::rollouts`]).
+    rollouts: Option<Rollouts>,
+}
+
+/// An open watch: the collection it lists, its label selector, where its events go.
+struct Watcher {
+    collection: String,
+    selector: Option<String>,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
+/// The live controller's pods in transition, by path: steps (reads) left in their phase.
+#[derive(Default)]
+struct Rollouts {
+    /// Starting: not ready yet.
+    starting: BTreeMap<String, u32>,
+    /// Terminating: serving for the first steps, then not serving, then gone.
+    terminating: BTreeMap<String, u32>,
+    /// Pods made so far (names are `<deployment>-<hash>-<n>`).
+    made: u32,
+    /// Pods the controller makes never become ready.
+    stuck: bool,
+    /// Evictions refused with 429 (a PodDisruptionBudget) before one is allowed.
+    refuse_evictions: u32,
+}
+
+/// Steps a live pod takes to become ready; to stop serving once terminating; to go.
+pub const STARTING_STEPS: u32 = 2;
+pub const SERVING_STEPS: u32 = 2;
+pub const GONE_STEPS: u32 = 4;
+
+impl State {
+    /// Stores `obj` at `path` as a change (watchers see it).
+    fn set(&mut self, path: &str, obj: Value) {
+        let kind = if self.objects.contains_key(path) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.objects.insert(path.to_string(), obj.clone());
+        self.changed(kind, path, obj);
+    }
+
+    /// Removes the object at `path` as a change.
+    fn unset(&mut self, path: &str) -> Option<Value> {
+        let obj = self.objects.remove(path)?;
+        self.changed("DELETED", path, obj.clone());
+        Some(obj)
+    }
+
+    fn changed(&mut self, kind: &'static str, path: &str, mut obj: Value) {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let line = watch_line(kind, &obj);
+        self.watchers
+            .retain(|w| !w.matches(path, &obj) || w.tx.send(line.clone()).is_ok());
+        self.changes.push((self.rv, kind, path.to_string(), obj));
+    }
+}
+
+impl Watcher {
+    fn matches(&self, path: &str, obj: &Value) -> bool {
+        path.rsplit_once('/')
+            .is_some_and(|(parent, _)| parent == self.collection)
+            && self.selector.as_deref().is_none_or(|s| matches(obj, s))
+    }
+}
+
+fn watch_line(kind: &str, obj: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap();
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// Reads of pods a created pod stays Pending for.
@@ -58,7 +152,7 @@ impl FakeApi {
     /// Stores `obj` at its API path.
     pub fn put(&self, obj: Value) {
         let path = path_of(&obj);
-        self.state.lock().unwrap().objects.insert(path, obj);
+        self.state.lock().unwrap().set(&path, obj);
     }
 
     pub fn get(&self, path: &str) -> Option<Value> {
@@ -85,20 +179,67 @@ impl FakeApi {
         self.state.lock().unwrap().created.clone()
     }
 
+    /// `METHOD path` and body of every PATCH, POST and DELETE so far.
+    pub fn bodies(&self) -> Vec<(String, Value)> {
+        self.state.lock().unwrap().bodies.clone()
+    }
+
+    /// From now on the Deployment controller is live (see the module's documentation); `stuck`:
+    /// the pods it makes never become ready.
+    pub fn rollouts(&self, stuck: bool) {
+        self.state.lock().unwrap().rollouts = Some(Rollouts {
+            stuck,
+            ..Rollouts::default()
+        });
+    }
+
+    /// Whether the pods the live controller makes from now on stay not ready.
+    pub fn stuck(&self, stuck: bool) {
+        if let Some(r) = self.state.lock().unwrap().rollouts.as_mut() {
+            r.stuck = stuck;
+        }
+    }
+
+    /// The next `n` evictions are refused with 429, as a PodDisruptionBudget would.
+    pub fn refuse_evictions(&self, n: u32) {
+        if let Some(r) = self.state.lock().unwrap().rollouts.as_mut() {
+            r.refuse_evictions = n;
+        }
+    }
+
+    /// Runs the live controller `steps` times (as that many reads would).
+    pub fn step(&self, steps: u32) {
+        let mut st = self.state.lock().unwrap();
+        for _ in 0..steps {
+            step(&mut st);
+        }
+    }
+
     /// A client whose requests this fake answers.
     pub fn cluster(&self) -> Cluster {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
         let me = self.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
                 let method = req.method().to_string();
                 let uri = req.uri().clone();
+                let content_type = req
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
                 let body = req.into_body().collect_bytes().await.unwrap_or_default();
-                let (code, v) = me.handle(&method, uri.path(), uri.query().unwrap_or(""), &body);
+                let query = uri.query().unwrap_or("");
+                if method == "GET" && query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") {
+                    send.send_response(me.watch(uri.path(), query));
+                    continue;
+                }
+                let (code, v) = me.handle(&method, uri.path(), query, &content_type, &body);
                 let resp = Response::builder()
                     .status(code)
                     .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&v).unwrap()))
+                    .body(Full::new(Bytes::from(serde_json::to_vec(&v).unwrap())).boxed_unsync())
                     .unwrap();
                 send.send_response(resp);
             }
@@ -110,13 +251,46 @@ impl FakeApi {
         }
     }
 
-    fn handle(&self, method: &str, path: &str, query: &str, body: &[u8]) -> (u16, Value) {
+    /// A watch of the collection at `path`: the changes after its resourceVersion, then every
+    /// change as it happens, one JSON event a line.
+    fn watch(&self, path: &str, query: &str) -> Response<FakeBody> {
+        let mut st = self.state.lock().unwrap();
+        st.log.push(format!("GET {path}?{query}"));
+        let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)).map(decode);
+        let since: u64 = param("resourceVersion=").and_then(|v| v.parse().ok()).unwrap_or(st.rv);
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let w = Watcher {
+            collection: path.to_string(),
+            selector: param("labelSelector="),
+            tx,
+        };
+        for (rv, kind, p, obj) in &st.changes {
+            if *rv > since && w.matches(p, obj) {
+                let _ = w.tx.send(watch_line(kind, obj));
+            }
+        }
+        st.watchers.push(w);
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(stream).boxed_unsync())
+            .unwrap()
+    }
+
+    fn handle(&self, method: &str, path: &str, query: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
         let mut st = self.state.lock().unwrap();
         st.log.push(if query.is_empty() {
             format!("{method} {path}")
         } else {
             format!("{method} {path}?{query}")
         });
+        if method != "GET" {
+            let parsed = serde_json::from_slice(body).unwrap_or(Value::Null);
+            st.bodies.push((format!("{method} {path}"), parsed));
+        }
         if let Some((m, frag, user)) = &st.forbid
             && m == method
             && path.contains(frag.as_str())
@@ -137,6 +311,31 @@ impl FakeApi {
         }
         if method == "GET" && path.contains("/pods") {
             self.kubelet(&mut st);
+        }
+        if method == "GET" && st.rollouts.is_some() {
+            step(&mut st);
+        }
+        if method == "POST" && path.ends_with("/eviction") {
+            return evict(&mut st, path.trim_end_matches("/eviction"));
+        }
+        if method == "DELETE" && path.contains("/pods/") && st.rollouts.is_some() && st.objects.contains_key(path) {
+            return (200, terminate(&mut st, path));
+        }
+        let merge = content_type.starts_with("application/merge-patch")
+            || content_type.starts_with("application/strategic-merge-patch");
+        if method == "PATCH" && merge {
+            let Some(mut obj) = st.objects.get(path).cloned() else {
+                return status(404, "NotFound", &format!("{path} not found"));
+            };
+            let patch: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let spec_before = obj["spec"].clone();
+            merge_patch(&mut obj, &patch);
+            if obj["spec"] != spec_before {
+                let g = obj["metadata"]["generation"].as_i64().unwrap_or(1);
+                obj["metadata"]["generation"] = json!(g + 1);
+            }
+            st.set(path, obj.clone());
+            return (200, obj);
         }
         match method {
             "GET" => {
@@ -160,14 +359,14 @@ impl FakeApi {
                 }
                 (
                     200,
-                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
                 )
             }
             "PATCH" => {
                 let mut obj: Value = serde_json::from_slice(body).unwrap();
                 obj["metadata"]["generation"] = json!(1);
                 obj["metadata"]["uid"] = json!(format!("uid-{}", st.objects.len()));
-                st.objects.insert(path.to_string(), obj.clone());
+                st.set(path, obj.clone());
                 (200, obj)
             }
             "POST" => {
@@ -187,10 +386,10 @@ impl FakeApi {
                         json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
                     st.starting.insert(item.clone(), START_READS);
                 }
-                st.objects.insert(item, obj.clone());
+                st.set(&item, obj.clone());
                 (201, obj)
             }
-            "DELETE" => match st.objects.remove(path) {
+            "DELETE" => match st.unset(path) {
                 Some(o) => (200, o),
                 None => status(404, "NotFound", &format!("{path} not found")),
             },
@@ -256,14 +455,252 @@ impl FakeApi {
                         "message": "Back-off pulling image \"bad/image:none\""}}
                 }]);
             }
-            st.objects.insert(path_of(&p), p);
+            st.set(&path_of(&p), p);
         }
         let n = if ready { replicas } else { 0 };
         obj["status"] = json!({"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
             "readyReplicas": n, "availableReplicas": n});
-        st.objects.insert(path.to_string(), obj.clone());
+        st.set(path, obj.clone());
         obj
     }
+}
+
+/// RFC 7386: `patch` merged into `target` (null removes a key). A strategic merge patch of
+/// maps (labels, annotations, replicas, unschedulable) is the same.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// `%3D` and friends in a query value.
+fn decode(v: &str) -> String {
+    form_urlencoded::parse(format!("v={v}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The eviction of the pod at `pod`: terminating as a deletion, or 429 while refused.
+fn evict(st: &mut State, pod: &str) -> (u16, Value) {
+    if !st.objects.contains_key(pod) {
+        return status(404, "NotFound", &format!("{pod} not found"));
+    }
+    if let Some(r) = st.rollouts.as_mut()
+        && r.refuse_evictions > 0
+    {
+        r.refuse_evictions -= 1;
+        return status(
+            429,
+            "TooManyRequests",
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+        );
+    }
+    if st.rollouts.is_some() {
+        terminate(st, pod);
+    } else {
+        st.unset(pod);
+    }
+    (201, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+}
+
+/// A pod is deleted: it terminates (its deletionTimestamp set) and goes after a few steps.
+fn terminate(st: &mut State, path: &str) -> Value {
+    let mut pod = st.objects[path].clone();
+    if pod["metadata"].get("deletionTimestamp").is_none() {
+        pod["metadata"]["deletionTimestamp"] = json!("2026-11-24T10:00:00Z");
+        let r = st.rollouts.as_mut().expect("live");
+        r.starting.remove(path);
+        r.terminating.insert(path.to_string(), SERVING_STEPS + GONE_STEPS);
+        st.set(path, pod.clone());
+    }
+    pod
+}
+
+/// A short stable hash of a pod template (its annotations change with `rollout restart`).
+fn template_hash(d: &Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    d["spec"]["template"].to_string().hash(&mut h);
+    format!("{:06x}", h.finish() & 0xff_ffff)
+}
+
+/// One step of the live Deployment controller (and kubelet, and EndpointSlice controller).
+fn step(st: &mut State) {
+    let Some(mut r) = st.rollouts.take() else { return };
+    // Pods in transition move on.
+    for left in r.starting.values_mut().chain(r.terminating.values_mut()) {
+        *left = left.saturating_sub(1);
+    }
+    let started: Vec<String> = r
+        .starting
+        .iter()
+        .filter(|(_, l)| **l == 0)
+        .map(|(p, _)| p.clone())
+        .collect();
+    for p in started {
+        r.starting.remove(&p);
+        if let Some(mut pod) = st.objects.get(&p).cloned() {
+            pod["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]);
+            st.set(&p, pod);
+        }
+    }
+    let gone: Vec<String> = r
+        .terminating
+        .iter()
+        .filter(|(_, l)| **l == 0)
+        .map(|(p, _)| p.clone())
+        .collect();
+    for p in gone {
+        r.terminating.remove(&p);
+        st.unset(&p);
+    }
+    let deployments: Vec<(String, Value)> = st
+        .objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == "Deployment")
+        .map(|(p, o)| (p.clone(), o.clone()))
+        .collect();
+    let nodes: Vec<(String, bool)> = st
+        .objects
+        .values()
+        .filter(|o| o["kind"] == "Node")
+        .map(|n| {
+            (
+                n["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                n["spec"]["unschedulable"] == true,
+            )
+        })
+        .collect();
+    for (path, mut d) in deployments {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let want = d["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+        let hash = template_hash(&d);
+        let pods: Vec<(String, Value)> = st
+            .objects
+            .iter()
+            .filter(|(_, o)| o["kind"] == "Pod" && o["metadata"]["labels"]["app.kubernetes.io/name"] == name.as_str())
+            .filter(|(_, o)| o["metadata"].get("deletionTimestamp").is_none())
+            .map(|(p, o)| (p.clone(), o.clone()))
+            .collect();
+        let ready = |o: &Value| {
+            o["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        };
+        let (new, old): (Vec<_>, Vec<_>) = pods
+            .iter()
+            .partition(|(_, o)| o["metadata"]["labels"]["pod-template-hash"] == hash.as_str());
+        let ready_count = pods.iter().filter(|(_, o)| ready(o)).count();
+        // Old pods go as new ones are ready (maxUnavailable 0); extra new ones go (scale down).
+        if !old.is_empty() && ready_count > want {
+            terminate_in(st, &mut r, &old[0].0);
+        } else if old.is_empty() && new.len() > want {
+            terminate_in(st, &mut r, &new[new.len() - 1].0);
+        }
+        // New pods up to the replicas, one over while old ones remain (maxSurge 1).
+        let total = new.len() + old.len();
+        let cap = if old.is_empty() { want } else { want + 1 };
+        if new.len() < want && total < cap {
+            let schedulable: Vec<&String> = nodes.iter().filter(|(_, c)| !c).map(|(n, _)| n).collect();
+            if let Some(node) = schedulable.get(r.made as usize % schedulable.len().max(1)) {
+                r.made += 1;
+                while st
+                    .objects
+                    .keys()
+                    .any(|k| k.ends_with(&format!("/pods/{name}-{hash}-{}", r.made)))
+                {
+                    r.made += 1;
+                }
+                let n = node.rsplit('-').next().unwrap_or("9").parse::<u32>().unwrap_or(9);
+                let mut p = pod(
+                    &format!("{name}-{hash}-{}", r.made),
+                    &name,
+                    node,
+                    &format!("10.244.{n}.{}", 100 + r.made),
+                    false,
+                );
+                p["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+                let pp = path_of(&p);
+                if !r.stuck {
+                    r.starting.insert(pp.clone(), STARTING_STEPS);
+                }
+                st.set(&pp, p);
+            }
+        }
+        // Status, as the controller reports it.
+        let pods_now: Vec<Value> = st
+            .objects
+            .values()
+            .filter(|o| o["kind"] == "Pod" && o["metadata"]["labels"]["app.kubernetes.io/name"] == name.as_str())
+            .filter(|o| o["metadata"].get("deletionTimestamp").is_none())
+            .cloned()
+            .collect();
+        let updated = pods_now
+            .iter()
+            .filter(|o| o["metadata"]["labels"]["pod-template-hash"] == hash.as_str())
+            .count();
+        let ready_now = pods_now.iter().filter(|o| ready(o)).count();
+        let status = json!({"observedGeneration": d["metadata"]["generation"].clone(), "replicas": pods_now.len(),
+            "updatedReplicas": updated, "readyReplicas": ready_now, "availableReplicas": ready_now});
+        if d["status"] != status {
+            d["status"] = status;
+            st.set(&path, d);
+        }
+        // The Service's EndpointSlice: every pod with an IP, its conditions from its phase.
+        let slice_path = format!("/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/{name}-abcde");
+        let mut eps = Vec::new();
+        for (pp, o) in st
+            .objects
+            .iter()
+            .filter(|(_, o)| o["kind"] == "Pod" && o["metadata"]["labels"]["app.kubernetes.io/name"] == name.as_str())
+        {
+            let term = o["metadata"].get("deletionTimestamp").is_some();
+            let serving = if term {
+                r.terminating.get(pp).is_some_and(|l| *l > GONE_STEPS)
+            } else {
+                ready(o)
+            };
+            eps.push(json!({"addresses": [o["status"]["podIP"]],
+                "conditions": {"ready": ready(o) && !term, "serving": serving, "terminating": term},
+                "nodeName": o["spec"]["nodeName"],
+                "targetRef": {"kind": "Pod", "name": o["metadata"]["name"], "namespace": NS}}));
+        }
+        let mut slice = st.objects.get(&slice_path).cloned().unwrap_or_else(|| {
+            let mut s = slice(&[]);
+            s["metadata"]["name"] = json!(format!("{name}-abcde"));
+            s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(name);
+            s
+        });
+        if slice["endpoints"] != json!(eps) {
+            slice["endpoints"] = json!(eps);
+            st.set(&slice_path, slice);
+        }
+    }
+    st.rollouts = Some(r);
+}
+
+/// [`terminate`] while the controller holds its state.
+fn terminate_in(st: &mut State, r: &mut Rollouts, path: &str) {
+    let mut pod = st.objects[path].clone();
+    pod["metadata"]["deletionTimestamp"] = json!("2026-11-24T10:00:00Z");
+    r.starting.remove(path);
+    r.terminating.insert(path.to_string(), SERVING_STEPS + GONE_STEPS);
+    st.set(path, pod);
 }
 
 fn is_item_path(path: &str) -> bool {

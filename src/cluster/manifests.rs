@@ -189,7 +189,7 @@ mod tests {
         let mut all = parse(TSERVER_YAML).unwrap();
         all.extend(parse(AFFINITY_YAML).unwrap());
         all.extend(parse(RBAC_YAML).unwrap());
-        assert_eq!(all.len(), 2 + 2 + 6);
+        assert_eq!(all.len(), 2 + 2 + 8);
         for o in &all {
             assert_eq!(o["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1, "{}", name(o));
         }
@@ -340,11 +340,19 @@ mod tests {
         // zones' client pods: create and delete; no update, patch, watch or deletecollection.
         assert_eq!(rule("pods"), json!(["get", "list", "create", "delete"]));
         assert_eq!(rule("pods/exec"), json!(["create", "get"]));
-        // Nothing cluster-wide but reading nodes.
+        // disruption: evictions (drain-node) and the EndpointSlice watch.
+        assert_eq!(rule("pods/eviction"), json!(["create"]));
+        assert_eq!(rule("endpointslices"), json!(["list", "watch"]));
+        // Nothing cluster-wide but reading nodes, and cordoning them in a role of its own.
         let cluster_role = find(&objs, "ClusterRole", "svclb-nodes-reader");
         assert_eq!(
             cluster_role["rules"],
             json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]}])
+        );
+        let cordon = find(&objs, "ClusterRole", "svclb-nodes-cordon");
+        assert_eq!(
+            cordon["rules"],
+            json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}])
         );
     }
 
@@ -357,6 +365,8 @@ mod tests {
             [
                 Some("team-a"),
                 Some("team-a"),
+                None,
+                None,
                 None,
                 None,
                 Some("kube-system"),

@@ -849,3 +849,5 @@ pub async fn on_cluster<P: AgentRunner, H: AgentRunner>(
     Ok(Finished { record, restore })
 }
 
+#[cfg(test)]
+mod tests;
