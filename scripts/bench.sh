@@ -2,6 +2,7 @@
 # The project's benchmark: the figures in README.md come from here. Release build, loopback only.
 #   scripts/bench.sh [ROUNDS]   (default 5 rounds; medians reported)
 #   BENCH_ONLY=zones scripts/bench.sh   (only the zones case: root, a 3-zone lab)
+#   BENCH_ONLY=disruption scripts/bench.sh   (only the disruption case: root, a 3-node lab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -47,7 +48,53 @@ zones_case() {
     lab=
 }
 
+# disruption: 500 new conn/s + 100 long-lived connections + 100 UDP sessions for 60 s (the
+# issue 13 target: under one core and 50 MB), from one node (one agent carries it all) and from
+# every node; CPU of the run and its agents together (user + sys over the wall time), peak RSS of
+# the run plus its agents (sampled every second), and what the traffic achieved.
+disruption_case() {
+    local duration=${DISRUPTION_DURATION:-60s}
+    export SVCLB_LAB_DIR="$work/labs"
+    lab=dbench$$
+    "$bin" lab up --name "$lab" --nodes 3 --pods 9 >/dev/null
+    for sources in one per-node; do
+        echo "== disruption: 500 conn/s + 100 long-lived + 100 UDP sessions for $duration, --sources $sources (3 x 9 lab)"
+        /usr/bin/time -f "%e %U %S" -o "$work/dtime" "$bin" disruption --lab "$lab" --action none --rate 500 \
+            --long-lived 100 --udp-sessions 100 --duration "$duration" --sources "$sources" --no-save -o json \
+            >"$work/d.json" &
+        local tpid=$! peak=0
+        while kill -0 "$tpid" 2>/dev/null; do
+            local run rss
+            run=$(pgrep -P "$tpid" | head -1 || true)
+            if [[ -n $run ]]; then
+                # The run and its agents (`ip netns exec` execs the agent: same pid).
+                rss=$({ ps -o rss= -p "$run"; ps -o rss= --ppid "$run"; } 2>/dev/null | awk '{s+=$1} END {print s+0}')
+                ((rss > peak)) && peak=$rss
+            fi
+            sleep 1
+        done
+        wait "$tpid"
+        python3 - "$work/d.json" "$work/dtime" "$peak" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); wall, user, sys_ = map(float, open(sys.argv[2]).read().split()); peak = int(sys.argv[3])
+t = r["totals"]
+print(f"  {t['attempts']} new conns ({t['attempts'] / r['duration_s']:.0f}/s), {t['failed']['total']} failed, "
+      f"long-lived {t['long_lived']['answered']}/{t['long_lived']['sent']} answered, "
+      f"UDP {t['udp']['answered']}/{t['udp']['sent']} answered; verdict {r['verdict']}")
+print(f"  CPU {100 * (user + sys_) / wall:.0f}% of one core (user {user:.1f} s + sys {sys_:.1f} s over {wall:.1f} s), "
+      f"peak RSS of the run and its agents {peak / 1024:.1f} MB")
+PY
+    done
+    "$bin" lab down --name "$lab" >/dev/null
+    lab=
+}
+
 addr=127.0.0.1:15901
+if [[ $only == disruption ]]; then
+    [[ $(id -u) -eq 0 ]] || { echo "== disruption: needs root"; exit 1; }
+    disruption_case
+    exit 0
+fi
 if [[ $only == zones ]]; then
     [[ $(id -u) -eq 0 ]] || { echo "== zones: needs root"; exit 1; }
     zones_case

@@ -51,8 +51,9 @@ pub struct DisruptionArgs {
     #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = super::parse_duration)]
     pub settle: Duration,
     /// Per new connection (connect and reply), per message of a long-lived connection or UDP
-    /// session: later is a timeout.
-    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = super::parse_duration)]
+    /// session: later is a timeout (2s: a SYN dropped once is retransmitted after 1 s, and a
+    /// dead endpoint keeps dropping the retransmission).
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = super::parse_duration)]
     pub timeout: Duration,
     /// A deleted (or evicted) pod's grace period (seconds, or a duration); on a lab the default
     /// is 5s, on a cluster the pod's own terminationGracePeriodSeconds.

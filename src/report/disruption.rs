@@ -499,3 +499,185 @@ pub fn disruption_compare(runs: &[DisruptionRun], format: CompareFormat) -> anyh
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{
+        ActionInfo, DISRUPTION_KIND, DisruptionParams, DisruptionTotals, EndpointChange, Environment, Failed,
+        LongLivedSecond, NodeSyncAt, Step, TargetInfo, UdpSecond,
+    };
+    use crate::stats::Verdict;
+    use crate::storm::{Failures, Proto};
+
+    fn row(second: u32, pods: &[&str], refused: u64, broken: (u64, u64)) -> SecondRow {
+        let kinds = Failures {
+            refused,
+            ..Failures::default()
+        };
+        SecondRow {
+            second,
+            attempts: pods.len() as u64 * 10 + refused,
+            ok: pods.len() as u64 * 10,
+            failed: Failed::from(kinds),
+            p99_ms: Some(1.25),
+            pods: pods.iter().map(|p| (p.to_string(), 10)).collect(),
+            long_lived: LongLivedSecond {
+                sent: 10,
+                answered: 10,
+                broken: broken.0,
+                broken_expected: broken.1,
+                connect_failed: 0,
+            },
+            udp: UdpSecond::default(),
+        }
+    }
+
+    fn run(tag: &str, refused_at: u32) -> DisruptionRun {
+        let ev = |at_s, pod: &str, step| EndpointChange {
+            at_s,
+            pod: pod.into(),
+            step,
+        };
+        DisruptionRun {
+            kind: DISRUPTION_KIND.into(),
+            version: 1,
+            tag: tag.into(),
+            started_at: "2026-11-24T10:00:00Z".parse().unwrap(),
+            duration_s: 6.0,
+            target: TargetInfo {
+                address: "10.96.0.10:5001 (clusterIP)".into(),
+                mode: "lab".into(),
+                protocol: Proto::Tcp,
+                service: None,
+                source: Some("per-node (2 sources)".into()),
+                lab: Some("l".into()),
+            },
+            params: DisruptionParams {
+                action: "delete-pod".into(),
+                rate: 100.0,
+                long_lived: 2,
+                udp_sessions: 0,
+                sources: "per-node".into(),
+                interval_s: 0.1,
+                timeout_s: 2.0,
+                warmup_s: 2.0,
+                settle_s: 1.0,
+                duration_s: 60.0,
+                grace_period_s: Some(5.0),
+                drain_delay_s: Some(0.0),
+                ready_delay_s: Some(0.0),
+                sync_delay: Some("0ms".into()),
+            },
+            action: ActionInfo {
+                what: "deleted pod-1, replaced as its ReplicaSet would".into(),
+                started_s: Some(2.0),
+                stable_s: Some(4.5),
+                error: None,
+                endpoints_before: vec!["pod-1".into(), "pod-2".into()],
+                endpoints_after: vec!["pod-2".into(), "pod-3".into()],
+            },
+            events: vec![
+                ev(2.01, "pod-1", Step::Terminating),
+                ev(2.02, "pod-1", Step::NotServing),
+                ev(2.1, "pod-3", Step::Ready),
+                ev(4.3, "pod-1", Step::Removed),
+            ],
+            syncs: vec![
+                NodeSyncAt {
+                    at_s: 2.2,
+                    node: "node1".into(),
+                    generation: 5,
+                },
+                NodeSyncAt {
+                    at_s: 2.3,
+                    node: "node2".into(),
+                    generation: 5,
+                },
+            ],
+            seconds: vec![
+                row(0, &["pod-1", "pod-2"], 0, (0, 0)),
+                row(1, &["pod-1", "pod-2"], 0, (0, 0)),
+                row(
+                    2,
+                    &["pod-2", "pod-3"],
+                    u64::from(refused_at.min(3).saturating_sub(2) * 3),
+                    (0, 0),
+                ),
+                row(3, &["pod-2", "pod-3"], 0, (0, 0)),
+                row(4, &["pod-2", "pod-3"], 0, (1, 1)),
+                row(5, &["pod-2", "pod-3"], 0, (0, 0)),
+            ],
+            totals: DisruptionTotals::default(),
+            breaks: Vec::new(),
+            stopped: None,
+            verdict: if refused_at >= 3 { Verdict::Fail } else { Verdict::Pass },
+            reasons: Vec::new(),
+            notes: Vec::new(),
+            environment: Environment::default(),
+        }
+    }
+
+    #[test]
+    fn the_timeline_puts_events_pods_and_breaks_in_their_seconds() {
+        let text = disruption(&run("t", 3), RunFormat::Table).unwrap();
+        let line = |s: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{s} ")))
+                .unwrap_or_else(|| panic!("no row {s}:\n{text}"))
+                .to_string()
+        };
+        let two = line("2");
+        assert!(two.contains("▶ delete-pod"), "{two}");
+        assert!(
+            two.contains("pod-1 terminating→not-serving; pod-3 ready; synced g5×2"),
+            "{two}"
+        );
+        // pod-1 answered last in second 1, pod-3 first in second 2.
+        assert!(two.contains("2 -pod-1 +pod-3"), "{two}");
+        let four = line("4");
+        assert!(
+            four.contains("1 (1 apart)") && four.contains("pod-1 removed; ■ stable"),
+            "{four}"
+        );
+        assert!(text.contains("rules generation 5 applied by 2 node(s) between +2.20s and +2.30s"));
+        assert!(text.contains("lifecycle: grace period 5s, drain delay 0s, ready delay 0s, node sync delay 0ms"));
+        assert!(
+            text.contains("endpoints stable again at +4.50s (2.50s later)"),
+            "{text}"
+        );
+        // The rarer failure kinds only when present: not here.
+        assert!(!text.contains("unreach") && text.contains(" wrong "));
+        let md = disruption(&run("t", 3), RunFormat::Markdown).unwrap();
+        assert!(md.starts_with("## Disruption run `t`") && md.contains("| s "), "{md}");
+    }
+
+    #[test]
+    fn compare_aligns_failures_on_each_action() {
+        let a = run("a", 3);
+        let mut b = run("b", 0);
+        // b's action came a second later: its seconds shift by one.
+        b.action.started_s = Some(3.4);
+        b.seconds[3].failed = Failed::from(Failures {
+            timeout: 4,
+            ..Failures::default()
+        });
+        let text = disruption_compare(&[a, b], CompareFormat::Table).unwrap();
+        let at = |s: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{s} ")))
+                .unwrap_or_else(|| panic!("no row {s}:\n{text}"))
+                .split_whitespace()
+                .skip(1)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        // a failed in second 2 (its action's second), b in second 3 (its action's second).
+        assert_eq!(at("+0"), ["3", "4"], "{text}");
+        assert_eq!(at("-3"), ["0"], "a has no second -3 ... b has: {text}");
+        let json = disruption_compare(&[run("a", 3)], CompareFormat::Json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["disruption_runs"][0]["failures_by_action_second"]["0"], 3);
+        assert_eq!(v["disruption_runs"][0]["failed_seconds"], serde_json::json!([2]));
+    }
+}

@@ -259,6 +259,23 @@ async fn measure<B: Backend>(
             (s.clone(), Request::Disruption(cfg))
         })
         .collect();
+    if job.live {
+        eprintln!(
+            "svclb: {} new conn/s, {} long-lived, {} UDP sessions from {} to {address}; {}",
+            job.rate,
+            job.long_lived,
+            job.udp_sessions,
+            if job.per_node {
+                format!("every node ({})", sources.len())
+            } else {
+                sources[0].name.clone()
+            },
+            match &job.action {
+                Action::None => format!("no action, {:.0}s", job.duration.as_secs_f64()),
+                a => format!("{a} after {:.0}s", job.warmup.as_secs_f64()),
+            }
+        );
+    }
     let mut agents = AgentSet::start(backend, jobs)?;
     let mut collected = Collected::default();
     let mut problems = Vec::new();
@@ -619,23 +636,6 @@ pub async fn run_lab(backend: &LabBackend, job: &DisruptionJob, interrupt: &Inte
             }))
         }
     };
-    if job.live {
-        eprintln!(
-            "svclb: {} new conn/s, {} long-lived, {} UDP sessions from {} to {address}; {}",
-            job.rate,
-            job.long_lived,
-            job.udp_sessions,
-            if job.per_node {
-                format!("every node ({})", sources.len())
-            } else {
-                sources[0].name.clone()
-            },
-            match &action {
-                Action::None => format!("no action, {:.0}s", job.duration.as_secs_f64()),
-                a => format!("{a} after {:.0}s", job.warmup.as_secs_f64()),
-            }
-        );
-    }
     let m = measure(backend, sources, address, job, interrupt, fut, &stop, true, None).await?;
     let after = Lab::open(&name)?;
     let record = judge(
