@@ -159,3 +159,90 @@ fn e2e_deploy_status_spread_cleanup() {
     assert!(out.contains("deployment/svclb-tserver") && out.contains("service/svclb-tserver"));
     assert!(out.contains("deployment/svclb-affinity"));
 }
+
+/// `disruption` on a real cluster: a rollout restart (every pod replaced; the endpoint events
+/// from the EndpointSlice watch), then a scale that is put back afterwards.
+#[test]
+#[ignore = "needs a cluster: SVCLB_E2E_KUBECONFIG (the kind workflow runs it with --ignored)"]
+fn e2e_disruption_rollout_restart_and_scale() {
+    let (kc, image) = cluster();
+    let _ = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &kc, "create", "namespace", NS])
+        .status();
+    let (code, _, err) = run(&kc, &["deploy", "--image", &image, "--replicas", "4"]);
+    assert_eq!(code, 0, "{err}");
+    let disruption = |action: &str| {
+        let (code, out, err) = run(
+            &kc,
+            &[
+                "disruption",
+                "--no-deploy",
+                "--action",
+                action,
+                "--rate",
+                "100",
+                "--long-lived",
+                "10",
+                "--udp-sessions",
+                "10",
+                "--duration",
+                "180s",
+                "--no-save",
+                "-o",
+                "json",
+            ],
+        );
+        // PASS or FAIL (the tserver has no preStop drain: a rollout may refuse a few), never 2.
+        assert!(code == 0 || code == 1, "{err}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["kind"], "DisruptionRun");
+        assert!(r["action"]["error"].is_null(), "{out}");
+        assert!(r["action"]["stable_s"].as_f64().is_some(), "{out}");
+        assert!(r["totals"]["attempts"].as_u64().unwrap() > 100, "{out}");
+        for s in r["seconds"].as_array().unwrap() {
+            let pods: u64 = s["pods"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            assert_eq!(pods, s["ok"].as_u64().unwrap(), "{s}");
+        }
+        r
+    };
+    let r = disruption("rollout-restart");
+    let before: Vec<&str> = r["action"]["endpoints_before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let after: Vec<&str> = r["action"]["endpoints_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!((before.len(), after.len()), (4, 4), "{r}");
+    assert!(after.iter().all(|p| !before.contains(p)), "{r}");
+    for p in &before {
+        let removed = r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["pod"] == *p && e["step"] == "removed");
+        assert!(removed, "{p} removed: {}", r["events"]);
+    }
+
+    let r = disruption("scale=2");
+    assert_eq!(r["action"]["endpoints_after"].as_array().unwrap().len(), 2, "{r}");
+    // Put back to 4 after the run.
+    let replicas = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &kc, "-n", NS, "get", "deployment", "svclb-tserver"])
+        .args(["-o", "jsonpath={.spec.replicas}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&replicas.stdout), "4");
+    let (code, _, _) = run(&kc, &["cleanup"]);
+    assert_eq!(code, 0);
+}
