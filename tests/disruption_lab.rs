@@ -586,6 +586,7 @@ fn disruption_bad_input_is_one_line_and_exit_2() {
         (&["--action", "reboot"][..], "give delete-pod[=POD]"),
         (&["--action", "scale=lots"][..], "scale=N takes a number"),
         (&["--rate", "-1"][..], "--rate -1"),
+        (&["--rate", "1e6"][..], "at most 100000"),
         (
             &["--rate", "0", "--long-lived", "0", "--udp-sessions", "0"][..],
             "no traffic",
@@ -603,6 +604,10 @@ fn disruption_bad_input_is_one_line_and_exit_2() {
         assert!(err.contains(says), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+    // A cluster's grace period is only for the pods a run deletes or evicts.
+    let (code, _, err) = common::svclb(&["disruption", "--action", "rollout-restart", "--grace-period", "3"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("on a cluster it is the deleted or evicted pod's"), "{err}");
     // A lab setting without a lab, and a lab that does not exist.
     let (code, _, err) = common::svclb(&["disruption", "--drain-delay", "1s"]);
     assert_eq!(code, 2, "{err}");

@@ -101,6 +101,8 @@ fn seconds_or_duration(s: &str) -> Result<Duration, String> {
 
 /// Most long-lived connections or UDP sessions (each holds a socket in its agent).
 const MAX_FLOWS: u32 = 20_000;
+/// Most new connections per second (open loop: each in flight holds a socket until its timeout).
+const MAX_RATE: f64 = 100_000.0;
 
 impl DisruptionArgs {
     fn duration(&self) -> Duration {
@@ -117,6 +119,9 @@ impl DisruptionArgs {
                 "--rate {}: give a number of new connections per second (0 for none)",
                 self.rate
             );
+        }
+        if self.rate > MAX_RATE {
+            bail!("--rate {}: at most {MAX_RATE} new connections per second", self.rate);
         }
         if self.rate == 0.0 && self.long_lived == 0 && self.udp_sessions == 0 {
             bail!("no traffic: give --rate, --long-lived or --udp-sessions");
