@@ -27,6 +27,16 @@ pub enum Request {
     /// Nothing until stopped (SIGTERM when its pod is deleted): the main process of a client
     /// pod, which the run's storm agents exec into. Prints nothing.
     Hold,
+    /// Small storms to many targets at once (the cells of a matrix row); ends with one
+    /// [`Output::Probes`], the results in the order of the storms.
+    Probes(ProbesRequest),
+}
+
+/// `storms`, at most `parallel` of them at a time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbesRequest {
+    pub storms: Vec<StormConfig>,
+    pub parallel: usize,
 }
 
 /// Sessions for `duration`, a stats event every `stats_interval`.
@@ -53,6 +63,10 @@ pub enum Output {
         totals: affinity::Totals,
     },
     Done(affinity::Done),
+    /// The results of a [`Request::Probes`], in its order.
+    Probes {
+        results: Vec<StormResult>,
+    },
 }
 
 impl From<Event> for Output {
@@ -177,6 +191,37 @@ pub async fn run<W: AsyncWrite + Unpin>(request: Request, stop: impl Future<Outp
                 }
             };
             emit(out, &Output::Storm(StormResult::from(&outcome))).await
+        }
+        Request::Probes(req) => {
+            let control = Control::new();
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(req.parallel.max(1)));
+            let mut set = tokio::task::JoinSet::new();
+            for (i, cfg) in req.storms.into_iter().enumerate() {
+                let (control, gate) = (control.clone(), gate.clone());
+                set.spawn(async move {
+                    let _permit = gate.acquire_owned().await?;
+                    storm::run(&cfg, control).await.map(|o| (i, StormResult::from(&o)))
+                });
+            }
+            let mut results: Vec<Option<StormResult>> = vec![None; set.len()];
+            let mut stopped = false;
+            loop {
+                tokio::select! {
+                    done = set.join_next() => match done {
+                        Some(r) => {
+                            let (i, r) = r.context("a probe failed")??;
+                            results[i] = Some(r);
+                        }
+                        None => break,
+                    },
+                    () = &mut stop, if !stopped => {
+                        stopped = true;
+                        control.interrupt();
+                    }
+                }
+            }
+            let results = results.into_iter().flatten().collect();
+            emit(out, &Output::Probes { results }).await
         }
         Request::Sessions(req) => {
             let mut engine = affinity::Engine::start(req.config)?;

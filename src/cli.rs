@@ -31,6 +31,9 @@ pub enum Command {
     /// Does traffic stay in its zone (or node)? A storm from every zone (or node), the
     /// source-zone × serving-zone matrix, kube-proxy's reasons, and the cross-zone cost.
     Zones(commands::zones::ZonesArgs),
+    /// Reachability truth tables: every source (pods, nodes, an external client) × every Service
+    /// address, per Service variant and protocol, against kube-proxy's rules.
+    Matrix(commands::matrix::MatrixArgs),
     /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
     Compare(commands::compare::CompareArgs),
     /// Deploy the test servers (tserver Deployment and Service) and wait until they are ready.

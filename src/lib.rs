@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod commands;
 pub mod host;
 pub mod lab;
+pub mod matrix;
 pub mod record;
 pub mod report;
 pub mod run;

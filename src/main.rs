@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Command::Spread(args) => commands::spread::run(args, &cli.kube),
         Command::Affinity(args) => commands::affinity::run(args, &cli.kube),
         Command::Zones(args) => commands::zones::run(args, &cli.kube),
+        Command::Matrix(args) => commands::matrix::run(args),
         Command::Deploy(args) => commands::cluster::deploy(args, &cli.kube),
         Command::Status(args) => commands::cluster::status(args, &cli.kube),
         Command::Cleanup(args) => commands::cluster::cleanup(args, &cli.kube),

@@ -201,3 +201,19 @@ pub trait Backend {
         async { Ok(()) }
     }
 }
+
+/// A backend whose Service `matrix` can change: it lays out the matrix (sources, targets,
+/// kube-proxy's view) and applies each scenario's Service variant, then restores the Service
+/// as it was (the lab today; a cluster would create one Service per scenario).
+pub trait MatrixPlace: Backend {
+    /// The rows: a probe pod and the host network of every node, and the external client.
+    fn matrix_sources(&self) -> Result<Vec<crate::record::MatrixSource>>;
+    /// The columns for `proto`: ClusterIP, a NodePort on every node IP, the LoadBalancer IP,
+    /// the probe pods' IPs, hairpin.
+    fn matrix_targets(&self, proto: Proto) -> Result<Vec<crate::record::MatrixTarget>>;
+    /// Applies `variant` and returns what kube-proxy works from now, once every node applied it.
+    fn apply(&self, variant: &crate::matrix::Variant) -> Result<crate::matrix::Cluster>;
+    /// Puts the Service (and its endpoints' conditions) back as they were before the first
+    /// `apply`.
+    fn restore(&self) -> Result<()>;
+}

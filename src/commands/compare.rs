@@ -12,7 +12,7 @@ use crate::stats::Criteria;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Run records (spread, affinity and zones runs) or mconnect `-output json` files; a directory stands for its *.json files
+    /// Run records (spread, affinity, zones and matrix runs) or mconnect `-output json` files; a directory stands for its *.json files
     /// (hidden ones left out; one that cannot be read is skipped with a warning).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -73,13 +73,14 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
         margin_pct: args.margin,
         alpha: None,
     };
-    let (mut spread, mut affinity, mut zones) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut spread, mut affinity, mut zones, mut matrix) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut skipped = 0;
     for input in expand(&args.files)? {
         match crate::record::load(&input.path, &criteria) {
             Ok(AnyRun::Spread(r)) => spread.push(*r),
             Ok(AnyRun::Affinity(r)) => affinity.push(*r),
             Ok(AnyRun::Zones(r)) => zones.push(*r),
+            Ok(AnyRun::Matrix(r)) => matrix.push(*r),
             Err(e) if !input.named => {
                 eprintln!("svclb: warning: {e:#}; skipped");
                 skipped += 1;
@@ -87,9 +88,14 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
             Err(e) => return Err(e),
         }
     }
-    if spread.is_empty() && affinity.is_empty() && zones.is_empty() {
+    if spread.is_empty() && affinity.is_empty() && zones.is_empty() && matrix.is_empty() {
         bail!("nothing to compare: all {skipped} .json files were skipped (see the warnings above)");
     }
-    print!("{}", report::compare(&spread, &affinity, &zones, args.output)?);
+    if !(spread.is_empty() && affinity.is_empty() && zones.is_empty()) {
+        print!("{}", report::compare(&spread, &affinity, &zones, args.output)?);
+    }
+    if !matrix.is_empty() {
+        print!("{}", report::matrix_compare(&matrix, args.output)?);
+    }
     Ok(ExitCode::SUCCESS)
 }

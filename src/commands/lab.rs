@@ -418,6 +418,7 @@ fn set(a: SetArgs) -> Result<ExitCode> {
         drop_hints: a.drop_hint,
         restore_hints: a.restore_hints,
         sync_delay: a.sync_delay,
+        conditions: Vec::new(),
     };
     let mut lab = a.name.open()?;
     let tl = lab.set(&ch)?;

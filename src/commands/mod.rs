@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod compare;
 pub mod completion;
 pub mod lab;
+pub mod matrix;
 pub mod serve;
 pub mod service_args;
 pub mod spread;

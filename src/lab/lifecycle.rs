@@ -296,7 +296,7 @@ impl Lab {
         require_host()?;
         let mut tl = Timeline::new(Instant::now());
         let delays = self.change(|s| {
-            for p in &ch.drop_hints {
+            for p in ch.drop_hints.iter().chain(ch.conditions.iter().map(|(p, _)| p)) {
                 if !s.pods.iter().any(|q| &q.name == p) {
                     let n = &s.name;
                     bail!("no pod named {p} in lab {n}; see `kubectl svclb lab status --name {n}`");
@@ -333,6 +333,9 @@ impl Lab {
                 }
                 if ch.drop_hints.contains(&p.name) {
                     p.hint_dropped = true;
+                }
+                if let Some((_, c)) = ch.conditions.iter().find(|(n, _)| n == &p.name) {
+                    p.conditions = *c;
                 }
             }
             s.refresh_hints();

@@ -1,9 +1,14 @@
 //! The run record: the one saved format (docs/architecture.md), its version, and mconnect import;
 //! saving is [`save`].
 
+mod matrix;
 mod save;
 mod zones;
 
+pub use matrix::{
+    CellVerdict, EndpointState, MATRIX_KIND, MATRIX_VERSION, Mark, MatrixCell, MatrixParams, MatrixRun, MatrixScenario,
+    MatrixSource, MatrixTarget, SourceKind, TargetKind,
+};
 pub use save::save;
 pub use zones::{
     Billed, Cost, Locality, Price, ZONES_KIND, ZONES_VERSION, ZoneCell, ZoneSource, ZonesCycle, ZonesParams, ZonesRun,
@@ -315,6 +320,7 @@ pub enum AnyRun {
     Spread(Box<Loaded>),
     Affinity(Box<AffinityRun>),
     Zones(Box<ZonesRun>),
+    Matrix(Box<MatrixRun>),
 }
 
 fn check_version(path: &Path, value: &serde_json::Value, kind: &str, want: u32) -> Result<()> {
@@ -351,6 +357,12 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .map_err(|e| anyhow::anyhow!("{}: corrupt ZonesRun record: {e}", path.display()))?;
             Ok(AnyRun::Zones(Box::new(run)))
         }
+        Some(MATRIX_KIND) => {
+            check_version(path, &value, MATRIX_KIND, MATRIX_VERSION)?;
+            let run: MatrixRun = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("{}: corrupt MatrixRun record: {e}", path.display()))?;
+            Ok(AnyRun::Matrix(Box::new(run)))
+        }
         Some(SPREAD_KIND) => {
             check_version(path, &value, SPREAD_KIND, SPREAD_VERSION)?;
             let run: SpreadRun = serde_json::from_value(value)
@@ -366,7 +378,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
             })))
         }
         Some(other) => bail!(
-            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun)",
+            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun, MatrixRun)",
             path.display()
         ),
         None if value.get("hosts").is_some() => {

@@ -4,11 +4,13 @@ mod affinity;
 mod compare;
 pub mod lab;
 pub mod live;
+mod matrix;
 mod spread;
 mod zones;
 
 pub use affinity::{affinity, clock};
 pub use compare::compare;
+pub use matrix::{junit, matrix, matrix_compare};
 pub use spread::spread;
 pub use zones::{cycle_line as zones_cycle_line, zones};
 

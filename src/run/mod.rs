@@ -17,6 +17,7 @@
 
 pub mod agents;
 pub mod interrupt;
+pub mod matrix;
 pub mod open;
 pub mod save;
 pub mod sessions;

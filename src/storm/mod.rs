@@ -588,10 +588,14 @@ async fn udp_once(
     let request = format!("svclb {} {seq}\n", cfg.session);
     let t0 = Instant::now();
     let until = t0 + cfg.timeout;
-    socket
-        .send(request.as_bytes())
-        .await
-        .map_err(|e| Attempt::Failed(classify(&e)))?;
+    match socket.send(request.as_bytes()).await {
+        // A rule of this host's own output path dropped or rejected the datagram (EPERM):
+        // a reject also queues its ICMP error on the socket, which the read below returns as
+        // refused; a drop leaves nothing, and the read times out.
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
+        Err(e) => return Err(Attempt::Failed(classify(&e))),
+        Ok(_) => {}
+    }
     loop {
         match timeout_at(until, socket.recv(buf)).await {
             Err(_) => return Err(FailKind::Timeout.into()),

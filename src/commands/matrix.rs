@@ -1,0 +1,137 @@
+//! `kubectl svclb matrix`: reachability truth tables of a Service across variants, protocols
+//! and sources, against kube-proxy's rules (docs/matrix.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use regex::Regex;
+
+use crate::record::MatrixRun;
+use crate::report::{self, RunFormat};
+use crate::run::matrix::MatrixJob;
+use crate::run::open::{Opened, Place};
+use crate::run::{self, Interrupt};
+use crate::storm::Proto;
+
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    /// Run on a lab (needs root): the one named, or the only one running; with none or several
+    /// running (and with `--lab new`), a default lab made for this run and removed after it.
+    /// Its Service is changed for each scenario and restored afterwards.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "NAME")]
+    pub lab: Option<String>,
+    /// Only the scenarios whose name (`<variant>/<protocol>`, e.g. `etp-local/udp`) matches.
+    #[arg(long, value_name = "REGEX")]
+    pub test: Option<String>,
+    /// Protocols, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "tcp,udp", value_parser = parse_proto)]
+    pub protocol: Vec<Proto>,
+    /// Rounds at most for a cell with mixed results (cells expected to fail are never retried).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub attempts: u32,
+    /// Connections per cell and round.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub conns: u64,
+    /// Per connection: connect and first reply; no reply in time is `T`.
+    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+    /// Cells in flight at most, per source.
+    #[arg(long, default_value_t = 64)]
+    pub parallel: usize,
+    /// Also write a JUnit XML file: one test case per scenario × source × target.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    #[command(flatten)]
+    pub record: super::SaveArgs,
+    /// Output format; json prints exactly the run record.
+    #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
+    pub output: RunFormat,
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        _ => Err(format!("{s:?}: give tcp, udp or tcp,udp")),
+    }
+}
+
+impl MatrixArgs {
+    fn job(&self) -> Result<MatrixJob> {
+        if self.attempts == 0 || self.conns == 0 || self.parallel == 0 {
+            bail!("--attempts, --conns and --parallel must be at least 1");
+        }
+        if self.timeout.is_zero() {
+            bail!("--timeout 0s: give a positive per-connection timeout, e.g. 1s");
+        }
+        let test =
+            self.test.as_deref().map(Regex::new).transpose().map_err(|e| {
+                anyhow::anyhow!("--test: not a regular expression: {}", e.to_string().replace('\n', " "))
+            })?;
+        let mut protos = self.protocol.clone();
+        protos.dedup();
+        let save = self.record.to();
+        save.validate()?;
+        Ok(MatrixJob {
+            test,
+            protos,
+            conns: self.conns,
+            attempts: self.attempts,
+            timeout: self.timeout,
+            parallel: self.parallel,
+            save,
+            announce: self.output == RunFormat::Table,
+        })
+    }
+}
+
+/// Saves the run (before anything else can fail), writes the JUnit file, prints, and maps the
+/// comparison to the exit code: 1 on any wrong cell, 2 when the save, the JUnit file or the
+/// restore of the Service failed (after the report).
+fn finish(mut run: MatrixRun, restore_error: Option<String>, args: &MatrixArgs, job: &MatrixJob) -> Result<ExitCode> {
+    let saved = job.save.save(&mut run);
+    let mut failed = false;
+    if let Some(path) = &args.junit {
+        let written = report::junit(&run).and_then(|x| Ok(std::fs::write(path, x)?));
+        if let Err(e) = written {
+            eprintln!("svclb: cannot write the JUnit file {}: {e:#}", path.display());
+            failed = true;
+        }
+    }
+    print!("{}", report::matrix(&run, args.output)?);
+    if let Some(e) = restore_error {
+        eprintln!("svclb: the Service could not be restored: {e}; set it back with `kubectl svclb lab set`");
+        failed = true;
+    }
+    let code = super::verdict_code(run.stopped, run.incorrect == 0);
+    let code = super::save_code(&saved, &run, args.output, code);
+    Ok(if failed { ExitCode::from(2) } else { code })
+}
+
+pub fn run(args: MatrixArgs) -> Result<ExitCode> {
+    let job = args.job()?;
+    let Some(name) = &args.lab else {
+        bail!("matrix runs on a lab for now: add --lab (a cluster needs one Service per scenario, not yet built)");
+    };
+    let place = Place::Lab {
+        name: name.clone(),
+        build_if_none: true,
+    };
+    run::open::check(&place)?;
+    run::raise_nofile();
+    let rt = run::runtime(0)?;
+    let (record, restore_error) = rt.block_on(async {
+        let interrupt = Interrupt::watch();
+        let opened = Opened::open(place, &interrupt).await?;
+        let Opened::Lab { backend, .. } = &opened else {
+            bail!("matrix runs on a lab for now: add --lab");
+        };
+        let result = run::matrix::run(backend.as_ref(), &job, &interrupt).await;
+        opened.close().await;
+        result
+    })?;
+    finish(record, restore_error, &args, &job)
+}

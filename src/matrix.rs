@@ -1,0 +1,555 @@
+//! The matrix engine: reachability truth tables. For every scenario (a Service variant and a
+//! protocol) and every source × target it decides what kube-proxy's rules lead to expect (by
+//! [`crate::service::select`], the one endpoint choice of the crate, and the policy rules of
+//! kube-proxy's `syncProxyRules`, docs/matrix.md), classifies what a cell observed (`.` `R`
+//! `T` `?`), compares, counts, and builds the `MatrixRun`; and it lists the cells that changed
+//! between two runs. It knows no CLI and no backend.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use regex::Regex;
+
+use crate::record::{
+    CellVerdict, EndpointState, Environment, MATRIX_KIND, MATRIX_VERSION, Mark, MatrixCell, MatrixParams, MatrixRun,
+    MatrixScenario, MatrixSource, MatrixTarget, SourceKind, TargetInfo, TargetKind,
+};
+use crate::service::{Ep, ServiceOptions, ServiceShape, SessionAffinity, TrafficDistribution, TrafficPolicy, select};
+use crate::storm::{BackendCount, Failures, Proto, Stop};
+
+/// A Service variant the matrix runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub options: ServiceOptions,
+    pub endpoints: EndpointState,
+}
+
+/// Every variant, in the order they run.
+pub fn variants() -> Vec<Variant> {
+    let o = |etp, itp, affinity, td| ServiceOptions {
+        external_traffic_policy: etp,
+        internal_traffic_policy: itp,
+        affinity,
+        traffic_distribution: td,
+        ..ServiceOptions::default()
+    };
+    use SessionAffinity::{ClientIp, None as NoAff};
+    use TrafficPolicy::{Cluster, Local};
+    let v = |name, description, options, endpoints| Variant {
+        name,
+        description,
+        options,
+        endpoints,
+    };
+    vec![
+        v(
+            "default",
+            "every policy Cluster",
+            o(Cluster, Cluster, NoAff, None),
+            EndpointState::Ready,
+        ),
+        v(
+            "etp-local",
+            "externalTrafficPolicy Local",
+            o(Local, Cluster, NoAff, None),
+            EndpointState::Ready,
+        ),
+        v(
+            "itp-local",
+            "internalTrafficPolicy Local",
+            o(Cluster, Local, NoAff, None),
+            EndpointState::Ready,
+        ),
+        v(
+            "both-local",
+            "both traffic policies Local",
+            o(Local, Local, NoAff, None),
+            EndpointState::Ready,
+        ),
+        v(
+            "affinity",
+            "sessionAffinity ClientIP",
+            o(Cluster, Cluster, ClientIp, None),
+            EndpointState::Ready,
+        ),
+        v(
+            "no-endpoints",
+            "no endpoint ready or serving",
+            o(Cluster, Cluster, NoAff, None),
+            EndpointState::None,
+        ),
+        v(
+            "terminating",
+            "every endpoint terminating, still serving",
+            o(Cluster, Cluster, NoAff, None),
+            EndpointState::Terminating,
+        ),
+        v(
+            "prefer-same-zone",
+            "trafficDistribution PreferSameZone",
+            o(Cluster, Cluster, NoAff, Some(TrafficDistribution::PreferSameZone)),
+            EndpointState::Ready,
+        ),
+        v(
+            "prefer-same-node",
+            "trafficDistribution PreferSameNode",
+            o(Cluster, Cluster, NoAff, Some(TrafficDistribution::PreferSameNode)),
+            EndpointState::Ready,
+        ),
+    ]
+}
+
+/// The scenarios to run: every variant × protocol whose name `<variant>/<protocol>` matches
+/// `test` (all without one).
+pub fn scenarios(test: Option<&Regex>, protos: &[Proto]) -> Vec<(Variant, Proto)> {
+    let mut out = Vec::new();
+    for v in variants() {
+        for &p in protos {
+            if test.is_none_or(|r| r.is_match(&scenario_name(&v, p))) {
+                out.push((v.clone(), p));
+            }
+        }
+    }
+    out
+}
+
+pub fn scenario_name(v: &Variant, proto: Proto) -> String {
+    format!("{}/{proto}", v.name)
+}
+
+/// What kube-proxy works from once a scenario is applied: the Service, its endpoints (the
+/// EndpointSlice's usable ones), every endpoint's node and zone, and the nodes the
+/// LoadBalancer sends to.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub options: ServiceOptions,
+    /// A NodePort or LoadBalancer Service (the cluster endpoints are kept for the short-circuit).
+    pub externally_accessible: bool,
+    pub eps: Vec<Ep>,
+    /// Endpoint name → (node, zone).
+    pub placement: BTreeMap<String, (String, String)>,
+    pub zones: BTreeMap<String, String>,
+    pub lb_hops: Vec<String>,
+}
+
+/// A cell's expectation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expect {
+    pub mark: Mark,
+    /// Endpoints that may answer (when `mark` is connected).
+    pub allowed: BTreeSet<String>,
+    /// Every connection of the source goes to one endpoint (ClientIP affinity).
+    pub sticky: bool,
+    /// The source itself must answer some connections (hairpin).
+    pub hairpin: bool,
+    /// Some connections may time out: a pod's connection short-circuited on another node is
+    /// not masqueraded, so only replies of endpoints on that node come back through it.
+    pub partial: bool,
+    pub why: String,
+}
+
+/// Which traffic reaches a node's rules: to the ClusterIP, or to a NodePort / LoadBalancer IP
+/// from outside the cluster, or from the node itself or a pod (short-circuited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    ClusterIp,
+    FromOutside,
+    FromInside,
+}
+
+impl Cluster {
+    fn zone(&self, node: &str) -> &str {
+        self.zones.get(node).map_or("", String::as_str)
+    }
+
+    /// What the kube-proxy of `node` does with `reach` traffic: the endpoints, or `R` (no
+    /// endpoint anywhere: rejected) / `T` (a Local policy and none on this node: dropped).
+    fn on(&self, node: &str, reach: Reach) -> (Mark, BTreeSet<String>, String) {
+        let shape = ServiceShape {
+            options: &self.options,
+            externally_accessible: self.externally_accessible,
+        };
+        let s = select(shape, &self.eps, node, self.zone(node));
+        if !s.has_any {
+            return (
+                Mark::Refused,
+                BTreeSet::new(),
+                "no usable endpoint anywhere: kube-proxy rejects (ICMP port unreachable)".into(),
+            );
+        }
+        let o = &self.options;
+        let (local, why) = match reach {
+            Reach::ClusterIp => (
+                o.internal_traffic_policy == TrafficPolicy::Local,
+                "internalTrafficPolicy Local",
+            ),
+            Reach::FromOutside => (
+                o.external_traffic_policy == TrafficPolicy::Local,
+                "externalTrafficPolicy Local from outside",
+            ),
+            Reach::FromInside => (false, ""),
+        };
+        let names = |idx: &[usize]| idx.iter().map(|&i| self.eps[i].name.clone()).collect::<BTreeSet<_>>();
+        if local {
+            return if s.local.is_empty() {
+                (
+                    Mark::Timeout,
+                    BTreeSet::new(),
+                    format!("{why}: no endpoint on {node}, dropped"),
+                )
+            } else {
+                (
+                    Mark::Connected,
+                    names(&s.local),
+                    format!("{why}: endpoints on {node} only"),
+                )
+            };
+        }
+        let mut why = s.reason;
+        if reach == Reach::FromInside && o.external_traffic_policy == TrafficPolicy::Local {
+            why = format!("from a pod or the node: short-circuited to the cluster endpoints; {why}");
+        }
+        (Mark::Connected, names(&s.cluster), why)
+    }
+
+    /// The expectation of `target` from `source` (kube-proxy's rules, docs/matrix.md).
+    pub fn expect(&self, source: &MatrixSource, target: &MatrixTarget) -> Expect {
+        let sticky = self.options.affinity == SessionAffinity::ClientIp;
+        let na = |why: &str| Expect {
+            mark: Mark::NotApplicable,
+            allowed: BTreeSet::new(),
+            sticky: false,
+            hairpin: false,
+            partial: false,
+            why: why.into(),
+        };
+        let from_client = source.kind == SourceKind::Client;
+        let (mark, allowed, why) = match target.kind {
+            TargetKind::PodIp if from_client => return na("pod IPs are not reachable from outside"),
+            TargetKind::PodIp => (
+                Mark::Connected,
+                BTreeSet::from([target.pod.clone()]),
+                "pod network: every node and pod reaches every pod".into(),
+            ),
+            TargetKind::ClusterIp if from_client => return na("the clusterIP is not reachable from outside"),
+            TargetKind::ClusterIp => self.on(&source.node, Reach::ClusterIp),
+            TargetKind::Hairpin if source.kind != SourceKind::Pod => return na("hairpin is from a pod"),
+            TargetKind::Hairpin if sticky => {
+                return na("with ClientIP affinity a pod sticks to one endpoint: hairpin is not provable");
+            }
+            TargetKind::Hairpin => self.on(&source.node, Reach::ClusterIp),
+            // A pod's packet to a node IP is not intercepted by its own node unless it is that
+            // node's: it arrives at the target node from the cluster CIDR (short-circuited); a
+            // node's own NodePort is short-circuited too (source address local); another node's
+            // packet comes from a node IP, outside the cluster CIDR: external.
+            TargetKind::NodePort => {
+                let reach = match source.kind {
+                    SourceKind::Client => Reach::FromOutside,
+                    SourceKind::Pod => Reach::FromInside,
+                    SourceKind::Node if source.node == target.node => Reach::FromInside,
+                    SourceKind::Node => Reach::FromOutside,
+                };
+                self.on(&target.node, reach)
+            }
+            TargetKind::LoadBalancer if from_client => {
+                let mut out = (Mark::Timeout, BTreeSet::new(), String::new());
+                for hop in &self.lb_hops {
+                    let (m, a, w) = self.on(hop, Reach::FromOutside);
+                    if m == Mark::Connected || out.0 == Mark::Timeout {
+                        out.0 = m;
+                        out.2 = format!("via {hop}: {w}");
+                    }
+                    out.1.extend(a);
+                }
+                out
+            }
+            // Every node has the LB IP in its rules: the source's own node short-circuits it.
+            TargetKind::LoadBalancer => self.on(&source.node, Reach::FromInside),
+        };
+        let hairpin = target.kind == TargetKind::Hairpin && mark == Mark::Connected;
+        // kube-proxy's external chain sends pod traffic to the cluster chain without marking it
+        // for masquerade (`pod traffic for ... external destinations`); a pod on another node
+        // then gets replies straight from endpoints that are not on the target node.
+        let partial = mark == Mark::Connected
+            && target.kind == TargetKind::NodePort
+            && source.kind == SourceKind::Pod
+            && source.node != target.node
+            && self.options.external_traffic_policy == TrafficPolicy::Local;
+        let why = if partial {
+            format!(
+                "a pod's traffic to another node's NodePort is short-circuited there without masquerade: \
+                 replies of endpoints not on {} bypass its conntrack and time out; {why}",
+                target.node
+            )
+        } else {
+            why
+        };
+        Expect {
+            partial,
+            mark,
+            sticky: sticky && mark == Mark::Connected && target.kind != TargetKind::PodIp,
+            hairpin,
+            why: if hairpin {
+                format!("the pod must reach itself through the Service; {why}")
+            } else {
+                why
+            },
+            allowed,
+        }
+    }
+}
+
+/// What one round of a cell measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub attempted: u64,
+    pub ok: u64,
+    pub failures: Failures,
+    pub backends: Vec<BackendCount>,
+}
+
+/// `.` every connection answered, `R` every one refused, `T` every one timed out, else `?`.
+pub fn classify(o: &Observed) -> Mark {
+    match o {
+        o if o.attempted == 0 => Mark::Inconclusive,
+        o if o.ok == o.attempted => Mark::Connected,
+        o if o.failures.refused == o.attempted => Mark::Refused,
+        o if o.failures.timeout == o.attempted => Mark::Timeout,
+        _ => Mark::Inconclusive,
+    }
+}
+
+/// The cell of `source` × `target` after `rounds` rounds, the last of which observed `o`.
+pub fn judge(
+    c: &Cluster,
+    source: &MatrixSource,
+    target: &MatrixTarget,
+    e: &Expect,
+    o: &Observed,
+    rounds: u32,
+) -> MatrixCell {
+    let observed = if e.mark == Mark::NotApplicable {
+        Mark::NotApplicable
+    } else {
+        classify(o)
+    };
+    let placed = |b: &BackendCount| -> (String, String) {
+        c.placement
+            .get(&b.name)
+            .cloned()
+            .unwrap_or_else(|| (b.node.clone(), b.zone.clone()))
+    };
+    let answered: Vec<&BackendCount> = o.backends.iter().filter(|b| b.count > 0).collect();
+    let strays: u64 = if e.mark == Mark::Connected {
+        answered
+            .iter()
+            .filter(|b| !e.allowed.contains(&b.name))
+            .map(|b| b.count)
+            .sum()
+    } else {
+        0
+    };
+    let self_answered = e
+        .hairpin
+        .then(|| answered.iter().filter(|b| b.name == source.name).map(|b| b.count).sum());
+    let (verdict, why) = match (e.mark, observed) {
+        (Mark::NotApplicable, _) => (CellVerdict::Skipped, e.why.clone()),
+        (_, Mark::Refused) if e.partial => (CellVerdict::Incorrect, format!("refused; expected: {}", e.why)),
+        _ if e.partial => (CellVerdict::Correct, e.why.clone()),
+        (Mark::Connected, Mark::Connected) if strays > 0 => {
+            let who: Vec<&str> = answered
+                .iter()
+                .filter(|b| !e.allowed.contains(&b.name))
+                .map(|b| b.name.as_str())
+                .collect();
+            (
+                CellVerdict::Incorrect,
+                format!(
+                    "{strays} answered by endpoints kube-proxy would not pick ({}); {}",
+                    who.join(", "),
+                    e.why
+                ),
+            )
+        }
+        (Mark::Connected, Mark::Connected) if e.sticky && answered.len() > 1 => (
+            CellVerdict::Incorrect,
+            format!("ClientIP affinity, yet {} endpoints answered", answered.len()),
+        ),
+        (Mark::Connected, Mark::Connected) if self_answered == Some(0) => (
+            CellVerdict::Inconclusive,
+            format!("connected, but the pod never drew itself; {}", e.why),
+        ),
+        (exp, obs) if exp == obs => (CellVerdict::Correct, e.why.clone()),
+        (_, Mark::Inconclusive) => (CellVerdict::Inconclusive, format!("mixed results; expected: {}", e.why)),
+        (exp, obs) => (
+            CellVerdict::Incorrect,
+            format!("expected {} ({}), observed {}", exp.symbol(), e.why, obs.symbol()),
+        ),
+    };
+    let set = |f: &dyn Fn(&(String, String)) -> String| -> Vec<String> {
+        let s: BTreeSet<String> = answered
+            .iter()
+            .map(|b| f(&placed(b)))
+            .filter(|s| !s.is_empty())
+            .collect();
+        s.into_iter().collect()
+    };
+    let allowed_nodes: BTreeSet<String> = e
+        .allowed
+        .iter()
+        .filter_map(|n| {
+            c.placement
+                .get(n)
+                .map(|p| p.0.clone())
+                .or_else(|| Some(target.node.clone()))
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    MatrixCell {
+        source: source.name.clone(),
+        target: target.name.clone(),
+        expected: e.mark,
+        observed,
+        verdict,
+        attempts: o.attempted,
+        ok: o.ok,
+        failures: o.failures,
+        rounds,
+        allowed_nodes: allowed_nodes.into_iter().collect(),
+        answered: answered.len(),
+        answered_nodes: set(&|p| p.0.clone()),
+        answered_zones: set(&|p| p.1.clone()),
+        strays,
+        self_answered,
+        why,
+    }
+}
+
+/// Measure the cell (again): not measured yet, or inconclusive where a connection was
+/// expected (expected failures are never retried).
+pub fn needs_round(e: &Expect, cell: Option<&MatrixCell>, rounds: u32, attempts: u32) -> bool {
+    if e.mark == Mark::NotApplicable || rounds >= attempts {
+        return false;
+    }
+    match cell {
+        None => true,
+        Some(c) => c.verdict == CellVerdict::Inconclusive && e.mark == Mark::Connected && !e.partial,
+    }
+}
+
+/// A scenario's record: its cells counted.
+pub fn scenario(
+    v: &Variant,
+    proto: Proto,
+    targets: Vec<MatrixTarget>,
+    cells: Vec<MatrixCell>,
+    duration_s: f64,
+) -> MatrixScenario {
+    let count = |want: CellVerdict| cells.iter().filter(|c| c.verdict == want).count() as u64;
+    MatrixScenario {
+        name: scenario_name(v, proto),
+        description: v.description.into(),
+        proto,
+        options: v.options.clone(),
+        endpoints: v.endpoints,
+        correct: count(CellVerdict::Correct),
+        incorrect: count(CellVerdict::Incorrect),
+        inconclusive: count(CellVerdict::Inconclusive),
+        targets,
+        cells,
+        duration_s,
+    }
+}
+
+/// What a run measured, for its record.
+pub struct Measured {
+    pub tag: String,
+    pub started_at: jiff::Timestamp,
+    pub duration_s: f64,
+    pub target: TargetInfo,
+    pub params: MatrixParams,
+    pub sources: Vec<MatrixSource>,
+    pub scenarios: Vec<MatrixScenario>,
+    pub stopped: Option<Stop>,
+    pub environment: Environment,
+}
+
+pub fn build(m: Measured) -> MatrixRun {
+    let sum = |f: &dyn Fn(&MatrixScenario) -> u64| m.scenarios.iter().map(f).sum::<u64>();
+    MatrixRun {
+        kind: MATRIX_KIND.into(),
+        version: MATRIX_VERSION,
+        tag: m.tag,
+        started_at: m.started_at,
+        duration_s: m.duration_s,
+        target: m.target,
+        params: m.params,
+        correct: sum(&|s| s.correct),
+        incorrect: sum(&|s| s.incorrect),
+        inconclusive: sum(&|s| s.inconclusive),
+        sources: m.sources,
+        scenarios: m.scenarios,
+        stopped: m.stopped,
+        environment: m.environment,
+    }
+}
+
+/// A cell whose observation differs between two runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellChange {
+    pub scenario: String,
+    pub source: String,
+    pub target: String,
+    /// `None`: the cell is not in that run.
+    pub before: Option<Mark>,
+    pub after: Option<Mark>,
+    pub verdict_before: Option<CellVerdict>,
+    pub verdict_after: Option<CellVerdict>,
+}
+
+/// The cells of `a` and `b` (same scenario, source and target) whose observed mark or verdict
+/// differs, and those only one of them has; in `a`'s order, then `b`'s new ones.
+pub fn changes(a: &MatrixRun, b: &MatrixRun) -> Vec<CellChange> {
+    let index = |r: &MatrixRun| -> BTreeMap<(String, String, String), (Mark, CellVerdict)> {
+        r.scenarios
+            .iter()
+            .flat_map(|s| {
+                s.cells.iter().filter(|c| c.verdict != CellVerdict::Skipped).map(|c| {
+                    (
+                        (s.name.clone(), c.source.clone(), c.target.clone()),
+                        (c.observed, c.verdict),
+                    )
+                })
+            })
+            .collect()
+    };
+    let (ia, ib) = (index(a), index(b));
+    let keys: Vec<&(String, String, String)> = a
+        .scenarios
+        .iter()
+        .flat_map(|s| s.cells.iter().map(move |c| (s, c)))
+        .filter_map(|(s, c)| {
+            ia.get_key_value(&(s.name.clone(), c.source.clone(), c.target.clone()))
+                .map(|(k, _)| k)
+        })
+        .chain(ib.keys().filter(|k| !ia.contains_key(*k)))
+        .collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (x, y) = (ia.get(k), ib.get(k));
+            (x != y).then(|| CellChange {
+                scenario: k.0.clone(),
+                source: k.1.clone(),
+                target: k.2.clone(),
+                before: x.map(|v| v.0),
+                after: y.map(|v| v.0),
+                verdict_before: x.map(|v| v.1),
+                verdict_after: y.map(|v| v.1),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
