@@ -131,6 +131,10 @@ pub struct Cluster {
     pub placement: BTreeMap<String, (String, String)>,
     pub zones: BTreeMap<String, String>,
     pub lb_hops: Vec<String>,
+    /// A node's own connection to a LoadBalancer IP without endpoints is rejected: nftables
+    /// mode rejects in `filter-output`; iptables mode's `KUBE-EXTERNAL-SERVICES` is jumped to
+    /// from INPUT and FORWARD only (`iptablesJumpChains`), so it leaves the node undNATed.
+    pub host_lb_rejected: bool,
 }
 
 /// A cell's expectation.
@@ -265,7 +269,16 @@ impl Cluster {
                 out
             }
             // Every node has the LB IP in its rules: the source's own node short-circuits it.
-            TargetKind::LoadBalancer => self.on(&source.node, Reach::FromInside),
+            TargetKind::LoadBalancer => match self.on(&source.node, Reach::FromInside) {
+                (Mark::Refused, a, _) if source.kind == SourceKind::Node && !self.host_lb_rejected => (
+                    Mark::Timeout,
+                    a,
+                    "no endpoint, and iptables mode rejects LoadBalancer IPs only in INPUT and FORWARD \
+                     (KUBE-EXTERNAL-SERVICES): the node's own connection leaves undNATed"
+                        .into(),
+                ),
+                other => other,
+            },
         };
         let hairpin = target.kind == TargetKind::Hairpin && mark == Mark::Connected;
         // kube-proxy's external chain sends pod traffic to the cluster chain without marking it

@@ -269,6 +269,14 @@ impl LabBackend {
         conditions: Vec<(String, Conditions)>,
     ) -> Result<()> {
         let mut lab = Lab::open(self.lab.name())?;
+        // Nothing when the lab has them already: its nodes' rules are then left as they are.
+        let same = lab.options() == options
+            && conditions
+                .iter()
+                .all(|(n, c)| lab.pods().iter().any(|p| &p.name == n && p.conditions == *c));
+        if same {
+            return Ok(());
+        }
         lab.set(&LabChanges {
             affinity: Some(options.affinity),
             affinity_timeout: Some(options.affinity_timeout),
@@ -381,6 +389,7 @@ impl MatrixPlace for LabBackend {
                 .collect(),
             zones: lab.nodes().iter().map(|n| (n.name.clone(), n.zone.clone())).collect(),
             lb_hops: status.service.lb_next_hops,
+            host_lb_rejected: lab.proxy_mode() == crate::lab::ProxyMode::Nftables,
         })
     }
 

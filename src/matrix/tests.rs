@@ -16,6 +16,7 @@ fn cluster(options: ServiceOptions, eps: Vec<Ep>) -> Cluster {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .into(),
         lb_hops: vec!["n1".into()],
+        host_lb_rejected: true,
     }
 }
 
@@ -91,6 +92,20 @@ fn no_endpoint_rejects_and_itp_local_drops() {
     ] {
         assert_eq!(c.expect(&pod, &tgt(t, "n2")).mark, Mark::Refused, "{t:?}");
     }
+    let n1 = src("n1", SourceKind::Node, "n1");
+    assert_eq!(c.expect(&n1, &tgt(TargetKind::LoadBalancer, "")).mark, Mark::Refused);
+    let iptables = Cluster {
+        host_lb_rejected: false,
+        ..c.clone()
+    };
+    assert_eq!(
+        iptables.expect(&n1, &tgt(TargetKind::LoadBalancer, "")).mark,
+        Mark::Timeout
+    );
+    assert_eq!(
+        iptables.expect(&n1, &tgt(TargetKind::NodePort, "n1")).mark,
+        Mark::Refused
+    );
     let itp = ServiceOptions {
         internal_traffic_policy: TrafficPolicy::Local,
         ..ServiceOptions::default()

@@ -43,8 +43,9 @@ fn hairpin_conns(conns: u64, n: usize) -> u64 {
 }
 
 /// How long a node's ICMP rate limit takes to give back the few errors one round of rejected
-/// cells sends one address (`net.ipv4.icmp_ratelimit` 1 s per error, a burst of 6): without
-/// the wait, the second protocol's refusals arrive as timeouts.
+/// cells sends one address (`net.ipv4.icmp_ratelimit` 1 s per error, a burst of 6): a round
+/// with expected refusals waits that long first, else the errors earlier traffic cost arrive
+/// as timeouts.
 const ICMP_REFILL: Duration = Duration::from_secs(5);
 
 /// One scenario's cells being measured.
@@ -213,9 +214,9 @@ async fn variant<B: MatrixPlace>(
     }
     // One protocol at a time, for the same ICMP rate limit.
     let mut completed = true;
-    'protos: for (i, p) in pending.iter_mut().enumerate() {
+    'protos: for p in pending.iter_mut() {
         let rejects = p.cells.iter().flatten().any(|(e, _, _)| e.mark == Mark::Refused);
-        if i > 0 && rejects {
+        if rejects {
             tokio::select! {
                 () = tokio::time::sleep(ICMP_REFILL) => {}
                 () = interrupt.wait() => {
