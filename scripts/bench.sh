@@ -2,6 +2,7 @@
 # The project's benchmark: the figures in README.md come from here. Release build, loopback only.
 #   scripts/bench.sh [ROUNDS]   (default 5 rounds; medians reported)
 #   BENCH_ONLY=zones scripts/bench.sh   (only the zones case: root, a 3-zone lab)
+#   BENCH_ONLY=matrix scripts/bench.sh  (only the matrix case: root, the default 10 x 100 lab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -47,7 +48,32 @@ zones_case() {
     lab=
 }
 
+# matrix: every scenario, TCP and UDP, on the default lab (10 nodes, 100 pods: 10 pod sources,
+# 10 node sources, the client; the issue 12 target: under 30 s); wall time of the whole command.
+matrix_case() {
+    echo "== matrix: default lab (10 nodes, 100 pods), every scenario, tcp and udp, $rounds rounds"
+    export SVCLB_LAB_DIR="$work/labs"
+    lab=mbench$$
+    "$bin" lab up --name "$lab" >/dev/null
+    : >"$work/mwall"
+    for ((i = 1; i <= rounds; i++)); do
+        t0=$(date +%s.%N)
+        "$bin" matrix --lab "$lab" --no-save -o json >"$work/m.json" || true
+        t1=$(date +%s.%N)
+        awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f\n", b-a}' >>"$work/mwall"
+        echo "round $i: command $(tail -1 "$work/mwall") s, $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(len(r["scenarios"]), "scenarios, correct", r["correct"], "incorrect", r["incorrect"], "inconclusive", r["inconclusive"])' "$work/m.json")"
+    done
+    echo "matrix (18 scenarios, 21 sources): median command $(median <"$work/mwall") s, max $(sort -n "$work/mwall" | tail -1) s"
+    "$bin" lab down --name "$lab" >/dev/null
+    lab=
+}
+
 addr=127.0.0.1:15901
+if [[ $only == matrix ]]; then
+    [[ $(id -u) -eq 0 ]] || { echo "== matrix: needs root"; exit 1; }
+    matrix_case
+    exit 0
+fi
 if [[ $only == zones ]]; then
     [[ $(id -u) -eq 0 ]] || { echo "== zones: needs root"; exit 1; }
     zones_case
@@ -138,3 +164,4 @@ t1=$(date +%s.%N)
 lab=
 echo "lab down: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"
 zones_case
+matrix_case
