@@ -320,6 +320,7 @@ mod tests {
             graceful_close: true,
             session: "s1".into(),
             fetch_bytes: None,
+            src_ports: None,
         });
         let argv = argv(&req);
         assert_eq!(argv[..2], ["agent", "--request"]);

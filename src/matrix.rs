@@ -14,7 +14,7 @@ use crate::record::{
     MatrixScenario, MatrixSource, MatrixTarget, SourceKind, TargetInfo, TargetKind,
 };
 use crate::service::{Ep, ServiceOptions, ServiceShape, SessionAffinity, TrafficDistribution, TrafficPolicy, select};
-use crate::storm::{BackendCount, Failures, Proto, Stop};
+use crate::storm::{BackendCount, Failures, PortRange, Proto, Stop};
 
 /// A Service variant the matrix runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +310,51 @@ impl Cluster {
             },
             allowed,
         }
+    }
+}
+
+/// Where a source's next UDP probes take their source ports: in order through Linux's default
+/// ephemeral range from a random start, so no probe of a run reuses the 5-tuple of an earlier
+/// one. kube-proxy clears UDP conntrack entries only when endpoints go away, not when a policy
+/// changes; a reused tuple would follow the previous scenario's DNAT for the entry's 30 s
+/// (`nf_conntrack_udp_timeout`) and answer from an endpoint this scenario does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortCursor {
+    next: u16,
+}
+
+impl PortCursor {
+    pub const FIRST: u16 = 32768;
+    /// One past the last port (`net.ipv4.ip_local_port_range` = 32768 60999).
+    pub const END: u16 = 61000;
+
+    /// Starts at `seed`'s place in the range.
+    pub fn new(seed: u32) -> Self {
+        let span = u32::from(Self::END - Self::FIRST);
+        PortCursor {
+            next: Self::FIRST + u16::try_from(seed % span).unwrap_or(0),
+        }
+    }
+
+    /// `n` consecutive ports for one storm (fewer when `n` exceeds the range: the storm then
+    /// reuses its own ports in order).
+    pub fn take(&mut self, n: u64) -> PortRange {
+        let span = u64::from(Self::END - Self::FIRST);
+        let count = n.clamp(1, span);
+        if u64::from(self.next) + count > u64::from(Self::END) {
+            self.next = Self::FIRST;
+        }
+        let range = PortRange {
+            first: self.next,
+            count: u16::try_from(count).unwrap_or(u16::MAX),
+        };
+        let after = u64::from(self.next) + count;
+        self.next = if after >= u64::from(Self::END) {
+            Self::FIRST
+        } else {
+            u16::try_from(after).unwrap_or(Self::FIRST)
+        };
+        range
     }
 }
 

@@ -371,6 +371,10 @@ impl MatrixPlace for LabBackend {
         let conditions = self.lab.pods().iter().map(|p| (p.name.clone(), state)).collect();
         self.set_service(&variant.options, conditions)?;
         let lab = Lab::open(self.lab.name())?;
+        // Earlier scenarios' datagrams left entries that would steer this one's (kube-proxy
+        // keeps them across a policy change); the probes' own source ports never repeat within
+        // a run, but a run right after another could meet its entries (docs/matrix.md).
+        lab.forget_udp_flows()?;
         let status = lab.status();
         Ok(Cluster {
             options: lab.options().clone(),

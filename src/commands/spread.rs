@@ -232,6 +232,7 @@ impl SpreadArgs {
                 graceful_close: self.graceful_close,
                 session: String::new(),
                 fetch_bytes: None,
+                src_ports: None,
             },
             criteria: self.criteria(),
             save: self.record.to(),

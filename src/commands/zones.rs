@@ -183,6 +183,7 @@ impl ZonesArgs {
                 graceful_close: false,
                 session: String::new(),
                 fetch_bytes: self.bytes,
+                src_ports: None,
             },
             prices: match &self.price {
                 Some(p) => vec![p.clone()],

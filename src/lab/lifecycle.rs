@@ -186,6 +186,11 @@ impl Lab {
                     ("net/ipv4/ip_forward", "1"),
                     ("net/ipv4/conf/all/rp_filter", "0"),
                     ("net/ipv4/conf/default/rp_filter", "0"),
+                    // No ICMP redirects: the client shares the node network, so a node
+                    // forwarding its NodePort/LB traffic to another node would redirect it, and
+                    // redirects spend the per-peer ICMP budget that rejections need (docs/lab.md).
+                    ("net/ipv4/conf/all/send_redirects", "0"),
+                    ("net/ipv4/conf/default/send_redirects", "0"),
                 ],
             )?;
             let mut b = String::from("link set lo up\n");

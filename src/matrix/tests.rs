@@ -261,3 +261,38 @@ fn test_selects_scenarios_by_name_and_changes_list_cells_that_differ() {
     assert_eq!((d[0].before, d[0].after), (Some(Mark::Connected), Some(Mark::Timeout)));
     assert!(changes(&a, &a).is_empty());
 }
+
+#[test]
+fn probe_ports_never_repeat_within_the_range_and_wrap_whole() {
+    let mut c = PortCursor::new(0);
+    let a = c.take(3);
+    let b = c.take(300);
+    assert_eq!((a.first, a.count), (PortCursor::FIRST, 3));
+    assert_eq!((b.first, b.count), (PortCursor::FIRST + 3, 300));
+    // A storm that would run past the end starts over at the beginning, never straddles it.
+    let mut c = PortCursor::new(u32::from(PortCursor::END - PortCursor::FIRST) - 2);
+    assert_eq!(c.take(5).first, PortCursor::FIRST);
+    // The seed places the start anywhere in the range.
+    let c = PortCursor::new(1000).take(1);
+    assert_eq!(c.first, PortCursor::FIRST + 1000);
+    // Every port of a whole range's worth of probes is distinct.
+    let mut c = PortCursor::new(12345);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0u64;
+    while total < u64::from(PortCursor::END - PortCursor::FIRST) - 64 {
+        let r = c.take(7);
+        if r.first == PortCursor::FIRST && total > 0 {
+            break;
+        }
+        for i in 0..u64::from(r.count) {
+            assert!(seen.insert(r.nth(i)), "port {} repeated", r.nth(i));
+            assert!(r.nth(i) >= PortCursor::FIRST && r.nth(i) < PortCursor::END);
+        }
+        total += 7;
+    }
+    // An oversized request is capped at the range.
+    assert_eq!(
+        PortCursor::new(5).take(1_000_000).count,
+        PortCursor::END - PortCursor::FIRST
+    );
+}

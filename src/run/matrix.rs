@@ -13,7 +13,7 @@ use super::agents::{AgentSet, check, no_result};
 use super::{Interrupt, SaveTo, environment};
 use crate::agent::{Output, ProbesRequest, Request, StormResult};
 use crate::backend::{MatrixPlace, Source};
-use crate::matrix::{self, Cluster, Expect, Measured, Observed, Variant};
+use crate::matrix::{self, Cluster, Expect, Measured, Observed, PortCursor, Variant};
 use crate::record::{
     Environment, Mark, MatrixCell, MatrixParams, MatrixRun, MatrixScenario, MatrixSource, MatrixTarget, TargetInfo,
 };
@@ -58,6 +58,12 @@ struct Pending {
     started: Instant,
 }
 
+/// The run's sources and, per source, where its next UDP probes take their source ports.
+struct Sources {
+    list: Vec<MatrixSource>,
+    ports: Vec<PortCursor>,
+}
+
 /// A source's storms in a round: the source, (scenario, target) of each storm, the storms.
 type SourcePlan = (usize, Vec<(usize, usize)>, Vec<StormConfig>);
 
@@ -66,14 +72,14 @@ type SourcePlan = (usize, Vec<(usize, usize)>, Vec<StormConfig>);
 async fn round<B: MatrixPlace>(
     backend: &B,
     job: &MatrixJob,
-    sources: &[MatrixSource],
+    sources: &mut Sources,
     cluster: &Cluster,
     pending: &mut [Pending],
     interrupt: &Interrupt,
 ) -> Result<bool> {
     // Per source: (scenario, target) of each storm, and the storms.
     let mut plan: Vec<SourcePlan> = Vec::new();
-    for si in 0..sources.len() {
+    for si in 0..sources.list.len() {
         let (mut which, mut storms) = (Vec::new(), Vec::new());
         for (pi, p) in pending.iter().enumerate() {
             for (ti, t) in p.targets.iter().enumerate() {
@@ -90,6 +96,7 @@ async fn round<B: MatrixPlace>(
                     _ => job.conns,
                 };
                 which.push((pi, ti));
+                let src_ports = (p.proto == Proto::Udp).then(|| sources.ports[si].take(conns));
                 storms.push(StormConfig {
                     target: t.address,
                     proto: p.proto,
@@ -102,6 +109,7 @@ async fn round<B: MatrixPlace>(
                     graceful_close: false,
                     session: format!("{:08x}", rand::random::<u32>()),
                     fetch_bytes: None,
+                    src_ports,
                 });
             }
         }
@@ -115,7 +123,7 @@ async fn round<B: MatrixPlace>(
     let jobs = plan
         .iter_mut()
         .map(|(si, _, storms)| {
-            let s = &sources[*si];
+            let s = &sources.list[*si];
             let source = Source {
                 name: s.name.clone(),
                 node: s.node.clone(),
@@ -175,7 +183,7 @@ async fn round<B: MatrixPlace>(
             slot.2 += 1;
             slot.1 = Some(matrix::judge(
                 cluster,
-                &sources[*si],
+                &sources.list[*si],
                 &p.targets[ti],
                 &slot.0,
                 &o,
@@ -190,7 +198,7 @@ async fn round<B: MatrixPlace>(
 async fn variant<B: MatrixPlace>(
     backend: &B,
     job: &MatrixJob,
-    sources: &[MatrixSource],
+    sources: &mut Sources,
     v: &Variant,
     protos: &[Proto],
     interrupt: &Interrupt,
@@ -201,6 +209,7 @@ async fn variant<B: MatrixPlace>(
     for &proto in protos {
         let targets = backend.matrix_targets(proto)?;
         let cells = sources
+            .list
             .iter()
             .map(|s| targets.iter().map(|t| (cluster.expect(s, t), None, 0)).collect())
             .collect();
@@ -238,7 +247,7 @@ async fn variant<B: MatrixPlace>(
             .into_iter()
             .enumerate()
             .flat_map(|(si, row)| {
-                let (src, targets, cluster) = (&sources[si], &p.targets, &cluster);
+                let (src, targets, cluster) = (&sources.list[si], &p.targets, &cluster);
                 row.into_iter().enumerate().filter_map(move |(ti, (e, cell, _))| {
                     // Not a path of this source: shown as such; not measured (interrupted): left out.
                     cell.or_else(|| {
@@ -278,7 +287,9 @@ pub async fn run<B: MatrixPlace>(
             names.join(", ")
         );
     }
-    let sources = backend.matrix_sources()?;
+    let list = backend.matrix_sources()?;
+    let ports = list.iter().map(|_| PortCursor::new(rand::random())).collect();
+    let mut sources = Sources { list, ports };
     let meta = backend.meta();
     let started_at = jiff::Timestamp::now();
     let t0 = Instant::now();
@@ -286,7 +297,7 @@ pub async fn run<B: MatrixPlace>(
         eprintln!(
             "svclb: {} scenario(s), {} source(s), {} connection(s) per cell",
             chosen.len(),
-            sources.len(),
+            sources.list.len(),
             job.conns
         );
     }
@@ -307,7 +318,7 @@ pub async fn run<B: MatrixPlace>(
             stopped = Some(Stop::Interrupted);
             break;
         }
-        match variant(backend, job, &sources, v, &protos, interrupt, &mut scenarios).await {
+        match variant(backend, job, &mut sources, v, &protos, interrupt, &mut scenarios).await {
             Ok(true) => {}
             Ok(false) => {
                 stopped = Some(Stop::Interrupted);
@@ -331,7 +342,7 @@ pub async fn run<B: MatrixPlace>(
         mode: meta.mode.clone(),
         protocol: job.protos[0],
         service: meta.service.clone(),
-        source: Some(format!("matrix ({} sources)", sources.len())),
+        source: Some(format!("matrix ({} sources)", sources.list.len())),
         lab: meta.name.clone(),
     };
     let mut env = Environment::local();
@@ -349,7 +360,7 @@ pub async fn run<B: MatrixPlace>(
             timeout_s: job.timeout.as_secs_f64(),
             parallel: job.parallel,
         },
-        sources,
+        sources: sources.list,
         scenarios,
         stopped,
         environment: env,

@@ -214,6 +214,7 @@ mod tests {
                 graceful_close: false,
                 session: String::new(),
                 fetch_bytes: None,
+                src_ports: None,
             },
             criteria: Criteria {
                 expect_backends: None,

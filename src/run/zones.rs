@@ -310,6 +310,7 @@ mod tests {
                 graceful_close: false,
                 session: String::new(),
                 fetch_bytes: None,
+                src_ports: None,
             },
             prices: Vec::new(),
             rate: None,

@@ -63,6 +63,26 @@ pub struct StormConfig {
     /// the bytes received are counted per backend (the server names itself in a header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetch_bytes: Option<u64>,
+    /// UDP: datagram session `i` binds source port `first + i % count` instead of one the
+    /// kernel picks, so a caller can keep a run from reusing a 5-tuple whose conntrack entry an
+    /// earlier storm left (docs/matrix.md). A port already taken falls back to the kernel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ports: Option<PortRange>,
+}
+
+/// Source ports `first .. first + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub count: u16,
+}
+
+impl PortRange {
+    /// The port of session `i`.
+    pub fn nth(self, i: u64) -> u16 {
+        let offset = i % u64::from(self.count.max(1));
+        self.first.saturating_add(u16::try_from(offset).unwrap_or(0))
+    }
 }
 
 /// Why a connection failed.
@@ -572,7 +592,15 @@ async fn udp_once(
     } else {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     });
-    let socket = match UdpSocket::bind(SocketAddr::new(local, 0)).await {
+    let chosen = match cfg.src_ports {
+        Some(range) => UdpSocket::bind(SocketAddr::new(local, range.nth(seq))).await.ok(),
+        None => None,
+    };
+    let bound = match chosen {
+        Some(s) => Ok(s),
+        None => UdpSocket::bind(SocketAddr::new(local, 0)).await,
+    };
+    let socket = match bound {
         Ok(s) => s,
         Err(e) if src.is_some() => return Err(bind_error(local, e, cfg.srccidr)),
         Err(e) => {
@@ -628,6 +656,7 @@ mod tests {
             graceful_close: false,
             session: String::new(),
             fetch_bytes,
+            src_ports: None,
         }
     }
 
