@@ -313,6 +313,96 @@ impl Cluster {
     }
 }
 
+/// A node's ICMP budget towards one peer, in messages: `net.ipv4.icmp_ratelimit` (1 s per
+/// error) times the kernel's burst factor (`XRLIM_BURST_FACTOR`, 6), refilled one per second.
+pub const ICMP_BURST: f64 = 6.0;
+
+impl Cluster {
+    /// The node whose rules reject `source`'s connection to `target` when the Service has no
+    /// endpoint, and so send the ICMP error; None when the error goes to the node itself
+    /// (loopback: no rate limit) or the target is never rejected.
+    fn rejecting_nodes(&self, source: &MatrixSource, target: &MatrixTarget) -> Vec<String> {
+        match (target.kind, source.kind) {
+            (TargetKind::PodIp, _) => Vec::new(),
+            (TargetKind::ClusterIp | TargetKind::Hairpin | TargetKind::LoadBalancer, SourceKind::Pod) => {
+                vec![source.node.clone()]
+            }
+            (TargetKind::ClusterIp | TargetKind::Hairpin | TargetKind::LoadBalancer, SourceKind::Node) => Vec::new(),
+            (TargetKind::LoadBalancer | TargetKind::ClusterIp | TargetKind::Hairpin, SourceKind::Client) => {
+                self.lb_hops.clone()
+            }
+            (TargetKind::NodePort, SourceKind::Node) if source.node == target.node => Vec::new(),
+            (TargetKind::NodePort, _) => vec![target.node.clone()],
+        }
+    }
+
+    /// The most ICMP errors one node owes one source in a round that probes `cells` (each
+    /// expected refusal is one connection): what the round needs of a node's per-peer budget.
+    pub fn icmp_need<'a>(
+        &self,
+        cells: impl IntoIterator<Item = (&'a MatrixSource, &'a MatrixTarget, &'a Expect)>,
+    ) -> u32 {
+        let mut per: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for (s, t, e) in cells {
+            if e.mark != Mark::Refused {
+                continue;
+            }
+            for node in self.rejecting_nodes(s, t) {
+                *per.entry((node, s.name.clone())).or_default() += 1;
+            }
+        }
+        per.into_values().max().unwrap_or(0)
+    }
+}
+
+/// What is left of the nodes' per-peer ICMP budget, as far as this run spent it: a round of
+/// expected refusals first waits until the budget covers it, else the errors that do not fit
+/// arrive as timeouts. Assumes a full budget at the start (no refusals in the 6 s before).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IcmpBudget {
+    /// Messages left right after the last spending, and when that was.
+    left: f64,
+    at: Option<std::time::Instant>,
+}
+
+impl Default for IcmpBudget {
+    fn default() -> Self {
+        IcmpBudget {
+            left: ICMP_BURST,
+            at: None,
+        }
+    }
+}
+
+impl IcmpBudget {
+    fn now_left(&self, now: std::time::Instant) -> f64 {
+        match self.at {
+            None => self.left,
+            Some(at) => (self.left + now.saturating_duration_since(at).as_secs_f64()).min(ICMP_BURST),
+        }
+    }
+
+    /// How long to wait at `now` before a round that needs `need` messages (a quarter second
+    /// spare, since the kernel counts in jiffies); a need above the burst waits for a full one.
+    pub fn wait(&self, now: std::time::Instant, need: u32) -> std::time::Duration {
+        let need = f64::from(need).min(ICMP_BURST);
+        let short = need - self.now_left(now);
+        if need == 0.0 || short <= 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64(short + 0.25)
+    }
+
+    /// A round that needs `need` messages starts at `now`.
+    pub fn spend(&mut self, now: std::time::Instant, need: u32) {
+        if need == 0 {
+            return;
+        }
+        self.left = (self.now_left(now) - f64::from(need)).max(0.0);
+        self.at = Some(now);
+    }
+}
+
 /// Where a source's next UDP probes take their source ports: in order through Linux's default
 /// ephemeral range from a random start, so no probe of a run reuses the 5-tuple of an earlier
 /// one. kube-proxy clears UDP conntrack entries only when endpoints go away, not when a policy

@@ -51,38 +51,36 @@ fn wrong(s: &Value) -> Vec<String> {
 
 /// 4 nodes and 3 pods: node4 has no endpoint. Default, eTP Local and no endpoints, TCP and UDP,
 /// with a JUnit file; the lab's Service is as before afterwards.
-fn default_etp_local_and_no_endpoints(mode: &str) {
+fn full_matrix(mode: &str) {
     let lab = LabGuard::up(
         &format!("mx{}", &mode[..1]),
         &["--nodes", "4", "--pods", "3", "--proxy-mode", mode],
     );
     let junit = lab.dir.path().join("matrix.xml");
-    let (code, r) = matrix(
-        &lab,
-        &[
-            "--test",
-            "^(default|etp-local|no-endpoints)/",
-            "--junit",
-            junit.to_str().unwrap(),
-        ],
-    );
+    // The full default matrix: every variant, TCP and UDP.
+    let (code, r) = matrix(&lab, &["--junit", junit.to_str().unwrap()]);
     let names: Vec<&str> = r["scenarios"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "default/tcp",
-            "default/udp",
-            "etp-local/tcp",
-            "etp-local/udp",
-            "no-endpoints/tcp",
-            "no-endpoints/udp"
-        ]
-    );
+    let variants = [
+        "default",
+        "etp-local",
+        "itp-local",
+        "both-local",
+        "affinity",
+        "no-endpoints",
+        "terminating",
+        "prefer-same-zone",
+        "prefer-same-node",
+    ];
+    let expected: Vec<String> = variants
+        .iter()
+        .flat_map(|v| [format!("{v}/tcp"), format!("{v}/udp")])
+        .collect();
+    assert_eq!(names, expected);
     for s in r["scenarios"].as_array().unwrap() {
         assert!(wrong(s).is_empty(), "{}: {:#?}", s["name"], wrong(s));
     }
@@ -117,6 +115,27 @@ fn default_etp_local_and_no_endpoints(mode: &str) {
         }
     }
 
+    for proto in ["tcp", "udp"] {
+        // iTP Local: a node's own endpoints only; node4 has none, so its traffic is dropped.
+        let itp = scenario(&r, &format!("itp-local/{proto}"));
+        let c = cell(itp, "node1", "cip");
+        assert_eq!(
+            (c["observed"].as_str(), &c["answered_nodes"]),
+            (Some("."), &serde_json::json!(["node1"])),
+            "{c}"
+        );
+        assert_eq!(cell(itp, "node4", "cip")["observed"], "T");
+        // Terminating endpoints that still serve are used when no endpoint is ready.
+        let term = scenario(&r, &format!("terminating/{proto}"));
+        assert!(measured(term).all(|c| c["observed"] == "."), "{term}");
+        // PreferSameNode: a node with an endpoint keeps its traffic.
+        let psn = scenario(&r, &format!("prefer-same-node/{proto}"));
+        assert_eq!(
+            cell(psn, "pod-002", "cip")["answered_nodes"],
+            serde_json::json!(["node2"])
+        );
+    }
+
     // The JUnit file parses: one test case per scenario × source × target measured.
     let xml = std::fs::read_to_string(&junit).unwrap();
     let mut reader = quick_xml::Reader::from_str(&xml);
@@ -141,7 +160,7 @@ fn default_etp_local_and_no_endpoints(mode: &str) {
         .iter()
         .map(|s| measured(s).count())
         .sum();
-    assert_eq!((suites, cases), (6, want));
+    assert_eq!((suites, cases), (18, want));
 
     // The Service and its endpoints are as they were.
     let status = json(&lab.run(&["lab", "status", "--name", &lab.name, "-o", "json"]));
@@ -156,13 +175,13 @@ fn default_etp_local_and_no_endpoints(mode: &str) {
 }
 
 #[test]
-fn lab_matrix_default_etp_local_no_endpoints_nftables() {
-    default_etp_local_and_no_endpoints("nftables");
+fn lab_matrix_full_nftables() {
+    full_matrix("nftables");
 }
 
 #[test]
-fn lab_matrix_default_etp_local_no_endpoints_iptables() {
-    default_etp_local_and_no_endpoints("iptables");
+fn lab_matrix_full_iptables() {
+    full_matrix("iptables");
 }
 
 /// node2's rules flushed: every wrong cell is in node2's row (its pod or itself as source) or

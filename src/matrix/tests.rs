@@ -296,3 +296,64 @@ fn probe_ports_never_repeat_within_the_range_and_wrap_whole() {
         PortCursor::END - PortCursor::FIRST
     );
 }
+
+#[test]
+fn icmp_need_counts_errors_per_rejecting_node_and_peer() {
+    let c = cluster(
+        ServiceOptions::default(),
+        Vec::new(), // no endpoints: everything to the Service is refused
+    );
+    let t = |name: &str, kind, node: &str| MatrixTarget {
+        name: name.into(),
+        kind,
+        address: "10.0.0.1:1".parse::<SocketAddr>().unwrap(),
+        node: node.into(),
+        pod: String::new(),
+    };
+    let targets = [
+        t("cip", TargetKind::ClusterIp, ""),
+        t("np:n1", TargetKind::NodePort, "n1"),
+        t("np:n2", TargetKind::NodePort, "n2"),
+        t("lb", TargetKind::LoadBalancer, ""),
+        t("hairpin", TargetKind::Hairpin, ""),
+        t("pod:p1", TargetKind::PodIp, "n1"),
+    ];
+    let pod = src("p1", SourceKind::Pod, "n1");
+    let node = src("n1", SourceKind::Node, "n1");
+    let client = src("client", SourceKind::Client, "");
+    let expects: Vec<(MatrixSource, MatrixTarget, Expect)> = [pod.clone(), node.clone(), client.clone()]
+        .iter()
+        .flat_map(|s| targets.iter().map(|t| (s.clone(), t.clone(), c.expect(s, t))))
+        .collect();
+    let need = |who: &MatrixSource| c.icmp_need(expects.iter().filter(|(s, _, _)| s == who).map(|(s, t, e)| (s, t, e)));
+    // The pod's own node rejects its clusterIP, hairpin, LB and own NodePort: 4 errors to it.
+    assert_eq!(need(&pod), 4);
+    // A node's own rejections go to itself (no limit); n2 rejects its NodePort: 1.
+    assert_eq!(need(&node), 1);
+    // The client: n1 rejects its NodePort and the LB IP (the LB's hop).
+    assert_eq!(need(&client), 2);
+    assert_eq!(c.icmp_need(expects.iter().map(|(s, t, e)| (s, t, e))), 4);
+}
+
+#[test]
+fn icmp_budget_waits_only_for_what_is_missing() {
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let mut b = IcmpBudget::default();
+    // A full budget covers a first round of 4.
+    assert_eq!(b.wait(t0, 4), Duration::ZERO);
+    b.spend(t0, 4);
+    // Right after, 2 are left: a second round of 4 waits 2 s (and a quarter of spare).
+    assert_eq!(b.wait(t0, 4), Duration::from_secs_f64(2.25));
+    // One second later only 1 s more is missing.
+    assert_eq!(b.wait(t0 + Duration::from_secs(1), 4), Duration::from_secs_f64(1.25));
+    // The budget never grows past the burst: a need above it waits for a full one.
+    assert_eq!(b.wait(t0 + Duration::from_secs(60), 10), Duration::ZERO);
+    b.spend(t0 + Duration::from_secs(60), 6);
+    assert_eq!(b.wait(t0 + Duration::from_secs(60), 10), Duration::from_secs_f64(6.25));
+    // Rounds without refusals neither wait nor spend.
+    let before = b;
+    assert_eq!(b.wait(t0, 0), Duration::ZERO);
+    b.spend(t0 + Duration::from_secs(61), 0);
+    assert_eq!(b, before);
+}

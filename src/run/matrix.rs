@@ -13,7 +13,7 @@ use super::agents::{AgentSet, check, no_result};
 use super::{Interrupt, SaveTo, environment};
 use crate::agent::{Output, ProbesRequest, Request, StormResult};
 use crate::backend::{MatrixPlace, Source};
-use crate::matrix::{self, Cluster, Expect, Measured, Observed, PortCursor, Variant};
+use crate::matrix::{self, Cluster, Expect, IcmpBudget, Measured, Observed, PortCursor, Variant};
 use crate::record::{
     Environment, Mark, MatrixCell, MatrixParams, MatrixRun, MatrixScenario, MatrixSource, MatrixTarget, TargetInfo,
 };
@@ -42,12 +42,6 @@ fn hairpin_conns(conns: u64, n: usize) -> u64 {
     conns.max(3 * n as u64).min(1000)
 }
 
-/// How long a node's ICMP rate limit takes to give back the few errors one round of rejected
-/// cells sends one address (`net.ipv4.icmp_ratelimit` 1 s per error, a burst of 6): a round
-/// with expected refusals waits that long first, else the errors earlier traffic cost arrive
-/// as timeouts.
-const ICMP_REFILL: Duration = Duration::from_secs(5);
-
 /// One scenario's cells being measured.
 struct Pending {
     variant: Variant,
@@ -58,10 +52,12 @@ struct Pending {
     started: Instant,
 }
 
-/// The run's sources and, per source, where its next UDP probes take their source ports.
+/// The run's sources; per source, where its next UDP probes take their source ports; and what
+/// is left of the nodes' ICMP budget towards them.
 struct Sources {
     list: Vec<MatrixSource>,
     ports: Vec<PortCursor>,
+    icmp: IcmpBudget,
 }
 
 /// A source's storms in a round: the source, (scenario, target) of each storm, the storms.
@@ -224,16 +220,25 @@ async fn variant<B: MatrixPlace>(
     // One protocol at a time, for the same ICMP rate limit.
     let mut completed = true;
     'protos: for p in pending.iter_mut() {
-        let rejects = p.cells.iter().flatten().any(|(e, _, _)| e.mark == Mark::Refused);
-        if rejects {
+        // Expected refusals are ICMP errors: wait until the nodes' per-peer budget covers
+        // this round's, else the ones that do not fit arrive as timeouts.
+        let need = cluster.icmp_need(
+            p.cells
+                .iter()
+                .zip(&sources.list)
+                .flat_map(|(row, s)| row.iter().zip(&p.targets).map(move |((e, _, _), t)| (s, t, e))),
+        );
+        let wait = sources.icmp.wait(Instant::now(), need);
+        if !wait.is_zero() {
             tokio::select! {
-                () = tokio::time::sleep(ICMP_REFILL) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = interrupt.wait() => {
                     completed = false;
                     break 'protos;
                 }
             }
         }
+        sources.icmp.spend(Instant::now(), need);
         for _ in 0..job.attempts {
             if !round(backend, job, sources, &cluster, std::slice::from_mut(p), interrupt).await? {
                 completed = false;
@@ -289,7 +294,11 @@ pub async fn run<B: MatrixPlace>(
     }
     let list = backend.matrix_sources()?;
     let ports = list.iter().map(|_| PortCursor::new(rand::random())).collect();
-    let mut sources = Sources { list, ports };
+    let mut sources = Sources {
+        list,
+        ports,
+        icmp: IcmpBudget::default(),
+    };
     let meta = backend.meta();
     let started_at = jiff::Timestamp::now();
     let t0 = Instant::now();

@@ -677,6 +677,42 @@ mod tests {
         assert!((100..1024).contains(&head), "{head} bytes of headers");
     }
 
+    #[tokio::test]
+    async fn udp_sessions_take_their_source_ports_in_order() {
+        // A bare echo server that remembers each datagram's source port.
+        let server = std::net::UdpSocket::bind("127.77.9.11:0").unwrap();
+        let target = server.local_addr().unwrap();
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let seen = std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            (0..6)
+                .map(|_| {
+                    let (n, from) = server.recv_from(&mut buf).unwrap();
+                    server.send_to(&buf[..n], from).unwrap();
+                    from.port()
+                })
+                .collect::<std::collections::BTreeSet<u16>>()
+        });
+        // A free block of ports: the kernel's pick, and the next ones (taken ones fall back).
+        let first = std::net::UdpSocket::bind("127.77.9.12:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let range = PortRange {
+            first: first.min(u16::MAX - 8),
+            count: 3,
+        };
+        let mut cfg = config(&target.to_string(), None);
+        (cfg.proto, cfg.conns, cfg.parallel, cfg.src_ports) = (Proto::Udp, 6, 1, Some(range));
+        let o = run(&cfg, Control::new()).await.unwrap();
+        assert_eq!(o.ok, 6, "{:?}", o.failures);
+        // Six sessions through a range of three: each port twice, no other port.
+        let ports = seen.join().unwrap();
+        assert_eq!(ports, (range.first..range.first + 3).collect());
+        assert_eq!((range.nth(0), range.nth(4)), (range.first, range.first + 1));
+    }
+
     #[test]
     fn a_response_head_names_the_backend_and_its_length() {
         let head =
