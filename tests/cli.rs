@@ -107,28 +107,85 @@ fn help_reads_as_a_kubectl_plugin() {
 }
 
 #[test]
-fn kubectl_global_flags_are_accepted_after_the_verb() {
+fn kubectl_flags_are_on_the_cluster_commands_only() {
+    // Accepted after the verb of a command that talks to a cluster (kubectl refuses flags before
+    // a plugin's name): the run reaches the kubeconfig named.
+    one_line_error(
+        &[
+            "status",
+            "--kubeconfig",
+            KUBECONFIG_DOWN.0,
+            "--context",
+            "kind-down",
+            "-n",
+            "svclb",
+            "--as",
+            "someone",
+        ],
+        KUBECONFIG_DOWN.1,
+    );
+    // Listed in the cluster commands' help under their own heading, absent from the others'.
+    for cmd in [&["spread"][..], &["deploy"], &["zones"], &["affinity"]] {
+        let (_, out, _) = svclb(&[cmd, &["--help"]].concat());
+        let heading = out.find("Cluster options:").unwrap_or_else(|| panic!("{cmd:?}: {out}"));
+        assert!(out[heading..].contains("--context <NAME>"), "{cmd:?}: {out}");
+    }
+    for cmd in [
+        &["lab", "up"][..],
+        &["lab", "status"],
+        &["lab", "scale"],
+        &["lab", "down"],
+        &["serve"],
+        &["compare"],
+        &["completion"],
+    ] {
+        let (code, out, _) = svclb(&[cmd, &["--help"]].concat());
+        assert_eq!(code, 0, "{cmd:?}");
+        for flag in ["--kubeconfig", "--context", "--namespace", "--as "] {
+            assert!(!out.contains(flag), "{cmd:?} --help lists {flag}:\n{out}");
+        }
+    }
+    // Given where they mean nothing: refused in one line.
+    one_line_error(&["lab", "status", "--context", "x"], "unexpected argument '--context'");
+    one_line_error(&["serve", "-n", "x"], "unexpected argument '-n'");
+    one_line_error(&["--context", "x", "status"], "unexpected argument '--context'");
+    one_line_error(
+        &[
+            "spread",
+            "--address",
+            "127.0.0.1:9",
+            "--context",
+            "kind-x",
+            "-n",
+            "svclb",
+        ],
+        "--context, --namespace pick(s) a cluster, and --address contacts none: drop them",
+    );
+    one_line_error(
+        &["affinity", "--udp", "--lab", "x", "--as", "me"],
+        "--as pick(s) a cluster, and --lab contacts none: drop it",
+    );
+    one_line_error(
+        &["zones", "--lab", "x", "--kubeconfig", "/elsewhere"],
+        "--kubeconfig pick(s) a cluster, and --lab contacts none",
+    );
+    // KUBECONFIG from the environment is no flag given: an --address run goes on.
     let s = Server::start("127.0.0.41", "pod-k", "n", "z");
-    let (code, out, err) = svclb(&[
-        "spread",
-        "--address",
-        &s.addr.to_string(),
-        "--conns",
-        "20",
-        "--no-save",
-        "--kubeconfig",
-        "/nonexistent",
-        "--context",
-        "kind-x",
-        "-n",
-        "svclb",
-        "--as",
-        "someone",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("\"SpreadRun\""));
+    let out = Command::new(common::BIN)
+        .args([
+            "spread",
+            "--address",
+            &s.addr.to_string(),
+            "--conns",
+            "20",
+            "--no-save",
+            "-o",
+            "json",
+        ])
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -254,6 +254,11 @@ fn finish(mut run: SpreadRun, save: &run::SaveTo, output: RunFormat) -> Result<E
 
 pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
+    match (&args.address, &args.lab) {
+        (Some(_), _) => kube.refuse_off_cluster("--address")?,
+        (None, Some(_)) => kube.refuse_off_cluster("--lab")?,
+        (None, None) => {}
+    }
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
