@@ -353,6 +353,52 @@ fn spread_outputs_render() {
 }
 
 #[test]
+fn spread_says_what_it_storms_first_and_a_short_run_in_ms() {
+    let s = Server::start("127.0.0.44", "pod-m", "n", "z");
+    let addr = s.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().to_str().unwrap();
+    let (code, out, err) = svclb(&[
+        "spread",
+        "--address",
+        &addr,
+        "--conns",
+        "1200",
+        "--tag",
+        "ms",
+        "--save",
+        save,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Before the storm (before its results and the save): how many, to where.
+    let first = err.lines().next().unwrap_or_default();
+    assert_eq!(first, format!("svclb: 1,200 TCP connections to {addr}"), "{err}");
+    let (code, out_udp, err) = svclb(&["spread", "--address", &addr, "--conns", "20", "--udp", "--no-save"]);
+    assert_eq!(code, 0, "{out_udp}");
+    assert!(
+        err.starts_with(&format!("svclb: 20 UDP datagrams (a socket each) to {addr}\n")),
+        "{err}"
+    );
+    // The elapsed cell: ms below a second, seconds with 2 decimals above, as the record says.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ms.json")).unwrap()).unwrap();
+    let secs = record["duration_s"].as_f64().unwrap();
+    let header = out.lines().nth(1).unwrap();
+    let row = out.lines().nth(2).unwrap();
+    let at = header.find("elapsed").unwrap();
+    let cell = row[..at + "elapsed".len()].rsplit("  ").next().unwrap().trim();
+    let want = if secs < 0.9995 {
+        format!("{} ms", (secs * 1000.0).round())
+    } else {
+        format!("{secs:.2} s")
+    };
+    assert_eq!(cell, want, "{out}");
+    // -o json prints no such line: stdout is the record, stderr stays quiet.
+    let (_, _, err) = svclb(&["spread", "--address", &addr, "--conns", "20", "--no-save", "-o", "json"]);
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
 fn where_a_run_saves_is_checked_before_it_runs() {
     let d = tempfile::tempdir().unwrap();
     let file = d.path().join("a-file");

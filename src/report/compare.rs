@@ -156,7 +156,17 @@ struct AffinityDoc<'a> {
 }
 
 const AFFINITY_SUMMARY: [&str; 12] = [
-    "tag", "target", "proto", "sessions", "sent", "answered", "lost", "late", "pod chg", "addr chg", "pool chg",
+    "tag",
+    "target",
+    "proto",
+    "sessions",
+    "sent",
+    "answered",
+    "lost",
+    "late",
+    "pod changes",
+    "address changes",
+    "changes during pool change",
     "verdict",
 ];
 

@@ -168,11 +168,17 @@ pub async fn run<B: Backend>(
         })
         .collect();
     if job.announce {
+        let sources: Vec<String> = placed.iter().map(|p| p.name.clone()).collect();
+        let how = if job.per_zone { "one per zone" } else { "one per node" };
         eprintln!(
-            "svclb: {} connection(s) from each of {} source(s) ({}) to {address}{}",
-            job.storm.conns,
-            placed.len(),
-            if job.per_zone { "one per zone" } else { "one per node" },
+            "svclb: {}{}",
+            crate::report::storm_line(
+                job.storm.conns,
+                "connections",
+                &sources,
+                Some(how),
+                &address.to_string()
+            ),
             if job.cycles > 1 {
                 format!(", {} cycles", job.cycles)
             } else {
