@@ -336,6 +336,14 @@ fn affinity_saves_and_compare_lists_affinity_runs() {
         out.contains("aff-2") && out.contains("HOLDS") && out.contains("sp "),
         "{out}"
     );
+    // csv is one table: with spread and affinity runs, it must be named.
+    let (code, _, err) = svclb(&["compare", dir, "-o", "csv"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("pick one with --table"), "{err}");
+    let (code, csv, _) = svclb(&["compare", dir, "-o", "csv", "--table", "affinity"]);
+    assert_eq!(code, 0);
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("tag,target,proto,sessions,"), "{csv}");
     let (_, json, _) = svclb(&["compare", dir, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["affinity_runs"].as_array().unwrap().len(), 2);

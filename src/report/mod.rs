@@ -8,7 +8,7 @@ mod spread;
 mod zones;
 
 pub use affinity::{affinity, clock};
-pub use compare::compare;
+pub use compare::{CompareTable, CompareView, compare};
 pub use spread::spread;
 pub use zones::{cycle_line as zones_cycle_line, zones};
 
@@ -31,16 +31,6 @@ pub enum CompareFormat {
     Yaml,
     Markdown,
     Csv,
-}
-
-/// xcluster's frequency table: `(conns, pods)` pairs — how many backends got each count —
-/// ascending by conns, zero-count backends included.
-pub fn frequency(counts: impl IntoIterator<Item = u64>) -> Vec<(u64, usize)> {
-    let mut map = std::collections::BTreeMap::new();
-    for c in counts {
-        *map.entry(c).or_insert(0usize) += 1;
-    }
-    map.into_iter().collect()
 }
 
 /// The line a run says on stderr before its storm starts: how many connections (`what`), from
@@ -323,10 +313,5 @@ mod tests {
         // In units of 10: widths 10, 20, 50, 100...
         let bins = frequency_bins(&[850, 900, 1000, 1010, 1150, 1201], 3, 10);
         assert_eq!(bins, [(800, 999), (1000, 1199), (1200, 1399)]);
-    }
-
-    #[test]
-    fn frequency_counts_pods_per_conns() {
-        assert_eq!(super::frequency([3, 0, 3, 5, 3]), vec![(0, 1), (3, 3), (5, 1)]);
     }
 }
