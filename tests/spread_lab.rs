@@ -285,3 +285,53 @@ fn lab_commands_without_a_name_pick_the_only_lab() {
     let out = lab.run(&["lab", "scale", "1", "--pods", "1"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn lab_up_with_a_relative_server_path() {
+    // `--server ./kubectl-svclb` from the binary's directory: resolved there before the build and
+    // recorded absolute, so `lab scale` from another directory starts the same program.
+    let bin = std::path::Path::new(common::BIN);
+    let guard = LabGuard {
+        name: format!("rel{}", std::process::id() % 100_000),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let up = |server: &str| {
+        Command::new(bin)
+            .args([
+                "lab",
+                "up",
+                "--name",
+                &guard.name,
+                "--nodes",
+                "1",
+                "--pods",
+                "2",
+                "--server",
+                server,
+            ])
+            .current_dir(bin.parent().unwrap())
+            .env("SVCLB_LAB_DIR", guard.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A program that is not there: one line before anything is built.
+    let out = up("./no-such-server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--server ./no-such-server: No such file"), "{err}");
+    assert!(netns_with_prefix(&format!("svclb-{}.", guard.name)).is_empty());
+
+    let out = up("./kubectl-svclb");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = guard.run(&["lab", "scale", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = json(&guard.run(&["lab", "status", "-o", "json"]));
+    let pods = st["pods"].as_array().unwrap();
+    assert_eq!(pods.len(), 3, "{st}");
+    assert!(pods.iter().all(|p| p["alive"] == true), "{st}");
+    let (code, r) = guard.spread(&["--conns", "300", "--margin", "1000"]);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(counts(&r).len(), 3);
+}
