@@ -247,9 +247,11 @@ mod tests {
         }
     }
 
-    /// One node, one ready pod; the Service's clusterIP and the node's IP are loopback.
+    /// One node, one ready pod; the Service's clusterIP and the node's IP are loopback. Every
+    /// API call is authorized against the Role of `manifests --rbac`.
     async fn target(cluster_ip: &str, node_ip: &str) -> KubeBackend<LocalRun, LocalRun> {
         let api = FakeApi::new(Pods::Ready);
+        api.enforce_rbac(crate::cluster::manifests::render_rbac(fake::NS).unwrap());
         api.put(fake::node("node-1", "zone-a", node_ip));
         api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
         api.put(fake::service("NodePort", cluster_ip, json!({}), None));
