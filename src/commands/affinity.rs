@@ -203,6 +203,11 @@ impl AffinityArgs {
 
 pub fn run(args: AffinityArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
+    match (&args.address, &args.lab) {
+        (Some(_), _) => kube.refuse_off_cluster("--address")?,
+        (None, Some(_)) => kube.refuse_off_cluster("--lab")?,
+        (None, None) => {}
+    }
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();

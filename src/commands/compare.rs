@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::record::AnyRun;
-use crate::report::{self, CompareFormat};
+use crate::report::{self, CompareFormat, CompareTable, CompareView};
 use crate::stats::Criteria;
 
 #[derive(Debug, Args)]
@@ -16,9 +16,20 @@ pub struct CompareArgs {
     /// (hidden ones left out; one that cannot be read is skipped with a warning).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Output format.
+    /// Output format: table and markdown print every table that has runs (spread: summary and
+    /// frequency); csv prints one table, one header (the summary of the one kind of run given, or
+    /// the one --table names); json and yaml hold everything.
     #[arg(short = 'o', long, value_enum, default_value_t = CompareFormat::Table)]
     pub output: CompareFormat,
+    /// Print this table only: spread runs' `summary`, `frequency` (backends per connection count,
+    /// runs side by side) or `backends` (one row per run and backend), or the `affinity` or
+    /// `zones` runs' summary.
+    #[arg(long, value_enum)]
+    pub table: Option<CompareTable>,
+    /// Frequency table: a row for every connection count (by default at most 12 ranges, in shares
+    /// of each run's fair share when the runs differ in connections or backends).
+    #[arg(long)]
+    pub all_backends: bool,
     /// Margin (±%) for judging mconnect files, which carry no verdict of their own.
     #[arg(long, default_value_t = 50.0)]
     pub margin: f64,
@@ -91,8 +102,18 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
     if spread.is_empty() && affinity.is_empty() && zones.is_empty() && matrix.is_empty() {
         bail!("nothing to compare: all {skipped} .json files were skipped (see the warnings above)");
     }
+    if !matrix.is_empty()
+        && !(spread.is_empty() && affinity.is_empty() && zones.is_empty())
+        && args.output == CompareFormat::Csv
+    {
+        bail!("-o csv writes one table: compare the matrix runs apart from the other runs");
+    }
     if !(spread.is_empty() && affinity.is_empty() && zones.is_empty()) {
-        print!("{}", report::compare(&spread, &affinity, &zones, args.output)?);
+        let view = CompareView {
+            table: args.table,
+            all_backends: args.all_backends,
+        };
+        print!("{}", report::compare(&spread, &affinity, &zones, args.output, view)?);
     }
     if !matrix.is_empty() {
         print!("{}", report::matrix_compare(&matrix, args.output)?);

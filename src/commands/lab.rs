@@ -160,6 +160,7 @@ fn sync_delay(s: &str) -> Result<SyncDelay, String> {
 pub struct StatusArgs {
     #[command(flatten)]
     pub name: NameArg,
+    /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = StatusFormat::Table)]
     pub output: StatusFormat,
 }

@@ -58,14 +58,14 @@ pub struct ZonesArgs {
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
-    /// Cluster: fail when the test servers are not deployed instead of deploying them.
-    #[arg(long, conflicts_with = "lab")]
+    /// Fail when the test servers are not deployed instead of deploying them.
+    #[arg(long, conflicts_with = "lab", help_heading = "Cluster options")]
     pub no_deploy: bool,
-    /// Cluster: image of the test servers when this run deploys them (the run's client pods run the deployed tserver's image) [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
-    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["lab", "no_deploy"])]
+    /// Image of the test servers when this run deploys them (the run's client pods run the deployed tserver's image) [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["lab", "no_deploy"], help_heading = "Cluster options")]
     pub image: Option<String>,
-    /// Cluster: delete what the plugin made in the namespace after the run (also when interrupted).
-    #[arg(long, conflicts_with = "lab")]
+    /// Delete what the plugin made in the namespace after the run (also when interrupted).
+    #[arg(long, conflicts_with = "lab", help_heading = "Cluster options")]
     pub cleanup: bool,
 }
 
@@ -213,6 +213,9 @@ fn finish(mut run: ZonesRun, save: &run::SaveTo, output: RunFormat) -> Result<Ex
 
 pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
+    if args.lab.is_some() {
+        kube.refuse_off_cluster("--lab")?;
+    }
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();

@@ -286,6 +286,10 @@ pub fn add_buckets(h: &mut hdrhistogram::Histogram<u64>, buckets: &[[u64; 2]]) {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded {
     pub tag: String,
+    /// Where the run went (address, mode, protocol); `None` for mconnect files, which do not say.
+    pub target: Option<TargetInfo>,
+    /// The proxy mode of the lab or cluster, when the record knows it.
+    pub proxy_mode: Option<String>,
     pub conns: u64,
     pub ok: u64,
     pub failed: u64,
@@ -369,6 +373,8 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .map_err(|e| anyhow::anyhow!("{}: corrupt SpreadRun record: {e}", path.display()))?;
             Ok(AnyRun::Spread(Box::new(Loaded {
                 tag: run.tag,
+                target: Some(run.target),
+                proxy_mode: run.environment.proxy_mode,
                 conns: run.conns,
                 ok: run.ok,
                 failed: run.failed.total,
@@ -405,6 +411,8 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .unwrap_or_default();
             Ok(AnyRun::Spread(Box::new(Loaded {
                 tag: stem.strip_prefix("mconnect-").unwrap_or(&stem).to_string(),
+                target: None,
+                proxy_mode: None,
                 conns: m.connects.unwrap_or(ok + failed),
                 ok,
                 failed,

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use tabled::builder::Builder;
 
-use super::{RunFormat, heading, num, styled, title};
+use super::{RunFormat, elapsed, heading, num, styled, title};
 use crate::affinity::{ChangeKind, Verdict};
 use crate::record::AffinityRun;
 use crate::storm::Stop;
@@ -40,8 +40,18 @@ fn text(run: &AffinityRun, md: bool) -> String {
     };
     let mut b = Builder::default();
     b.push_record([
-        "target", "proto", "sessions", "sent", "answered", "lost", "lost %", "late", "pod chg", "addr chg", "pool chg",
-        "seconds",
+        "target",
+        "proto",
+        "sessions",
+        "sent",
+        "answered",
+        "lost",
+        "lost %",
+        "late",
+        "pod changes",
+        "address changes",
+        "changes during pool change",
+        "elapsed",
     ]);
     b.push_record([
         format!("{} ({})", run.target.address, run.target.mode),
@@ -55,7 +65,7 @@ fn text(run: &AffinityRun, md: bool) -> String {
         t.pod_changes.to_string(),
         t.address_changes.to_string(),
         run.changes_during_pool_change.to_string(),
-        num(Some(run.duration_s), 1),
+        elapsed(run.duration_s),
     ]);
     let _ = writeln!(out, "{}", styled(b, md));
     if t.stray + t.connect_failures > 0 {

@@ -108,7 +108,7 @@ fn text(run: &ZonesRun, md: bool) -> String {
         "conns",
         "ok",
         "failed",
-        "seconds",
+        "elapsed",
     ]);
     b.push_record([
         format!("{} ({})", run.target.address, run.target.mode),
@@ -118,7 +118,7 @@ fn text(run: &ZonesRun, md: bool) -> String {
         run.conns.to_string(),
         run.ok.to_string(),
         run.failed.total.to_string(),
-        format!("{:.2}", run.duration_s),
+        super::elapsed(run.duration_s),
     ]);
     let _ = writeln!(out, "{}", styled(b, md));
 

@@ -158,6 +158,8 @@ mod tests {
     /// clusterIP and node-1's address are loopback.
     fn api(cluster_ip: &str, node_ip: &str) -> FakeApi {
         let api = FakeApi::new(Pods::Ready);
+        // Every API call as the Role of `manifests --rbac` allows it.
+        api.enforce_rbac(crate::cluster::manifests::render_rbac(fake::NS).unwrap());
         api.put(fake::node("node-1", "zone-a", node_ip));
         api.put(fake::node("node-2", "zone-b", "127.78.0.2"));
         api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
