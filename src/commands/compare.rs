@@ -102,13 +102,11 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
     if spread.is_empty() && affinity.is_empty() && zones.is_empty() && matrix.is_empty() {
         bail!("nothing to compare: all {skipped} .json files were skipped (see the warnings above)");
     }
-    if !matrix.is_empty()
-        && !(spread.is_empty() && affinity.is_empty() && zones.is_empty())
-        && args.output == CompareFormat::Csv
-    {
+    let others = !(spread.is_empty() && affinity.is_empty() && zones.is_empty());
+    if others && !matrix.is_empty() && args.output == CompareFormat::Csv {
         bail!("-o csv writes one table: compare the matrix runs apart from the other runs");
     }
-    if !(spread.is_empty() && affinity.is_empty() && zones.is_empty()) {
+    if others {
         let view = CompareView {
             table: args.table,
             all_backends: args.all_backends,
