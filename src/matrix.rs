@@ -382,18 +382,20 @@ impl IcmpBudget {
         }
     }
 
-    /// How long to wait at `now` before a round that needs `need` messages (a quarter second
-    /// spare, since the kernel counts in jiffies); a need above the burst waits for a full one.
+    /// How long to wait at `now` before a round that needs `need` messages (half a second
+    /// spare); a need above the burst waits for a full one.
     pub fn wait(&self, now: std::time::Instant, need: u32) -> std::time::Duration {
         let need = f64::from(need).min(ICMP_BURST);
         let short = need - self.now_left(now);
         if need == 0.0 || short <= 0.0 {
             return std::time::Duration::ZERO;
         }
-        std::time::Duration::from_secs_f64(short + 0.25)
+        std::time::Duration::from_secs_f64(short + 0.5)
     }
 
-    /// A round that needs `need` messages starts at `now`.
+    /// A round that needed `need` messages ended at `now`. Its errors went out at some point
+    /// while it ran (its agents may take a while to start on a loaded machine); counting them
+    /// at the end never overstates what is left.
     pub fn spend(&mut self, now: std::time::Instant, need: u32) {
         if need == 0 {
             return;

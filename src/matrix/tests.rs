@@ -343,14 +343,14 @@ fn icmp_budget_waits_only_for_what_is_missing() {
     // A full budget covers a first round of 4.
     assert_eq!(b.wait(t0, 4), Duration::ZERO);
     b.spend(t0, 4);
-    // Right after, 2 are left: a second round of 4 waits 2 s (and a quarter of spare).
-    assert_eq!(b.wait(t0, 4), Duration::from_secs_f64(2.25));
+    // Right after, 2 are left: a second round of 4 waits 2 s (and half a second spare).
+    assert_eq!(b.wait(t0, 4), Duration::from_secs_f64(2.5));
     // One second later only 1 s more is missing.
-    assert_eq!(b.wait(t0 + Duration::from_secs(1), 4), Duration::from_secs_f64(1.25));
+    assert_eq!(b.wait(t0 + Duration::from_secs(1), 4), Duration::from_secs_f64(1.5));
     // The budget never grows past the burst: a need above it waits for a full one.
     assert_eq!(b.wait(t0 + Duration::from_secs(60), 10), Duration::ZERO);
     b.spend(t0 + Duration::from_secs(60), 6);
-    assert_eq!(b.wait(t0 + Duration::from_secs(60), 10), Duration::from_secs_f64(6.25));
+    assert_eq!(b.wait(t0 + Duration::from_secs(60), 10), Duration::from_secs_f64(6.5));
     // Rounds without refusals neither wait nor spend.
     let before = b;
     assert_eq!(b.wait(t0, 0), Duration::ZERO);

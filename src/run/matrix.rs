@@ -238,9 +238,13 @@ async fn variant<B: MatrixPlace>(
                 }
             }
         }
-        sources.icmp.spend(Instant::now(), need);
-        for _ in 0..job.attempts {
-            if !round(backend, job, sources, &cluster, std::slice::from_mut(p), interrupt).await? {
+        for attempt in 0..job.attempts {
+            let finished = round(backend, job, sources, &cluster, std::slice::from_mut(p), interrupt).await?;
+            if attempt == 0 {
+                // Only the first round probes expected refusals (they are never retried).
+                sources.icmp.spend(Instant::now(), need);
+            }
+            if !finished {
                 completed = false;
                 break 'protos;
             }
