@@ -10,8 +10,11 @@ use anyhow::{Result, bail};
 use regex::Regex;
 
 use super::agents::{AgentSet, check, no_result};
+use super::open::Opened;
 use super::{Interrupt, SaveTo, environment};
 use crate::agent::{Output, Probe, ProbesRequest, Request, StormResult};
+use crate::backend::kube::matrix::{KubeMatrix, MatrixOptions};
+use crate::backend::kube::{AgentRunner, KubeBackend};
 use crate::backend::{Applied, MatrixPlace, Source};
 use crate::matrix::{self, Cluster, Expect, IcmpBudget, Measured, Observed, PortCursor, Variant};
 use crate::record::{
@@ -299,6 +302,50 @@ async fn variant<B: MatrixPlace>(
     Ok(completed)
 }
 
+/// The run on what was opened: the lab's Service changed per scenario, or on a cluster one
+/// Service per scenario ([`on_cluster`]).
+pub async fn run_opened(
+    opened: &Opened,
+    job: &MatrixJob,
+    cluster: MatrixOptions,
+    interrupt: &Interrupt,
+) -> Result<(MatrixRun, Option<String>)> {
+    match opened {
+        Opened::Lab { backend, .. } => run(backend.as_ref(), job, interrupt).await,
+        Opened::Cluster { backend, .. } => on_cluster(backend.as_ref(), job, cluster, interrupt).await,
+        Opened::Address(_) => bail!("matrix needs a lab or a cluster: its Service changes per scenario"),
+    }
+}
+
+/// The run on a cluster ([`KubeMatrix`]): its probe pods started and waited for, the run, and
+/// then its Services and pods deleted whatever happened (an error, an interrupt while the pods
+/// start or during the run).
+pub async fn on_cluster<P: AgentRunner, H: AgentRunner>(
+    backend: &KubeBackend<P, H>,
+    job: &MatrixJob,
+    opts: MatrixOptions,
+    interrupt: &Interrupt,
+) -> Result<(MatrixRun, Option<String>)> {
+    let mut place = KubeMatrix::new(backend, opts);
+    let prepared = tokio::select! {
+        r = place.prepare() => r,
+        () = interrupt.wait() => Err(anyhow::anyhow!("interrupted while the probe pods were starting")),
+    };
+    let result = match prepared {
+        Ok(()) => run(&place, job, interrupt).await,
+        Err(e) => Err(e),
+    };
+    // Deletes again what the run's own restore could not: what is left is what close says.
+    let left = place.close().await;
+    match result {
+        Ok((record, _)) => Ok((record, left)),
+        Err(e) => Err(match left {
+            Some(l) => e.context(format!("and {l}")),
+            None => e,
+        }),
+    }
+}
+
 /// Runs `job` on `backend`; the Service is restored before this returns, whatever happened.
 /// With the record comes why the restore failed, if it did (the record is saved first).
 pub async fn run<B: MatrixPlace>(
@@ -403,3 +450,6 @@ pub async fn run<B: MatrixPlace>(
     });
     Ok((record, restored.err().map(|e| format!("{e:#}"))))
 }
+
+#[cfg(test)]
+mod tests;
