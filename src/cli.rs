@@ -46,7 +46,12 @@ pub enum Command {
     },
     /// Reachability truth tables: every source (pods, nodes, an external client) × every Service
     /// address, per Service variant and protocol, against kube-proxy's rules.
-    Matrix(commands::matrix::MatrixArgs),
+    Matrix {
+        #[command(flatten)]
+        args: commands::matrix::MatrixArgs,
+        #[command(flatten)]
+        kube: commands::KubeFlags,
+    },
     /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
     Compare(commands::compare::CompareArgs),
     /// Deploy the test servers (tserver Deployment and Service) and wait until they are ready.

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Command::Spread { args, kube } => commands::spread::run(args, &kube),
         Command::Affinity { args, kube } => commands::affinity::run(args, &kube),
         Command::Zones { args, kube } => commands::zones::run(args, &kube),
-        Command::Matrix(args) => commands::matrix::run(args),
+        Command::Matrix { args, kube } => commands::matrix::run(args, &kube),
         Command::Deploy { args, kube } => commands::cluster::deploy(args, &kube),
         Command::Status { args, kube } => commands::cluster::status(args, &kube),
         Command::Cleanup { args, kube } => commands::cluster::cleanup(args, &kube),

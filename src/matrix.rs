@@ -6,6 +6,7 @@
 //! between two runs. It knows no CLI and no backend.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use regex::Regex;
 
@@ -135,6 +136,14 @@ pub struct Cluster {
     /// mode rejects in `filter-output`; iptables mode's `KUBE-EXTERNAL-SERVICES` is jumped to
     /// from INPUT and FORWARD only (`iptablesJumpChains`), so it leaves the node undNATed.
     pub host_lb_rejected: bool,
+    /// Whether a pod's packet to another node's IP arrives there from the pod CIDR (`false`:
+    /// the lab, no masquerade) or from its node's IP (`true`: a CNI that masquerades it);
+    /// `None`: not known (a cluster: it depends on the CNI).
+    pub pod_to_node_masquerade: Option<bool>,
+    /// The scenario Service's clusterIP (what its ExternalName alias must resolve to).
+    pub cluster_ip: Option<IpAddr>,
+    /// The ready endpoints of the run's headless Service (its DNS answer): pod → IP.
+    pub headless: BTreeMap<String, IpAddr>,
 }
 
 /// A cell's expectation.
@@ -150,6 +159,8 @@ pub struct Expect {
     /// Some connections may time out: a pod's connection short-circuited on another node is
     /// not masqueraded, so only replies of endpoints on that node come back through it.
     pub partial: bool,
+    /// A DNS target: the addresses the name must resolve to at the source.
+    pub resolves: Option<BTreeSet<IpAddr>>,
     pub why: String,
 }
 
@@ -226,10 +237,37 @@ impl Cluster {
             sticky: false,
             hairpin: false,
             partial: false,
+            resolves: None,
             why: why.into(),
         };
         let from_client = source.kind == SourceKind::Client;
+        let mut resolves = None;
         let (mark, allowed, why) = match target.kind {
+            TargetKind::Headless | TargetKind::ExternalName if from_client => {
+                return na("cluster DNS names do not resolve outside the cluster");
+            }
+            // No kube-proxy on this path: cluster DNS answers with the ready endpoints' pod IPs
+            // and every connection goes straight to one of them.
+            TargetKind::Headless if self.headless.is_empty() => {
+                return na("the headless Service has no ready endpoint: its name has no address");
+            }
+            TargetKind::Headless => {
+                resolves = Some(self.headless.values().copied().collect());
+                (
+                    Mark::Connected,
+                    self.headless.keys().cloned().collect(),
+                    "headless: cluster DNS answers with the ready endpoints' pod IPs, reached directly".into(),
+                )
+            }
+            TargetKind::ExternalName => {
+                resolves = Some(self.cluster_ip.into_iter().collect());
+                let (m, a, w) = self.on(&source.node, Reach::ClusterIp);
+                (
+                    m,
+                    a,
+                    format!("ExternalName: a CNAME of the Service's name, so its clusterIP; {w}"),
+                )
+            }
             TargetKind::PodIp if from_client => return na("pod IPs are not reachable from outside"),
             TargetKind::PodIp => (
                 Mark::Connected,
@@ -239,6 +277,9 @@ impl Cluster {
             TargetKind::ClusterIp if from_client => return na("the clusterIP is not reachable from outside"),
             TargetKind::ClusterIp => self.on(&source.node, Reach::ClusterIp),
             TargetKind::Hairpin if source.kind != SourceKind::Pod => return na("hairpin is from a pod"),
+            TargetKind::Hairpin if !self.eps.iter().any(|e| e.name == source.name) => {
+                return na("hairpin is from an endpoint of the Service, and this pod is not one");
+            }
             TargetKind::Hairpin if sticky => {
                 return na("with ClientIP affinity a pod sticks to one endpoint: hairpin is not provable");
             }
@@ -289,19 +330,27 @@ impl Cluster {
             && source.kind == SourceKind::Pod
             && source.node != target.node
             && self.options.external_traffic_policy == TrafficPolicy::Local;
-        let why = if partial {
-            format!(
+        let why = match (partial, self.pod_to_node_masquerade) {
+            (false, _) => why,
+            (true, Some(false)) => format!(
                 "a pod's traffic to another node's NodePort is short-circuited there without masquerade: \
                  replies of endpoints not on {} bypass its conntrack and time out; {why}",
                 target.node
-            )
-        } else {
-            why
+            ),
+            (true, _) => format!(
+                "a pod's traffic to another node's NodePort: short-circuited there when it arrives from \
+                 the pod CIDR (replies of endpoints not on {0} bypass its conntrack and time out), or \
+                 external when the CNI masquerades it (only {0}'s endpoints, none: dropped); \
+                 only a refusal is wrong; {why}",
+                target.node
+            ),
         };
+        let direct = matches!(target.kind, TargetKind::PodIp | TargetKind::Headless);
         Expect {
             partial,
+            resolves,
             mark,
-            sticky: sticky && mark == Mark::Connected && target.kind != TargetKind::PodIp,
+            sticky: sticky && mark == Mark::Connected && !direct,
             hairpin,
             why: if hairpin {
                 format!("the pod must reach itself through the Service; {why}")
@@ -322,15 +371,12 @@ impl Cluster {
     /// endpoint, and so send the ICMP error; None when the error goes to the node itself
     /// (loopback: no rate limit) or the target is never rejected.
     fn rejecting_nodes(&self, source: &MatrixSource, target: &MatrixTarget) -> Vec<String> {
+        use TargetKind::{ClusterIp, ExternalName, Hairpin, LoadBalancer};
         match (target.kind, source.kind) {
-            (TargetKind::PodIp, _) => Vec::new(),
-            (TargetKind::ClusterIp | TargetKind::Hairpin | TargetKind::LoadBalancer, SourceKind::Pod) => {
-                vec![source.node.clone()]
-            }
-            (TargetKind::ClusterIp | TargetKind::Hairpin | TargetKind::LoadBalancer, SourceKind::Node) => Vec::new(),
-            (TargetKind::LoadBalancer | TargetKind::ClusterIp | TargetKind::Hairpin, SourceKind::Client) => {
-                self.lb_hops.clone()
-            }
+            (TargetKind::PodIp | TargetKind::Headless, _) => Vec::new(),
+            (ClusterIp | ExternalName | Hairpin | LoadBalancer, SourceKind::Pod) => vec![source.node.clone()],
+            (ClusterIp | ExternalName | Hairpin | LoadBalancer, SourceKind::Node) => Vec::new(),
+            (ClusterIp | ExternalName | Hairpin | LoadBalancer, SourceKind::Client) => self.lb_hops.clone(),
             (TargetKind::NodePort, SourceKind::Node) if source.node == target.node => Vec::new(),
             (TargetKind::NodePort, _) => vec![target.node.clone()],
         }
@@ -457,6 +503,9 @@ pub struct Observed {
     pub ok: u64,
     pub failures: Failures,
     pub backends: Vec<BackendCount>,
+    /// A DNS target: what the name resolved to at the source, or why it did not.
+    pub resolved: Option<Vec<IpAddr>>,
+    pub resolve_error: Option<String>,
 }
 
 /// `.` every connection answered, `R` every one refused, `T` every one timed out, else `?`.
@@ -503,8 +552,30 @@ pub fn judge(
     let self_answered = e
         .hairpin
         .then(|| answered.iter().filter(|b| b.name == source.name).map(|b| b.count).sum());
+    let list = |s: &mut dyn Iterator<Item = &IpAddr>| s.map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    // A DNS target must first resolve to what the cluster's DNS publishes.
+    let dns_wrong = match (&e.resolves, &o.resolve_error, &o.resolved) {
+        (Some(_), Some(err), _) if e.mark != Mark::NotApplicable => Some(format!(
+            "the name did not resolve at the source ({err}); expected: {}",
+            e.why
+        )),
+        (Some(want), None, Some(got)) if got.iter().copied().collect::<BTreeSet<_>>() != *want => Some(format!(
+            "resolved to [{}], expected [{}]{}; {}",
+            list(&mut got.iter()),
+            list(&mut want.iter()),
+            if target.kind == TargetKind::ExternalName {
+                " (a DNS cache may hold the answer of an earlier run's Service: CoreDNS keeps them for \
+                 their TTL, 30 s with kubeadm's Corefile)"
+            } else {
+                ""
+            },
+            e.why
+        )),
+        _ => None,
+    };
     let (verdict, why) = match (e.mark, observed) {
         (Mark::NotApplicable, _) => (CellVerdict::Skipped, e.why.clone()),
+        _ if dns_wrong.is_some() => (CellVerdict::Incorrect, dns_wrong.unwrap_or_default()),
         (_, Mark::Refused) if e.partial => (CellVerdict::Incorrect, format!("refused; expected: {}", e.why)),
         _ if e.partial => (CellVerdict::Correct, e.why.clone()),
         (Mark::Connected, Mark::Connected) if strays > 0 => {
@@ -572,6 +643,7 @@ pub fn judge(
         answered_zones: set(&|p| p.1.clone()),
         strays,
         self_answered,
+        resolved: o.resolved.clone().unwrap_or_default(),
         why,
     }
 }
@@ -609,7 +681,112 @@ pub fn scenario(
         targets,
         cells,
         duration_s,
+        skipped: None,
     }
+}
+
+/// A scenario that was not run, and why.
+pub fn skipped(v: &Variant, proto: Proto, why: String) -> MatrixScenario {
+    MatrixScenario {
+        skipped: Some(why),
+        ..scenario(v, proto, Vec::new(), Vec::new(), 0.0)
+    }
+}
+
+/// Why a variant cannot be made on a cluster as it is on the lab, if it cannot. Endpoints are
+/// terminating only while their pods shut down: the run would have to delete the servers.
+pub fn cluster_skip(v: &Variant) -> Option<String> {
+    (v.endpoints == EndpointState::Terminating).then(|| {
+        "not made on a cluster: endpoints are terminating only while their pods shut down, and the run \
+         does not delete the test servers (the lab sets the condition; see docs/matrix.md)"
+            .to_string()
+    })
+}
+
+/// A node of the cluster and where its pod row comes from: a ready server pod on it (an endpoint,
+/// so hairpin can be measured), else a client pod the run puts there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub node: String,
+    pub zone: String,
+    /// The ready server pod on the node (the first by name), if any.
+    pub server: Option<String>,
+}
+
+/// The nodes that get rows: every Ready node, by name; with the first ready server pod on each
+/// (`nodes`: name, zone, Ready; `servers`: pod, node, ready).
+pub fn node_rows(nodes: &[(String, String, bool)], servers: &[(String, String, bool)]) -> Vec<NodeRow> {
+    let mut rows: Vec<NodeRow> = nodes
+        .iter()
+        .filter(|n| n.2)
+        .map(|(node, zone, _)| {
+            let mut on: Vec<&String> = servers.iter().filter(|s| s.2 && s.1 == *node).map(|s| &s.0).collect();
+            on.sort_by(|a, b| alphanumeric_sort::compare_str(a, b));
+            NodeRow {
+                node: node.clone(),
+                zone: zone.clone(),
+                server: on.first().map(|s| (*s).clone()),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| alphanumeric_sort::compare_str(&a.node, &b.node));
+    rows
+}
+
+/// What a scenario Service's EndpointSlices still lack before kube-proxy's view is the one the
+/// run expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlicesLack {
+    /// The ready endpoints are not the ready server pods (yet): which differ.
+    Endpoints(String),
+    /// The endpoints are right, the trafficDistribution hints not there (yet): on which.
+    Hints(String),
+}
+
+impl std::fmt::Display for SlicesLack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlicesLack::Endpoints(s) | SlicesLack::Hints(s) => f.write_str(s),
+        }
+    }
+}
+
+/// What a scenario Service's EndpointSlices still lack (`None`: nothing): every ready server pod
+/// (`want`) listed ready and nothing else ready; and with `trafficDistribution` the hints the
+/// EndpointSlice controller adds (a zone hint on every ready endpoint whose node has a zone;
+/// with PreferSameNode also a node hint). `zone_of` gives a node's zone.
+pub fn slices_lack(
+    want: &BTreeSet<String>,
+    eps: &[Ep],
+    td: Option<TrafficDistribution>,
+    zone_of: &dyn Fn(&str) -> String,
+) -> Option<SlicesLack> {
+    let ready: BTreeSet<String> = eps.iter().filter(|e| e.ready).map(|e| e.name.clone()).collect();
+    if ready != *want {
+        let join = |s: std::collections::btree_set::Difference<'_, String>| {
+            s.map(String::as_str).collect::<Vec<_>>().join(", ")
+        };
+        let mut parts = Vec::new();
+        let missing = join(want.difference(&ready));
+        if !missing.is_empty() {
+            parts.push(format!("not listed ready: {missing}"));
+        }
+        let extra = join(ready.difference(want));
+        if !extra.is_empty() {
+            parts.push(format!("listed ready but not expected: {extra}"));
+        }
+        return Some(SlicesLack::Endpoints(parts.join("; ")));
+    }
+    let td = td?;
+    let unhinted: Vec<&str> = eps
+        .iter()
+        .filter(|e| e.ready)
+        .filter(|e| {
+            (e.zone_hints.is_empty() && !zone_of(&e.node).is_empty()) || (td.hints_nodes() && e.node_hints.is_empty())
+        })
+        .map(|e| e.name.as_str())
+        .collect();
+    (!unhinted.is_empty()).then(|| SlicesLack::Hints(format!("no {td} hint yet on {}", unhinted.join(", "))))
 }
 
 /// What a run measured, for its record.
@@ -622,6 +799,7 @@ pub struct Measured {
     pub sources: Vec<MatrixSource>,
     pub scenarios: Vec<MatrixScenario>,
     pub stopped: Option<Stop>,
+    pub notes: Vec<String>,
     pub environment: Environment,
 }
 
@@ -641,6 +819,7 @@ pub fn build(m: Measured) -> MatrixRun {
         sources: m.sources,
         scenarios: m.scenarios,
         stopped: m.stopped,
+        notes: m.notes,
         environment: m.environment,
     }
 }

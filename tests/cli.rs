@@ -125,7 +125,7 @@ fn kubectl_flags_are_on_the_cluster_commands_only() {
         KUBECONFIG_DOWN.1,
     );
     // Listed in the cluster commands' help under their own heading, absent from the others'.
-    for cmd in [&["spread"][..], &["deploy"], &["zones"], &["affinity"]] {
+    for cmd in [&["spread"][..], &["deploy"], &["zones"], &["affinity"], &["matrix"]] {
         let (_, out, _) = svclb(&[cmd, &["--help"]].concat());
         let heading = out.find("Cluster options:").unwrap_or_else(|| panic!("{cmd:?}: {out}"));
         assert!(out[heading..].contains("--context <NAME>"), "{cmd:?}: {out}");
@@ -169,6 +169,12 @@ fn kubectl_flags_are_on_the_cluster_commands_only() {
         &["zones", "--lab", "x", "--kubeconfig", "/elsewhere"],
         "--kubeconfig pick(s) a cluster, and --lab contacts none",
     );
+    one_line_error(
+        &["matrix", "--lab", "x", "-n", "svclb"],
+        "--namespace pick(s) a cluster, and --lab contacts none: drop it",
+    );
+    // matrix's own cluster flags mean nothing on a lab either.
+    one_line_error(&["matrix", "--lab", "x", "--lb-wait", "5s"], "cannot be used with");
     // KUBECONFIG from the environment is no flag given: an --address run goes on.
     let s = Server::start("127.0.0.41", "pod-k", "n", "z");
     let out = Command::new(common::BIN)
@@ -221,6 +227,26 @@ fn bad_input_is_one_line_and_exit_2() {
     one_line_error(
         &["deploy", "--kubeconfig", "/nonexistent/kubeconfig"],
         "cannot read kubeconfig",
+    );
+    one_line_error(
+        &[
+            "matrix",
+            "--test",
+            "^default/tcp$",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ],
+        "cannot read kubeconfig /nonexistent/kubeconfig",
+    );
+    one_line_error(
+        &[
+            "matrix",
+            "--cluster-domain",
+            "Not_A_Domain",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ],
+        "--cluster-domain \"Not_A_Domain\": give a DNS domain",
     );
     one_line_error(&["manifests", "--replicas", "0", "-n", "x"], "--replicas 0");
     one_line_error(

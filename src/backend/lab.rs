@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Backend, Endpoint, From, MatrixPlace, Meta, Path, Plan, Source, Stream, local_stream, union};
+use super::{Applied, Backend, Endpoint, From, MatrixPlace, Meta, Path, Plan, Source, Stream, local_stream, union};
 use crate::agent::{self, Request};
 use crate::lab::{Conditions, Lab, LabChanges, Pod, Reach};
 use crate::matrix::{Cluster, Variant};
@@ -328,6 +328,7 @@ impl MatrixPlace for LabBackend {
             address: SocketAddr::new(IpAddr::V4(ip), port),
             node: node.into(),
             pod: pod.into(),
+            host: String::new(),
         };
         let mut out = vec![t("cip".into(), TargetKind::ClusterIp, svc.cluster_ip, svc.port, "", "")];
         for n in self.lab.nodes() {
@@ -362,7 +363,25 @@ impl MatrixPlace for LabBackend {
         Ok(out)
     }
 
-    fn apply(&self, variant: &Variant) -> Result<Cluster> {
+    async fn apply(&self, variant: &Variant) -> Result<Applied> {
+        tokio::task::block_in_place(|| self.apply_now(variant)).map(Applied::Measure)
+    }
+
+    /// The lab keeps its one Service between scenarios.
+    async fn release(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn restore(&self) -> Result<()> {
+        let conditions = self.lab.pods().iter().map(|p| (p.name.clone(), p.conditions)).collect();
+        tokio::task::block_in_place(|| self.set_service(self.lab.options(), conditions)).map_err(|e| {
+            anyhow::anyhow!("the Service could not be restored: {e:#}; set it back with `kubectl svclb lab set`")
+        })
+    }
+}
+
+impl LabBackend {
+    fn apply_now(&self, variant: &Variant) -> Result<Cluster> {
         let state = match variant.endpoints {
             EndpointState::Ready => Conditions::READY,
             EndpointState::None => Conditions::STARTING,
@@ -380,12 +399,9 @@ impl MatrixPlace for LabBackend {
             options: lab.options().clone(),
             // The lab's Service is a LoadBalancer.
             externally_accessible: true,
-            eps: lab
-                .pods()
-                .iter()
-                .filter(|p| p.conditions.usable())
-                .map(|p| p.ep())
-                .collect(),
+            // The EndpointSlice lists every pod, with its conditions (kube-proxy uses the
+            // ready ones, or the serving terminating ones).
+            eps: lab.pods().iter().map(|p| p.ep()).collect(),
             placement: lab
                 .pods()
                 .iter()
@@ -394,11 +410,10 @@ impl MatrixPlace for LabBackend {
             zones: lab.nodes().iter().map(|n| (n.name.clone(), n.zone.clone())).collect(),
             lb_hops: status.service.lb_next_hops,
             host_lb_rejected: lab.proxy_mode() == crate::lab::ProxyMode::Nftables,
+            // Pods reach other nodes from the pod CIDR: the lab's nodes masquerade nothing of it.
+            pod_to_node_masquerade: Some(false),
+            cluster_ip: Some(IpAddr::V4(status.service.cluster_ip)),
+            headless: Default::default(),
         })
-    }
-
-    fn restore(&self) -> Result<()> {
-        let conditions = self.lab.pods().iter().map(|p| (p.name.clone(), p.conditions)).collect();
-        self.set_service(self.lab.options(), conditions)
     }
 }

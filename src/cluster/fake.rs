@@ -34,10 +34,44 @@ struct State {
     created_pods: Option<Pods>,
     /// Every object created (POST), as it was sent.
     created: Vec<Value>,
+    /// Every object applied (PATCH), as it was sent.
+    applied: Vec<Value>,
     /// RBAC objects every request is authorized against (see [`FakeApi::enforce_rbac`]).
     rbac: Option<Vec<Value>>,
     /// Requests RBAC refused: `verb resource/name in namespace`.
     denied: Vec<String>,
+    /// Services applied through the API get addresses and EndpointSlices (see
+    /// [`FakeApi::run_controllers`]).
+    controllers: Option<Controllers>,
+    /// Pods with `hostNetwork: true` are refused as Pod Security admission does.
+    refuse_host_network: bool,
+}
+
+/// What the fake's Service allocator and EndpointSlice controller do.
+#[derive(Debug, Clone, Default)]
+pub struct Controllers {
+    /// LoadBalancer Services get an ingress IP.
+    pub lb_ips: bool,
+    /// `spec.trafficDistribution` PreferSameZone/PreferSameNode: taken, dropped (an API server
+    /// without the feature), or refused (422).
+    pub td: TdSupport,
+    /// Lists of a Service's EndpointSlices before the controller has made them.
+    pub slice_reads: u32,
+    /// Allocated so far (addresses and nodePorts are numbered from it).
+    pub(crate) allocated: u32,
+    /// Applied Services with a selector → lists of their slices left before the slice appears.
+    pub(crate) pending: BTreeMap<String, u32>,
+}
+
+/// How the fake API server takes a `trafficDistribution` of PreferSameZone or PreferSameNode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TdSupport {
+    #[default]
+    Accept,
+    /// Dropped from the stored object, as an API server with the feature gate off does.
+    Drop,
+    /// 422 Unsupported value, as an API server that predates the values does.
+    Refuse,
 }
 
 /// What RBAC authorizes: a request's verb, API group, resource (and subresource), name and
@@ -174,6 +208,18 @@ impl FakeApi {
         self.state.lock().unwrap().objects.get(path).cloned()
     }
 
+    /// Every stored object whose API path starts with `prefix`.
+    pub fn list(&self, prefix: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// `METHOD path?query` of every request, in order.
     pub fn log(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
@@ -204,6 +250,34 @@ impl FakeApi {
     /// Every object created (POST) so far, as the client sent it.
     pub fn created(&self) -> Vec<Value> {
         self.state.lock().unwrap().created.clone()
+    }
+
+    /// Every object applied server-side (PATCH) so far, as the client sent it.
+    pub fn applied(&self) -> Vec<Value> {
+        self.state.lock().unwrap().applied.clone()
+    }
+
+    /// From now on, a Service applied through the API (PATCH) gets a clusterIP (unless headless
+    /// or ExternalName), nodePorts (NodePort, LoadBalancer), maybe an ingress IP, and an
+    /// EndpointSlice made from the pods its selector matches (conditions from their readiness,
+    /// node, zone, and the hints of its trafficDistribution), as the API server and the
+    /// EndpointSlice controller do.
+    pub fn run_controllers(&self, c: Controllers) {
+        self.state.lock().unwrap().controllers = Some(c);
+    }
+
+    /// Refuses pods with `hostNetwork: true` from now on, as a namespace at Pod Security level
+    /// `baseline` or `restricted` does.
+    pub fn refuse_host_network(&self) {
+        self.state.lock().unwrap().refuse_host_network = true;
+    }
+
+    /// `METHOD path` of every request, in order, without queries.
+    pub fn requests(&self) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .map(|l| l.split('?').next().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// A client whose requests this fake answers.
@@ -274,12 +348,18 @@ impl FakeApi {
                 return status(
                     403,
                     "Forbidden",
-                    &format!("{what} is forbidden: User \"dev\" cannot {}", a.verb),
+                    &format!(
+                        "{what} is forbidden: User \"dev\" cannot {} resource \"{}\" in API group \"{}\" in the namespace \"{}\"",
+                        a.verb, a.resource, a.group, a.namespace
+                    ),
                 );
             }
         }
         if method == "GET" && path.contains("/pods") {
             self.kubelet(&mut st);
+        }
+        if method == "GET" && path.ends_with("/endpointslices") {
+            endpoint_slice_controller(&mut st, query);
         }
         match method {
             "GET" => {
@@ -308,8 +388,15 @@ impl FakeApi {
             }
             "PATCH" => {
                 let mut obj: Value = serde_json::from_slice(body).unwrap();
+                st.applied.push(obj.clone());
                 obj["metadata"]["generation"] = json!(1);
                 obj["metadata"]["uid"] = json!(format!("uid-{}", st.objects.len()));
+                if obj["kind"] == "Service"
+                    && st.controllers.is_some()
+                    && let Err(refused) = allocate(&mut st, path, &mut obj)
+                {
+                    return refused;
+                }
                 st.objects.insert(path.to_string(), obj.clone());
                 (200, obj)
             }
@@ -325,6 +412,15 @@ impl FakeApi {
                 }
                 obj["metadata"]["uid"] = json!(format!("uid-{name}"));
                 obj["metadata"]["namespace"] = json!(NS);
+                if obj["kind"] == "Pod" && st.refuse_host_network && obj["spec"]["hostNetwork"] == true {
+                    return status(
+                        403,
+                        "Forbidden",
+                        &format!(
+                            "pods \"{name}\" is forbidden: violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true)"
+                        ),
+                    );
+                }
                 if obj["kind"] == "Pod" {
                     obj["status"] =
                         json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
@@ -334,7 +430,18 @@ impl FakeApi {
                 (201, obj)
             }
             "DELETE" => match st.objects.remove(path) {
-                Some(o) => (200, o),
+                Some(o) => {
+                    if o["kind"] == "Service" {
+                        // Its EndpointSlices go with it (garbage collection by owner).
+                        let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                        st.objects
+                            .retain(|_, v| v["metadata"]["labels"]["kubernetes.io/service-name"] != name.as_str());
+                        if let Some(c) = st.controllers.as_mut() {
+                            c.pending.remove(&name);
+                        }
+                    }
+                    (200, o)
+                }
                 None => status(404, "NotFound", &format!("{path} not found")),
             },
             _ => status(405, "MethodNotAllowed", method),
@@ -357,12 +464,21 @@ impl FakeApi {
         }
         for path in started {
             st.starting.remove(&path);
+            let node_ip = st.objects.get(&path).and_then(|pod| {
+                let node = pod["spec"]["nodeName"].as_str()?;
+                let n = st.objects.get(&format!("/api/v1/nodes/{node}"))?;
+                n["status"]["addresses"][0]["address"].as_str().map(str::to_string)
+            });
             let Some(pod) = st.objects.get_mut(&path) else { continue };
             let n = pod["spec"]["nodeName"].as_str().unwrap_or_default();
             let last = n.rsplit('-').next().unwrap_or("9");
+            let ip = match node_ip {
+                Some(ip) if pod["spec"]["hostNetwork"] == true => ip,
+                _ => format!("10.244.{last}.200"),
+            };
             pod["status"] = match outcome {
                 Pods::Ready => {
-                    json!({"phase": "Running", "podIP": format!("10.244.{last}.200"), "hostIP": "172.18.0.2",
+                    json!({"phase": "Running", "podIP": ip, "hostIP": "172.18.0.2",
                     "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"},
                                    {"type": "ContainersReady", "status": "True"}]})
                 }
@@ -407,6 +523,160 @@ impl FakeApi {
         st.objects.insert(path.to_string(), obj.clone());
         obj
     }
+}
+
+/// The API server's part of applying a Service: a clusterIP (not for headless or ExternalName
+/// Services), nodePorts (NodePort and LoadBalancer; a re-apply keeps what was allocated), the
+/// trafficDistribution as the server takes it, and an ingress IP when LBs are given.
+fn allocate(st: &mut State, path: &str, obj: &mut Value) -> Result<(), (u16, Value)> {
+    let old = st.objects.get(path).cloned();
+    let c = st.controllers.as_mut().expect("controllers on");
+    let spec = &mut obj["spec"];
+    if let Some(td) = spec["trafficDistribution"].as_str().map(str::to_string)
+        && td.starts_with("PreferSame")
+    {
+        match c.td {
+            TdSupport::Accept => {}
+            TdSupport::Drop => {
+                spec.as_object_mut().unwrap().remove("trafficDistribution");
+            }
+            TdSupport::Refuse => {
+                return Err(status(
+                    422,
+                    "Invalid",
+                    &format!(
+                        "Service \"x\" is invalid: spec.trafficDistribution: Unsupported value: \"{td}\": supported values: \"PreferClose\""
+                    ),
+                ));
+            }
+        }
+    }
+    let type_ = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    if type_ != "ExternalName" {
+        let ip = match old
+            .as_ref()
+            .and_then(|o| o["spec"]["clusterIP"].as_str().map(str::to_string))
+        {
+            Some(ip) => ip,
+            None if spec["clusterIP"] == "None" => "None".to_string(),
+            None => {
+                c.allocated += 1;
+                format!("10.96.{}.{}", 100 + c.allocated / 250, c.allocated % 250 + 1)
+            }
+        };
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+    }
+    if matches!(type_.as_str(), "NodePort" | "LoadBalancer")
+        && let Some(ports) = spec["ports"].as_array_mut()
+    {
+        for (i, p) in ports.iter_mut().enumerate() {
+            let kept = old.as_ref().and_then(|o| o["spec"]["ports"][i]["nodePort"].as_u64());
+            let np = kept.unwrap_or_else(|| {
+                c.allocated += 1;
+                30000 + u64::from(c.allocated)
+            });
+            p["nodePort"] = json!(np);
+        }
+    }
+    let ingress = if type_ == "LoadBalancer" && c.lb_ips {
+        c.allocated += 1;
+        json!([{"ip": format!("172.18.255.{}", c.allocated % 250 + 1), "ipMode": "VIP"}])
+    } else {
+        json!([])
+    };
+    obj["status"] = json!({"loadBalancer": {"ingress": ingress}});
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    if obj["spec"]["selector"].is_object() {
+        let reads = c.slice_reads;
+        c.pending.entry(name).or_insert(reads);
+    }
+    Ok(())
+}
+
+/// The EndpointSlice controller, at every list of EndpointSlices by Service: an applied Service
+/// with a selector gets its slice once `slice_reads` lists of it went by, made from the pods
+/// its selector matches (pod IP, readiness, node, the node's zone, and the hints of its
+/// trafficDistribution: each endpoint its own zone, with PreferSameNode its own node too).
+fn endpoint_slice_controller(st: &mut State, query: &str) {
+    let Some(service) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+        .map(|s| s.replace("%3D", "=").replace("%2F", "/"))
+        .and_then(|s| s.strip_prefix("kubernetes.io/service-name=").map(str::to_string))
+    else {
+        return;
+    };
+    let Some(c) = st.controllers.as_mut() else { return };
+    match c.pending.get_mut(&service) {
+        None => return,
+        Some(left) if *left > 0 => {
+            *left -= 1;
+            return;
+        }
+        Some(_) => {}
+    }
+    let Some(svc) = st
+        .objects
+        .get(&format!("/api/v1/namespaces/{NS}/services/{service}"))
+        .cloned()
+    else {
+        return;
+    };
+    let selector: Vec<(String, String)> = svc["spec"]["selector"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let td = svc["spec"]["trafficDistribution"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut endpoints = Vec::new();
+    let pods: Vec<Value> = st
+        .objects
+        .iter()
+        .filter(|(p, _)| p.starts_with(&format!("/api/v1/namespaces/{NS}/pods/")))
+        .map(|(_, o)| o.clone())
+        .filter(|o| selector.iter().all(|(k, v)| o["metadata"]["labels"][k] == v.as_str()))
+        .collect();
+    for p in pods {
+        let Some(ip) = p["status"]["podIP"].as_str() else {
+            continue;
+        };
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+        let zone = st
+            .objects
+            .get(&format!("/api/v1/nodes/{node}"))
+            .and_then(|n| n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut e = json!({"addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": false},
+            "nodeName": node, "zone": zone,
+            "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": NS}});
+        if td.starts_with("Prefer") && !zone.is_empty() {
+            e["hints"] = json!({"forZones": [{"name": zone}]});
+            if td == "PreferSameNode" {
+                e["hints"]["forNodes"] = json!([{"name": node}]);
+            }
+        }
+        endpoints.push(e);
+    }
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-auto"), "namespace": NS,
+            "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "tcp", "port": 5001, "protocol": "TCP"}, {"name": "udp", "port": 5001, "protocol": "UDP"}]
+    });
+    st.objects.insert(path_of(&slice), slice);
 }
 
 fn is_item_path(path: &str) -> bool {

@@ -407,6 +407,19 @@ mod tests {
                 obj["metadata"]["name"]
             );
         }
+        // matrix's Services: each by its name, created by server-side apply; nothing else.
+        for name in crate::cluster::matrix::all_names() {
+            for method in ["GET", "PATCH", "DELETE"] {
+                assert!(may(method, &format!("{services}/{name}")), "{method} {services}/{name}");
+            }
+            let create = Attributes {
+                verb: "create".into(),
+                ..Attributes::of("PATCH", &format!("{services}/{name}"), "").unwrap()
+            };
+            assert!(rbac_allows(&rbac, &create), "{create}");
+            assert!(!may("PATCH", &format!("{deployments}/{name}")), "deployments/{name}");
+        }
+        assert!(!may("PATCH", &format!("{services}/svclb-mx-other")));
         // Pods cannot be named (a ReplicaSet's, a run's): the whole namespace, hence the advice
         // of a dedicated one.
         assert!(may("POST", "/api/v1/namespaces/team-a/pods/anything/exec"));

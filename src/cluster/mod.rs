@@ -6,6 +6,7 @@ pub mod deploy;
 #[cfg(test)]
 pub mod fake;
 pub mod manifests;
+pub mod matrix;
 pub mod ops;
 
 use anyhow::{Result, anyhow};

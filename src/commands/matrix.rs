@@ -9,10 +9,12 @@ use anyhow::{Result, bail};
 use clap::Args;
 use regex::Regex;
 
+use crate::backend::kube::matrix::MatrixOptions;
+use crate::cluster::manifests::{Options, TSERVER};
 use crate::record::MatrixRun;
 use crate::report::{self, RunFormat};
 use crate::run::matrix::MatrixJob;
-use crate::run::open::{Opened, Place};
+use crate::run::open::{ClusterPlace, Opened, Place};
 use crate::run::{self, Interrupt};
 use crate::storm::Proto;
 
@@ -20,7 +22,8 @@ use crate::storm::Proto;
 pub struct MatrixArgs {
     /// Run on a lab (needs root): the one named, or the only one running; with none or several
     /// running (and with `--lab new`), a default lab made for this run and removed after it.
-    /// Its Service is changed for each scenario and restored afterwards.
+    /// Its Service is changed for each scenario and restored afterwards. Without it: the
+    /// cluster, one Service per scenario, probe pods pinned to every node.
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "NAME")]
     pub lab: Option<String>,
     /// Only the scenarios whose name (`<variant>/<protocol>`, e.g. `etp-local/udp`) matches.
@@ -49,6 +52,30 @@ pub struct MatrixArgs {
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
+    /// How long the first scenario's LoadBalancer Service may wait for an IP; none by then: the
+    /// Services are NodePort and the LB column is left out (0s: NodePort from the start).
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration, conflicts_with = "lab",
+          help_heading = "Cluster options")]
+    pub lb_wait: Duration,
+    /// The cluster's DNS domain (kubelet's clusterDomain): the ExternalName target is the scenario
+    /// Service's full name, `<name>.<namespace>.svc.<domain>`.
+    #[arg(
+        long,
+        default_value = "cluster.local",
+        value_name = "DOMAIN",
+        conflicts_with = "lab",
+        help_heading = "Cluster options"
+    )]
+    pub cluster_domain: String,
+    /// Fail when the test servers are not deployed instead of deploying them.
+    #[arg(long, conflicts_with = "lab", help_heading = "Cluster options")]
+    pub no_deploy: bool,
+    /// Image of the test servers when this run deploys them (the probe pods run the deployed tserver's image) [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["lab", "no_deploy"], help_heading = "Cluster options")]
+    pub image: Option<String>,
+    /// Delete what the plugin made in the namespace after the run (also when interrupted).
+    #[arg(long, conflicts_with = "lab", help_heading = "Cluster options")]
+    pub cleanup: bool,
 }
 
 fn parse_proto(s: &str) -> Result<Proto, String> {
@@ -86,6 +113,45 @@ impl MatrixArgs {
             announce: self.output == RunFormat::Table,
         })
     }
+
+    fn cluster_options(&self) -> Result<MatrixOptions> {
+        let d = self.cluster_domain.trim_matches('.');
+        if d.is_empty() || !d.split('.').all(crate::cluster::manifests::is_dns_label) {
+            bail!(
+                "--cluster-domain {:?}: give a DNS domain, e.g. cluster.local",
+                self.cluster_domain
+            );
+        }
+        Ok(MatrixOptions {
+            lb_wait: self.lb_wait,
+            cluster_domain: d.to_string(),
+            ..MatrixOptions::default()
+        })
+    }
+
+    fn place(&self, kube: &super::KubeFlags) -> Place {
+        if let Some(name) = &self.lab {
+            return Place::Lab {
+                name: name.clone(),
+                build_if_none: true,
+            };
+        }
+        Place::Cluster(Box::new(ClusterPlace {
+            connection: kube.connection(),
+            service: TSERVER,
+            clients: TSERVER,
+            apps: vec![TSERVER],
+            options: Options {
+                image: self
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| crate::cluster::manifests::DEFAULT_IMAGE.into()),
+                ..Options::default()
+            },
+            no_deploy: self.no_deploy,
+            cleanup: self.cleanup,
+        }))
+    }
 }
 
 /// Saves the run (before anything else can fail), writes the JUnit file, prints, and maps the
@@ -103,7 +169,7 @@ fn finish(mut run: MatrixRun, restore_error: Option<String>, args: &MatrixArgs, 
     }
     print!("{}", report::matrix(&run, args.output)?);
     if let Some(e) = restore_error {
-        eprintln!("svclb: the Service could not be restored: {e}; set it back with `kubectl svclb lab set`");
+        eprintln!("svclb: {e}");
         failed = true;
     }
     let code = super::verdict_code(run.stopped, run.incorrect == 0);
@@ -111,25 +177,21 @@ fn finish(mut run: MatrixRun, restore_error: Option<String>, args: &MatrixArgs, 
     Ok(if failed { ExitCode::from(2) } else { code })
 }
 
-pub fn run(args: MatrixArgs) -> Result<ExitCode> {
+pub fn run(args: MatrixArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let job = args.job()?;
-    let Some(name) = &args.lab else {
-        bail!("matrix runs on a lab for now: add --lab (a cluster needs one Service per scenario, not yet built)");
-    };
-    let place = Place::Lab {
-        name: name.clone(),
-        build_if_none: true,
-    };
+    let cluster = args.cluster_options()?;
+    if args.lab.is_some() {
+        kube.refuse_off_cluster("--lab")?;
+    }
+    let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
     let rt = run::runtime(0)?;
     let (record, restore_error) = rt.block_on(async {
         let interrupt = Interrupt::watch();
         let opened = Opened::open(place, &interrupt).await?;
-        let Opened::Lab { backend, .. } = &opened else {
-            bail!("matrix runs on a lab for now: add --lab");
-        };
-        let result = run::matrix::run(backend.as_ref(), &job, &interrupt).await;
+        let result = run::matrix::run_opened(&opened, &job, cluster, &interrupt).await;
+        // An ephemeral lab goes (and with --cleanup the cluster is cleaned up) before the report.
         opened.close().await;
         result
     })?;

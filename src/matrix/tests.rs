@@ -1,4 +1,5 @@
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 
 use super::*;
 use crate::service::Ep;
@@ -17,6 +18,18 @@ fn cluster(options: ServiceOptions, eps: Vec<Ep>) -> Cluster {
             .into(),
         lb_hops: vec!["n1".into()],
         host_lb_rejected: true,
+        pod_to_node_masquerade: Some(false),
+        cluster_ip: None,
+        headless: BTreeMap::new(),
+    }
+}
+
+/// An endpoint listed in the EndpointSlice, not ready and not serving.
+fn starting(name: &str, node: &str) -> Ep {
+    Ep {
+        ready: false,
+        serving: false,
+        ..Ep::ready(name, node)
     }
 }
 
@@ -36,6 +49,7 @@ fn tgt(kind: TargetKind, node: &str) -> MatrixTarget {
         address: SocketAddr::from(([127, 0, 0, 1], 5001)),
         node: node.into(),
         pod: String::new(),
+        host: String::new(),
     }
 }
 
@@ -82,7 +96,7 @@ fn etp_local_drops_outside_traffic_on_nodes_without_endpoints_and_short_circuits
 
 #[test]
 fn no_endpoint_rejects_and_itp_local_drops() {
-    let c = cluster(ServiceOptions::default(), vec![]);
+    let c = cluster(ServiceOptions::default(), vec![starting("p1", "n1")]);
     let pod = src("p1", SourceKind::Pod, "n1");
     for t in [
         TargetKind::ClusterIp,
@@ -142,6 +156,8 @@ fn seen(attempted: u64, ok: u64, refused: u64, timeout: u64, answers: &[(&str, u
                 bytes: 0,
             })
             .collect(),
+        resolved: None,
+        resolve_error: None,
     }
 }
 
@@ -249,6 +265,7 @@ fn test_selects_scenarios_by_name_and_changes_list_cells_that_differ() {
                 vec![judge(&c, &client, &lb, &e, &o, 1)],
                 1.0,
             )],
+            notes: Vec::new(),
             stopped: None,
             environment: Environment::local(),
         })
@@ -301,7 +318,8 @@ fn probe_ports_never_repeat_within_the_range_and_wrap_whole() {
 fn icmp_need_counts_errors_per_rejecting_node_and_peer() {
     let c = cluster(
         ServiceOptions::default(),
-        Vec::new(), // no endpoints: everything to the Service is refused
+        // p1 not ready: everything to the Service is refused.
+        vec![starting("p1", "n1")],
     );
     let t = |name: &str, kind, node: &str| MatrixTarget {
         name: name.into(),
@@ -309,6 +327,7 @@ fn icmp_need_counts_errors_per_rejecting_node_and_peer() {
         address: "10.0.0.1:1".parse::<SocketAddr>().unwrap(),
         node: node.into(),
         pod: String::new(),
+        host: String::new(),
     };
     let targets = [
         t("cip", TargetKind::ClusterIp, ""),
@@ -356,4 +375,234 @@ fn icmp_budget_waits_only_for_what_is_missing() {
     assert_eq!(b.wait(t0, 0), Duration::ZERO);
     b.spend(t0 + Duration::from_secs(61), 0);
     assert_eq!(b, before);
+}
+
+fn dns(kind: TargetKind, host: &str, address: &str) -> MatrixTarget {
+    MatrixTarget {
+        name: format!("{kind:?}"),
+        kind,
+        address: address.parse().unwrap(),
+        node: String::new(),
+        pod: String::new(),
+        host: host.into(),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn dns_targets_must_resolve_to_what_cluster_dns_publishes() {
+    let mut c = cluster(
+        ServiceOptions {
+            internal_traffic_policy: TrafficPolicy::Local,
+            ..ServiceOptions::default()
+        },
+        vec![Ep::ready("p1", "n1"), Ep::ready("p2", "n2")],
+    );
+    c.cluster_ip = Some(ip("10.96.0.20"));
+    c.headless = [("p1", "10.244.1.5"), ("p2", "10.244.2.5")]
+        .map(|(p, a)| (p.to_string(), ip(a)))
+        .into();
+    let headless = dns(TargetKind::Headless, "svclb-mx-headless.ns.svc", "0.0.0.0:5001");
+    let alias = dns(
+        TargetKind::ExternalName,
+        "svclb-mx-itp-local-alias.ns.svc",
+        "10.96.0.20:5001",
+    );
+    let client = src("client", SourceKind::Client, "");
+    for t in [&headless, &alias] {
+        assert_eq!(c.expect(&client, t).mark, Mark::NotApplicable, "{t:?}");
+    }
+    // Headless: no kube-proxy, so no traffic policy: every ready endpoint's pod IP, each
+    // answering, from any node.
+    let n3 = src("n3", SourceKind::Node, "n3");
+    let e = c.expect(&n3, &headless);
+    assert_eq!((e.mark, e.sticky), (Mark::Connected, false));
+    assert_eq!(e.resolves, Some([ip("10.244.1.5"), ip("10.244.2.5")].into()));
+    assert_eq!(e.allowed, ["p1".to_string(), "p2".to_string()].into());
+    let o = Observed {
+        resolved: Some(vec![ip("10.244.2.5"), ip("10.244.1.5")]),
+        ..seen(4, 4, 0, 0, &[("p1", 2), ("p2", 2)])
+    };
+    let cell = judge(&c, &n3, &headless, &e, &o, 1);
+    assert_eq!(cell.verdict, CellVerdict::Correct, "{}", cell.why);
+    assert_eq!(cell.resolved.len(), 2);
+    // A stale or partial answer is wrong, whatever connected.
+    let o = Observed {
+        resolved: Some(vec![ip("10.244.1.5")]),
+        ..seen(4, 4, 0, 0, &[("p1", 4)])
+    };
+    let cell = judge(&c, &n3, &headless, &e, &o, 1);
+    assert_eq!(cell.verdict, CellVerdict::Incorrect);
+    assert!(
+        cell.why
+            .starts_with("resolved to [10.244.1.5], expected [10.244.1.5, 10.244.2.5]"),
+        "{}",
+        cell.why
+    );
+    // ExternalName: the clusterIP, then the clusterIP's rules (iTP Local: n3 has no endpoint).
+    let e = c.expect(&n3, &alias);
+    assert_eq!(
+        (e.mark, e.resolves.clone()),
+        (Mark::Timeout, Some([ip("10.96.0.20")].into()))
+    );
+    assert!(
+        e.why.starts_with("ExternalName: a CNAME of the Service's name"),
+        "{}",
+        e.why
+    );
+    let o = Observed {
+        resolve_error: Some("svclb-mx-itp-local-alias.ns.svc: NXDOMAIN".into()),
+        ..Observed::default()
+    };
+    let cell = judge(&c, &n3, &alias, &e, &o, 1);
+    assert_eq!(cell.verdict, CellVerdict::Incorrect);
+    assert!(
+        cell.why
+            .starts_with("the name did not resolve at the source (svclb-mx-itp-local-alias.ns.svc: NXDOMAIN)")
+    );
+    let o = Observed {
+        resolved: Some(vec![ip("10.96.0.20")]),
+        ..seen(1, 0, 0, 1, &[])
+    };
+    assert_eq!(judge(&c, &n3, &alias, &e, &o, 1).verdict, CellVerdict::Correct);
+    // Without ready endpoints the headless name has no address: not a path.
+    c.headless.clear();
+    assert_eq!(c.expect(&n3, &headless).mark, Mark::NotApplicable);
+    // A refused alias costs an ICMP error of the source's node, as the clusterIP does.
+    let none = cluster(ServiceOptions::default(), vec![starting("p1", "n1")]);
+    let pod = src("p1", SourceKind::Pod, "n1");
+    let cells = [(&pod, &alias, none.expect(&pod, &alias))];
+    assert_eq!(cells[0].2.mark, Mark::Refused);
+    assert_eq!(none.icmp_need(cells.iter().map(|(s, t, e)| (*s, *t, e))), 1);
+}
+
+#[test]
+fn hairpin_is_from_an_endpoint_and_the_masquerade_of_a_cluster_is_not_known() {
+    let mut c = cluster(etp_local(), vec![Ep::ready("p1", "n1")]);
+    // A client pod of the run is no endpoint: no hairpin to measure.
+    let client_pod = src("svclb-client-x-0", SourceKind::Pod, "n2");
+    let e = c.expect(&client_pod, &tgt(TargetKind::Hairpin, ""));
+    assert_eq!(e.mark, Mark::NotApplicable);
+    assert!(e.why.contains("this pod is not one"), "{}", e.why);
+    // A pod to another node's NodePort under eTP Local: partial either way; the why says what
+    // the lab knows (no masquerade), or both ways on a cluster.
+    let p1 = src("p1", SourceKind::Pod, "n1");
+    let np2 = tgt(TargetKind::NodePort, "n2");
+    assert!(c.expect(&p1, &np2).why.contains("without masquerade"));
+    c.pod_to_node_masquerade = None;
+    let e = c.expect(&p1, &np2);
+    assert!(
+        e.partial && e.why.contains("or external when the CNI masquerades it"),
+        "{}",
+        e.why
+    );
+    // Then a time-out (masqueraded, no endpoint on n2) is right, a refusal wrong.
+    assert_eq!(
+        judge(&c, &p1, &np2, &e, &seen(3, 0, 0, 3, &[]), 1).verdict,
+        CellVerdict::Correct
+    );
+    assert_eq!(
+        judge(&c, &p1, &np2, &e, &seen(3, 0, 3, 0, &[]), 1).verdict,
+        CellVerdict::Incorrect
+    );
+}
+
+#[test]
+fn cluster_rows_and_what_a_cluster_cannot_make() {
+    let n = |name: &str, zone: &str, ready| (name.to_string(), zone.to_string(), ready);
+    let p = |name: &str, node: &str, ready| (name.to_string(), node.to_string(), ready);
+    let rows = node_rows(
+        &[
+            n("node-10", "b", true),
+            n("node-2", "a", true),
+            n("node-3", "a", false),
+            n("node-1", "", true),
+        ],
+        &[
+            p("tserver-z", "node-2", true),
+            p("tserver-b", "node-2", true),
+            p("tserver-a", "node-2", false),
+            p("tserver-c", "node-3", true),
+            p("tserver-d", "node-10", false),
+        ],
+    );
+    let got: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.node.as_str(), r.zone.as_str(), r.server.as_deref()))
+        .collect();
+    // Ready nodes in natural order; the first ready server pod by name, else none (a client
+    // pod goes there); node-3 is not Ready: no row, whatever runs on it.
+    assert_eq!(
+        got,
+        [
+            ("node-1", "", None),
+            ("node-2", "a", Some("tserver-b")),
+            ("node-10", "b", None)
+        ]
+    );
+    let skipped: Vec<&str> = variants()
+        .iter()
+        .filter(|v| cluster_skip(v).is_some())
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(skipped, ["terminating"]);
+    let s = skipped_scenario();
+    assert_eq!((s.skipped.as_deref(), s.cells.len(), s.correct), (Some("why"), 0, 0));
+}
+
+fn skipped_scenario() -> MatrixScenario {
+    skipped(&variants()[6], Proto::Udp, "why".into())
+}
+
+#[test]
+fn slices_are_ready_when_they_list_the_servers_and_carry_the_hints() {
+    let want: BTreeSet<String> = ["a1".to_string(), "b1".to_string()].into();
+    let zone = |node: &str| {
+        if node == "n9" {
+            String::new()
+        } else {
+            format!("zone-{node}")
+        }
+    };
+    let plain = vec![Ep::ready("a1", "n1"), Ep::ready("b1", "n2")];
+    assert_eq!(slices_lack(&want, &plain, None, &zone), None);
+    // A server not (yet) listed ready, or a pod that should not be there.
+    let mut eps = vec![starting("a1", "n1"), Ep::ready("c1", "n3")];
+    assert_eq!(
+        slices_lack(&want, &eps, None, &zone),
+        Some(SlicesLack::Endpoints(
+            "not listed ready: a1, b1; listed ready but not expected: c1".into()
+        ))
+    );
+    // No endpoints wanted (the no-endpoints Service): none listed ready is right.
+    eps.pop();
+    assert_eq!(slices_lack(&BTreeSet::new(), &eps, None, &zone), None);
+    // trafficDistribution: zone hints (a node without a zone gets none), node hints for
+    // PreferSameNode.
+    let td = Some(TrafficDistribution::PreferSameZone);
+    assert_eq!(
+        slices_lack(&want, &plain, td, &zone),
+        Some(SlicesLack::Hints("no PreferSameZone hint yet on a1, b1".into()))
+    );
+    let hinted = |name: &str, node: &str, nodes: bool| Ep {
+        zone_hints: if zone(node).is_empty() {
+            vec![]
+        } else {
+            vec![zone(node)]
+        },
+        node_hints: if nodes { vec![node.into()] } else { vec![] },
+        ..Ep::ready(name, node)
+    };
+    let zoned = vec![hinted("a1", "n1", false), hinted("b1", "n9", false)];
+    assert_eq!(slices_lack(&want, &zoned, td, &zone), None);
+    let same_node = Some(TrafficDistribution::PreferSameNode);
+    assert_eq!(
+        slices_lack(&want, &zoned, same_node, &zone),
+        Some(SlicesLack::Hints("no PreferSameNode hint yet on a1, b1".into()))
+    );
+    let both = vec![hinted("a1", "n1", true), hinted("b1", "n9", true)];
+    assert_eq!(slices_lack(&want, &both, same_node, &zone), None);
 }

@@ -2,7 +2,7 @@
 //! protocol) the sources, the targets and one cell per source × target with what kube-proxy's
 //! rules lead to expect, what was observed, and the comparison.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +84,12 @@ pub enum TargetKind {
     PodIp,
     /// The ClusterIP from a pod that is itself an endpoint: it must be able to reach itself.
     Hairpin,
+    /// A headless Service's DNS name (cluster): resolved at the source, it must give the pod IPs
+    /// of the ready endpoints, each reached directly (no kube-proxy).
+    Headless,
+    /// An ExternalName Service's DNS name (cluster), a CNAME of the scenario Service's name: it
+    /// must resolve at the source to the scenario's clusterIP and then behave as the clusterIP.
+    ExternalName,
 }
 
 /// One target (a column).
@@ -99,6 +105,10 @@ pub struct MatrixTarget {
     /// The pod of a pod IP.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod: String,
+    /// A DNS name the source resolves (headless, ExternalName); `address` then gives the port
+    /// (and for ExternalName the address the name must resolve to).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 /// The state every endpoint's EndpointSlice conditions are put in for a scenario.
@@ -142,6 +152,9 @@ pub struct MatrixCell {
     /// Hairpin: connections the source pod itself answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_answered: Option<u64>,
+    /// A DNS target: the addresses the name resolved to at the source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<IpAddr>,
     /// The rule behind the expectation; for a wrong cell, what was wrong.
     pub why: String,
 }
@@ -161,6 +174,10 @@ pub struct MatrixScenario {
     pub incorrect: u64,
     pub inconclusive: u64,
     pub duration_s: f64,
+    /// Not run, and why (e.g. `terminating` on a cluster: endpoints terminate only while their
+    /// pods shut down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// `matrix`'s parameters, as given.
@@ -195,6 +212,9 @@ pub struct MatrixRun {
     pub inconclusive: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<Stop>,
+    /// What the run left out and why (a source row, a target column), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub environment: Environment,
 }
 

@@ -87,10 +87,11 @@ fn text(run: &MatrixRun, markdown: bool) -> String {
         out,
         "{} on {}{}: {} scenario(s), {} source(s), {:.1} s{}",
         run.target.service.as_deref().unwrap_or("service"),
-        run.target
-            .lab
-            .as_deref()
-            .map_or(run.target.mode.clone(), |l| format!("lab {l}")),
+        match (&run.target.lab, &run.environment.context) {
+            (Some(l), _) => format!("lab {l}"),
+            (None, Some(c)) => format!("context {c}"),
+            (None, None) => run.target.mode.clone(),
+        },
         run.environment
             .proxy_mode
             .as_deref()
@@ -105,7 +106,18 @@ fn text(run: &MatrixRun, markdown: bool) -> String {
         "cells: . connected  R refused  T timed out  ? inconclusive  - not a path of this source  ! wrong; \
          with trafficDistribution the zones (PreferSameZone) or nodes (PreferSameNode) that answered"
     );
+    for n in &run.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
     for s in &run.scenarios {
+        if let Some(why) = &s.skipped {
+            heading(
+                &mut out,
+                &format!("{} ({}): skipped: {why}", s.name, s.description),
+                markdown,
+            );
+            continue;
+        }
         heading(
             &mut out,
             &format!("{} ({}): {}", s.name, s.description, summary(s)),
@@ -117,9 +129,17 @@ fn text(run: &MatrixRun, markdown: bool) -> String {
             .iter()
             .filter(|c| matches!(c.verdict, CellVerdict::Incorrect | CellVerdict::Inconclusive))
         {
+            let resolved = if c.resolved.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; resolved to {}",
+                    c.resolved.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                )
+            };
             let _ = writeln!(
                 out,
-                "  {} {} -> {}: expected {}, observed {} ({} of {} connected, {} refused, {} timed out; answered by {} endpoint(s) on {}; {} round(s)): {}",
+                "  {} {} -> {}: expected {}, observed {} ({} of {} connected, {} refused, {} timed out; answered by {} endpoint(s) on {}{resolved}; {} round(s)): {}",
                 if c.verdict == CellVerdict::Incorrect {
                     "WRONG"
                 } else {
@@ -159,15 +179,23 @@ pub fn junit(run: &MatrixRun) -> anyhow::Result<String> {
     let mut report = Report::new(format!("kubectl-svclb matrix {}", run.tag));
     for s in &run.scenarios {
         let mut suite = TestSuite::new(s.name.clone());
+        if let Some(why) = &s.skipped {
+            let mut st = TestCaseStatus::skipped();
+            st.set_message(why.clone());
+            let mut case = TestCase::new("scenario", st);
+            case.set_classname(s.name.clone());
+            suite.add_test_case(case);
+        }
         for c in s.cells.iter().filter(|c| c.verdict != CellVerdict::Skipped) {
             let status = match c.verdict {
                 CellVerdict::Incorrect => {
                     let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                    st.set_message(format!(
-                        "expected {}, observed {}",
-                        c.expected.symbol(),
-                        c.observed.symbol()
-                    ));
+                    // Same mark, yet wrong (endpoints, a DNS answer): the first clause of why.
+                    st.set_message(if c.expected == c.observed {
+                        c.why.split(';').next().unwrap_or_default().to_string()
+                    } else {
+                        format!("expected {}, observed {}", c.expected.symbol(), c.observed.symbol())
+                    });
                     st.set_description(c.why.clone());
                     st
                 }
@@ -290,4 +318,101 @@ pub fn matrix_compare(runs: &[MatrixRun], format: CompareFormat) -> anyhow::Resu
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::{Measured, build, scenario, skipped, variants};
+    use crate::record::{CellVerdict, Environment, MatrixParams, TargetInfo};
+    use crate::storm::{Failures, Proto};
+
+    /// A cluster run: the default scenario with one wrong DNS cell, terminating skipped, a note.
+    fn run() -> MatrixRun {
+        let v = variants();
+        let cell = MatrixCell {
+            source: "node-2".into(),
+            target: "headless".into(),
+            expected: Mark::Connected,
+            observed: Mark::Connected,
+            verdict: CellVerdict::Incorrect,
+            attempts: 3,
+            ok: 3,
+            failures: Failures::default(),
+            rounds: 1,
+            allowed_nodes: vec!["node-1".into(), "node-2".into()],
+            answered: 1,
+            answered_nodes: vec!["node-1".into()],
+            answered_zones: vec![],
+            strays: 0,
+            self_answered: None,
+            resolved: vec!["10.244.1.5".parse().unwrap()],
+            why: "resolved to [10.244.1.5], expected [10.244.1.5, 10.244.2.5]".into(),
+        };
+        build(Measured {
+            tag: "mx".into(),
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            duration_s: 9.0,
+            target: TargetInfo {
+                address: "2 scenario(s)".into(),
+                mode: "cluster".into(),
+                protocol: Proto::Tcp,
+                service: Some("svclb/svclb-mx-*".into()),
+                source: None,
+                lab: None,
+            },
+            params: MatrixParams {
+                protocols: vec![Proto::Tcp],
+                test: None,
+                conns: 3,
+                attempts: 3,
+                timeout_s: 1.0,
+                parallel: 64,
+            },
+            sources: vec![],
+            scenarios: vec![
+                scenario(&v[0], Proto::Tcp, vec![], vec![cell], 1.0),
+                skipped(&v[6], Proto::Tcp, "not made on a cluster".into()),
+            ],
+            stopped: None,
+            notes: vec!["client row left out: this machine does not reach node-1's NodePort".into()],
+            environment: Environment {
+                context: Some("kind-svclb".into()),
+                ..Environment::local()
+            },
+        })
+    }
+
+    #[test]
+    fn a_cluster_run_says_what_it_left_out_skipped_and_resolved() {
+        let r = run();
+        let text = matrix(&r, RunFormat::Table).unwrap();
+        assert!(text.contains("svclb/svclb-mx-* on context kind-svclb"), "{text}");
+        assert!(
+            text.contains("note: client row left out: this machine does not reach node-1's NodePort"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "terminating/tcp (every endpoint terminating, still serving): skipped: not made on a cluster"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("WRONG node-2 -> headless"), "{text}");
+        assert!(
+            text.contains("on node-1; resolved to 10.244.1.5; 1 round(s))"),
+            "{text}"
+        );
+        // JUnit: the wrong cell fails, the skipped scenario is one skipped case with its reason.
+        let xml = junit(&r).unwrap();
+        assert!(
+            xml.contains(r#"<testsuite name="terminating/tcp" tests="1" skipped="1" errors="0" failures="0">"#),
+            "{xml}"
+        );
+        assert!(xml.contains(r#"<skipped message="not made on a cluster"/>"#), "{xml}");
+        assert!(
+            xml.contains(r#"<failure message="resolved to [10.244.1.5], expected [10.244.1.5, 10.244.2.5]">"#),
+            "{xml}"
+        );
+    }
 }

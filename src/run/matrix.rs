@@ -10,12 +10,16 @@ use anyhow::{Result, bail};
 use regex::Regex;
 
 use super::agents::{AgentSet, check, no_result};
+use super::open::Opened;
 use super::{Interrupt, SaveTo, environment};
-use crate::agent::{Output, ProbesRequest, Request, StormResult};
-use crate::backend::{MatrixPlace, Source};
+use crate::agent::{Output, Probe, ProbesRequest, Request, StormResult};
+use crate::backend::kube::matrix::{KubeMatrix, MatrixOptions};
+use crate::backend::kube::{AgentRunner, KubeBackend};
+use crate::backend::{Applied, MatrixPlace, Source};
 use crate::matrix::{self, Cluster, Expect, IcmpBudget, Measured, Observed, PortCursor, Variant};
 use crate::record::{
     Environment, Mark, MatrixCell, MatrixParams, MatrixRun, MatrixScenario, MatrixSource, MatrixTarget, TargetInfo,
+    TargetKind,
 };
 use crate::storm::{Proto, Stop, StormConfig};
 
@@ -42,6 +46,12 @@ fn hairpin_conns(conns: u64, n: usize) -> u64 {
     conns.max(3 * n as u64).min(1000)
 }
 
+/// Headless: at least one connection to every address the name gives (the agent spreads them
+/// evenly over the addresses).
+fn headless_conns(conns: u64, n: usize) -> u64 {
+    conns.max(n as u64).min(1000)
+}
+
 /// One scenario's cells being measured.
 struct Pending {
     variant: Variant,
@@ -61,7 +71,7 @@ struct Sources {
 }
 
 /// A source's storms in a round: the source, (scenario, target) of each storm, the storms.
-type SourcePlan = (usize, Vec<(usize, usize)>, Vec<StormConfig>);
+type SourcePlan = (usize, Vec<(usize, usize)>, Vec<Probe>);
 
 /// One round: every source probes the cells of `pending` that need it. Returns false when
 /// interrupted.
@@ -89,11 +99,12 @@ async fn round<B: MatrixPlace>(
                 let conns = match e.mark {
                     Mark::Refused | Mark::Timeout => 1,
                     _ if e.hairpin => hairpin_conns(job.conns, e.allowed.len()),
+                    _ if t.kind == TargetKind::Headless => headless_conns(job.conns, e.allowed.len()),
                     _ => job.conns,
                 };
                 which.push((pi, ti));
                 let src_ports = (p.proto == Proto::Udp).then(|| sources.ports[si].take(conns));
-                storms.push(StormConfig {
+                let storm = StormConfig {
                     target: t.address,
                     proto: p.proto,
                     conns,
@@ -106,6 +117,10 @@ async fn round<B: MatrixPlace>(
                     session: format!("{:08x}", rand::random::<u32>()),
                     fetch_bytes: None,
                     src_ports,
+                };
+                storms.push(Probe {
+                    storm,
+                    resolve: (!t.host.is_empty()).then(|| t.host.clone()),
                 });
             }
         }
@@ -174,6 +189,8 @@ async fn round<B: MatrixPlace>(
                 ok: res.ok,
                 failures: res.failures,
                 backends: res.backends,
+                resolved: res.resolved,
+                resolve_error: res.resolve_error,
             };
             let slot = &mut p.cells[*si][ti];
             slot.2 += 1;
@@ -200,7 +217,18 @@ async fn variant<B: MatrixPlace>(
     interrupt: &Interrupt,
     out: &mut Vec<MatrixScenario>,
 ) -> Result<bool> {
-    let cluster = tokio::task::block_in_place(|| backend.apply(v))?;
+    let applied = tokio::select! {
+        a = backend.apply(v) => a?,
+        () = interrupt.wait() => return Ok(false),
+    };
+    let cluster = match applied {
+        Applied::Measure(c) => c,
+        Applied::Skip(why) => {
+            out.extend(protos.iter().map(|&p| matrix::skipped(v, p, why.clone())));
+            backend.release().await?;
+            return Ok(true);
+        }
+    };
     let mut pending = Vec::new();
     for &proto in protos {
         let targets = backend.matrix_targets(proto)?;
@@ -274,7 +302,52 @@ async fn variant<B: MatrixPlace>(
             p.started.elapsed().as_secs_f64(),
         ));
     }
+    backend.release().await?;
     Ok(completed)
+}
+
+/// The run on what was opened: the lab's Service changed per scenario, or on a cluster one
+/// Service per scenario ([`on_cluster`]).
+pub async fn run_opened(
+    opened: &Opened,
+    job: &MatrixJob,
+    cluster: MatrixOptions,
+    interrupt: &Interrupt,
+) -> Result<(MatrixRun, Option<String>)> {
+    match opened {
+        Opened::Lab { backend, .. } => run(backend.as_ref(), job, interrupt).await,
+        Opened::Cluster { backend, .. } => on_cluster(backend.as_ref(), job, cluster, interrupt).await,
+        Opened::Address(_) => bail!("matrix needs a lab or a cluster: its Service changes per scenario"),
+    }
+}
+
+/// The run on a cluster ([`KubeMatrix`]): its probe pods started and waited for, the run, and
+/// then its Services and pods deleted whatever happened (an error, an interrupt while the pods
+/// start or during the run).
+pub async fn on_cluster<P: AgentRunner, H: AgentRunner>(
+    backend: &KubeBackend<P, H>,
+    job: &MatrixJob,
+    opts: MatrixOptions,
+    interrupt: &Interrupt,
+) -> Result<(MatrixRun, Option<String>)> {
+    let mut place = KubeMatrix::new(backend, opts);
+    let prepared = tokio::select! {
+        r = place.prepare() => r,
+        () = interrupt.wait() => Err(anyhow::anyhow!("interrupted while the probe pods were starting")),
+    };
+    let result = match prepared {
+        Ok(()) => run(&place, job, interrupt).await,
+        Err(e) => Err(e),
+    };
+    // Deletes again what the run's own restore could not: what is left is what close says.
+    let left = place.close().await;
+    match result {
+        Ok((record, _)) => Ok((record, left)),
+        Err(e) => Err(match left {
+            Some(l) => e.context(format!("and {l}")),
+            None => e,
+        }),
+    }
 }
 
 /// Runs `job` on `backend`; the Service is restored before this returns, whatever happened.
@@ -343,11 +416,11 @@ pub async fn run<B: MatrixPlace>(
             }
         }
     }
-    let restored = tokio::task::block_in_place(|| backend.restore());
+    let restored = backend.restore().await;
     if let Err(e) = result {
         return Err(match restored {
             Ok(()) => e,
-            Err(r) => e.context(format!("and the Service could not be restored: {r:#}")),
+            Err(r) => e.context(format!("and {r:#}")),
         });
     }
     let info = TargetInfo {
@@ -376,7 +449,11 @@ pub async fn run<B: MatrixPlace>(
         sources: sources.list,
         scenarios,
         stopped,
+        notes: backend.matrix_notes(),
         environment: env,
     });
     Ok((record, restored.err().map(|e| format!("{e:#}"))))
 }
+
+#[cfg(test)]
+mod tests;
