@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::record::AnyRun;
+use crate::record::{AnyRun, Loaded};
 use crate::report::{self, CompareFormat, CompareTable, CompareView};
 use crate::stats::Criteria;
 
@@ -88,7 +88,8 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
     let mut skipped = 0;
     for input in expand(&args.files)? {
         match crate::record::load(&input.path, &criteria) {
-            Ok(AnyRun::Spread(r)) => spread.push(*r),
+            Ok(AnyRun::Spread(r)) => spread.push(Loaded::from(*r)),
+            Ok(AnyRun::Mconnect(r)) => spread.push(*r),
             Ok(AnyRun::Affinity(r)) => affinity.push(*r),
             Ok(AnyRun::Zones(r)) => zones.push(*r),
             Ok(AnyRun::Matrix(r)) => matrix.push(*r),
