@@ -37,14 +37,14 @@ pub struct CompareArgs {
 
 /// A file to compare. A bad file the user named stops the command; a bad one found in a directory
 /// is skipped with a warning.
-struct Input {
-    path: PathBuf,
-    named: bool,
+pub(super) struct Input {
+    pub path: PathBuf,
+    pub named: bool,
 }
 
 /// Named files as given; a directory's `*.json` files, hidden ones (a save's temporary file, an
 /// editor's) left out.
-fn expand(files: &[PathBuf]) -> Result<Vec<Input>> {
+pub(super) fn expand(files: &[PathBuf]) -> Result<Vec<Input>> {
     let mut out = Vec::new();
     for f in files {
         if f.is_dir() {

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod completion;
 pub mod lab;
 pub mod matrix;
+pub mod report;
 pub mod serve;
 pub mod service_args;
 pub mod spread;
