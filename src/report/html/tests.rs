@@ -550,10 +550,10 @@ fn pages_render_in_headless_chromium_without_console_errors() {
         "the console check is blind: {errors:?}"
     );
     let pages: Vec<(&str, Vec<AnyRun>, &str)> = vec![
-        ("spread", vec![fixture("nftables-10k.json")], "1100,1500"),
-        ("affinity", vec![fixture("affinity-scale.json")], "1100,1300"),
-        ("zones", vec![fixture("zones-prefer-same-zone.json")], "1100,1300"),
-        ("matrix", vec![fixture("matrix-small.json")], "1100,900"),
+        ("spread", vec![fixture("nftables-10k.json")], "1100,1000"),
+        ("affinity", vec![fixture("affinity-scale.json")], "1100,1020"),
+        ("zones", vec![fixture("zones-none.json")], "1100,900"),
+        ("matrix", vec![fixture("matrix-small.json")], "1100,720"),
         (
             "several",
             vec![
@@ -561,7 +561,7 @@ fn pages_render_in_headless_chromium_without_console_errors() {
                 fixture("iptables-10k.json"),
                 fixture("nftables-per-node.json"),
             ],
-            "1100,1300",
+            "1100,1050",
         ),
     ];
     let docs = std::env::var_os("SVCLB_UPDATE_SCREENSHOTS").map(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"));
