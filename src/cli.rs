@@ -54,6 +54,9 @@ pub enum Command {
     },
     /// Compare saved runs (svclb run records and mconnect `-output json` files) side by side.
     Compare(commands::compare::CompareArgs),
+    /// One self-contained HTML page with charts for saved runs (any kind, one or many; no network
+    /// needed to view it).
+    Report(commands::report::ReportArgs),
     /// Deploy the test servers (tserver Deployment and Service) and wait until they are ready.
     Deploy {
         #[command(flatten)]

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Completion(args) => commands::completion::run(args, Cli::command()),
         Command::Complete(args) => commands::completion::complete(args, Cli::command()),
         Command::Compare(args) => commands::compare::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Agent(args) => commands::agent::run(args),
         Command::Lab { cmd } => commands::lab::run(cmd),
     };

@@ -137,6 +137,7 @@ fn kubectl_flags_are_on_the_cluster_commands_only() {
         &["lab", "down"],
         &["serve"],
         &["compare"],
+        &["report"],
         &["completion"],
     ] {
         let (code, out, _) = svclb(&[cmd, &["--help"]].concat());

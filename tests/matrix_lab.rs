@@ -57,8 +57,12 @@ fn full_matrix(mode: &str) {
         &["--nodes", "4", "--pods", "3", "--proxy-mode", mode],
     );
     let junit = lab.dir.path().join("matrix.xml");
+    let page = lab.dir.path().join("matrix.html");
     // The full default matrix: every variant, TCP and UDP.
-    let (code, r) = matrix(&lab, &["--junit", junit.to_str().unwrap()]);
+    let (code, r) = matrix(
+        &lab,
+        &["--junit", junit.to_str().unwrap(), "--html", page.to_str().unwrap()],
+    );
     let names: Vec<&str> = r["scenarios"]
         .as_array()
         .unwrap()
@@ -161,6 +165,19 @@ fn full_matrix(mode: &str) {
         .map(|s| measured(s).count())
         .sum();
     assert_eq!((suites, cases), (18, want));
+
+    // The page of the run (--html): three grids per scenario, a cell each in them.
+    let html = std::fs::read_to_string(&page).unwrap();
+    let cells: usize = r["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["cells"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(html.matches("<use href=").count(), 3 * cells);
+    for name in &names {
+        assert!(html.contains(&format!("<h4>{name} (")), "{name}");
+    }
 
     // The Service and its endpoints are as they were.
     let status = json(&lab.run(&["lab", "status", "--name", &lab.name, "-o", "json"]));

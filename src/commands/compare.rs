@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::record::AnyRun;
+use crate::record::{AnyRun, Loaded};
 use crate::report::{self, CompareFormat, CompareTable, CompareView};
 use crate::stats::Criteria;
 
@@ -37,14 +37,14 @@ pub struct CompareArgs {
 
 /// A file to compare. A bad file the user named stops the command; a bad one found in a directory
 /// is skipped with a warning.
-struct Input {
-    path: PathBuf,
-    named: bool,
+pub(super) struct Input {
+    pub path: PathBuf,
+    pub named: bool,
 }
 
 /// Named files as given; a directory's `*.json` files, hidden ones (a save's temporary file, an
 /// editor's) left out.
-fn expand(files: &[PathBuf]) -> Result<Vec<Input>> {
+pub(super) fn expand(files: &[PathBuf]) -> Result<Vec<Input>> {
     let mut out = Vec::new();
     for f in files {
         if f.is_dir() {
@@ -88,7 +88,8 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
     let mut skipped = 0;
     for input in expand(&args.files)? {
         match crate::record::load(&input.path, &criteria) {
-            Ok(AnyRun::Spread(r)) => spread.push(*r),
+            Ok(AnyRun::Spread(r)) => spread.push(Loaded::from(*r)),
+            Ok(AnyRun::Mconnect(r)) => spread.push(*r),
             Ok(AnyRun::Affinity(r)) => affinity.push(*r),
             Ok(AnyRun::Zones(r)) => zones.push(*r),
             Ok(AnyRun::Matrix(r)) => matrix.push(*r),

@@ -100,8 +100,8 @@ impl MatrixArgs {
             })?;
         let mut protos = self.protocol.clone();
         protos.dedup();
+        self.record.validate()?;
         let save = self.record.to();
-        save.validate()?;
         Ok(MatrixJob {
             test,
             protos,
@@ -174,6 +174,11 @@ fn finish(mut run: MatrixRun, restore_error: Option<String>, args: &MatrixArgs, 
     }
     let code = super::verdict_code(run.stopped, run.incorrect == 0);
     let code = super::save_code(&saved, &run, args.output, code);
+    let code = super::html_code(
+        args.record.html.as_deref(),
+        || crate::record::AnyRun::Matrix(Box::new(run.clone())),
+        code,
+    );
     Ok(if failed { ExitCode::from(2) } else { code })
 }
 

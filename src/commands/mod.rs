@@ -7,6 +7,7 @@ pub mod compare;
 pub mod completion;
 pub mod lab;
 pub mod matrix;
+pub mod report;
 pub mod serve;
 pub mod service_args;
 pub mod spread;
@@ -98,9 +99,25 @@ pub struct SaveArgs {
     /// Do not save the run record.
     #[arg(long)]
     pub no_save: bool,
+    /// Also write the run's HTML page (as `kubectl svclb report` makes it) to FILE, once the record
+    /// is saved.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 impl SaveArgs {
+    /// Checks before the run that the record can be saved and the page written where asked.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.to().validate()?;
+        if let Some(path) = &self.html {
+            if path.as_os_str() == "-" {
+                anyhow::bail!("--html -: give a file (the run's report goes to stdout)");
+            }
+            crate::report::html::check_path(path, "--html")?;
+        }
+        Ok(())
+    }
+
     /// Where the run's record goes.
     pub fn to(&self) -> crate::run::SaveTo {
         crate::run::SaveTo {
@@ -141,6 +158,35 @@ pub fn save_code<R: serde::Serialize>(
         }
         crate::run::save::Outcome::Failed { .. } => std::process::ExitCode::from(2),
         _ => code,
+    }
+}
+
+/// Writes the run's page for `--html` (after its record was saved); a page that cannot be
+/// written is said on stderr and makes the exit code 2. The record is not affected either way.
+pub fn html_code(
+    path: Option<&std::path::Path>,
+    run: impl FnOnce() -> crate::record::AnyRun,
+    code: std::process::ExitCode,
+) -> std::process::ExitCode {
+    let Some(path) = path else {
+        return code;
+    };
+    match crate::report::html::write(path, &[run()]) {
+        Ok(size) => {
+            eprintln!(
+                "svclb: wrote {} ({})",
+                path.display(),
+                crate::report::zones_bytes(size as u64)
+            );
+            code
+        }
+        Err(e) => {
+            eprintln!(
+                "svclb: --html {}: {e:#} (the run's record is not affected: `kubectl svclb report` makes the page from it)",
+                path.display()
+            );
+            std::process::ExitCode::from(2)
+        }
     }
 }
 

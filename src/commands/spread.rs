@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use crate::backend::{From, Path};
 use crate::cluster::manifests::{Options, TSERVER};
-use crate::record::SpreadRun;
+use crate::record::{AnyRun, SpreadRun};
 use crate::report::{self, RunFormat};
 use crate::run::open::{ClusterPlace, Opened, Place};
 use crate::run::spread::SpreadJob;
@@ -141,7 +141,7 @@ impl SpreadArgs {
         if self.expect_backends == Some(0) {
             bail!("--expect-backends 0: give the number of backends that must answer");
         }
-        self.record.to().validate()?;
+        self.record.validate()?;
         if self.address.is_some()
             && (self.from != FromKind::Pod
                 || self.pod.is_some()
@@ -250,14 +250,18 @@ impl SpreadArgs {
 
 /// Saves the run (before anything else can fail), prints it, and maps the verdict to the exit
 /// code: 2 when nothing answered (one line) or the save failed (after the report).
-fn finish(mut run: SpreadRun, save: &run::SaveTo, output: RunFormat, all_backends: bool) -> Result<ExitCode> {
+fn finish(mut run: SpreadRun, save: &run::SaveTo, args: &SpreadArgs) -> Result<ExitCode> {
     let saved = save.save(&mut run);
+    let html = args.record.html.as_deref();
     if let Some(line) = crate::spread::nothing_answered(&run) {
+        // The page shows the failures by kind all the same.
+        let _ = super::html_code(html, || AnyRun::Spread(Box::new(run.clone())), ExitCode::SUCCESS);
         bail!("{line}");
     }
-    print!("{}", report::spread(&run, output, all_backends)?);
+    print!("{}", report::spread(&run, args.output, args.all_backends)?);
     let code = super::verdict_code(run.stopped, run.stats.verdict == Verdict::Pass);
-    Ok(super::save_code(&saved, &run, output, code))
+    let code = super::save_code(&saved, &run, args.output, code);
+    Ok(super::html_code(html, || AnyRun::Spread(Box::new(run.clone())), code))
 }
 
 pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
@@ -280,5 +284,5 @@ pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         opened.close().await;
         record
     })?;
-    finish(record, &job.save, args.output, args.all_backends)
+    finish(record, &job.save, &args)
 }

@@ -140,7 +140,7 @@ impl ZonesArgs {
         if self.cycles == Some(0) {
             bail!("--cycles 0: give at least 1 cycle");
         }
-        self.record.to().validate()
+        self.record.validate()
     }
 
     fn place(&self, kube: &super::KubeFlags) -> Place {
@@ -204,11 +204,21 @@ impl ZonesArgs {
 
 /// Saves the run (before anything else can fail), prints it, and maps the verdict to the exit
 /// code (2 when the save failed, after the report).
-fn finish(mut run: ZonesRun, save: &run::SaveTo, output: RunFormat) -> Result<ExitCode> {
+fn finish(
+    mut run: ZonesRun,
+    save: &run::SaveTo,
+    output: RunFormat,
+    html: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     let saved = save.save(&mut run);
     print!("{}", report::zones(&run, output)?);
     let code = super::verdict_code(run.stopped, run.verdict == Verdict::Pass);
-    Ok(super::save_code(&saved, &run, output, code))
+    let code = super::save_code(&saved, &run, output, code);
+    Ok(super::html_code(
+        html,
+        || crate::record::AnyRun::Zones(Box::new(run.clone())),
+        code,
+    ))
 }
 
 pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
@@ -237,7 +247,7 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         opened.close().await;
         record
     })?;
-    finish(record, &job.save, args.output)
+    finish(record, &job.save, args.output, args.record.html.as_deref())
 }
 
 #[cfg(test)]

@@ -206,6 +206,19 @@ pub struct PodSessions {
     pub answered: u64,
 }
 
+/// The counters of an affinity run at one moment (cumulative since its start): consecutive
+/// samples give what was sent, answered and lost in each interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffinitySample {
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub totals: crate::affinity::Totals,
+}
+
+/// Samples an `AffinityRun` takes at most: the interval grows with the run's duration.
+pub const MAX_SAMPLES: u64 = 1000;
+
 /// The record of one `affinity` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AffinityRun {
@@ -238,6 +251,10 @@ pub struct AffinityRun {
     /// Every session (runs of at most [`MAX_SESSION_ROWS`] sessions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub session_detail: Vec<crate::affinity::SessionRow>,
+    /// The counters every second or so (at most [`MAX_SAMPLES`]), the last at the end of the
+    /// run; empty in records made before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<AffinitySample>,
     pub verdict: crate::affinity::Verdict,
     #[serde(default)]
     pub reasons: Vec<String>,
@@ -299,6 +316,22 @@ pub struct Loaded {
     pub source: Source,
 }
 
+impl From<SpreadRun> for Loaded {
+    fn from(run: SpreadRun) -> Self {
+        Self {
+            tag: run.tag,
+            target: Some(run.target),
+            proxy_mode: run.environment.proxy_mode,
+            conns: run.conns,
+            ok: run.ok,
+            failed: run.failed.total,
+            backends: run.backends,
+            stats: run.stats,
+            source: Source::Record,
+        }
+    }
+}
+
 /// Which format a loaded run came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -318,10 +351,13 @@ struct Mconnect {
     failed_reads: u64,
 }
 
-/// Any saved run `compare` reads.
+/// Any saved run `compare` and `report` read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyRun {
-    Spread(Box<Loaded>),
+    /// The whole record (`compare` takes what it needs: [`Loaded::from`]).
+    Spread(Box<SpreadRun>),
+    /// An mconnect file: counts only, judged on load.
+    Mconnect(Box<Loaded>),
     Affinity(Box<AffinityRun>),
     Zones(Box<ZonesRun>),
     Matrix(Box<MatrixRun>),
@@ -371,17 +407,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
             check_version(path, &value, SPREAD_KIND, SPREAD_VERSION)?;
             let run: SpreadRun = serde_json::from_value(value)
                 .map_err(|e| anyhow::anyhow!("{}: corrupt SpreadRun record: {e}", path.display()))?;
-            Ok(AnyRun::Spread(Box::new(Loaded {
-                tag: run.tag,
-                target: Some(run.target),
-                proxy_mode: run.environment.proxy_mode,
-                conns: run.conns,
-                ok: run.ok,
-                failed: run.failed.total,
-                backends: run.backends,
-                stats: run.stats,
-                source: Source::Record,
-            })))
+            Ok(AnyRun::Spread(Box::new(run)))
         }
         Some(other) => bail!(
             "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun, MatrixRun)",
@@ -409,7 +435,7 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(AnyRun::Spread(Box::new(Loaded {
+            Ok(AnyRun::Mconnect(Box::new(Loaded {
                 tag: stem.strip_prefix("mconnect-").unwrap_or(&stem).to_string(),
                 target: None,
                 proxy_mode: None,

@@ -117,13 +117,19 @@ fn text(run: &AffinityRun, md: bool) -> String {
     }
 
     let _ = writeln!(out);
+    for line in verdict_lines(run) {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// The verdict as lines: `HOLDS: <the rule>`, one `VIOLATED: <reason>` each, or `INTERRUPTED: …`.
+pub(super) fn verdict_lines(run: &AffinityRun) -> Vec<String> {
     if run.stopped == Some(Stop::Interrupted) {
-        let _ = writeln!(
-            out,
+        return vec![format!(
             "INTERRUPTED: after {:.1} s; the record is partial (on what was measured: {})",
             run.duration_s, run.verdict
-        );
-        return out;
+        )];
     }
     match run.verdict {
         Verdict::Holds => {
@@ -134,13 +140,8 @@ fn text(run: &AffinityRun, md: bool) -> String {
             } else {
                 "no session changed pod or reflective address"
             };
-            let _ = writeln!(out, "HOLDS: {rule}");
+            vec![format!("HOLDS: {rule}")]
         }
-        Verdict::Violated => {
-            for r in &run.reasons {
-                let _ = writeln!(out, "VIOLATED: {r}");
-            }
-        }
+        Verdict::Violated => run.reasons.iter().map(|r| format!("VIOLATED: {r}")).collect(),
     }
-    out
 }

@@ -375,7 +375,7 @@ const FREQUENCY_ROWS: usize = 12;
 
 /// What the frequency table's rows count in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scale {
+pub(super) enum Scale {
     /// Connections: the runs have the same connections and backends (or `--all-backends`).
     Conns,
     /// Thousandths of each run's fair share (ok / backends): runs of different sizes line up.
@@ -385,19 +385,19 @@ enum Scale {
 /// The frequency table of spread runs: row ranges (in `scale`'s units, `lo..=hi`) and per row
 /// how many backends of each run fall in it.
 #[derive(Debug, PartialEq)]
-struct Frequency {
-    scale: Scale,
-    rows: Vec<(u64, u64)>,
-    cells: Vec<Vec<usize>>,
+pub(super) struct Frequency {
+    pub scale: Scale,
+    pub rows: Vec<(u64, u64)>,
+    pub cells: Vec<Vec<usize>>,
 }
 
 /// A backend's count in thousandths of its run's fair share; a backend with any connection is at
 /// least 1 (0 means none, the row of its own).
-fn per_mille(count: u64, r: &Loaded) -> u64 {
-    if count == 0 || r.ok == 0 {
+fn per_mille(count: u64, (ok, backends): (u64, &[BackendCount])) -> u64 {
+    if count == 0 || ok == 0 {
         return 0;
     }
-    let fair = r.ok as f64 / r.backends.len().max(1) as f64;
+    let fair = ok as f64 / backends.len().max(1) as f64;
     ((count as f64 * 1000.0 / fair).round() as u64).max(1)
 }
 
@@ -405,9 +405,15 @@ fn per_mille(count: u64, r: &Loaded) -> u64 {
 /// others by share of their fair share, where a 3,000- and a 1,000,000-connection run line up.
 /// Counts go in at most 12 ranges unless `all` (then one row per count, as xcluster's).
 fn frequency(runs: &[Loaded], all: bool) -> Frequency {
+    let runs: Vec<(u64, &[BackendCount])> = runs.iter().map(|r| (r.ok, r.backends.as_slice())).collect();
+    frequency_of(&runs, all)
+}
+
+/// [`frequency`] of runs given as (answered connections, backends).
+pub(super) fn frequency_of(runs: &[(u64, &[BackendCount])], all: bool) -> Frequency {
     let same_size = runs
         .windows(2)
-        .all(|w| w[0].ok == w[1].ok && w[0].backends.len() == w[1].backends.len());
+        .all(|w| w[0].0 == w[1].0 && w[0].1.len() == w[1].1.len());
     let scale = if all || same_size {
         Scale::Conns
     } else {
@@ -416,11 +422,10 @@ fn frequency(runs: &[Loaded], all: bool) -> Frequency {
     let values: Vec<Vec<u64>> = runs
         .iter()
         .map(|r| {
-            r.backends
-                .iter()
+            r.1.iter()
                 .map(|b| match scale {
                     Scale::Conns => b.count,
-                    Scale::FairShare => per_mille(b.count, r),
+                    Scale::FairShare => per_mille(b.count, *r),
                 })
                 .collect()
         })
@@ -445,7 +450,7 @@ fn frequency(runs: &[Loaded], all: bool) -> Frequency {
 impl Frequency {
     /// A row's label: `77`, `75-79` (connections), or `0.90-0.99` (of the fair share, to 0.01;
     /// `0.987` for a single value); `0` for the backends that got nothing.
-    fn label(&self, (lo, hi): (u64, u64)) -> String {
+    pub(super) fn label(&self, (lo, hi): (u64, u64)) -> String {
         match self.scale {
             Scale::Conns if lo == hi => lo.to_string(),
             Scale::Conns => format!("{lo}-{hi}"),
@@ -457,7 +462,7 @@ impl Frequency {
     }
 
     /// The table's first column's title.
-    fn unit(&self) -> &'static str {
+    pub(super) fn unit(&self) -> &'static str {
         match self.scale {
             Scale::Conns => "conns",
             Scale::FairShare => "of fair share",

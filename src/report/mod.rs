@@ -2,6 +2,7 @@
 
 mod affinity;
 mod compare;
+pub mod html;
 pub mod lab;
 pub mod live;
 mod matrix;
@@ -12,7 +13,7 @@ pub use affinity::{affinity, clock};
 pub use compare::{CompareTable, CompareView, compare};
 pub use matrix::{junit, matrix, matrix_compare};
 pub use spread::spread;
-pub use zones::{cycle_line as zones_cycle_line, zones};
+pub use zones::{bytes as zones_bytes, cycle_line as zones_cycle_line, zones};
 
 use clap::ValueEnum;
 

@@ -249,7 +249,7 @@ fn text(run: &SpreadRun, md: bool, all_backends: bool) -> String {
 
 /// The verdict and the tests that decided it: `PASS: ...` or one `FAIL: ...` line per reason,
 /// and a note when the sample is too small for the ±margin test.
-fn verdict_lines(s: &Stats) -> Vec<String> {
+pub(super) fn verdict_lines(s: &Stats) -> Vec<String> {
     let mut lines = match s.verdict {
         Verdict::Pass => {
             let mut held = Vec::new();

@@ -45,7 +45,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A USD amount with enough digits to see small ones.
-fn usd(v: f64) -> String {
+pub(super) fn usd(v: f64) -> String {
     if v == 0.0 || v.abs() >= 0.01 {
         format!("{v:.2}")
     } else {
