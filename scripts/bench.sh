@@ -2,6 +2,8 @@
 # The project's benchmark: the figures in README.md come from here. Release build, loopback only.
 #   scripts/bench.sh [ROUNDS]   (default 5 rounds; medians reported)
 #   BENCH_ONLY=zones scripts/bench.sh   (only the zones case: root, a 3-zone lab)
+#   BENCH_ONLY=matrix scripts/bench.sh  (only the matrix case: root, the default 10 x 100 lab)
+#   BENCH_ONLY=report scripts/bench.sh  (only the report case: one page of 100 runs x 100 backends)
 #   BENCH_ONLY=disruption scripts/bench.sh   (only the disruption case: root, a 3-node lab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +50,26 @@ zones_case() {
     lab=
 }
 
+# matrix: every scenario, TCP and UDP, on the default lab (10 nodes, 100 pods: 10 pod sources,
+# 10 node sources, the client; the issue 12 target: under 30 s); wall time of the whole command.
+matrix_case() {
+    echo "== matrix: default lab (10 nodes, 100 pods), every scenario, tcp and udp, $rounds rounds"
+    export SVCLB_LAB_DIR="$work/labs"
+    lab=mbench$$
+    "$bin" lab up --name "$lab" >/dev/null
+    : >"$work/mwall"
+    for ((i = 1; i <= rounds; i++)); do
+        t0=$(date +%s.%N)
+        "$bin" matrix --lab "$lab" --no-save -o json >"$work/m.json" || true
+        t1=$(date +%s.%N)
+        awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f\n", b-a}' >>"$work/mwall"
+        echo "round $i: command $(tail -1 "$work/mwall") s, $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(len(r["scenarios"]), "scenarios, correct", r["correct"], "incorrect", r["incorrect"], "inconclusive", r["inconclusive"])' "$work/m.json")"
+    done
+    echo "matrix (18 scenarios, 21 sources): median command $(median <"$work/mwall") s, max $(sort -n "$work/mwall" | tail -1) s"
+    "$bin" lab down --name "$lab" >/dev/null
+    lab=
+}
+
 # disruption: 500 new conn/s + 100 long-lived connections + 100 UDP sessions for 60 s (the
 # issue 13 target: under one core and 50 MB), from one node (one agent carries it all) and from
 # every node; CPU of the run and its agents together (user + sys over the wall time), peak RSS of
@@ -89,10 +111,48 @@ PY
     lab=
 }
 
+# report: one page of 100 saved spread runs of 100 backends each (the issue 15 target: under 1 s and
+# 2 MB). The runs are the lab record in tests/data/records with Deployment-style pod names (long, as on
+# a cluster) and each run's counts in another order (its statistics stay true).
+report_case() {
+    echo "== report: 100 saved runs x 100 backends, $rounds rounds"
+    mkdir -p "$work/reports"
+    python3 - "$work/reports" <<'PY'
+import json, pathlib, random, sys
+d = pathlib.Path(sys.argv[1])
+seed = json.loads(pathlib.Path("tests/data/records/nftables-10k.json").read_text())
+rng = random.Random(15)
+names = ["svclb-tserver-6f7c9d8b5-" + "".join(rng.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5)) for _ in seed["backends"]]
+counts = [b["count"] for b in seed["backends"]]
+for n in range(100):
+    rng.shuffle(counts)
+    seed["tag"] = f"nftables-run-{n:03}"
+    for i, b in enumerate(seed["backends"]):
+        b["name"], b["node"], b["count"] = names[i], f"kind-worker{i % 10 + 1}", counts[i]
+    (d / f"run-{n:03}.json").write_text(json.dumps(seed))
+PY
+    : >"$work/rep"
+    for ((i = 1; i <= rounds; i++)); do
+        /usr/bin/time -f "%e %M" -o "$work/time" "$bin" report "$work/reports" -o "$work/report.html" 2>/dev/null
+        cat "$work/time" >>"$work/rep"
+        echo "round $i: $(awk '{print $1}' "$work/time") s, peak RSS $(awk '{print $2}' "$work/time") KB"
+    done
+    echo "report of 100 runs x 100 backends: median $(awk '{print $1}' "$work/rep" | median) s, page $(stat -c %s "$work/report.html") bytes, peak RSS $(awk '{print $2}' "$work/rep" | sort -n | tail -1) KB"
+}
+
 addr=127.0.0.1:15901
 if [[ $only == disruption ]]; then
     [[ $(id -u) -eq 0 ]] || { echo "== disruption: needs root"; exit 1; }
     disruption_case
+    exit 0
+fi
+if [[ $only == report ]]; then
+    report_case
+    exit 0
+fi
+if [[ $only == matrix ]]; then
+    [[ $(id -u) -eq 0 ]] || { echo "== matrix: needs root"; exit 1; }
+    matrix_case
     exit 0
 fi
 if [[ $only == zones ]]; then
@@ -145,6 +205,8 @@ for ((i = 1; i <= 3; i++)); do
 done
 echo "compare 1000 runs: $(awk '{print $1}' "$work/cmp" | median) s median, peak RSS $(awk '{print $2}' "$work/cmp" | sort -n | tail -1) KB"
 
+report_case
+
 echo "== affinity: 10,000 UDP sessions (one socket each) x 1 message/s for ${AFFINITY_DURATION:=60s}"
 # 10,000 sockets need the open-file limit above 10,000 (affinity raises its soft limit to the hard one).
 /usr/bin/time -f "%e %U %S %M" -o "$work/time" "$bin" affinity --udp --address "$addr" --sessions 10000 \
@@ -185,3 +247,4 @@ t1=$(date +%s.%N)
 lab=
 echo "lab down: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s"
 zones_case
+matrix_case

@@ -30,7 +30,32 @@ pub enum Request {
     /// Nothing until stopped (SIGTERM when its pod is deleted): the main process of a client
     /// pod, which the run's storm agents exec into. Prints nothing.
     Hold,
+    /// Small storms to many targets at once (the cells of a matrix row); ends with one
+    /// [`Output::Probes`], the results in the order of the storms.
+    Probes(ProbesRequest),
 }
+
+/// `storms`, at most `parallel` of them at a time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbesRequest {
+    pub storms: Vec<Probe>,
+    pub parallel: usize,
+}
+
+/// One probe: a storm, or with `resolve` a storm to a DNS name resolved here, at the source
+/// (a pod's resolver is its cluster DNS): the storm's port is kept, its address replaced by
+/// each address of its family (IPv4 when the storm's address is) the name gives, the
+/// connections spread evenly over them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    #[serde(flatten)]
+    pub storm: StormConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<String>,
+}
+
+/// How long a probe waits for its name to resolve (musl's resolver: 5 s per attempt).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sessions for `duration`, a stats event every `stats_interval`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +83,10 @@ pub enum Output {
         totals: affinity::Totals,
     },
     Done(affinity::Done),
+    /// The results of a [`Request::Probes`], in its order.
+    Probes {
+        results: Vec<StormResult>,
+    },
 }
 
 impl From<Event> for Output {
@@ -83,6 +112,12 @@ pub struct StormResult {
     pub latency_us: Vec<[u64; 2]>,
     pub elapsed_s: f64,
     pub stopped: Option<Stop>,
+    /// A probe to a name: the addresses it resolved to, in the resolver's order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Vec<std::net::IpAddr>>,
+    /// A probe to a name that did not resolve: why (no connection was made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_error: Option<String>,
 }
 
 impl From<&Outcome> for StormResult {
@@ -95,8 +130,92 @@ impl From<&Outcome> for StormResult {
             latency_us: histogram_buckets(&o.latency),
             elapsed_s: o.elapsed.as_secs_f64(),
             stopped: o.stopped,
+            resolved: None,
+            resolve_error: None,
         }
     }
+}
+
+/// The distinct addresses of `name` (port `port`), in the resolver's order.
+async fn resolve(name: &str, port: u16) -> Result<Vec<std::net::IpAddr>, String> {
+    let looked = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await;
+    let addrs = match looked {
+        Err(_) => return Err(format!("{name}: no answer within {}s", RESOLVE_TIMEOUT.as_secs())),
+        Ok(Err(e)) => return Err(format!("{name}: {e}")),
+        Ok(Ok(a)) => a,
+    };
+    let mut out: Vec<std::net::IpAddr> = Vec::new();
+    for a in addrs {
+        if !out.contains(&a.ip()) {
+            out.push(a.ip());
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{name}: no address"));
+    }
+    Ok(out)
+}
+
+/// Connections `0..conns` spread over `n` addresses: how many each gets (the first ones one
+/// more when it does not divide).
+fn spread_over(conns: u64, n: usize) -> Vec<u64> {
+    let n = n.max(1) as u64;
+    (0..n).map(|i| conns / n + u64::from(i < conns % n)).collect()
+}
+
+/// One probe: a storm, or a storm to every address of a name (the results merged exactly).
+async fn probe(p: Probe, control: std::sync::Arc<Control>) -> Result<StormResult> {
+    let Some(name) = p.resolve else {
+        return Ok(StormResult::from(&storm::run(&p.storm, control).await?));
+    };
+    // The storm's family only (its address says which): a dual-stack name answers both.
+    let v4 = p.storm.target.is_ipv4();
+    let addrs = match resolve(&name, p.storm.target.port()).await.and_then(|a| {
+        let all = a.len();
+        let same: Vec<std::net::IpAddr> = a.into_iter().filter(|ip| ip.is_ipv4() == v4).collect();
+        if same.is_empty() {
+            return Err(format!("{name}: {all} address(es), none IPv{}", if v4 { 4 } else { 6 }));
+        }
+        Ok(same)
+    }) {
+        Ok(a) => a,
+        Err(e) => {
+            return Ok(StormResult {
+                resolve_error: Some(e),
+                ..StormResult::from(&Outcome {
+                    attempted: 0,
+                    ok: 0,
+                    failures: Failures::default(),
+                    backends: Vec::new(),
+                    latency: new_histogram(),
+                    elapsed: Duration::ZERO,
+                    stopped: None,
+                })
+            });
+        }
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for (ip, conns) in addrs.iter().zip(spread_over(p.storm.conns, addrs.len())) {
+        if conns == 0 {
+            continue;
+        }
+        let cfg = StormConfig {
+            target: std::net::SocketAddr::new(*ip, p.storm.target.port()),
+            conns,
+            parallel: p.storm.parallel.min(conns as usize).max(1),
+            ..p.storm.clone()
+        };
+        let control = control.clone();
+        set.spawn(async move { storm::run(&cfg, control).await.map(|o| StormResult::from(&o)) });
+    }
+    let mut parts = Vec::new();
+    while let Some(r) = set.join_next().await {
+        parts.push(r.context("a probe failed")??);
+    }
+    Ok(StormResult {
+        resolved: Some(addrs),
+        ..StormResult::from(&merge(&parts))
+    })
 }
 
 /// Merges storm results exactly: counts and failures add up, histograms merge bucket by bucket,
@@ -182,6 +301,37 @@ pub async fn run<W: AsyncWrite + Unpin>(request: Request, stop: impl Future<Outp
                 }
             };
             emit(out, &Output::Storm(StormResult::from(&outcome))).await
+        }
+        Request::Probes(req) => {
+            let control = Control::new();
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(req.parallel.max(1)));
+            let mut set = tokio::task::JoinSet::new();
+            for (i, p) in req.storms.into_iter().enumerate() {
+                let (control, gate) = (control.clone(), gate.clone());
+                set.spawn(async move {
+                    let _permit = gate.acquire_owned().await?;
+                    probe(p, control).await.map(|r| (i, r))
+                });
+            }
+            let mut results: Vec<Option<StormResult>> = vec![None; set.len()];
+            let mut stopped = false;
+            loop {
+                tokio::select! {
+                    done = set.join_next() => match done {
+                        Some(r) => {
+                            let (i, r) = r.context("a probe failed")??;
+                            results[i] = Some(r);
+                        }
+                        None => break,
+                    },
+                    () = &mut stop, if !stopped => {
+                        stopped = true;
+                        control.interrupt();
+                    }
+                }
+            }
+            let results = results.into_iter().flatten().collect();
+            emit(out, &Output::Probes { results }).await
         }
         Request::Sessions(req) => {
             let mut engine = affinity::Engine::start(req.config)?;
@@ -271,6 +421,8 @@ mod tests {
             latency_us: histogram_buckets(&h),
             elapsed_s: count as f64,
             stopped,
+            resolved: None,
+            resolve_error: None,
         }
     }
 
@@ -307,6 +459,7 @@ mod tests {
             graceful_close: true,
             session: "s1".into(),
             fetch_bytes: None,
+            src_ports: None,
         });
         let argv = argv(&req);
         assert_eq!(argv[..2], ["agent", "--request"]);
@@ -315,6 +468,120 @@ mod tests {
         };
         let Request::Storm(want) = req else { unreachable!() };
         assert_eq!(format!("{back:?}"), format!("{want:?}"));
+    }
+
+    #[test]
+    fn connections_spread_evenly_over_the_addresses() {
+        assert_eq!(spread_over(7, 3), [3, 2, 2]);
+        assert_eq!(spread_over(2, 3), [1, 1, 0]);
+        assert_eq!(spread_over(5, 0), [5]);
+    }
+
+    /// A probe to a name: resolved here (`localhost`, from /etc/hosts: no DNS traffic), every
+    /// address it gives probed, the answers merged, the addresses reported.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_probe_resolves_its_name_at_the_source() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let v4 = crate::testing::serve(&format!("127.0.0.1:{port}"), None, "pod-a");
+        // Where localhost also names ::1, a server there too (when this host has IPv6).
+        let v6 = std::net::TcpListener::bind(("::1", port))
+            .map(drop)
+            .ok()
+            .map(|()| crate::testing::serve(&format!("[::1]:{port}"), None, "pod-a"));
+        let storm = StormConfig {
+            target: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+            proto: crate::storm::Proto::Tcp,
+            conns: 4,
+            parallel: 4,
+            rate: None,
+            timeout: Duration::from_secs(2),
+            deadline: None,
+            srccidr: None,
+            graceful_close: false,
+            session: "s".into(),
+            fetch_bytes: None,
+            src_ports: None,
+        };
+        let r = probe(
+            Probe {
+                storm: storm.clone(),
+                resolve: Some("localhost".into()),
+            },
+            Control::new(),
+        )
+        .await
+        .unwrap();
+        let resolved = r.resolved.clone().unwrap();
+        assert!(resolved.contains(&"127.0.0.1".parse().unwrap()), "{resolved:?}");
+        assert_eq!(
+            (r.attempted, r.ok, r.resolve_error.as_deref()),
+            (4, 4, None),
+            "{:?}",
+            r.failures
+        );
+        assert_eq!(r.backends.iter().map(|b| b.count).sum::<u64>(), 4);
+        // Without a name: the storm as it is, nothing resolved.
+        let plain = probe(
+            Probe {
+                storm: StormConfig {
+                    target: format!("127.0.0.1:{port}").parse().unwrap(),
+                    ..storm
+                },
+                resolve: None,
+            },
+            Control::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((plain.ok, plain.resolved), (4, None));
+        v4.abort();
+        if let Some(v6) = v6 {
+            v6.abort();
+        }
+        // The request travels with its name and comes back the same.
+        let req = Request::Probes(ProbesRequest {
+            storms: vec![Probe {
+                storm: StormConfig {
+                    target: "10.96.0.1:5001".parse().unwrap(),
+                    src_ports: Some(crate::storm::PortRange { first: 40000, count: 3 }),
+                    ..plain_config()
+                },
+                resolve: Some("svclb-mx-headless.ns.svc".into()),
+            }],
+            parallel: 1,
+        });
+        let Request::Probes(back) = parse(&argv(&req)[2]).unwrap() else {
+            panic!("not probes")
+        };
+        assert_eq!(back.storms[0].resolve.as_deref(), Some("svclb-mx-headless.ns.svc"));
+        assert_eq!(back.storms[0].storm.target, "10.96.0.1:5001".parse().unwrap());
+        // Flattened, the storm keeps its optional fields (UDP source ports: docs/matrix.md).
+        assert_eq!(
+            back.storms[0].storm.src_ports,
+            Some(crate::storm::PortRange { first: 40000, count: 3 })
+        );
+        assert_eq!(back.storms[0].storm.timeout, Duration::from_secs(1));
+    }
+
+    fn plain_config() -> StormConfig {
+        StormConfig {
+            target: "127.0.0.1:1".parse().unwrap(),
+            proto: crate::storm::Proto::Udp,
+            conns: 1,
+            parallel: 1,
+            rate: None,
+            timeout: Duration::from_secs(1),
+            deadline: None,
+            srccidr: None,
+            graceful_close: false,
+            session: "s".into(),
+            fetch_bytes: None,
+            src_ports: None,
+        }
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod disruption;
 pub mod host;
 pub mod lab;
+pub mod matrix;
 pub mod record;
 pub mod report;
 pub mod run;

@@ -285,7 +285,7 @@ fn affinity_saves_and_compare_lists_affinity_runs() {
     let saves = tempfile::tempdir().unwrap();
     let dir = saves.path().to_str().unwrap();
     for _ in 0..2 {
-        let (code, _, err) = svclb(&[
+        let (code, out, err) = svclb(&[
             "affinity",
             "--udp",
             "--address",
@@ -302,6 +302,19 @@ fn affinity_saves_and_compare_lists_affinity_runs() {
             dir,
         ]);
         assert_eq!(code, 0, "{err}");
+        // The summary's columns say what they count.
+        let header = out.lines().find(|l| l.trim_start().starts_with("target")).unwrap();
+        let header: Vec<&str> = header.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(
+            &header[8..],
+            [
+                "pod changes",
+                "address changes",
+                "changes during pool change",
+                "elapsed"
+            ],
+            "{out}"
+        );
     }
     let (code, _, err) = svclb(&[
         "spread",
@@ -323,6 +336,14 @@ fn affinity_saves_and_compare_lists_affinity_runs() {
         out.contains("aff-2") && out.contains("HOLDS") && out.contains("sp "),
         "{out}"
     );
+    // csv is one table: with spread and affinity runs, it must be named.
+    let (code, _, err) = svclb(&["compare", dir, "-o", "csv"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("pick one with --table"), "{err}");
+    let (code, csv, _) = svclb(&["compare", dir, "-o", "csv", "--table", "affinity"]);
+    assert_eq!(code, 0);
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("tag,target,proto,sessions,"), "{csv}");
     let (_, json, _) = svclb(&["compare", dir, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["affinity_runs"].as_array().unwrap().len(), 2);

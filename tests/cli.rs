@@ -107,28 +107,92 @@ fn help_reads_as_a_kubectl_plugin() {
 }
 
 #[test]
-fn kubectl_global_flags_are_accepted_after_the_verb() {
+fn kubectl_flags_are_on_the_cluster_commands_only() {
+    // Accepted after the verb of a command that talks to a cluster (kubectl refuses flags before
+    // a plugin's name): the run reaches the kubeconfig named.
+    one_line_error(
+        &[
+            "status",
+            "--kubeconfig",
+            KUBECONFIG_DOWN.0,
+            "--context",
+            "kind-down",
+            "-n",
+            "svclb",
+            "--as",
+            "someone",
+        ],
+        KUBECONFIG_DOWN.1,
+    );
+    // Listed in the cluster commands' help under their own heading, absent from the others'.
+    for cmd in [&["spread"][..], &["deploy"], &["zones"], &["affinity"], &["matrix"]] {
+        let (_, out, _) = svclb(&[cmd, &["--help"]].concat());
+        let heading = out.find("Cluster options:").unwrap_or_else(|| panic!("{cmd:?}: {out}"));
+        assert!(out[heading..].contains("--context <NAME>"), "{cmd:?}: {out}");
+    }
+    for cmd in [
+        &["lab", "up"][..],
+        &["lab", "status"],
+        &["lab", "scale"],
+        &["lab", "down"],
+        &["serve"],
+        &["compare"],
+        &["report"],
+        &["completion"],
+    ] {
+        let (code, out, _) = svclb(&[cmd, &["--help"]].concat());
+        assert_eq!(code, 0, "{cmd:?}");
+        for flag in ["--kubeconfig", "--context", "--namespace", "--as "] {
+            assert!(!out.contains(flag), "{cmd:?} --help lists {flag}:\n{out}");
+        }
+    }
+    // Given where they mean nothing: refused in one line.
+    one_line_error(&["lab", "status", "--context", "x"], "unexpected argument '--context'");
+    one_line_error(&["serve", "-n", "x"], "unexpected argument '-n'");
+    one_line_error(&["--context", "x", "status"], "unexpected argument '--context'");
+    one_line_error(
+        &[
+            "spread",
+            "--address",
+            "127.0.0.1:9",
+            "--context",
+            "kind-x",
+            "-n",
+            "svclb",
+        ],
+        "--context, --namespace pick(s) a cluster, and --address contacts none: drop them",
+    );
+    one_line_error(
+        &["affinity", "--udp", "--lab", "x", "--as", "me"],
+        "--as pick(s) a cluster, and --lab contacts none: drop it",
+    );
+    one_line_error(
+        &["zones", "--lab", "x", "--kubeconfig", "/elsewhere"],
+        "--kubeconfig pick(s) a cluster, and --lab contacts none",
+    );
+    one_line_error(
+        &["matrix", "--lab", "x", "-n", "svclb"],
+        "--namespace pick(s) a cluster, and --lab contacts none: drop it",
+    );
+    // matrix's own cluster flags mean nothing on a lab either.
+    one_line_error(&["matrix", "--lab", "x", "--lb-wait", "5s"], "cannot be used with");
+    // KUBECONFIG from the environment is no flag given: an --address run goes on.
     let s = Server::start("127.0.0.41", "pod-k", "n", "z");
-    let (code, out, err) = svclb(&[
-        "spread",
-        "--address",
-        &s.addr.to_string(),
-        "--conns",
-        "20",
-        "--no-save",
-        "--kubeconfig",
-        "/nonexistent",
-        "--context",
-        "kind-x",
-        "-n",
-        "svclb",
-        "--as",
-        "someone",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("\"SpreadRun\""));
+    let out = Command::new(common::BIN)
+        .args([
+            "spread",
+            "--address",
+            &s.addr.to_string(),
+            "--conns",
+            "20",
+            "--no-save",
+            "-o",
+            "json",
+        ])
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -164,6 +228,26 @@ fn bad_input_is_one_line_and_exit_2() {
     one_line_error(
         &["deploy", "--kubeconfig", "/nonexistent/kubeconfig"],
         "cannot read kubeconfig",
+    );
+    one_line_error(
+        &[
+            "matrix",
+            "--test",
+            "^default/tcp$",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ],
+        "cannot read kubeconfig /nonexistent/kubeconfig",
+    );
+    one_line_error(
+        &[
+            "matrix",
+            "--cluster-domain",
+            "Not_A_Domain",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ],
+        "--cluster-domain \"Not_A_Domain\": give a DNS domain",
     );
     one_line_error(&["manifests", "--replicas", "0", "-n", "x"], "--replicas 0");
     one_line_error(
@@ -242,16 +326,46 @@ fn saves_never_overwrite_and_compare_aligns_runs() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("same-2"), "{out}");
     assert!(out.contains("ipvs"), "mconnect tag without prefix: {out}");
-    // Frequency rows are aligned by connection count: 30, 34, 36 (mconnect) and 40 (ours).
-    let freq: Vec<&str> = out
-        .lines()
-        .skip_while(|l| !l.starts_with("Frequency"))
-        .skip(2)
-        .collect();
-    let first: Vec<&str> = freq.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    // The summary says where each run went, how, and over what.
+    let summary: Vec<&str> = out.lines().take_while(|l| !l.is_empty()).collect();
+    assert!(
+        summary[1]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .starts_with(&["tag", "target", "mode", "proto"]),
+        "{out}"
+    );
+    let row = |tag: &str| -> Vec<&str> {
+        let line = summary.iter().find(|l| l.trim_start().starts_with(tag)).unwrap();
+        line.split_whitespace().take(4).collect()
+    };
+    assert_eq!(row("same-2"), ["same-2", addr.as_str(), "address", "tcp"], "{out}");
+    assert_eq!(row("ipvs"), ["ipvs", "-", "mconnect", "-"], "{out}");
+    // The runs differ in size (40 connections to 1 backend, 100 to 3): the frequency rows are
+    // shares of each run's fair share, so they line up: 30, 34 and 36 of 33.3, and 40 of 40.
+    let freq = |out: &str| -> Vec<Vec<String>> {
+        out.lines()
+            .skip_while(|l| !l.starts_with("Frequency"))
+            .skip(2)
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    };
+    assert!(
+        out.contains("Frequency (backends per share of their run's fair share"),
+        "{out}"
+    );
+    let rows = freq(&out);
+    let first: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(first, ["0.900", "1.000", "1.020", "1.080"], "{out}");
+    assert_eq!(rows[1], ["1.000", "1", "1"], "{out}");
+    // --all-backends: one row per connection count, as xcluster's table (sparse here).
+    let (code, out, _) = svclb(&["compare", &save, "--all-backends"]);
+    assert_eq!(code, 0);
+    let rows = freq(&out);
+    let first: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(first, ["30", "34", "36", "40"], "{out}");
-    let row40: Vec<&str> = freq[3].split_whitespace().collect();
-    assert_eq!(row40, ["40", "1", "1"], "{out}");
+    assert_eq!(rows[3], ["40", "1", "1"], "{out}");
 
     let (code, out, _) = svclb(&[
         "compare",
@@ -273,11 +387,135 @@ fn saves_never_overwrite_and_compare_aligns_runs() {
     let (_, csv, _) = svclb(&["compare", "-o", "csv", &mc]);
     assert_eq!(
         csv.lines().next(),
-        Some("tag,conns,ok,failed,backends,min,max,CV,p-value,verdict")
+        Some("tag,target,mode,proto,conns,ok,failed,backends,min,max,CV,p-value,verdict")
     );
-    assert!(csv.lines().nth(1).unwrap().starts_with("ipvs,100,100,0,3,30,36,"));
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("ipvs,-,mconnect,-,100,100,0,3,30,36,")
+    );
     let (_, md, _) = svclb(&["compare", "-o", "markdown", &mc]);
     assert!(md.contains("| tag "), "{md}");
+}
+
+/// A saved spread record with these per-backend counts (a UDP run on an iptables lab), written
+/// in the record's shape and judged by the library's verdict, as `spread` would.
+fn record(dir: &Path, tag: &str, counts: &[u64]) -> String {
+    let ok: u64 = counts.iter().sum();
+    let backends: Vec<serde_json::Value> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| serde_json::json!({"name": format!("pod-{i}"), "node": "n1", "zone": "z1", "count": c, "bytes": 0}))
+        .collect();
+    let named: Vec<(String, u64)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("pod-{i}"), *c))
+        .collect();
+    let pairs: Vec<(&str, u64)> = named.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let stats = svclb::stats::evaluate(
+        &pairs,
+        0,
+        &svclb::stats::Criteria {
+            expect_backends: None,
+            margin_pct: 50.0,
+            alpha: None,
+        },
+    );
+    let doc = serde_json::json!({
+        "kind": "SpreadRun", "version": 1, "tag": tag, "started_at": "2026-11-23T10:00:00Z", "duration_s": 1.0,
+        "target": {"address": "10.96.0.10:5001 (clusterIP)", "mode": "lab", "protocol": "udp", "lab": "x"},
+        "params": {"conns": ok, "parallel": 100, "timeout_s": 2.0, "margin_pct": 50.0},
+        "conns": ok, "ok": ok, "failed": svclb::record::Failed::default(), "backends": backends,
+        "latency_ms": {"p50": 1.0, "p90": 1.0, "p99": 1.0, "max": 1.0, "mean": 1.0},
+        "stats": stats,
+        "environment": {"tool_version": "0", "proxy_mode": "iptables"},
+    });
+    write(dir, &format!("{tag}.json"), &doc.to_string())
+}
+
+#[test]
+fn compare_csv_is_one_table_and_runs_of_different_sizes_line_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 backends: 2,000 connections (fair share 100) and 200,000 (fair share 10,000), the same
+    // shape: each backend at 0.8, 0.9, 1.0, 1.1 or 1.2 of the fair share, 4 at each.
+    let shape = [0.8, 0.9, 1.0, 1.1, 1.2];
+    let small: Vec<u64> = (0..20).map(|i| (shape[i % 5] * 100.0) as u64).collect();
+    let big: Vec<u64> = (0..20).map(|i| (shape[i % 5] * 10_000.0) as u64).collect();
+    let a = record(dir.path(), "small", &small);
+    let b = record(dir.path(), "big", &big);
+    let (code, out, err) = svclb(&["compare", &a, &b]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Frequency"))
+        .skip(2)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["0.800", "4", "4"],
+            ["0.900", "4", "4"],
+            ["1.000", "4", "4"],
+            ["1.100", "4", "4"],
+            ["1.200", "4", "4"]
+        ],
+        "{out}"
+    );
+    assert!(out.contains("lab iptables") && out.contains(" udp "), "{out}");
+
+    // -o csv: one table, one header; the summary by default.
+    let (code, csv, _) = svclb(&["compare", "-o", "csv", &a, &b]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert_eq!(
+        lines[0],
+        "tag,target,mode,proto,conns,ok,failed,backends,min,max,CV,p-value,verdict"
+    );
+    assert!(
+        lines[1].starts_with("small,10.96.0.10:5001 (clusterIP),lab iptables,udp,2000,2000,0,20,80,120,"),
+        "{csv}"
+    );
+    assert!(lines.iter().all(|l| l.split(',').count() == 13), "{csv}");
+    // The frequency table on its own, in shares of the fair share (inclusive bounds).
+    let (_, csv, _) = svclb(&["compare", "-o", "csv", "--table", "frequency", &a, &b]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "fair_share_min,fair_share_max,small,big");
+    assert_eq!(lines[1], "0.800,0.800,4,4");
+    assert_eq!(lines.len(), 6, "{csv}");
+    // Every backend of every run, one row each.
+    let (_, csv, _) = svclb(&["compare", "-o", "csv", "--table", "backends", &a, &b]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "tag,backend,node,zone,count,share %,of fair share,verdict");
+    assert_eq!(lines.len(), 41);
+    // (±20% passes by chance at 100 per backend, never at 10,000: the big run fails.)
+    assert_eq!(lines[1], "small,pod-0,n1,z1,80,4.00,0.800,PASS");
+    assert_eq!(lines[40], "big,pod-19,n1,z1,12000,6.00,1.200,FAIL");
+    // Counts spread wider than 12 rows go in ranges.
+    let wide: Vec<u64> = (0..40).map(|i| 60 + 2 * i).collect();
+    let c = record(dir.path(), "wide", &wide);
+    let (_, out, _) = svclb(&["compare", &c]);
+    assert!(
+        out.contains("Frequency (backends per connection count, in ranges of 10;"),
+        "{out}"
+    );
+    // What cannot be met is one line.
+    one_line_error(
+        &["compare", "-o", "json", "--table", "summary", &a],
+        "-o json holds every table",
+    );
+    one_line_error(
+        &["compare", "--table", "affinity", &a],
+        "--table affinity has no runs to show",
+    );
+    one_line_error(
+        &["compare", "--table", "summary", "--all-backends", &a],
+        "--all-backends is for the frequency table",
+    );
 }
 
 #[test]
@@ -293,6 +531,52 @@ fn spread_outputs_render() {
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(needle), "{fmt}: {out}");
     }
+}
+
+#[test]
+fn spread_says_what_it_storms_first_and_a_short_run_in_ms() {
+    let s = Server::start("127.0.0.44", "pod-m", "n", "z");
+    let addr = s.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().to_str().unwrap();
+    let (code, out, err) = svclb(&[
+        "spread",
+        "--address",
+        &addr,
+        "--conns",
+        "1200",
+        "--tag",
+        "ms",
+        "--save",
+        save,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Before the storm (before its results and the save): how many, to where.
+    let first = err.lines().next().unwrap_or_default();
+    assert_eq!(first, format!("svclb: 1,200 TCP connections to {addr}"), "{err}");
+    let (code, out_udp, err) = svclb(&["spread", "--address", &addr, "--conns", "20", "--udp", "--no-save"]);
+    assert_eq!(code, 0, "{out_udp}");
+    assert!(
+        err.starts_with(&format!("svclb: 20 UDP datagrams (a socket each) to {addr}\n")),
+        "{err}"
+    );
+    // The elapsed cell: ms below a second, seconds with 2 decimals above, as the record says.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ms.json")).unwrap()).unwrap();
+    let secs = record["duration_s"].as_f64().unwrap();
+    let header = out.lines().nth(1).unwrap();
+    let row = out.lines().nth(2).unwrap();
+    let at = header.find("elapsed").unwrap();
+    let cell = row[..at + "elapsed".len()].rsplit("  ").next().unwrap().trim();
+    let want = if secs < 0.9995 {
+        format!("{} ms", (secs * 1000.0).round())
+    } else {
+        format!("{secs:.2} s")
+    };
+    assert_eq!(cell, want, "{out}");
+    // -o json prints no such line: stdout is the record, stderr stays quiet.
+    let (_, _, err) = svclb(&["spread", "--address", &addr, "--conns", "20", "--no-save", "-o", "json"]);
+    assert!(err.is_empty(), "{err}");
 }
 
 #[test]

@@ -550,6 +550,8 @@ fn lab_disruption_runs_compare_side_by_side() {
             tag,
             "--save",
             save,
+            "--html",
+            &format!("{save}/{tag}.html"),
         ]);
         let text = String::from_utf8_lossy(&out.stdout);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -578,6 +580,16 @@ fn lab_disruption_runs_compare_side_by_side() {
     let out = lab.run(&["compare", "-o", "json", save]);
     let doc = json(&out);
     assert_eq!(doc["disruption_runs"].as_array().unwrap().len(), 2);
+    // Each run's page, and one page of both.
+    for tag in ["abrupt", "graceful"] {
+        let page = std::fs::read_to_string(format!("{save}/{tag}.html")).unwrap();
+        assert!(page.contains("id=\"disruption-1\"") && page.contains("<svg"), "{tag}");
+    }
+    let all = format!("{save}/both.html");
+    let out = lab.run(&["report", save, "-o", &all]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(&all).unwrap();
+    assert!(page.contains("id=\"disruption-several\"") && page.contains("id=\"disruption-2\""));
 }
 
 #[test]

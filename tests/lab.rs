@@ -1686,6 +1686,9 @@ fn a_lab_left_by_a_killed_run_is_marked_then_removed_by_the_next_run() {
     // does not matter here) and removed it.
     assert!(matches!(next.status.code(), Some(0 | 1)), "{err}");
     assert!(err.contains("no lab running: building lab run"), "{err}");
-    assert!(err.contains("200 connection(s) from 1 source(s)"), "{err}");
+    assert!(
+        err.contains("svclb: 200 TCP connections from pod-001 (node1) to "),
+        "{err}"
+    );
     assert!(!dir.path().join(&name).exists());
 }

@@ -92,6 +92,32 @@ fn lab_spread_per_node_sources_and_host_paths() {
         assert_eq!(landed, 900);
     }
     assert_eq!(counts(&r).len(), 9);
+    // --conns is per source: the line before the storm says the total and each source's share,
+    // and the table shows the sources.
+    let out = svclb(
+        lab.dir.path(),
+        &[
+            "spread",
+            "--lab",
+            &lab.name,
+            "--conns",
+            "300",
+            "--sources",
+            "per-node",
+            "--no-save",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("svclb: 900 TCP connections (300 from each of 3 sources, a pod on every node) to 10.96.0.10:5001 (clusterIP)\n"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\nSources:\n") && text.contains("Source x backend node"),
+        "{text}"
+    );
 
     for (args, what) in [
         (&["--from", "host", "--node-port", "node2"][..], "nodePort"),
@@ -191,25 +217,49 @@ fn lab_spread_without_a_name_on_a_busy_machine() {
     let b = Also(&a, format!("busyb{}", std::process::id() % 100_000));
     let up = a.run(&["lab", "up", "--name", &b.1, "--nodes", "1", "--pods", "1"]);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
-    // What is checked is which lab answers, not the spread: the margin test is switched off.
+    // The README's main command, as printed there (plus where to save), with two other labs
+    // running: it builds its own lab, says so, prints the compact table and removes the lab.
+    let saves = tempfile::tempdir().unwrap();
     let out = a.run(&[
         "spread",
         "--lab",
         "--conns",
-        "2000",
-        "--margin",
-        "1000",
-        "-o",
-        "json",
-        "--no-save",
+        "10000",
+        "--tag",
+        "readme",
+        "--save",
+        saves.path().to_str().unwrap(),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let r = json(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // PASS is what the README shows; a fair balancer fails by chance about 0.2% of the time, which
+    // is no matter here (the lab used and the output are).
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
+    assert!(stderr.contains("2 labs running"), "{stderr}");
+    assert!(
+        stderr.contains("svclb: 10,000 TCP connections from pod-001 (node1) to 10.96.0.10:5001 (clusterIP)"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains(
+            "Backends (5 with the most and 5 with the fewest connections of 100; --all-backends for every one):"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("… 90 more backends"), "{stdout}");
+    assert!(stdout.lines().count() < 45, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("PASS: ") || l.starts_with("FAIL: ")),
+        "{stdout}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saves.path().join("readme.json")).unwrap()).unwrap();
     let made = r["target"]["lab"].as_str().unwrap();
     assert!(made.starts_with("run"), "{made}");
+    assert_eq!(r["ok"], 10000);
     assert_eq!(counts(&r).len(), 100);
-    assert!(stderr.contains("2 labs running"), "{stderr}");
     assert!(netns_with_prefix(&format!("svclb-{made}.")).is_empty());
     // `--lab new` builds a fresh one even with exactly one lab running.
     drop(b);
@@ -234,4 +284,54 @@ fn lab_commands_without_a_name_pick_the_only_lab() {
     assert_eq!(json(&out)["pods"].as_array().unwrap().len(), 2);
     let out = lab.run(&["lab", "scale", "1", "--pods", "1"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn lab_up_with_a_relative_server_path() {
+    // `--server ./kubectl-svclb` from the binary's directory: resolved there before the build and
+    // recorded absolute, so `lab scale` from another directory starts the same program.
+    let bin = std::path::Path::new(common::BIN);
+    let guard = LabGuard {
+        name: format!("rel{}", std::process::id() % 100_000),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let up = |server: &str| {
+        Command::new(bin)
+            .args([
+                "lab",
+                "up",
+                "--name",
+                &guard.name,
+                "--nodes",
+                "1",
+                "--pods",
+                "2",
+                "--server",
+                server,
+            ])
+            .current_dir(bin.parent().unwrap())
+            .env("SVCLB_LAB_DIR", guard.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A program that is not there: one line before anything is built.
+    let out = up("./no-such-server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--server ./no-such-server: No such file"), "{err}");
+    assert!(netns_with_prefix(&format!("svclb-{}.", guard.name)).is_empty());
+
+    let out = up("./kubectl-svclb");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = guard.run(&["lab", "scale", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = json(&guard.run(&["lab", "status", "-o", "json"]));
+    let pods = st["pods"].as_array().unwrap();
+    assert_eq!(pods.len(), 3, "{st}");
+    assert!(pods.iter().all(|p| p["alive"] == true), "{st}");
+    let (code, r) = guard.spread(&["--conns", "300", "--margin", "1000"]);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(counts(&r).len(), 3);
 }

@@ -123,7 +123,11 @@ fn srccidr_that_cannot_bind_says_which_route_is_needed() {
         "192.0.2.0/24",
     ]);
     assert_eq!(code, 2, "{out}{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    // The error is one line, after the line saying what was about to be stormed.
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(lines[0], format!("svclb: 10 TCP connections to {}", s.addr));
+    assert!(lines[1].starts_with("error: "), "{err}");
     assert!(err.contains("ip route add local 192.0.2.0/24 dev lo"), "{err}");
     assert!(err.contains("net.ipv4.ip_nonlocal_bind"), "{err}");
     let (code, _, err) = svclb(&[

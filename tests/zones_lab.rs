@@ -309,8 +309,25 @@ fn lab_zones_watch_prints_one_line_per_cycle_and_stops() {
         "x",
         "--save",
         save,
+        "--html",
+        &format!("{save}/x.html"),
     ]);
     assert_eq!(out.status.code(), Some(0));
+    // --html: the run's page, its zone matrix cell by cell.
+    let html = std::fs::read_to_string(saves.path().join("x.html")).unwrap();
+    let x: Value = serde_json::from_str(&std::fs::read_to_string(saves.path().join("x.json")).unwrap()).unwrap();
+    assert!(html.contains("<code>x</code>"));
+    for c in x["matrix"].as_array().unwrap() {
+        assert!(
+            html.contains(&format!(
+                "<title>from {} to {}: {} (",
+                c["from"].as_str().unwrap(),
+                c["to"].as_str().unwrap(),
+                u(&c["conns"])
+            )),
+            "{c}"
+        );
+    }
     let out = lab.run(&["compare", &format!("{save}/w.json"), &format!("{save}/x.json")]);
     let cmp = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{cmp}");

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::{Change, ChangeKind, Done, PoolChange, during_pool_change, now_ms};
 use crate::record::{
-    AFFINITY_KIND, AFFINITY_VERSION, AffinityParams, AffinityRun, Environment, MAX_CHANGES, MAX_SESSION_ROWS,
-    PodSessions, TargetInfo,
+    AFFINITY_KIND, AFFINITY_VERSION, AffinityParams, AffinityRun, AffinitySample, Environment, MAX_CHANGES,
+    MAX_SESSION_ROWS, PodSessions, TargetInfo,
 };
 use crate::storm::Stop;
 
@@ -106,6 +106,8 @@ pub struct Finished {
     pub done: Done,
     pub judge: Judge,
     pub interrupted: bool,
+    /// The counters as the run went (the final totals are added at the end).
+    pub timeline: Vec<AffinitySample>,
 }
 
 /// The run's record: per-pod sessions (zero-session pods of a known pool included), the change log,
@@ -119,7 +121,15 @@ pub fn build_record(f: Finished) -> AffinityRun {
         done,
         mut judge,
         interrupted,
+        mut timeline,
     } = f;
+    if timeline.last().is_none_or(|s| s.totals != done.totals) {
+        let at_ms = timeline.last().map_or(0, |s| s.at_ms).max(now_ms());
+        timeline.push(AffinitySample {
+            at_ms,
+            totals: done.totals,
+        });
+    }
     judge.settle(true);
     let rows = done.sessions;
     let blank = |name: &str| PodSessions {
@@ -160,6 +170,7 @@ pub fn build_record(f: Finished) -> AffinityRun {
         } else {
             Vec::new()
         },
+        timeline,
         verdict,
         reasons,
         environment: Environment::local(),
@@ -271,7 +282,19 @@ mod tests {
             },
             judge: j,
             interrupted: true,
+            timeline: vec![AffinitySample {
+                at_ms: 1_000,
+                totals: Totals {
+                    sent: 2,
+                    answered: 2,
+                    ..Totals::default()
+                },
+            }],
         });
+        // The timeline ends at the totals.
+        assert_eq!(run.timeline.len(), 2);
+        assert_eq!(run.timeline[1].totals, totals);
+        assert!(run.timeline[1].at_ms >= 1_000);
         let pods: Vec<(&str, u64, u64)> = run
             .pods
             .iter()

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream, local_stream, union};
+use super::{Applied, Backend, Endpoint, From, MatrixPlace, Meta, Path, Plan, Source, Stream, local_stream, union};
 use crate::agent::{self, Request};
-use crate::lab::{Lab, Pod, Reach};
+use crate::lab::{Conditions, Lab, LabChanges, Pod, Reach};
+use crate::matrix::{Cluster, Variant};
+use crate::record::{EndpointState, MatrixSource, MatrixTarget, SourceKind, TargetKind};
 use crate::storm::Proto;
 use crate::zones::{Placed, ServiceView};
 
@@ -247,5 +249,171 @@ impl Backend for LabBackend {
     fn pool_slack(&self, poll: Duration) -> Duration {
         let sync = Lab::open(self.lab.name()).map_or(self.lab.sync_delay(), |lab| lab.sync_delay());
         poll + Duration::from_millis(sync.max_ms)
+    }
+}
+
+impl LabBackend {
+    /// The probe pod of every node: its first pod (none on a node without pods).
+    fn probes(&self) -> Vec<&Pod> {
+        self.lab
+            .nodes()
+            .iter()
+            .filter_map(|n| self.lab.pods().iter().find(|p| p.node == n.name))
+            .collect()
+    }
+
+    /// Sets the Service options and every pod's conditions (one change, applied by every node).
+    fn set_service(
+        &self,
+        options: &crate::service::ServiceOptions,
+        conditions: Vec<(String, Conditions)>,
+    ) -> Result<()> {
+        let mut lab = Lab::open(self.lab.name())?;
+        // Nothing when the lab has them already: its nodes' rules are then left as they are.
+        let same = lab.options() == options
+            && conditions
+                .iter()
+                .all(|(n, c)| lab.pods().iter().any(|p| &p.name == n && p.conditions == *c));
+        if same {
+            return Ok(());
+        }
+        lab.set(&LabChanges {
+            affinity: Some(options.affinity),
+            affinity_timeout: Some(options.affinity_timeout),
+            external_traffic_policy: Some(options.external_traffic_policy),
+            internal_traffic_policy: Some(options.internal_traffic_policy),
+            traffic_distribution: Some(options.traffic_distribution),
+            source_ranges: Some(options.source_ranges.clone()),
+            conditions,
+            ..LabChanges::default()
+        })?;
+        // With --ecmp the load balancer's health checks follow the change.
+        lab.wait_lb(Duration::from_secs(10))
+    }
+}
+
+impl MatrixPlace for LabBackend {
+    fn matrix_sources(&self) -> Result<Vec<MatrixSource>> {
+        let probes = self.probes();
+        let mut out: Vec<MatrixSource> = probes
+            .iter()
+            .map(|p| MatrixSource {
+                name: p.name.clone(),
+                kind: SourceKind::Pod,
+                node: p.node.clone(),
+                zone: p.zone.clone(),
+            })
+            .collect();
+        out.extend(self.lab.nodes().iter().map(|n| MatrixSource {
+            name: n.name.clone(),
+            kind: SourceKind::Node,
+            node: n.name.clone(),
+            zone: n.zone.clone(),
+        }));
+        out.push(MatrixSource {
+            name: "client".into(),
+            kind: SourceKind::Client,
+            node: String::new(),
+            zone: String::new(),
+        });
+        Ok(out)
+    }
+
+    /// The lab's Service has the same port and nodePort for TCP and UDP.
+    fn matrix_targets(&self, _proto: crate::storm::Proto) -> Result<Vec<MatrixTarget>> {
+        let svc = self.lab.status().service;
+        let t = |name: String, kind, ip: std::net::Ipv4Addr, port, node: &str, pod: &str| MatrixTarget {
+            name,
+            kind,
+            address: SocketAddr::new(IpAddr::V4(ip), port),
+            node: node.into(),
+            pod: pod.into(),
+            host: String::new(),
+        };
+        let mut out = vec![t("cip".into(), TargetKind::ClusterIp, svc.cluster_ip, svc.port, "", "")];
+        for n in self.lab.nodes() {
+            out.push(t(
+                format!("np:{}", n.name),
+                TargetKind::NodePort,
+                n.ip,
+                svc.node_port,
+                &n.name,
+                "",
+            ));
+        }
+        out.push(t("lb".into(), TargetKind::LoadBalancer, svc.lb_ip, svc.port, "", ""));
+        for p in self.probes() {
+            out.push(t(
+                format!("pod:{}", p.name),
+                TargetKind::PodIp,
+                p.ip,
+                svc.port,
+                &p.node,
+                &p.name,
+            ));
+        }
+        out.push(t(
+            "hairpin".into(),
+            TargetKind::Hairpin,
+            svc.cluster_ip,
+            svc.port,
+            "",
+            "",
+        ));
+        Ok(out)
+    }
+
+    async fn apply(&self, variant: &Variant) -> Result<Applied> {
+        tokio::task::block_in_place(|| self.apply_now(variant)).map(Applied::Measure)
+    }
+
+    /// The lab keeps its one Service between scenarios.
+    async fn release(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn restore(&self) -> Result<()> {
+        let conditions = self.lab.pods().iter().map(|p| (p.name.clone(), p.conditions)).collect();
+        tokio::task::block_in_place(|| self.set_service(self.lab.options(), conditions)).map_err(|e| {
+            anyhow::anyhow!("the Service could not be restored: {e:#}; set it back with `kubectl svclb lab set`")
+        })
+    }
+}
+
+impl LabBackend {
+    fn apply_now(&self, variant: &Variant) -> Result<Cluster> {
+        let state = match variant.endpoints {
+            EndpointState::Ready => Conditions::READY,
+            EndpointState::None => Conditions::STARTING,
+            EndpointState::Terminating => Conditions::TERMINATING,
+        };
+        let conditions = self.lab.pods().iter().map(|p| (p.name.clone(), state)).collect();
+        self.set_service(&variant.options, conditions)?;
+        let lab = Lab::open(self.lab.name())?;
+        // Earlier scenarios' datagrams left entries that would steer this one's (kube-proxy
+        // keeps them across a policy change); the probes' own source ports never repeat within
+        // a run, but a run right after another could meet its entries (docs/matrix.md).
+        lab.forget_udp_flows()?;
+        let status = lab.status();
+        Ok(Cluster {
+            options: lab.options().clone(),
+            // The lab's Service is a LoadBalancer.
+            externally_accessible: true,
+            // The EndpointSlice lists every pod, with its conditions (kube-proxy uses the
+            // ready ones, or the serving terminating ones).
+            eps: lab.pods().iter().map(|p| p.ep()).collect(),
+            placement: lab
+                .pods()
+                .iter()
+                .map(|p| (p.name.clone(), (p.node.clone(), p.zone.clone())))
+                .collect(),
+            zones: lab.nodes().iter().map(|n| (n.name.clone(), n.zone.clone())).collect(),
+            lb_hops: status.service.lb_next_hops,
+            host_lb_rejected: lab.proxy_mode() == crate::lab::ProxyMode::Nftables,
+            // Pods reach other nodes from the pod CIDR: the lab's nodes masquerade nothing of it.
+            pod_to_node_masquerade: Some(false),
+            cluster_ip: Some(IpAddr::V4(status.service.cluster_ip)),
+            headless: Default::default(),
+        })
     }
 }

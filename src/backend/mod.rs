@@ -201,3 +201,39 @@ pub trait Backend {
         async { Ok(()) }
     }
 }
+
+/// What applying a matrix scenario's Service variant gave.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// Measure it: what kube-proxy works from now.
+    Measure(crate::matrix::Cluster),
+    /// It cannot be made here: why.
+    Skip(String),
+}
+
+/// A backend whose Service `matrix` can change: it lays out the matrix (sources, targets,
+/// kube-proxy's view) and applies each scenario's Service variant: the lab changes its one
+/// Service and restores it afterwards; a cluster creates one Service per scenario and deletes
+/// it after the scenario.
+pub trait MatrixPlace: Backend {
+    /// The rows: a probe pod and the host network of every node, and the external client.
+    fn matrix_sources(&self) -> Result<Vec<crate::record::MatrixSource>>;
+    /// The columns of the scenario applied last, for `proto`: ClusterIP, a NodePort on every
+    /// node IP, the LoadBalancer IP, the probe pods' IPs, hairpin (and on a cluster the
+    /// headless and ExternalName names).
+    fn matrix_targets(&self, proto: Proto) -> Result<Vec<crate::record::MatrixTarget>>;
+    /// Applies `variant` and returns what kube-proxy works from now, once every node applied
+    /// it (or why it cannot be made here). Dropped half-way (an interrupt), whatever it made is
+    /// still undone by [`Self::restore`].
+    fn apply(&self, variant: &crate::matrix::Variant) -> impl Future<Output = Result<Applied>> + Send;
+    /// The scenario applied last is measured: undo what it needs undone now (a cluster deletes
+    /// its Services).
+    fn release(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Puts the Service (and its endpoints' conditions) back as they were before the first
+    /// `apply`; deletes whatever the scenarios made. Errors say how to finish it by hand.
+    fn restore(&self) -> impl Future<Output = Result<()>> + Send;
+    /// What the run leaves out here and why (rows, columns), one line each.
+    fn matrix_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+}

@@ -86,6 +86,40 @@ pub fn pod(run: &str, index: usize, node: &str, image: &str, namespace: &str, ar
     })
 }
 
+/// A client pod on the node's own network (`hostNetwork: true`): `matrix`'s node rows. Cluster
+/// DNS still answers it (`dnsPolicy: ClusterFirstWithHostNet`); otherwise restricted like the
+/// others, but `hostNetwork` is refused by the `baseline` and `restricted` Pod Security levels:
+/// the namespace must admit it (`privileged`).
+pub fn host_pod(run: &str, index: usize, node: &str, image: &str, namespace: &str, args: &[String]) -> Value {
+    let mut p = pod(run, index, node, image, namespace, args);
+    p["metadata"]["labels"]["app.kubernetes.io/component"] = json!("host-client");
+    p["spec"]["hostNetwork"] = json!(true);
+    p["spec"]["dnsPolicy"] = json!("ClusterFirstWithHostNet");
+    p
+}
+
+/// How a client pod's creation went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// Created: its name.
+    Pod(String),
+    /// Refused by admission (Pod Security, a policy webhook): the API's message. Not by RBAC:
+    /// that is an error.
+    Refused(String),
+}
+
+/// A refusal by an admission controller rather than RBAC: a 403 that is not RBAC's "cannot
+/// create resource", or a 400/422 from a validating webhook.
+fn admission_refusal(e: &kube::Error) -> Option<String> {
+    match e {
+        kube::Error::Api(s) if matches!(s.code, 400 | 422) => Some(s.message.clone()),
+        kube::Error::Api(s) if s.code == 403 && !s.message.contains("cannot create resource") => {
+            Some(s.message.clone())
+        }
+        _ => None,
+    }
+}
+
 /// Where a client pod is on its way to running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
@@ -130,6 +164,8 @@ pub struct ClientPods {
     args: Vec<String>,
     pub run: String,
     pub names: Vec<String>,
+    /// The index of the next pod's name.
+    next: usize,
 }
 
 impl ClientPods {
@@ -139,6 +175,7 @@ impl ClientPods {
             args,
             run: format!("{:08x}", rand::random::<u32>()),
             names: Vec::new(),
+            next: 0,
         }
     }
 
@@ -153,22 +190,57 @@ impl ClientPods {
         timeout: Duration,
         poll: Duration,
     ) -> Result<Vec<PodInfo>> {
+        for n in nodes {
+            if let Created::Refused(why) = self.create(&n.name, image, false).await? {
+                bail!("the client pod on {} was refused: {why}", n.name);
+            }
+        }
+        eprintln!(
+            "svclb: started {} client pod(s) ({}) in {}",
+            self.names.len(),
+            nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+            self.cluster.namespace
+        );
+        self.wait(nodes, timeout, poll).await
+    }
+
+    /// Creates one client pod on `node`, on the pod network or the node's own
+    /// (`host_network`). Its name is in `names` before it is asked for, and taken out again
+    /// when admission refuses it.
+    pub async fn create(&mut self, node: &str, image: &str, host_network: bool) -> Result<Created> {
         let ns = self.cluster.namespace.clone();
         let api: Api<Pod> = Api::namespaced(self.cluster.client.clone(), &ns);
         let params = PostParams {
             field_manager: Some(super::ops::FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        for (i, n) in nodes.iter().enumerate() {
-            let obj: Pod = serde_json::from_value(pod(&self.run, i, &n.name, image, &ns, &self.args))?;
-            self.names.push(pod_name(&self.run, i));
-            api.create(&params, &obj).await.api("create", "pods", &ns)?;
+        let i = self.next;
+        self.next += 1;
+        let obj = if host_network {
+            host_pod(&self.run, i, node, image, &ns, &self.args)
+        } else {
+            pod(&self.run, i, node, image, &ns, &self.args)
+        };
+        let obj: Pod = serde_json::from_value(obj)?;
+        let name = pod_name(&self.run, i);
+        self.names.push(name.clone());
+        match api.create(&params, &obj).await {
+            Ok(_) => Ok(Created::Pod(name)),
+            Err(e) => {
+                if let Some(why) = admission_refusal(&e) {
+                    self.names.retain(|n| *n != name);
+                    return Ok(Created::Refused(why));
+                }
+                Err(super::api_error("create", "pods", &ns, e))
+            }
         }
-        eprintln!(
-            "svclb: started {} client pod(s) ({}) in {ns}",
-            self.names.len(),
-            nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
-        );
+    }
+
+    /// Waits until every pod in `names` runs (fails early with a pod's own reason, or at
+    /// `timeout`); returns them placed on their nodes (of `nodes`) and zones.
+    pub async fn wait(&self, nodes: &[NodeInfo], timeout: Duration, poll: Duration) -> Result<Vec<PodInfo>> {
+        let ns = self.cluster.namespace.clone();
+        let api: Api<Pod> = Api::namespaced(self.cluster.client.clone(), &ns);
         let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={}", self.run));
         let t0 = Instant::now();
         loop {

@@ -49,6 +49,17 @@ struct State {
     created_pods: Option<Pods>,
     /// Every object created (POST), as it was sent.
     created: Vec<Value>,
+    /// Every object applied (PATCH), as it was sent.
+    applied: Vec<Value>,
+    /// RBAC objects every request is authorized against (see [`FakeApi::enforce_rbac`]).
+    rbac: Option<Vec<Value>>,
+    /// Requests RBAC refused: `verb resource/name in namespace`.
+    denied: Vec<String>,
+    /// Services applied through the API get addresses and EndpointSlices (see
+    /// [`FakeApi::run_controllers`]).
+    controllers: Option<Controllers>,
+    /// Pods with `hostNetwork: true` are refused as Pod Security admission does.
+    refuse_host_network: bool,
     /// `METHOD path` and body of every PATCH, POST and DELETE, in order.
     bodies: Vec<(String, Value)>,
     /// The last resourceVersion handed out; every change gets the next.
@@ -58,6 +69,138 @@ struct State {
     watchers: Vec<Watcher>,
     /// The live Deployment controller ([`FakeApi::rollouts`]).
     rollouts: Option<Rollouts>,
+}
+
+/// What the fake's Service allocator and EndpointSlice controller do.
+#[derive(Debug, Clone, Default)]
+pub struct Controllers {
+    /// LoadBalancer Services get an ingress IP.
+    pub lb_ips: bool,
+    /// `spec.trafficDistribution` PreferSameZone/PreferSameNode: taken, dropped (an API server
+    /// without the feature), or refused (422).
+    pub td: TdSupport,
+    /// Lists of a Service's EndpointSlices before the controller has made them.
+    pub slice_reads: u32,
+    /// Allocated so far (addresses and nodePorts are numbered from it).
+    pub(crate) allocated: u32,
+    /// Applied Services with a selector → lists of their slices left before the slice appears.
+    pub(crate) pending: BTreeMap<String, u32>,
+}
+
+/// How the fake API server takes a `trafficDistribution` of PreferSameZone or PreferSameNode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TdSupport {
+    #[default]
+    Accept,
+    /// Dropped from the stored object, as an API server with the feature gate off does.
+    Drop,
+    /// 422 Unsupported value, as an API server that predates the values does.
+    Refuse,
+}
+
+/// What RBAC authorizes: a request's verb, API group, resource (and subresource), name and
+/// namespace (empty for cluster-scoped resources).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attributes {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl std::fmt::Display for Attributes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)?;
+        if !self.name.is_empty() {
+            write!(f, "/{}", self.name)?;
+        }
+        if !self.namespace.is_empty() {
+            write!(f, " in {}", self.namespace)?;
+        }
+        Ok(())
+    }
+}
+
+impl Attributes {
+    /// The attributes of a request to a resource path (`None` for other paths, like `/version`).
+    pub fn of(method: &str, path: &str, query: &str) -> Option<Attributes> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => (String::new(), rest),
+            ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+            _ => return None,
+        };
+        let (namespace, rest) = match rest {
+            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (ns.to_string(), rest),
+            rest => (String::new(), rest),
+        };
+        let (resource, name) = match rest {
+            [resource] => (resource.to_string(), String::new()),
+            [resource, name] => (resource.to_string(), name.to_string()),
+            [resource, name, sub] => (format!("{resource}/{sub}"), name.to_string()),
+            _ => return None,
+        };
+        let verb = match (method, name.is_empty()) {
+            ("GET", _) if query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") => "watch",
+            ("GET", false) => "get",
+            ("GET", true) => "list",
+            ("POST", _) => "create",
+            ("PATCH", _) => "patch",
+            ("PUT", _) => "update",
+            ("DELETE", false) => "delete",
+            ("DELETE", true) => "deletecollection",
+            _ => return None,
+        };
+        Some(Attributes {
+            verb: verb.into(),
+            group,
+            resource,
+            name,
+            namespace,
+        })
+    }
+}
+
+/// Whether RBAC objects allow a request, as the API server's RBAC authorizer decides: a rule of a
+/// Role bound in the request's namespace, or of a ClusterRole bound cluster-wide, that lists the
+/// verb, the API group, the resource (with its subresource) and, when it lists resourceNames, the
+/// name. A create by POST has no name yet, so a rule with resourceNames never allows it.
+pub fn rbac_allows(rbac: &[Value], a: &Attributes) -> bool {
+    let has = |list: &Value, want: &str| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|v| v.as_str() == Some(want) || v.as_str() == Some("*")))
+    };
+    let bound = |kind: &str, role: &Value| {
+        let binding = if kind == "Role" {
+            "RoleBinding"
+        } else {
+            "ClusterRoleBinding"
+        };
+        rbac.iter().any(|b| {
+            b["kind"] == binding
+                && b["roleRef"]["kind"] == kind
+                && b["roleRef"]["name"] == role["metadata"]["name"]
+                && (kind != "Role" || b["metadata"]["namespace"] == role["metadata"]["namespace"])
+        })
+    };
+    rbac.iter()
+        .filter(|r| match r["kind"].as_str() {
+            Some("Role") => !a.namespace.is_empty() && r["metadata"]["namespace"] == a.namespace.as_str(),
+            Some("ClusterRole") => true,
+            _ => false,
+        })
+        .filter(|r| bound(r["kind"].as_str().unwrap_or_default(), r))
+        .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+        .any(|rule| {
+            has(&rule["verbs"], &a.verb)
+                && has(&rule["apiGroups"], &a.group)
+                && has(&rule["resources"], &a.resource)
+                && match rule.get("resourceNames").and_then(Value::as_array) {
+                    Some(names) if !names.is_empty() => names.iter().any(|n| n.as_str() == Some(a.name.as_str())),
+                    _ => true,
+                }
+        })
 }
 
 /// An open watch: the collection it lists, its label selector, where its events go.
@@ -159,6 +302,18 @@ impl FakeApi {
         self.state.lock().unwrap().objects.get(path).cloned()
     }
 
+    /// Every stored object whose API path starts with `prefix`.
+    pub fn list(&self, prefix: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// `METHOD path?query` of every request, in order.
     pub fn log(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
@@ -167,6 +322,18 @@ impl FakeApi {
     /// Refuses `method` on paths containing `fragment` as RBAC would, for `user`.
     pub fn forbid(&self, method: &str, fragment: &str, user: &str) {
         self.state.lock().unwrap().forbid = Some((method.into(), fragment.into(), user.into()));
+    }
+
+    /// Authorizes every request from now on against `rbac` (Roles, ClusterRoles and their
+    /// bindings, as `manifests --rbac` renders them, bound to the user making the requests), the
+    /// way the API server's RBAC authorizer does; a refusal is a 403 and is kept in [`Self::denied`].
+    pub fn enforce_rbac(&self, rbac: Vec<Value>) {
+        self.state.lock().unwrap().rbac = Some(rbac);
+    }
+
+    /// The requests RBAC refused so far: `verb resource[/subresource][/name] in namespace`.
+    pub fn denied(&self) -> Vec<String> {
+        self.state.lock().unwrap().denied.clone()
     }
 
     /// What the kubelet does with pods created from now on (default: as with Deployments' pods).
@@ -215,6 +382,34 @@ impl FakeApi {
         }
     }
 
+    /// Every object applied server-side (PATCH) so far, as the client sent it.
+    pub fn applied(&self) -> Vec<Value> {
+        self.state.lock().unwrap().applied.clone()
+    }
+
+    /// From now on, a Service applied through the API (PATCH) gets a clusterIP (unless headless
+    /// or ExternalName), nodePorts (NodePort, LoadBalancer), maybe an ingress IP, and an
+    /// EndpointSlice made from the pods its selector matches (conditions from their readiness,
+    /// node, zone, and the hints of its trafficDistribution), as the API server and the
+    /// EndpointSlice controller do.
+    pub fn run_controllers(&self, c: Controllers) {
+        self.state.lock().unwrap().controllers = Some(c);
+    }
+
+    /// Refuses pods with `hostNetwork: true` from now on, as a namespace at Pod Security level
+    /// `baseline` or `restricted` does.
+    pub fn refuse_host_network(&self) {
+        self.state.lock().unwrap().refuse_host_network = true;
+    }
+
+    /// `METHOD path` of every request, in order, without queries.
+    pub fn requests(&self) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .map(|l| l.split('?').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// A client whose requests this fake answers.
     pub fn cluster(&self) -> Cluster {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
@@ -256,6 +451,26 @@ impl FakeApi {
     fn watch(&self, path: &str, query: &str) -> Response<FakeBody> {
         let mut st = self.state.lock().unwrap();
         st.log.push(format!("GET {path}?{query}"));
+        if let Some(rbac) = &st.rbac
+            && let Some(a) = Attributes::of("GET", path, query)
+            && !rbac_allows(rbac, &a)
+        {
+            let what = a.to_string();
+            st.denied.push(what.clone());
+            let (code, v) = status(
+                403,
+                "Forbidden",
+                &format!(
+                    "{what} is forbidden: User \"dev\" cannot {} resource \"{}\" in API group \"{}\" in the namespace \"{}\"",
+                    a.verb, a.resource, a.group, a.namespace
+                ),
+            );
+            return Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&v).unwrap())).boxed_unsync())
+                .unwrap();
+        }
         let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)).map(decode);
         let since: u64 = param("resourceVersion=").and_then(|v| v.parse().ok()).unwrap_or(st.rv);
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
@@ -309,8 +524,36 @@ impl FakeApi {
         if path == "/version" {
             return (200, json!({"major": "1", "minor": "33", "gitVersion": "v1.33.1"}));
         }
+        if let Some(rbac) = &st.rbac
+            && let Some(attrs) = Attributes::of(method, path, query)
+        {
+            // A server-side apply (PATCH) that creates the object is also authorized as `create`,
+            // with the object's name (apiserver's handlers/patch.go, createAuthorizerAttributes).
+            let creates = method == "PATCH" && !st.objects.contains_key(path);
+            let refused = std::iter::once(attrs.clone())
+                .chain(creates.then(|| Attributes {
+                    verb: "create".into(),
+                    ..attrs.clone()
+                }))
+                .find(|a| !rbac_allows(rbac, a));
+            if let Some(a) = refused {
+                let what = a.to_string();
+                st.denied.push(what.clone());
+                return status(
+                    403,
+                    "Forbidden",
+                    &format!(
+                        "{what} is forbidden: User \"dev\" cannot {} resource \"{}\" in API group \"{}\" in the namespace \"{}\"",
+                        a.verb, a.resource, a.group, a.namespace
+                    ),
+                );
+            }
+        }
         if method == "GET" && path.contains("/pods") {
             self.kubelet(&mut st);
+        }
+        if method == "GET" && path.ends_with("/endpointslices") {
+            endpoint_slice_controller(&mut st, query);
         }
         if method == "GET" && st.rollouts.is_some() {
             step(&mut st);
@@ -364,8 +607,15 @@ impl FakeApi {
             }
             "PATCH" => {
                 let mut obj: Value = serde_json::from_slice(body).unwrap();
+                st.applied.push(obj.clone());
                 obj["metadata"]["generation"] = json!(1);
                 obj["metadata"]["uid"] = json!(format!("uid-{}", st.objects.len()));
+                if obj["kind"] == "Service"
+                    && st.controllers.is_some()
+                    && let Err(refused) = allocate(&mut st, path, &mut obj)
+                {
+                    return refused;
+                }
                 st.set(path, obj.clone());
                 (200, obj)
             }
@@ -381,6 +631,15 @@ impl FakeApi {
                 }
                 obj["metadata"]["uid"] = json!(format!("uid-{name}"));
                 obj["metadata"]["namespace"] = json!(NS);
+                if obj["kind"] == "Pod" && st.refuse_host_network && obj["spec"]["hostNetwork"] == true {
+                    return status(
+                        403,
+                        "Forbidden",
+                        &format!(
+                            "pods \"{name}\" is forbidden: violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true)"
+                        ),
+                    );
+                }
                 if obj["kind"] == "Pod" {
                     obj["status"] =
                         json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
@@ -390,7 +649,18 @@ impl FakeApi {
                 (201, obj)
             }
             "DELETE" => match st.unset(path) {
-                Some(o) => (200, o),
+                Some(o) => {
+                    if o["kind"] == "Service" {
+                        // Its EndpointSlices go with it (garbage collection by owner).
+                        let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                        st.objects
+                            .retain(|_, v| v["metadata"]["labels"]["kubernetes.io/service-name"] != name.as_str());
+                        if let Some(c) = st.controllers.as_mut() {
+                            c.pending.remove(&name);
+                        }
+                    }
+                    (200, o)
+                }
                 None => status(404, "NotFound", &format!("{path} not found")),
             },
             _ => status(405, "MethodNotAllowed", method),
@@ -413,12 +683,21 @@ impl FakeApi {
         }
         for path in started {
             st.starting.remove(&path);
+            let node_ip = st.objects.get(&path).and_then(|pod| {
+                let node = pod["spec"]["nodeName"].as_str()?;
+                let n = st.objects.get(&format!("/api/v1/nodes/{node}"))?;
+                n["status"]["addresses"][0]["address"].as_str().map(str::to_string)
+            });
             let Some(pod) = st.objects.get_mut(&path) else { continue };
             let n = pod["spec"]["nodeName"].as_str().unwrap_or_default();
             let last = n.rsplit('-').next().unwrap_or("9");
+            let ip = match node_ip {
+                Some(ip) if pod["spec"]["hostNetwork"] == true => ip,
+                _ => format!("10.244.{last}.200"),
+            };
             pod["status"] = match outcome {
                 Pods::Ready => {
-                    json!({"phase": "Running", "podIP": format!("10.244.{last}.200"), "hostIP": "172.18.0.2",
+                    json!({"phase": "Running", "podIP": ip, "hostIP": "172.18.0.2",
                     "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"},
                                    {"type": "ContainersReady", "status": "True"}]})
                 }
@@ -462,6 +741,163 @@ impl FakeApi {
             "readyReplicas": n, "availableReplicas": n});
         st.set(path, obj.clone());
         obj
+    }
+}
+
+/// The API server's part of applying a Service: a clusterIP (not for headless or ExternalName
+/// Services), nodePorts (NodePort and LoadBalancer; a re-apply keeps what was allocated), the
+/// trafficDistribution as the server takes it, and an ingress IP when LBs are given.
+fn allocate(st: &mut State, path: &str, obj: &mut Value) -> Result<(), (u16, Value)> {
+    let old = st.objects.get(path).cloned();
+    let c = st.controllers.as_mut().expect("controllers on");
+    let spec = &mut obj["spec"];
+    if let Some(td) = spec["trafficDistribution"].as_str().map(str::to_string)
+        && td.starts_with("PreferSame")
+    {
+        match c.td {
+            TdSupport::Accept => {}
+            TdSupport::Drop => {
+                spec.as_object_mut().unwrap().remove("trafficDistribution");
+            }
+            TdSupport::Refuse => {
+                return Err(status(
+                    422,
+                    "Invalid",
+                    &format!(
+                        "Service \"x\" is invalid: spec.trafficDistribution: Unsupported value: \"{td}\": supported values: \"PreferClose\""
+                    ),
+                ));
+            }
+        }
+    }
+    let type_ = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    if type_ != "ExternalName" {
+        let ip = match old
+            .as_ref()
+            .and_then(|o| o["spec"]["clusterIP"].as_str().map(str::to_string))
+        {
+            Some(ip) => ip,
+            None if spec["clusterIP"] == "None" => "None".to_string(),
+            None => {
+                c.allocated += 1;
+                format!("10.96.{}.{}", 100 + c.allocated / 250, c.allocated % 250 + 1)
+            }
+        };
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+    }
+    if matches!(type_.as_str(), "NodePort" | "LoadBalancer")
+        && let Some(ports) = spec["ports"].as_array_mut()
+    {
+        for (i, p) in ports.iter_mut().enumerate() {
+            let kept = old.as_ref().and_then(|o| o["spec"]["ports"][i]["nodePort"].as_u64());
+            let np = kept.unwrap_or_else(|| {
+                c.allocated += 1;
+                30000 + u64::from(c.allocated)
+            });
+            p["nodePort"] = json!(np);
+        }
+    }
+    let ingress = if type_ == "LoadBalancer" && c.lb_ips {
+        c.allocated += 1;
+        json!([{"ip": format!("172.18.255.{}", c.allocated % 250 + 1), "ipMode": "VIP"}])
+    } else {
+        json!([])
+    };
+    obj["status"] = json!({"loadBalancer": {"ingress": ingress}});
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    if obj["spec"]["selector"].is_object() {
+        let reads = c.slice_reads;
+        c.pending.entry(name).or_insert(reads);
+    }
+    Ok(())
+}
+
+/// The EndpointSlice controller, at every list of EndpointSlices by Service: an applied Service
+/// with a selector gets its slice once `slice_reads` lists of it went by, made from the pods
+/// its selector matches (pod IP, readiness, node, the node's zone, and the hints of its
+/// trafficDistribution: each endpoint its own zone, with PreferSameNode its own node too).
+fn endpoint_slice_controller(st: &mut State, query: &str) {
+    let Some(service) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+        .map(|s| s.replace("%3D", "=").replace("%2F", "/"))
+        .and_then(|s| s.strip_prefix("kubernetes.io/service-name=").map(str::to_string))
+    else {
+        return;
+    };
+    let Some(c) = st.controllers.as_mut() else { return };
+    match c.pending.get_mut(&service) {
+        None => return,
+        Some(left) if *left > 0 => {
+            *left -= 1;
+            return;
+        }
+        Some(_) => {}
+    }
+    let Some(svc) = st
+        .objects
+        .get(&format!("/api/v1/namespaces/{NS}/services/{service}"))
+        .cloned()
+    else {
+        return;
+    };
+    let selector: Vec<(String, String)> = svc["spec"]["selector"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let td = svc["spec"]["trafficDistribution"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut endpoints = Vec::new();
+    let pods: Vec<Value> = st
+        .objects
+        .iter()
+        .filter(|(p, _)| p.starts_with(&format!("/api/v1/namespaces/{NS}/pods/")))
+        .map(|(_, o)| o.clone())
+        .filter(|o| selector.iter().all(|(k, v)| o["metadata"]["labels"][k] == v.as_str()))
+        .collect();
+    for p in pods {
+        let Some(ip) = p["status"]["podIP"].as_str() else {
+            continue;
+        };
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+        let zone = st
+            .objects
+            .get(&format!("/api/v1/nodes/{node}"))
+            .and_then(|n| n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut e = json!({"addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": false},
+            "nodeName": node, "zone": zone,
+            "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": NS}});
+        if td.starts_with("Prefer") && !zone.is_empty() {
+            e["hints"] = json!({"forZones": [{"name": zone}]});
+            if td == "PreferSameNode" {
+                e["hints"]["forNodes"] = json!([{"name": node}]);
+            }
+        }
+        endpoints.push(e);
+    }
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-auto"), "namespace": NS,
+            "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "tcp", "port": 5001, "protocol": "TCP"}, {"name": "udp", "port": 5001, "protocol": "UDP"}]
+    });
+    let path = path_of(&slice);
+    if st.objects.get(&path) != Some(&slice) {
+        st.set(&path, slice);
     }
 }
 

@@ -357,6 +357,88 @@ mod tests {
     }
 
     #[test]
+    fn the_role_limits_deployments_and_services_to_ours_by_name() {
+        use crate::cluster::fake::{Attributes, rbac_allows};
+        let rbac = render_rbac("team-a").unwrap();
+        let may = |method: &str, path: &str| {
+            let a = Attributes::of(method, path, "").unwrap();
+            rbac_allows(&rbac, &a)
+        };
+        let deployments = "/apis/apps/v1/namespaces/team-a/deployments";
+        let services = "/api/v1/namespaces/team-a/services";
+        for base in [deployments, services] {
+            for name in [TSERVER, AFFINITY] {
+                for method in ["GET", "PATCH", "DELETE"] {
+                    assert!(may(method, &format!("{base}/{name}")), "{method} {base}/{name}");
+                }
+                // Server-side apply creating it: `create` with the name.
+                let create = Attributes {
+                    verb: "create".into(),
+                    ..Attributes::of("PATCH", &format!("{base}/{name}"), "").unwrap()
+                };
+                assert!(rbac_allows(&rbac, &create), "{create}");
+            }
+            assert!(may("GET", base), "list {base}");
+            // Anyone else's, or a create by POST (no name to match), or in another namespace: no.
+            for method in ["GET", "PATCH", "DELETE", "PUT"] {
+                assert!(!may(method, &format!("{base}/theirs")), "{method} {base}/theirs");
+            }
+            assert!(!may("POST", base), "POST {base}");
+            assert!(!may("DELETE", base), "deletecollection {base}");
+            assert!(!may("GET", &base.replace("team-a", "prod")), "list in prod");
+        }
+        // The names the Role lists are the names the manifests use.
+        let all = render(&Options {
+            affinity_server: true,
+            ..Options::default()
+        })
+        .unwrap();
+        let role = find(&rbac, "Role", "svclb-user");
+        for obj in all
+            .iter()
+            .filter(|o| o["kind"] == "Deployment" || o["kind"] == "Service")
+        {
+            let plural = if obj["kind"] == "Deployment" {
+                "deployments"
+            } else {
+                "services"
+            };
+            let named = role["rules"].as_array().unwrap().iter().any(|r| {
+                r["resources"] == json!([plural])
+                    && r["resourceNames"]
+                        .as_array()
+                        .is_some_and(|n| n.contains(&obj["metadata"]["name"]))
+            });
+            assert!(
+                named,
+                "{plural}/{} is not in the Role's resourceNames",
+                obj["metadata"]["name"]
+            );
+        }
+        // matrix's Services: each by its name, created by server-side apply; nothing else.
+        for name in crate::cluster::matrix::all_names() {
+            for method in ["GET", "PATCH", "DELETE"] {
+                assert!(may(method, &format!("{services}/{name}")), "{method} {services}/{name}");
+            }
+            let create = Attributes {
+                verb: "create".into(),
+                ..Attributes::of("PATCH", &format!("{services}/{name}"), "").unwrap()
+            };
+            assert!(rbac_allows(&rbac, &create), "{create}");
+            assert!(!may("PATCH", &format!("{deployments}/{name}")), "deployments/{name}");
+        }
+        assert!(!may("PATCH", &format!("{services}/svclb-mx-other")));
+        // Pods cannot be named (a ReplicaSet's, a run's): the whole namespace, hence the advice
+        // of a dedicated one.
+        assert!(may("POST", "/api/v1/namespaces/team-a/pods/anything/exec"));
+        assert!(!may("POST", "/api/v1/namespaces/other/pods/anything/exec"));
+        // The kube-proxy ConfigMap only, in kube-system only.
+        assert!(may("GET", "/api/v1/namespaces/kube-system/configmaps/kube-proxy"));
+        assert!(!may("GET", "/api/v1/namespaces/kube-system/configmaps/coredns"));
+        assert!(may("GET", "/api/v1/nodes"));
+    }
+
+    #[test]
     fn rbac_renders_for_the_namespace_and_keeps_kube_system() {
         let objs = render_rbac("team-a").unwrap();
         let ns: Vec<Option<&str>> = objs.iter().map(|o| o["metadata"]["namespace"].as_str()).collect();

@@ -7,6 +7,7 @@ pub mod disrupt;
 #[cfg(test)]
 pub mod fake;
 pub mod manifests;
+pub mod matrix;
 pub mod ops;
 
 use anyhow::{Result, anyhow};

@@ -101,7 +101,7 @@ impl AffinityArgs {
                 bail!("{flag} 0s: give a positive duration, e.g. 1s");
             }
         }
-        self.record.to().validate()?;
+        self.record.validate()?;
         if self.plain_udp && !self.udp {
             bail!("--plain-udp chooses the UDP socket path: use it with --udp");
         }
@@ -203,6 +203,11 @@ impl AffinityArgs {
 
 pub fn run(args: AffinityArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
+    match (&args.address, &args.lab) {
+        (Some(_), _) => kube.refuse_off_cluster("--address")?,
+        (None, Some(_)) => kube.refuse_off_cluster("--lab")?,
+        (None, None) => {}
+    }
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
@@ -225,7 +230,12 @@ pub fn run(args: AffinityArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     }
     print!("{}", report::affinity(&record, args.output)?);
     let code = super::verdict_code(record.stopped, record.verdict == Verdict::Holds);
-    Ok(super::save_code(&saved, &record, args.output, code))
+    let code = super::save_code(&saved, &record, args.output, code);
+    Ok(super::html_code(
+        args.record.html.as_deref(),
+        || crate::record::AnyRun::Affinity(Box::new(record.clone())),
+        code,
+    ))
 }
 
 #[cfg(test)]

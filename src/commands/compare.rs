@@ -6,19 +6,30 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::record::AnyRun;
-use crate::report::{self, CompareFormat};
+use crate::record::{AnyRun, Loaded};
+use crate::report::{self, CompareFormat, CompareTable, CompareView};
 use crate::stats::Criteria;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Run records (spread, affinity, zones and disruption runs) or mconnect `-output json` files; a directory stands for its *.json files
+    /// Run records (spread, affinity, zones, matrix and disruption runs) or mconnect `-output json` files; a directory stands for its *.json files
     /// (hidden ones left out; one that cannot be read is skipped with a warning).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Output format.
+    /// Output format: table and markdown print every table that has runs (spread: summary and
+    /// frequency); csv prints one table, one header (the summary of the one kind of run given, or
+    /// the one --table names); json and yaml hold everything.
     #[arg(short = 'o', long, value_enum, default_value_t = CompareFormat::Table)]
     pub output: CompareFormat,
+    /// Print this table only: spread runs' `summary`, `frequency` (backends per connection count,
+    /// runs side by side) or `backends` (one row per run and backend), or the `affinity` or
+    /// `zones` runs' summary.
+    #[arg(long, value_enum)]
+    pub table: Option<CompareTable>,
+    /// Frequency table: a row for every connection count (by default at most 12 ranges, in shares
+    /// of each run's fair share when the runs differ in connections or backends).
+    #[arg(long)]
+    pub all_backends: bool,
     /// Margin (±%) for judging mconnect files, which carry no verdict of their own.
     #[arg(long, default_value_t = 50.0)]
     pub margin: f64,
@@ -26,14 +37,14 @@ pub struct CompareArgs {
 
 /// A file to compare. A bad file the user named stops the command; a bad one found in a directory
 /// is skipped with a warning.
-struct Input {
-    path: PathBuf,
-    named: bool,
+pub(super) struct Input {
+    pub path: PathBuf,
+    pub named: bool,
 }
 
 /// Named files as given; a directory's `*.json` files, hidden ones (a save's temporary file, an
 /// editor's) left out.
-fn expand(files: &[PathBuf]) -> Result<Vec<Input>> {
+pub(super) fn expand(files: &[PathBuf]) -> Result<Vec<Input>> {
     let mut out = Vec::new();
     for f in files {
         if f.is_dir() {
@@ -73,15 +84,17 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
         margin_pct: args.margin,
         alpha: None,
     };
-    let (mut spread, mut affinity, mut zones) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut spread, mut affinity, mut zones, mut matrix) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut disruption = Vec::new();
     let mut skipped = 0;
     for input in expand(&args.files)? {
         match crate::record::load(&input.path, &criteria) {
-            Ok(AnyRun::Spread(r)) => spread.push(*r),
+            Ok(AnyRun::Spread(r)) => spread.push(Loaded::from(*r)),
+            Ok(AnyRun::Mconnect(r)) => spread.push(*r),
             Ok(AnyRun::Affinity(r)) => affinity.push(*r),
             Ok(AnyRun::Disruption(r)) => disruption.push(*r),
             Ok(AnyRun::Zones(r)) => zones.push(*r),
+            Ok(AnyRun::Matrix(r)) => matrix.push(*r),
             Err(e) if !input.named => {
                 eprintln!("svclb: warning: {e:#}; skipped");
                 skipped += 1;
@@ -89,11 +102,25 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
             Err(e) => return Err(e),
         }
     }
-    if spread.is_empty() && affinity.is_empty() && zones.is_empty() && disruption.is_empty() {
+    if spread.is_empty() && affinity.is_empty() && zones.is_empty() && matrix.is_empty() && disruption.is_empty() {
         bail!("nothing to compare: all {skipped} .json files were skipped (see the warnings above)");
     }
-    if !(spread.is_empty() && affinity.is_empty() && zones.is_empty()) {
-        print!("{}", report::compare(&spread, &affinity, &zones, args.output)?);
+    let others = !(spread.is_empty() && affinity.is_empty() && zones.is_empty());
+    if others && !matrix.is_empty() && args.output == CompareFormat::Csv {
+        bail!("-o csv writes one table: compare the matrix runs apart from the other runs");
+    }
+    if (others || !matrix.is_empty()) && !disruption.is_empty() && args.output == CompareFormat::Csv {
+        bail!("-o csv writes one table: compare the disruption runs apart from the other runs");
+    }
+    if others {
+        let view = CompareView {
+            table: args.table,
+            all_backends: args.all_backends,
+        };
+        print!("{}", report::compare(&spread, &affinity, &zones, args.output, view)?);
+    }
+    if !matrix.is_empty() {
+        print!("{}", report::matrix_compare(&matrix, args.output)?);
     }
     if !disruption.is_empty() {
         print!("{}", report::disruption_compare(&disruption, args.output)?);

@@ -152,7 +152,7 @@ impl DisruptionArgs {
                 g.as_secs_f64()
             );
         }
-        self.record.to().validate()
+        self.record.validate()
     }
 
     fn place(&self, kube: &super::KubeFlags) -> Place {
@@ -202,6 +202,9 @@ impl DisruptionArgs {
 
 pub fn run(args: DisruptionArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
+    if args.lab.is_some() {
+        kube.refuse_off_cluster("--lab")?;
+    }
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
@@ -244,5 +247,10 @@ pub fn run(args: DisruptionArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     } else {
         super::verdict_code(record.stopped, record.verdict == Verdict::Pass)
     };
-    Ok(super::save_code(&saved, &record, args.output, code))
+    let code = super::save_code(&saved, &record, args.output, code);
+    Ok(super::html_code(
+        args.record.html.as_deref(),
+        || crate::record::AnyRun::Disruption(Box::new(record.clone())),
+        code,
+    ))
 }

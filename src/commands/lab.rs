@@ -160,6 +160,7 @@ fn sync_delay(s: &str) -> Result<SyncDelay, String> {
 pub struct StatusArgs {
     #[command(flatten)]
     pub name: NameArg,
+    /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = StatusFormat::Table)]
     pub output: StatusFormat,
 }
@@ -418,6 +419,7 @@ fn set(a: SetArgs) -> Result<ExitCode> {
         drop_hints: a.drop_hint,
         restore_hints: a.restore_hints,
         sync_delay: a.sync_delay,
+        conditions: Vec::new(),
     };
     let mut lab = a.name.open()?;
     let tl = lab.set(&ch)?;

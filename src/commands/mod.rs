@@ -7,6 +7,8 @@ pub mod compare;
 pub mod completion;
 pub mod disruption;
 pub mod lab;
+pub mod matrix;
+pub mod report;
 pub mod serve;
 pub mod service_args;
 pub mod spread;
@@ -17,27 +19,63 @@ use std::time::Duration;
 
 use clap::Args;
 
-/// kubectl's global flags, accepted before or after the verb.
+/// kubectl's flags, on the commands that talk to a cluster (after the verb, as kubectl passes
+/// them: it refuses flags before a plugin's name). Commands that never contact a cluster (`lab`,
+/// `serve`, `compare`, `completion`) do not take them.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Cluster options")]
 pub struct KubeFlags {
     /// Path to the kubeconfig file to use.
-    #[arg(long, global = true, env = "KUBECONFIG", value_name = "PATH")]
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<std::path::PathBuf>,
     /// The name of the kubeconfig context to use.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
     /// Namespace scope for this request.
-    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
     /// Username to impersonate for the operation.
-    #[arg(long = "as", global = true, value_name = "USER")]
+    #[arg(long = "as", value_name = "USER")]
     pub as_user: Option<String>,
     /// Group to impersonate for the operation; repeat for several groups (needs --as).
-    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    #[arg(long = "as-group", value_name = "GROUP")]
     pub as_group: Vec<String>,
 }
 
 impl KubeFlags {
+    /// A run on `--address` or `--lab` contacts no cluster: a kubectl flag given with it would do
+    /// nothing, so it is refused in one line (`KUBECONFIG` from the environment is no flag given).
+    pub fn refuse_off_cluster(&self, place: &str) -> anyhow::Result<()> {
+        let mut given = Vec::new();
+        if self
+            .kubeconfig
+            .as_ref()
+            .is_some_and(|k| std::env::var_os("KUBECONFIG").as_deref() != Some(k.as_os_str()))
+        {
+            given.push("--kubeconfig");
+        }
+        if self.context.is_some() {
+            given.push("--context");
+        }
+        if self.namespace.is_some() {
+            given.push("--namespace");
+        }
+        if self.as_user.is_some() {
+            given.push("--as");
+        }
+        if !self.as_group.is_empty() {
+            given.push("--as-group");
+        }
+        if !given.is_empty() {
+            anyhow::bail!(
+                "{} pick(s) a cluster, and {place} contacts none: drop {}",
+                given.join(", "),
+                if given.len() == 1 { "it" } else { "them" }
+            );
+        }
+        Ok(())
+    }
+
     /// The connection these flags describe.
     pub fn connection(&self) -> crate::cluster::Connection {
         crate::cluster::Connection {
@@ -62,9 +100,25 @@ pub struct SaveArgs {
     /// Do not save the run record.
     #[arg(long)]
     pub no_save: bool,
+    /// Also write the run's HTML page (as `kubectl svclb report` makes it) to FILE, once the record
+    /// is saved.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 impl SaveArgs {
+    /// Checks before the run that the record can be saved and the page written where asked.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.to().validate()?;
+        if let Some(path) = &self.html {
+            if path.as_os_str() == "-" {
+                anyhow::bail!("--html -: give a file (the run's report goes to stdout)");
+            }
+            crate::report::html::check_path(path, "--html")?;
+        }
+        Ok(())
+    }
+
     /// Where the run's record goes.
     pub fn to(&self) -> crate::run::SaveTo {
         crate::run::SaveTo {
@@ -108,6 +162,35 @@ pub fn save_code<R: serde::Serialize>(
     }
 }
 
+/// Writes the run's page for `--html` (after its record was saved); a page that cannot be
+/// written is said on stderr and makes the exit code 2. The record is not affected either way.
+pub fn html_code(
+    path: Option<&std::path::Path>,
+    run: impl FnOnce() -> crate::record::AnyRun,
+    code: std::process::ExitCode,
+) -> std::process::ExitCode {
+    let Some(path) = path else {
+        return code;
+    };
+    match crate::report::html::write(path, &[run()]) {
+        Ok(size) => {
+            eprintln!(
+                "svclb: wrote {} ({})",
+                path.display(),
+                crate::report::zones_bytes(size as u64)
+            );
+            code
+        }
+        Err(e) => {
+            eprintln!(
+                "svclb: --html {}: {e:#} (the run's record is not affected: `kubectl svclb report` makes the page from it)",
+                path.display()
+            );
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Parses durations as `2s`, `500ms`, `1m30s`, `1.5s`, `10m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: jiff::SignedDuration = s
@@ -119,14 +202,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// How a measuring command treats a cluster, its default target (`--no-deploy`, `--image`,
 /// `--cleanup`); meaningless with `--address` or `--lab`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Cluster options")]
 pub struct ClusterRunArgs {
-    /// Cluster: fail when the test servers are not deployed instead of deploying them.
+    /// Fail when the test servers are not deployed instead of deploying them.
     #[arg(long, conflicts_with_all = ["address", "lab"])]
     pub no_deploy: bool,
-    /// Cluster: image of the test servers when this run deploys them [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    /// Image of the test servers when this run deploys them [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
     #[arg(long, value_name = "IMAGE", conflicts_with_all = ["address", "lab", "no_deploy"])]
     pub image: Option<String>,
-    /// Cluster: delete what the plugin made in the namespace after the run (also when interrupted).
+    /// Delete what the plugin made in the namespace after the run (also when interrupted).
     #[arg(long, conflicts_with_all = ["address", "lab"])]
     pub cleanup: bool,
 }

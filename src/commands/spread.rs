@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use crate::backend::{From, Path};
 use crate::cluster::manifests::{Options, TSERVER};
-use crate::record::SpreadRun;
+use crate::record::{AnyRun, SpreadRun};
 use crate::report::{self, RunFormat};
 use crate::run::open::{ClusterPlace, Opened, Place};
 use crate::run::spread::SpreadJob;
@@ -36,7 +36,8 @@ pub struct SpreadArgs {
     /// With --from pod: storm from this pod (default: the first pod).
     #[arg(long, value_name = "POD", conflicts_with = "sources")]
     pub pod: Option<String>,
-    /// With --from pod: one storm, or one from a pod on every node at once (per-source breakdown).
+    /// With --from pod: one storm, or one from a pod on every node at once (per-source breakdown;
+    /// each makes --conns connections).
     #[arg(long, value_enum, default_value_t = SourcesKind::One)]
     pub sources: SourcesKind,
     /// Storm the nodePort of NODE (default: the first node).
@@ -45,13 +46,14 @@ pub struct SpreadArgs {
     /// Storm the LoadBalancer IP.
     #[arg(long, conflicts_with = "node_port")]
     pub lb: bool,
-    /// Connections to make.
+    /// Connections to make, from each source: with `--sources per-node` every source makes this
+    /// many (10 nodes × 10,000 = 100,000 in all), as `--parallel` and `--rate` are per source too.
     #[arg(long, default_value_t = 10_000)]
     pub conns: u64,
-    /// Connections in flight at most.
+    /// Connections in flight at most (per source).
     #[arg(long, default_value_t = 100)]
     pub parallel: usize,
-    /// Connections per second (default: as fast as possible).
+    /// Connections per second, per source (default: as fast as possible).
     #[arg(long, allow_negative_numbers = true)]
     pub rate: Option<f64>,
     /// Per connection: connect and first reply.
@@ -86,6 +88,11 @@ pub struct SpreadArgs {
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
+    /// Table and markdown: a row for every backend and every connection count (by default, beyond
+    /// 12 backends, the 5 with the most and the 5 with the fewest connections, and the counts in
+    /// at most 12 ranges).
+    #[arg(long)]
+    pub all_backends: bool,
     #[command(flatten)]
     pub cluster: super::ClusterRunArgs,
 }
@@ -134,7 +141,7 @@ impl SpreadArgs {
         if self.expect_backends == Some(0) {
             bail!("--expect-backends 0: give the number of backends that must answer");
         }
-        self.record.to().validate()?;
+        self.record.validate()?;
         if self.address.is_some()
             && (self.from != FromKind::Pod
                 || self.pod.is_some()
@@ -232,6 +239,7 @@ impl SpreadArgs {
                 graceful_close: self.graceful_close,
                 session: String::new(),
                 fetch_bytes: None,
+                src_ports: None,
             },
             criteria: self.criteria(),
             save: self.record.to(),
@@ -242,18 +250,27 @@ impl SpreadArgs {
 
 /// Saves the run (before anything else can fail), prints it, and maps the verdict to the exit
 /// code: 2 when nothing answered (one line) or the save failed (after the report).
-fn finish(mut run: SpreadRun, save: &run::SaveTo, output: RunFormat) -> Result<ExitCode> {
+fn finish(mut run: SpreadRun, save: &run::SaveTo, args: &SpreadArgs) -> Result<ExitCode> {
     let saved = save.save(&mut run);
+    let html = args.record.html.as_deref();
     if let Some(line) = crate::spread::nothing_answered(&run) {
+        // The page shows the failures by kind all the same.
+        let _ = super::html_code(html, || AnyRun::Spread(Box::new(run.clone())), ExitCode::SUCCESS);
         bail!("{line}");
     }
-    print!("{}", report::spread(&run, output)?);
+    print!("{}", report::spread(&run, args.output, args.all_backends)?);
     let code = super::verdict_code(run.stopped, run.stats.verdict == Verdict::Pass);
-    Ok(super::save_code(&saved, &run, output, code))
+    let code = super::save_code(&saved, &run, args.output, code);
+    Ok(super::html_code(html, || AnyRun::Spread(Box::new(run.clone())), code))
 }
 
 pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
+    match (&args.address, &args.lab) {
+        (Some(_), _) => kube.refuse_off_cluster("--address")?,
+        (None, Some(_)) => kube.refuse_off_cluster("--lab")?,
+        (None, None) => {}
+    }
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
@@ -267,5 +284,5 @@ pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         opened.close().await;
         record
     })?;
-    finish(record, &job.save, args.output)
+    finish(record, &job.save, &args)
 }

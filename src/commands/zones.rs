@@ -58,14 +58,14 @@ pub struct ZonesArgs {
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
-    /// Cluster: fail when the test servers are not deployed instead of deploying them.
-    #[arg(long, conflicts_with = "lab")]
+    /// Fail when the test servers are not deployed instead of deploying them.
+    #[arg(long, conflicts_with = "lab", help_heading = "Cluster options")]
     pub no_deploy: bool,
-    /// Cluster: image of the test servers when this run deploys them (the run's client pods run the deployed tserver's image) [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
-    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["lab", "no_deploy"])]
+    /// Image of the test servers when this run deploys them (the run's client pods run the deployed tserver's image) [default: ghcr.io/kubectl-svclb/kubectl-svclb:v<version>].
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["lab", "no_deploy"], help_heading = "Cluster options")]
     pub image: Option<String>,
-    /// Cluster: delete what the plugin made in the namespace after the run (also when interrupted).
-    #[arg(long, conflicts_with = "lab")]
+    /// Delete what the plugin made in the namespace after the run (also when interrupted).
+    #[arg(long, conflicts_with = "lab", help_heading = "Cluster options")]
     pub cleanup: bool,
 }
 
@@ -140,7 +140,7 @@ impl ZonesArgs {
         if self.cycles == Some(0) {
             bail!("--cycles 0: give at least 1 cycle");
         }
-        self.record.to().validate()
+        self.record.validate()
     }
 
     fn place(&self, kube: &super::KubeFlags) -> Place {
@@ -183,6 +183,7 @@ impl ZonesArgs {
                 graceful_close: false,
                 session: String::new(),
                 fetch_bytes: self.bytes,
+                src_ports: None,
             },
             prices: match &self.price {
                 Some(p) => vec![p.clone()],
@@ -203,15 +204,28 @@ impl ZonesArgs {
 
 /// Saves the run (before anything else can fail), prints it, and maps the verdict to the exit
 /// code (2 when the save failed, after the report).
-fn finish(mut run: ZonesRun, save: &run::SaveTo, output: RunFormat) -> Result<ExitCode> {
+fn finish(
+    mut run: ZonesRun,
+    save: &run::SaveTo,
+    output: RunFormat,
+    html: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     let saved = save.save(&mut run);
     print!("{}", report::zones(&run, output)?);
     let code = super::verdict_code(run.stopped, run.verdict == Verdict::Pass);
-    Ok(super::save_code(&saved, &run, output, code))
+    let code = super::save_code(&saved, &run, output, code);
+    Ok(super::html_code(
+        html,
+        || crate::record::AnyRun::Zones(Box::new(run.clone())),
+        code,
+    ))
 }
 
 pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     args.validate()?;
+    if args.lab.is_some() {
+        kube.refuse_off_cluster("--lab")?;
+    }
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
@@ -233,7 +247,7 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         opened.close().await;
         record
     })?;
-    finish(record, &job.save, args.output)
+    finish(record, &job.save, args.output, args.record.html.as_deref())
 }
 
 #[cfg(test)]

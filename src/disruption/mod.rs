@@ -453,6 +453,7 @@ async fn storm(cfg: Arc<TrafficConfig>, clock: Clock, tallies: Shared, mut stop:
         graceful_close: false,
         session: String::new(),
         fetch_bytes: None,
+        src_ports: None,
     });
     let start = Instant::now();
     let mut inflight = tokio::task::JoinSet::new();

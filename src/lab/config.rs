@@ -79,6 +79,9 @@ pub struct LabChanges {
     /// Give every endpoint its hint back.
     pub restore_hints: bool,
     pub sync_delay: Option<SyncDelay>,
+    /// Set these pods' EndpointSlice conditions, as failing readiness probes or a termination
+    /// would (their servers keep running): `matrix`'s no-endpoint and terminating scenarios.
+    pub conditions: Vec<(String, super::Conditions)>,
 }
 
 impl LabChanges {
@@ -92,6 +95,7 @@ impl LabChanges {
             || self.source_ranges.is_some()
             || !self.drop_hints.is_empty()
             || self.restore_hints
+            || !self.conditions.is_empty()
     }
 }
 

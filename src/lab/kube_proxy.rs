@@ -21,6 +21,7 @@ use super::timeline::{NodeSync, Timeline};
 use super::topology::{CLUSTER_CIDR, CLUSTER_IP, HEALTH_CHECK_NODE_PORT, LB_IP, SERVICE_CIDR};
 use super::{Lab, Node, Pod, ProxyMode, THREADS, netns};
 use crate::service::ServiceType;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which traffic to a Service: to its ClusterIP, or to a NodePort / the LoadBalancer IP from
 /// outside the cluster, or from a node or pod (eTP Local short-circuits that to all endpoints).
@@ -242,16 +243,41 @@ impl Lab {
         .map(|_| ())
     }
 
+    /// Deletes every UDP conntrack entry to the Service on every node, whichever endpoint it
+    /// leads to. kube-proxy never does this; it is for a caller whose own earlier datagrams
+    /// must not steer later ones (the matrix between scenarios, docs/matrix.md). Returns how
+    /// many entries went.
+    pub fn forget_udp_flows(&self) -> Result<usize> {
+        let services = self.udp_services_serving(|_| false);
+        let deleted = AtomicUsize::new(0);
+        netns::par_each(&self.state.nodes, THREADS, |n| {
+            let gone = netns::in_netns(&n.netns, || {
+                if conntrack::tracked() == Some(0) {
+                    return Ok(0);
+                }
+                conntrack::delete_stale_udp(&services)
+            })?;
+            deleted.fetch_add(gone, Ordering::Relaxed);
+            Ok(())
+        })?;
+        Ok(deleted.into_inner())
+    }
+
     /// The Service's UDP ports as the conntrack cleanup indexes them: every serving endpoint
     /// counts, whatever the traffic policies, topology or terminating state.
     fn udp_services(&self) -> UdpServices {
+        self.udp_services_serving(|p| p.conditions.serving)
+    }
+
+    /// The Service's UDP ports, with the pods `serving` picks as the endpoints that still answer.
+    fn udp_services_serving(&self, serving: impl Fn(&Pod) -> bool) -> UdpServices {
         let mut services = UdpServices::default();
         for sp in PORTS.iter().filter(|sp| sp.proto == Proto::Udp) {
             let serving: HashSet<SocketAddrV4> = self
                 .state
                 .pods
                 .iter()
-                .filter(|p| p.conditions.serving)
+                .filter(|p| serving(p))
                 .map(|p| SocketAddrV4::new(p.ip, sp.target_port))
                 .collect();
             let addresses = [

@@ -99,7 +99,7 @@ impl Lab {
         check_source_ranges(&cfg.options)?;
         check_capacity(cfg.pods, cfg.nodes)?;
         let server = match &cfg.server {
-            Some(p) => p.clone(),
+            Some(p) => resolve_program(p, std::env::var_os("PATH").as_deref())?,
             None => std::env::current_exe().context("cannot find this executable")?,
         };
         let dir = labs_dir().join(name);
@@ -187,6 +187,11 @@ impl Lab {
                     ("net/ipv4/ip_forward", "1"),
                     ("net/ipv4/conf/all/rp_filter", "0"),
                     ("net/ipv4/conf/default/rp_filter", "0"),
+                    // No ICMP redirects: the client shares the node network, so a node
+                    // forwarding its NodePort/LB traffic to another node would redirect it, and
+                    // redirects spend the per-peer ICMP budget that rejections need (docs/lab.md).
+                    ("net/ipv4/conf/all/send_redirects", "0"),
+                    ("net/ipv4/conf/default/send_redirects", "0"),
                 ],
             )?;
             let mut b = String::from("link set lo up\n");
@@ -297,7 +302,7 @@ impl Lab {
         require_host()?;
         let mut tl = Timeline::new(Instant::now());
         let delays = self.change(|s| {
-            for p in &ch.drop_hints {
+            for p in ch.drop_hints.iter().chain(ch.conditions.iter().map(|(p, _)| p)) {
                 if !s.pods.iter().any(|q| &q.name == p) {
                     let n = &s.name;
                     bail!("no pod named {p} in lab {n}; see `kubectl svclb lab status --name {n}`");
@@ -334,6 +339,9 @@ impl Lab {
                 }
                 if ch.drop_hints.contains(&p.name) {
                     p.hint_dropped = true;
+                }
+                if let Some((_, c)) = ch.conditions.iter().find(|(n, _)| n == &p.name) {
+                    p.conditions = *c;
                 }
             }
             s.refresh_hints();
@@ -387,6 +395,36 @@ pub(super) fn check_capacity(pods: usize, nodes: usize) -> Result<()> {
     }
 }
 
+/// `--server PROGRAM` as an absolute path, checked before anything is built: the lab starts it
+/// later from other threads and records it for `lab scale`, whose working directory may differ.
+/// A path with a `/` is taken from the current directory (`./kubectl-svclb`), a bare name from
+/// `PATH` (as a shell does).
+fn resolve_program(program: &std::path::Path, path_var: Option<&std::ffi::OsStr>) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = program.display();
+    let bare = program.components().count() == 1 && !program.is_absolute();
+    let found = if bare {
+        path_var
+            .map(std::env::split_paths)
+            .into_iter()
+            .flatten()
+            // An empty entry would mean the current directory: not taken, as `sudo` does not.
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--server {shown}: no such program on PATH; give its path, e.g. ./{shown}")
+            })?
+    } else {
+        std::path::absolute(program).with_context(|| format!("--server {shown}: cannot resolve the path"))?
+    };
+    let meta = std::fs::metadata(&found).map_err(|e| anyhow::anyhow!("--server {shown}: {e}"))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        bail!("--server {shown}: {} is not an executable file", found.display());
+    }
+    Ok(found)
+}
+
 fn check_source_ranges(o: &crate::service::ServiceOptions) -> Result<()> {
     if let Some(r) = o.source_ranges.iter().find(|r| matches!(r, ipnet::IpNet::V6(_))) {
         bail!("--lb-source-ranges {r}: the lab's Service is IPv4, give IPv4 CIDRs");
@@ -434,4 +472,57 @@ pub fn down_by_name(name: &str) -> Result<()> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::resolve_program;
+
+    #[test]
+    fn server_programs_resolve_to_absolute_paths_before_the_build() {
+        // Unit tests run in the package directory: a relative path is taken from it.
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            resolve_program(Path::new("./scripts/bench.sh"), None).unwrap(),
+            here.join("scripts/bench.sh")
+        );
+        assert_eq!(
+            resolve_program(Path::new("scripts/bench.sh"), None).unwrap(),
+            here.join("scripts/bench.sh")
+        );
+        // A bare name is looked up on PATH, not in the current directory.
+        let path = std::env::join_paths(["/nonexistent", here.join("scripts").to_str().unwrap()]).unwrap();
+        assert_eq!(
+            resolve_program(Path::new("bench.sh"), Some(&path)).unwrap(),
+            here.join("scripts/bench.sh")
+        );
+        let e = resolve_program(Path::new("bench.sh"), Some(std::ffi::OsStr::new("/nonexistent")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--server bench.sh: no such program on PATH; give its path, e.g. ./bench.sh"
+        );
+        // Missing, or not executable: one line naming it.
+        let e = resolve_program(Path::new("./no-such-server"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--server ./no-such-server: No such file"), "{e}");
+        let e = resolve_program(Path::new("./Cargo.toml"), None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "--server ./Cargo.toml: {} is not an executable file",
+                here.join("Cargo.toml").display()
+            )
+        );
+        let e = resolve_program(Path::new("Cargo.toml"), Some(std::ffi::OsStr::new(":/nonexistent")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such program on PATH"), "{e}");
+    }
 }

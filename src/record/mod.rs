@@ -2,6 +2,7 @@
 //! saving is [`save`].
 
 mod disruption;
+mod matrix;
 mod save;
 mod zones;
 
@@ -9,7 +10,10 @@ pub use disruption::{
     ActionInfo, BrokenConn, DISRUPTION_KIND, DISRUPTION_VERSION, DisruptionParams, DisruptionRun, DisruptionTotals,
     EndpointChange, LongLivedSecond, MAX_BREAKS, NodeSyncAt, SecondRow, Step, UdpSecond,
 };
-
+pub use matrix::{
+    CellVerdict, EndpointState, MATRIX_KIND, MATRIX_VERSION, Mark, MatrixCell, MatrixParams, MatrixRun, MatrixScenario,
+    MatrixSource, MatrixTarget, SourceKind, TargetKind,
+};
 pub use save::save;
 pub use zones::{
     Billed, Cost, Locality, Price, ZONES_KIND, ZONES_VERSION, ZoneCell, ZoneSource, ZonesCycle, ZonesParams, ZonesRun,
@@ -207,6 +211,19 @@ pub struct PodSessions {
     pub answered: u64,
 }
 
+/// The counters of an affinity run at one moment (cumulative since its start): consecutive
+/// samples give what was sent, answered and lost in each interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffinitySample {
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub totals: crate::affinity::Totals,
+}
+
+/// Samples an `AffinityRun` takes at most: the interval grows with the run's duration.
+pub const MAX_SAMPLES: u64 = 1000;
+
 /// The record of one `affinity` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AffinityRun {
@@ -239,6 +256,10 @@ pub struct AffinityRun {
     /// Every session (runs of at most [`MAX_SESSION_ROWS`] sessions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub session_detail: Vec<crate::affinity::SessionRow>,
+    /// The counters every second or so (at most [`MAX_SAMPLES`]), the last at the end of the
+    /// run; empty in records made before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<AffinitySample>,
     pub verdict: crate::affinity::Verdict,
     #[serde(default)]
     pub reasons: Vec<String>,
@@ -287,6 +308,10 @@ pub fn add_buckets(h: &mut hdrhistogram::Histogram<u64>, buckets: &[[u64; 2]]) {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded {
     pub tag: String,
+    /// Where the run went (address, mode, protocol); `None` for mconnect files, which do not say.
+    pub target: Option<TargetInfo>,
+    /// The proxy mode of the lab or cluster, when the record knows it.
+    pub proxy_mode: Option<String>,
     pub conns: u64,
     pub ok: u64,
     pub failed: u64,
@@ -294,6 +319,22 @@ pub struct Loaded {
     pub backends: Vec<BackendCount>,
     pub stats: Stats,
     pub source: Source,
+}
+
+impl From<SpreadRun> for Loaded {
+    fn from(run: SpreadRun) -> Self {
+        Self {
+            tag: run.tag,
+            target: Some(run.target),
+            proxy_mode: run.environment.proxy_mode,
+            conns: run.conns,
+            ok: run.ok,
+            failed: run.failed.total,
+            backends: run.backends,
+            stats: run.stats,
+            source: Source::Record,
+        }
+    }
 }
 
 /// Which format a loaded run came from.
@@ -315,13 +356,17 @@ struct Mconnect {
     failed_reads: u64,
 }
 
-/// Any saved run `compare` reads.
+/// Any saved run `compare` and `report` read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyRun {
-    Spread(Box<Loaded>),
+    /// The whole record (`compare` takes what it needs: [`Loaded::from`]).
+    Spread(Box<SpreadRun>),
+    /// An mconnect file: counts only, judged on load.
+    Mconnect(Box<Loaded>),
     Affinity(Box<AffinityRun>),
     Disruption(Box<DisruptionRun>),
     Zones(Box<ZonesRun>),
+    Matrix(Box<MatrixRun>),
 }
 
 fn check_version(path: &Path, value: &serde_json::Value, kind: &str, want: u32) -> Result<()> {
@@ -364,22 +409,20 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .map_err(|e| anyhow::anyhow!("{}: corrupt ZonesRun record: {e}", path.display()))?;
             Ok(AnyRun::Zones(Box::new(run)))
         }
+        Some(MATRIX_KIND) => {
+            check_version(path, &value, MATRIX_KIND, MATRIX_VERSION)?;
+            let run: MatrixRun = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("{}: corrupt MatrixRun record: {e}", path.display()))?;
+            Ok(AnyRun::Matrix(Box::new(run)))
+        }
         Some(SPREAD_KIND) => {
             check_version(path, &value, SPREAD_KIND, SPREAD_VERSION)?;
             let run: SpreadRun = serde_json::from_value(value)
                 .map_err(|e| anyhow::anyhow!("{}: corrupt SpreadRun record: {e}", path.display()))?;
-            Ok(AnyRun::Spread(Box::new(Loaded {
-                tag: run.tag,
-                conns: run.conns,
-                ok: run.ok,
-                failed: run.failed.total,
-                backends: run.backends,
-                stats: run.stats,
-                source: Source::Record,
-            })))
+            Ok(AnyRun::Spread(Box::new(run)))
         }
         Some(other) => bail!(
-            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun, DisruptionRun)",
+            "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun, MatrixRun, DisruptionRun)",
             path.display()
         ),
         None if value.get("hosts").is_some() => {
@@ -404,8 +447,10 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(AnyRun::Spread(Box::new(Loaded {
+            Ok(AnyRun::Mconnect(Box::new(Loaded {
                 tag: stem.strip_prefix("mconnect-").unwrap_or(&stem).to_string(),
+                target: None,
+                proxy_mode: None,
                 conns: m.connects.unwrap_or(ok + failed),
                 ok,
                 failed,

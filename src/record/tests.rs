@@ -89,7 +89,10 @@ fn record_round_trips_through_a_save() {
     let AnyRun::Spread(loaded) = load(&path, &LOOSE).unwrap() else {
         panic!("a spread run")
     };
+    assert_eq!(*loaded, run);
+    let loaded = Loaded::from(*loaded);
     assert_eq!((loaded.tag.as_str(), loaded.ok, loaded.failed), ("t", 100, 1));
+    assert_eq!(loaded.source, Source::Record);
     // A second save of the same tag never overwrites.
     let mut again = sample();
     let p2 = save(dir.path(), &mut again).unwrap();
@@ -126,8 +129,8 @@ fn mconnect_import() {
         r#"{"hosts":{"p1":9,"p2":31},"failed_connects":2,"failed_reads":1,"time":"0.1s"}"#,
     )
     .unwrap();
-    let AnyRun::Spread(l) = load(&path, &LOOSE).unwrap() else {
-        panic!("a spread run")
+    let AnyRun::Mconnect(l) = load(&path, &LOOSE).unwrap() else {
+        panic!("an mconnect file")
     };
     assert_eq!(l.tag, "iptables");
     assert_eq!((l.conns, l.ok, l.failed), (43, 40, 3));

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use tabled::builder::Builder;
 
-use super::{RunFormat, heading, num, styled, title};
+use super::{RunFormat, elapsed, heading, num, styled, title};
 use crate::affinity::{ChangeKind, Verdict};
 use crate::record::AffinityRun;
 use crate::storm::Stop;
@@ -40,8 +40,18 @@ fn text(run: &AffinityRun, md: bool) -> String {
     };
     let mut b = Builder::default();
     b.push_record([
-        "target", "proto", "sessions", "sent", "answered", "lost", "lost %", "late", "pod chg", "addr chg", "pool chg",
-        "seconds",
+        "target",
+        "proto",
+        "sessions",
+        "sent",
+        "answered",
+        "lost",
+        "lost %",
+        "late",
+        "pod changes",
+        "address changes",
+        "changes during pool change",
+        "elapsed",
     ]);
     b.push_record([
         format!("{} ({})", run.target.address, run.target.mode),
@@ -55,7 +65,7 @@ fn text(run: &AffinityRun, md: bool) -> String {
         t.pod_changes.to_string(),
         t.address_changes.to_string(),
         run.changes_during_pool_change.to_string(),
-        num(Some(run.duration_s), 1),
+        elapsed(run.duration_s),
     ]);
     let _ = writeln!(out, "{}", styled(b, md));
     if t.stray + t.connect_failures > 0 {
@@ -107,13 +117,19 @@ fn text(run: &AffinityRun, md: bool) -> String {
     }
 
     let _ = writeln!(out);
+    for line in verdict_lines(run) {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// The verdict as lines: `HOLDS: <the rule>`, one `VIOLATED: <reason>` each, or `INTERRUPTED: …`.
+pub(super) fn verdict_lines(run: &AffinityRun) -> Vec<String> {
     if run.stopped == Some(Stop::Interrupted) {
-        let _ = writeln!(
-            out,
+        return vec![format!(
             "INTERRUPTED: after {:.1} s; the record is partial (on what was measured: {})",
             run.duration_s, run.verdict
-        );
-        return out;
+        )];
     }
     match run.verdict {
         Verdict::Holds => {
@@ -124,13 +140,8 @@ fn text(run: &AffinityRun, md: bool) -> String {
             } else {
                 "no session changed pod or reflective address"
             };
-            let _ = writeln!(out, "HOLDS: {rule}");
+            vec![format!("HOLDS: {rule}")]
         }
-        Verdict::Violated => {
-            for r in &run.reasons {
-                let _ = writeln!(out, "VIOLATED: {r}");
-            }
-        }
+        Verdict::Violated => run.reasons.iter().map(|r| format!("VIOLATED: {r}")).collect(),
     }
-    out
 }

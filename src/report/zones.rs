@@ -45,7 +45,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A USD amount with enough digits to see small ones.
-fn usd(v: f64) -> String {
+pub(super) fn usd(v: f64) -> String {
     if v == 0.0 || v.abs() >= 0.01 {
         format!("{v:.2}")
     } else {
@@ -108,7 +108,7 @@ fn text(run: &ZonesRun, md: bool) -> String {
         "conns",
         "ok",
         "failed",
-        "seconds",
+        "elapsed",
     ]);
     b.push_record([
         format!("{} ({})", run.target.address, run.target.mode),
@@ -118,7 +118,7 @@ fn text(run: &ZonesRun, md: bool) -> String {
         run.conns.to_string(),
         run.ok.to_string(),
         run.failed.total.to_string(),
-        format!("{:.2}", run.duration_s),
+        super::elapsed(run.duration_s),
     ]);
     let _ = writeln!(out, "{}", styled(b, md));
 

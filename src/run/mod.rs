@@ -18,6 +18,7 @@
 pub mod agents;
 pub mod disruption;
 pub mod interrupt;
+pub mod matrix;
 pub mod open;
 pub mod save;
 pub mod sessions;

@@ -12,7 +12,7 @@ use crate::affinity::judge::{Finished, Judge, build_record};
 use crate::affinity::{self, Done};
 use crate::agent::{Output, Request, SessionsRequest};
 use crate::backend::{Backend, From, Path};
-use crate::record::{AffinityParams, AffinityRun};
+use crate::record::{AffinityParams, AffinityRun, AffinitySample, MAX_SAMPLES};
 use crate::report::live::Live;
 
 /// What an affinity run does.
@@ -53,6 +53,13 @@ pub async fn run<B: Backend>(
     let plan = backend.plan(&job.from, &job.path, job.config.proto)?;
     let source = plan.sources.first().context("the plan has no source")?.clone();
     let meta = backend.meta();
+    // The agent's stats lines are the record's timeline: one a second (longer runs: at most
+    // MAX_SAMPLES), and at least as often as the live stats line, which is printed when due.
+    let sample_every = job
+        .duration
+        .div_f64(MAX_SAMPLES as f64)
+        .max(Duration::from_secs(1))
+        .min(job.stats_interval);
     let request = Request::Sessions(SessionsRequest {
         config: affinity::Config {
             address: plan.address,
@@ -60,7 +67,7 @@ pub async fn run<B: Backend>(
             ..job.config.clone()
         },
         duration: job.duration,
-        stats_interval: job.stats_interval,
+        stats_interval: sample_every,
     });
     let address_only = meta.mode == "address";
     if job.announce && !address_only {
@@ -88,6 +95,9 @@ pub async fn run<B: Backend>(
     let mut agents = AgentSet::start(backend, vec![(source.clone(), request)])?;
     let mut poll = tokio::time::interval(poll_every);
     let (mut interrupted, mut done): (bool, Option<Done>) = (false, None);
+    let mut timeline: Vec<AffinitySample> = Vec::new();
+    let stats_every_ms = job.stats_interval.as_millis() as u64;
+    let mut stats_printed_ms = affinity::now_ms();
     loop {
         tokio::select! {
             line = agents.next() => match line {
@@ -96,7 +106,14 @@ pub async fn run<B: Backend>(
                         live.change(&c);
                         judge.push(c);
                     }
-                    Output::Stats { totals, .. } => live.stats(job.config.sessions, &totals),
+                    Output::Stats { at_ms, totals } => {
+                        timeline.push(AffinitySample { at_ms, totals });
+                        // Within half a sample of being due: sampling and printing tick together.
+                        if at_ms + sample_every.as_millis() as u64 / 2 >= stats_printed_ms + stats_every_ms {
+                            stats_printed_ms = at_ms;
+                            live.stats(job.config.sessions, &totals);
+                        }
+                    }
                     Output::Done(d) => done = Some(d),
                     other => bail!("the sessions agent in {} sent {other:?}", source.name),
                 },
@@ -128,6 +145,7 @@ pub async fn run<B: Backend>(
         done,
         judge,
         interrupted,
+        timeline,
     });
     environment(&mut record.environment, meta);
     Ok(record)
@@ -158,6 +176,8 @@ mod tests {
     /// clusterIP and node-1's address are loopback.
     fn api(cluster_ip: &str, node_ip: &str) -> FakeApi {
         let api = FakeApi::new(Pods::Ready);
+        // Every API call as the Role of `manifests --rbac` allows it.
+        api.enforce_rbac(crate::cluster::manifests::render_rbac(fake::NS).unwrap());
         api.put(fake::node("node-1", "zone-a", node_ip));
         api.put(fake::node("node-2", "zone-b", "127.78.0.2"));
         api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
@@ -238,6 +258,15 @@ mod tests {
         // Both pods of the pool at the start get a row.
         let served: Vec<(&str, u64)> = record.pods.iter().map(|p| (p.name.as_str(), p.sessions)).collect();
         assert_eq!(served, [("svclb-affinity-1", 20), ("svclb-affinity-2", 0)]);
+        // A sample a second (1.5 s: one), then the totals at the end.
+        let tl = &record.timeline;
+        assert!(tl.len() >= 2, "{tl:?}");
+        assert_eq!(tl.last().unwrap().totals, record.totals);
+        assert!(
+            tl.windows(2)
+                .all(|w| w[0].at_ms <= w[1].at_ms && w[0].totals.sent <= w[1].totals.sent),
+            "{tl:?}"
+        );
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use crate::backend::{Backend, From, Path};
 use crate::record::{SourceRun, SpreadRun};
 use crate::spread::{KnownBackend, build_record};
 use crate::stats::Criteria;
-use crate::storm::StormConfig;
+use crate::storm::{Proto, StormConfig};
 
 /// What a spread run does.
 #[derive(Debug, Clone)]
@@ -57,10 +57,7 @@ impl Progress {
     fn new(total: u64, agents: usize) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} conns {per_sec} eta {eta}")
-                    .expect("static template"),
-            );
+            bar.set_style(crate::report::progress_style("conns"));
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
@@ -86,6 +83,15 @@ impl Drop for Progress {
     }
 }
 
+/// A source as the storm line names it: `pod-001 (node1)`, or its name alone.
+fn described(s: &crate::backend::Source) -> String {
+    if s.node.is_empty() || s.node == s.name {
+        s.name.clone()
+    } else {
+        format!("{} ({})", s.name, s.node)
+    }
+}
+
 /// Runs `job` on `backend` until every agent reported or `interrupt` fired (then the agents stop
 /// and report what they measured).
 pub async fn run<B: Backend>(backend: &B, job: &SpreadJob, interrupt: &Interrupt) -> Result<SpreadRun> {
@@ -104,12 +110,24 @@ pub async fn run<B: Backend>(backend: &B, job: &SpreadJob, interrupt: &Interrupt
             (s.clone(), Request::Storm(storm))
         })
         .collect();
-    if job.announce && meta.mode != "address" {
+    if job.announce {
+        let what = match job.storm.proto {
+            Proto::Tcp => "TCP connections",
+            Proto::Udp => "UDP datagrams (a socket each)",
+        };
+        let to = match meta.mode.as_str() {
+            "address" => plan.address.to_string(),
+            _ => format!("{} ({})", plan.address, job.path.describe()),
+        };
+        let sources: Vec<String> = if meta.mode == "address" {
+            Vec::new()
+        } else {
+            plan.sources.iter().map(described).collect()
+        };
+        let how = matches!(job.from, From::Pods { per_node: true, .. }).then_some("a pod on every node");
         eprintln!(
-            "svclb: {} connection(s) from {} source(s) to {}",
-            job.storm.conns * plan.sources.len() as u64,
-            plan.sources.len(),
-            plan.address
+            "svclb: {}",
+            crate::report::storm_line(job.storm.conns, what, &sources, how, &to)
         );
     }
     let started_at = jiff::Timestamp::now();
@@ -214,6 +232,7 @@ mod tests {
                 graceful_close: false,
                 session: String::new(),
                 fetch_bytes: None,
+                src_ports: None,
             },
             criteria: Criteria {
                 expect_backends: None,
@@ -229,9 +248,11 @@ mod tests {
         }
     }
 
-    /// One node, one ready pod; the Service's clusterIP and the node's IP are loopback.
+    /// One node, one ready pod; the Service's clusterIP and the node's IP are loopback. Every
+    /// API call is authorized against the Role of `manifests --rbac`.
     async fn target(cluster_ip: &str, node_ip: &str) -> KubeBackend<LocalRun, LocalRun> {
         let api = FakeApi::new(Pods::Ready);
+        api.enforce_rbac(crate::cluster::manifests::render_rbac(fake::NS).unwrap());
         api.put(fake::node("node-1", "zone-a", node_ip));
         api.put(fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true));
         api.put(fake::service("NodePort", cluster_ip, json!({}), None));

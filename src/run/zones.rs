@@ -168,11 +168,17 @@ pub async fn run<B: Backend>(
         })
         .collect();
     if job.announce {
+        let sources: Vec<String> = placed.iter().map(|p| p.name.clone()).collect();
+        let how = if job.per_zone { "one per zone" } else { "one per node" };
         eprintln!(
-            "svclb: {} connection(s) from each of {} source(s) ({}) to {address}{}",
-            job.storm.conns,
-            placed.len(),
-            if job.per_zone { "one per zone" } else { "one per node" },
+            "svclb: {}{}",
+            crate::report::storm_line(
+                job.storm.conns,
+                "connections",
+                &sources,
+                Some(how),
+                &address.to_string()
+            ),
             if job.cycles > 1 {
                 format!(", {} cycles", job.cycles)
             } else {
@@ -278,6 +284,8 @@ mod tests {
     /// EndpointSlice's zone hints as given.
     async fn target(cluster_ip: &str, hint_b: &[&str]) -> KubeBackend<LocalRun, LocalRun> {
         let api = FakeApi::new(Pods::Ready);
+        // Every API call as the Role of `manifests --rbac` allows it.
+        api.enforce_rbac(crate::cluster::manifests::render_rbac(fake::NS).unwrap());
         api.put(fake::node("node-1", "zone-a", "127.78.0.1"));
         api.put(fake::node("node-2", "zone-b", "127.78.0.2"));
         api.put(fake::pod("svclb-tserver-a1", TSERVER, "node-1", "10.244.1.10", true));
@@ -310,6 +318,7 @@ mod tests {
                 graceful_close: false,
                 session: String::new(),
                 fetch_bytes: None,
+                src_ports: None,
             },
             prices: Vec::new(),
             rate: None,
@@ -367,6 +376,8 @@ mod tests {
     /// zone-b, b1 for zone-b. a1 answers on the loopback clusterIP.
     async fn three_zones(cluster_ip: &str, pods_ready: bool) -> (FakeApi, KubeBackend<LocalRun, LocalRun>) {
         let api = FakeApi::new(Pods::Ready);
+        // Every API call as the Role of `manifests --rbac` allows it.
+        api.enforce_rbac(crate::cluster::manifests::render_rbac(fake::NS).unwrap());
         api.put(fake::node("node-1", "zone-a", "127.78.0.1"));
         api.put(fake::node("node-2", "zone-b", "127.78.0.2"));
         api.put(fake::node("node-3", "zone-c", "127.78.0.3"));

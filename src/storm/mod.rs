@@ -63,6 +63,26 @@ pub struct StormConfig {
     /// the bytes received are counted per backend (the server names itself in a header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetch_bytes: Option<u64>,
+    /// UDP: datagram session `i` binds source port `first + i % count` instead of one the
+    /// kernel picks, so a caller can keep a run from reusing a 5-tuple whose conntrack entry an
+    /// earlier storm left (docs/matrix.md). A port already taken falls back to the kernel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ports: Option<PortRange>,
+}
+
+/// Source ports `first .. first + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub count: u16,
+}
+
+impl PortRange {
+    /// The port of session `i`.
+    pub fn nth(self, i: u64) -> u16 {
+        let offset = i % u64::from(self.count.max(1));
+        self.first.saturating_add(u16::try_from(offset).unwrap_or(0))
+    }
 }
 
 /// Why a connection failed.
@@ -585,7 +605,15 @@ async fn udp_once(
     } else {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     });
-    let socket = match UdpSocket::bind(SocketAddr::new(local, 0)).await {
+    let chosen = match cfg.src_ports {
+        Some(range) => UdpSocket::bind(SocketAddr::new(local, range.nth(seq))).await.ok(),
+        None => None,
+    };
+    let bound = match chosen {
+        Some(s) => Ok(s),
+        None => UdpSocket::bind(SocketAddr::new(local, 0)).await,
+    };
+    let socket = match bound {
         Ok(s) => s,
         Err(e) if src.is_some() => return Err(bind_error(local, e, cfg.srccidr)),
         Err(e) => {
@@ -601,10 +629,14 @@ async fn udp_once(
     let request = format!("svclb {} {seq}\n", cfg.session);
     let t0 = Instant::now();
     let until = t0 + cfg.timeout;
-    socket
-        .send(request.as_bytes())
-        .await
-        .map_err(|e| Attempt::Failed(classify(&e)))?;
+    match socket.send(request.as_bytes()).await {
+        // A rule of this host's own output path dropped or rejected the datagram (EPERM):
+        // a reject also queues its ICMP error on the socket, which the read below returns as
+        // refused; a drop leaves nothing, and the read times out.
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
+        Err(e) => return Err(Attempt::Failed(classify(&e))),
+        Ok(_) => {}
+    }
     loop {
         match timeout_at(until, socket.recv(buf)).await {
             Err(_) => return Err(FailKind::Timeout.into()),
@@ -637,6 +669,7 @@ mod tests {
             graceful_close: false,
             session: String::new(),
             fetch_bytes,
+            src_ports: None,
         }
     }
 
@@ -655,6 +688,42 @@ mod tests {
         assert_eq!(b.bytes % 200, 0);
         let head = b.bytes / 200 - 65_536;
         assert!((100..1024).contains(&head), "{head} bytes of headers");
+    }
+
+    #[tokio::test]
+    async fn udp_sessions_take_their_source_ports_in_order() {
+        // A bare echo server that remembers each datagram's source port.
+        let server = std::net::UdpSocket::bind("127.77.9.11:0").unwrap();
+        let target = server.local_addr().unwrap();
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let seen = std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            (0..6)
+                .map(|_| {
+                    let (n, from) = server.recv_from(&mut buf).unwrap();
+                    server.send_to(&buf[..n], from).unwrap();
+                    from.port()
+                })
+                .collect::<std::collections::BTreeSet<u16>>()
+        });
+        // A free block of ports: the kernel's pick, and the next ones (taken ones fall back).
+        let first = std::net::UdpSocket::bind("127.77.9.12:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let range = PortRange {
+            first: first.min(u16::MAX - 8),
+            count: 3,
+        };
+        let mut cfg = config(&target.to_string(), None);
+        (cfg.proto, cfg.conns, cfg.parallel, cfg.src_ports) = (Proto::Udp, 6, 1, Some(range));
+        let o = run(&cfg, Control::new()).await.unwrap();
+        assert_eq!(o.ok, 6, "{:?}", o.failures);
+        // Six sessions through a range of three: each port twice, no other port.
+        let ports = seen.join().unwrap();
+        assert_eq!(ports, (range.first..range.first + 3).collect());
+        assert_eq!((range.nth(0), range.nth(4)), (range.first, range.first + 1));
     }
 
     #[test]

@@ -33,10 +33,22 @@ pub trait AgentRunner: Send + Sync {
     fn stream(&self, source: &Source, command: Vec<String>) -> Result<Stream>;
 }
 
-/// Agents in pods, through the exec subresource (websocket).
+/// Agents in pods, through the exec subresource (websocket): in `container`, or in a run's
+/// client pods (`svclb-client-...`) in theirs.
 pub struct PodExec {
     pub cluster: Cluster,
     pub container: String,
+}
+
+impl PodExec {
+    /// The container the agent runs in, in `pod`.
+    pub fn container_of(&self, pod: &str) -> String {
+        if pod.starts_with(&format!("{}-", crate::cluster::clients::CLIENT)) {
+            crate::cluster::clients::CONTAINER.to_string()
+        } else {
+            self.container.clone()
+        }
+    }
 }
 
 /// Bytes of agent output buffered between the exec session and the reader.
@@ -48,7 +60,7 @@ impl AgentRunner for PodExec {
         let ns = self.cluster.namespace.clone();
         let pod = source.name.clone();
         let params = AttachParams::default()
-            .container(self.container.clone())
+            .container(self.container_of(&source.name))
             .stdin(true)
             .stdout(true)
             .stderr(true);
@@ -522,6 +534,8 @@ pub async fn probe(address: &SocketAddr) -> Result<String> {
     }
     Ok(resp.text().await?.trim().to_string())
 }
+
+pub mod matrix;
 
 #[cfg(test)]
 mod tests;

@@ -152,6 +152,19 @@ async fn pods_are_created_waited_for_until_running_and_deleted() {
 }
 
 #[tokio::test]
+async fn the_rendered_rbac_allows_the_client_pods_lifecycle() {
+    let api = FakeApi::new(Pods::Ready);
+    api.enforce_rbac(crate::cluster::manifests::render_rbac(NS).unwrap());
+    let mut pods = ClientPods::new(&api.cluster(), hold());
+    pods.start(&nodes(), "img:1", Duration::from_secs(5), Duration::from_millis(5))
+        .await
+        .unwrap();
+    pods.delete().await;
+    assert!(client_pods_in(&api).is_empty());
+    assert_eq!(api.denied(), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_pod_that_cannot_pull_fails_the_start_and_is_still_deleted() {
     let api = FakeApi::new(Pods::Ready);
     api.created_pods(Pods::ImagePullBackOff);

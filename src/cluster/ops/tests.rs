@@ -191,6 +191,44 @@ async fn cleanup_deletes_exactly_what_the_plugin_made() {
 }
 
 #[tokio::test]
+async fn the_rendered_rbac_allows_every_call_of_deploy_status_and_cleanup() {
+    // The Role of `manifests --rbac`, enforced: deploy (server-side apply creating both
+    // Deployments and Services, then patching them again), readiness, status, cleanup.
+    let api = FakeApi::new(Pods::Ready);
+    api.put(fake::node("node-1", "zone-a", "172.18.0.2"));
+    api.put(fake::kube_proxy_configmap("nftables"));
+    api.enforce_rbac(crate::cluster::manifests::render_rbac(NS).unwrap());
+    let c = api.cluster();
+    let objs = crate::cluster::manifests::render(&Options {
+        namespace: NS.into(),
+        affinity_server: true,
+        ..Options::default()
+    })
+    .unwrap();
+    for _ in 0..2 {
+        apply(&c, &objs).await.unwrap();
+    }
+    wait_ready(&c, TSERVER, Duration::from_secs(5), Duration::from_millis(10))
+        .await
+        .unwrap();
+    let st = status(&c, "v1.33.1".into()).await.unwrap();
+    assert_eq!(st.proxy_mode.as_deref(), Some("nftables"));
+    assert!(deployment_exists(&c, TSERVER).await.unwrap());
+    assert_eq!(cleanup(&c).await.unwrap().len(), 4);
+    assert_eq!(api.denied(), Vec::<String>::new());
+    // And what it refuses: someone else's Deployment, by name.
+    let mut theirs = api
+        .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/svclb-tserver"))
+        .unwrap_or_else(|| json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"namespace": NS}}));
+    theirs["metadata"]["name"] = json!("theirs");
+    theirs["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "kubectl-svclb"});
+    api.put(theirs);
+    let e = cleanup(&c).await.unwrap_err().to_string();
+    assert!(e.contains("forbidden: you may not delete deployments"), "{e}");
+    assert_eq!(api.denied(), [format!("delete deployments/theirs in {NS}")]);
+}
+
+#[tokio::test]
 async fn rbac_refusals_name_the_verb_and_resource() {
     let api = FakeApi::new(Pods::Ready);
     cluster_fixture(&api);
