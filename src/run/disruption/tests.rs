@@ -357,3 +357,51 @@ async fn client_pods_run_the_traffic_and_go_afterwards() {
         .count();
     assert_eq!(deleted, 2);
 }
+
+/// Every action, and its restore, with only what `manifests --rbac` grants (the API mock
+/// authorizes each request as the RBAC authorizer does): nothing is refused. Without the cordon
+/// ClusterRole, drain-node is refused in one line naming what is missing, and nothing else is.
+#[tokio::test]
+async fn every_action_needs_only_the_rbac_manifests() {
+    let rbac = crate::cluster::manifests::render_rbac(fake::NS).unwrap();
+    for (i, action) in [
+        Action::Scale(3),
+        Action::RolloutRestart,
+        Action::DeletePod(None),
+        Action::DrainNode("node-2".into()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ip = format!("127.78.4.{}", 20 + i);
+        let server = serve(&format!("{ip}:5001"), None, "svclb-tserver-x");
+        let (api, t) = cluster(2, &ip).await;
+        api.enforce_rbac(rbac.clone());
+        let f = on_cluster(&t, &job(action.clone()), &Interrupt::default())
+            .await
+            .unwrap();
+        server.abort();
+        assert_eq!(f.record.action.error, None, "{action}");
+        assert_eq!(f.record.verdict, Verdict::Pass, "{action}: {:?}", f.record.reasons);
+        f.restore.run().await.unwrap();
+        assert_eq!(api.denied(), Vec::<String>::new(), "{action}");
+    }
+
+    let without_cordon: Vec<Value> = rbac
+        .into_iter()
+        .filter(|o| o["metadata"]["name"] != "svclb-nodes-cordon")
+        .collect();
+    let server = serve("127.78.4.30:5001", None, "svclb-tserver-x");
+    let (api, t) = cluster(2, "127.78.4.30").await;
+    api.enforce_rbac(without_cordon);
+    let f = on_cluster(&t, &job(Action::DrainNode("node-2".into())), &Interrupt::default())
+        .await
+        .unwrap();
+    server.abort();
+    let e = f.record.action.error.clone().unwrap();
+    assert!(e.starts_with("forbidden: you may not patch nodes"), "{e}");
+    assert_eq!(api.denied(), ["patch nodes/node-2"]);
+    // Nothing was cordoned: nothing to uncordon, and no eviction was sent.
+    assert!(api.log().iter().all(|l| !l.contains("/eviction")));
+    assert_eq!(f.restore.run().await.unwrap(), None);
+}
