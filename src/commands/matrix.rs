@@ -10,11 +10,10 @@ use clap::Args;
 use regex::Regex;
 
 use crate::backend::kube::matrix::MatrixOptions;
-use crate::cluster::manifests::{Options, TSERVER};
 use crate::record::MatrixRun;
 use crate::report::{self, RunFormat};
 use crate::run::matrix::MatrixJob;
-use crate::run::open::{ClusterPlace, Opened, Place};
+use crate::run::open::{Opened, Place};
 use crate::run::{self, Interrupt};
 use crate::storm::Proto;
 
@@ -130,27 +129,13 @@ impl MatrixArgs {
     }
 
     fn place(&self, kube: &super::KubeFlags) -> Place {
-        if let Some(name) = &self.lab {
-            return Place::Lab {
-                name: name.clone(),
-                build_if_none: true,
-            };
-        }
-        Place::Cluster(Box::new(ClusterPlace {
-            connection: kube.connection(),
-            service: TSERVER,
-            clients: TSERVER,
-            apps: vec![TSERVER],
-            options: Options {
-                image: self
-                    .image
-                    .clone()
-                    .unwrap_or_else(|| crate::cluster::manifests::DEFAULT_IMAGE.into()),
-                ..Options::default()
-            },
-            no_deploy: self.no_deploy,
-            cleanup: self.cleanup,
-        }))
+        Place::tserver(
+            self.lab.as_deref(),
+            kube.connection(),
+            self.image.as_deref(),
+            self.no_deploy,
+            self.cleanup,
+        )
     }
 }
 

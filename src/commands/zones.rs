@@ -7,10 +7,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::cluster::manifests::{Options, TSERVER};
 use crate::record::{Price, ZonesRun};
 use crate::report::{self, RunFormat};
-use crate::run::open::{ClusterPlace, Opened, Place};
+use crate::run::open::{Opened, Place};
 use crate::run::zones::ZonesJob;
 use crate::run::{self, Interrupt};
 use crate::stats::Verdict;
@@ -144,27 +143,13 @@ impl ZonesArgs {
     }
 
     fn place(&self, kube: &super::KubeFlags) -> Place {
-        if let Some(name) = &self.lab {
-            return Place::Lab {
-                name: name.clone(),
-                build_if_none: true,
-            };
-        }
-        Place::Cluster(Box::new(ClusterPlace {
-            connection: kube.connection(),
-            service: TSERVER,
-            clients: TSERVER,
-            apps: vec![TSERVER],
-            options: Options {
-                image: self
-                    .image
-                    .clone()
-                    .unwrap_or_else(|| crate::cluster::manifests::DEFAULT_IMAGE.into()),
-                ..Options::default()
-            },
-            no_deploy: self.no_deploy,
-            cleanup: self.cleanup,
-        }))
+        Place::tserver(
+            self.lab.as_deref(),
+            kube.connection(),
+            self.image.as_deref(),
+            self.no_deploy,
+            self.cleanup,
+        )
     }
 
     fn job(&self) -> ZonesJob {

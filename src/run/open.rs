@@ -16,7 +16,7 @@ use crate::backend::address::AddressBackend;
 use crate::backend::kube::{ClusterView, KubeBackend, LocalRun, PodExec};
 use crate::backend::lab::LabBackend;
 use crate::backend::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream};
-use crate::cluster::manifests::Options;
+use crate::cluster::manifests::{DEFAULT_IMAGE, Options, TSERVER};
 use crate::cluster::{self, Connection};
 use crate::lab::{Lab, LabConfig};
 use crate::storm::Proto;
@@ -53,6 +53,38 @@ pub struct ClusterPlace {
     pub no_deploy: bool,
     /// Delete what the plugin made in the namespace after the run.
     pub cleanup: bool,
+}
+
+impl Place {
+    /// A run against the test servers: the lab `lab` names (a default one built for the run
+    /// when none or several run), or else the cluster's tserver Service with its own pods as
+    /// clients, deployed from `image` (the bundled default without one) when missing.
+    pub fn tserver(
+        lab: Option<&str>,
+        connection: Connection,
+        image: Option<&str>,
+        no_deploy: bool,
+        cleanup: bool,
+    ) -> Place {
+        if let Some(name) = lab {
+            return Place::Lab {
+                name: name.to_string(),
+                build_if_none: true,
+            };
+        }
+        Place::Cluster(Box::new(ClusterPlace {
+            connection,
+            service: TSERVER,
+            clients: TSERVER,
+            apps: vec![TSERVER],
+            options: Options {
+                image: image.map_or_else(|| DEFAULT_IMAGE.into(), str::to_string),
+                ..Options::default()
+            },
+            no_deploy,
+            cleanup,
+        }))
+    }
 }
 
 /// A lab made for one run: removed when dropped (end of run, error, or Ctrl-C).
