@@ -246,3 +246,93 @@ fn e2e_disruption_rollout_restart_and_scale() {
     let (code, _, _) = run(&kc, &["cleanup"]);
     assert_eq!(code, 0);
 }
+
+/// `matrix` on the kind cluster, in a namespace of its own: every node a pod row and (the
+/// namespace admits hostNetwork: kind enforces no Pod Security) a node row, the runner a client
+/// row (kind's nodes are reachable from it), no LB controller (`--lb-wait 0s`), a Service per
+/// scenario and nothing of it left afterwards; no cell wrong.
+#[test]
+#[ignore = "needs a cluster: SVCLB_E2E_KUBECONFIG (the kind workflow runs it with --ignored)"]
+fn e2e_matrix() {
+    const MNS: &str = "svclb-e2e-matrix";
+    let (kc, image) = cluster();
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .args(["--kubeconfig", &kc, "-n", MNS])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    kubectl(&["create", "namespace", MNS]);
+    let args = [
+        "matrix",
+        "--image",
+        &image,
+        "--test",
+        "^(default|etp-local|itp-local|no-endpoints|terminating|prefer-same-zone)/",
+        "--lb-wait",
+        "0s",
+        "--no-save",
+        "-o",
+        "json",
+        "--kubeconfig",
+        &kc,
+        "-n",
+        MNS,
+    ];
+    let (code, out, err) = svclb(&args);
+    eprintln!("$ kubectl svclb {}\n{out}{err}", args.join(" "));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(r["kind"], "MatrixRun");
+    let kinds = |k: &str| {
+        r["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == k)
+            .count()
+    };
+    // kind: a control plane and two workers, all Ready.
+    assert_eq!(
+        (kinds("pod"), kinds("node"), kinds("client")),
+        (3, 3, 1),
+        "{}",
+        r["notes"]
+    );
+    let skipped = r["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["skipped"].is_string())
+        .map(|s| s["name"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    assert!(skipped.contains(&"terminating/tcp"), "{skipped:?}");
+    let wrong: Vec<String> = r["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["cells"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["verdict"] == "incorrect")
+        .map(|c| format!("{} -> {}: {}", c["source"], c["target"], c["why"]))
+        .collect();
+    assert_eq!(wrong, Vec::<String>::new());
+    assert_eq!(code, 0, "{err}");
+    // The scenario Services and the client pods are gone (or going).
+    let services = kubectl(&["get", "services", "-o", "name"]);
+    assert_eq!(services.trim(), "service/svclb-tserver", "{services}");
+    let pods = kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=svclb-client",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        pods.lines().all(|l| !l.trim().is_empty()),
+        "client pods not deleted: {pods:?}"
+    );
+    let (code, _, _) = svclb(&["cleanup", "--kubeconfig", &kc, "-n", MNS]);
+    assert_eq!(code, 0);
+}

@@ -223,3 +223,17 @@ async fn pod_exec_streams_over_a_websocket_and_stops_through_stdin() {
         "{agent_output}"
     );
 }
+
+/// Agents run in the tserver container of the servers, and in the `client` container of a run's
+/// client pods (zones', matrix' pod and host-network ones), whichever the run execs into.
+#[tokio::test]
+async fn exec_picks_the_container_by_the_pod() {
+    let exec = PodExec {
+        cluster: FakeApi::new(Pods::Ready).cluster(),
+        container: "tserver".into(),
+    };
+    assert_eq!(exec.container_of("svclb-tserver-7d9f-0"), "tserver");
+    assert_eq!(exec.container_of("svclb-client-0badcafe-3"), "client");
+    // Only the run's naming counts, not a look-alike.
+    assert_eq!(exec.container_of("svclb-clientele-1"), "tserver");
+}
