@@ -513,6 +513,12 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
         let name = spec.name();
         let t0 = Instant::now();
         let td = spec.options.traffic_distribution;
+        if self.state.lock().expect("matrix state").lb == Lb::Try {
+            eprintln!(
+                "svclb: waiting up to {} for a LoadBalancer IP for {name} (--lb-wait; none: NodePort Services, no LB column)",
+                secs(self.opts.lb_wait)
+            );
+        }
         loop {
             let svc = services::get(c, &name)
                 .await?
