@@ -108,7 +108,12 @@ async fn round<B: MatrixPlace>(
                     target: t.address,
                     proto: p.proto,
                     conns,
-                    parallel: conns.min(50) as usize,
+                    // ClientIP affinity is remembered by the first connection's packet as it
+                    // passes its endpoint's rule (`update @affinity` / `-m recent --set`): a
+                    // second SYN racing it on another CPU can miss the entry and draw its own
+                    // endpoint, in kube-proxy as in the lab. One at a time measures the
+                    // stickiness, not that race.
+                    parallel: if e.sticky { 1 } else { conns.min(50) as usize },
                     rate: None,
                     timeout: job.timeout,
                     deadline: None,
