@@ -2,8 +2,10 @@
 //!
 //! A change of serving pod or reflective address is excused when the pool changed between the last
 //! reply with the old value and the first with the new one (± the slack: the polling period, plus
-//! the proxy's sync delay on a cluster). A change can be judged once no pool change that would
-//! excuse it can still be detected: when it is older than twice the slack.
+//! the proxy's sync delay on a cluster). A session that leaves a pod the pool had already lost is
+//! excused however late it moves (the data plane lags the pool: rules, then conntrack), and so is
+//! its reflective address changing in the same reply. A change can be judged once no pool change
+//! that would excuse it can still be detected: when it is older than twice the slack.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -26,6 +28,9 @@ pub struct Judge {
     pub initial: Vec<String>,
     pub pool: Vec<PoolChange>,
     queue: VecDeque<Change>,
+    /// (session, at_ms) of the pod changes away from a removed pod: the address change of the
+    /// same reply follows it.
+    left_removed: BTreeSet<(u32, u64)>,
     pub kept: Vec<Change>,
     pub dropped: u64,
     pub during_pool_change: u64,
@@ -43,6 +48,7 @@ impl Judge {
             current: initial.unwrap_or_default(),
             pool: Vec::new(),
             queue: VecDeque::new(),
+            left_removed: BTreeSet::new(),
             kept: Vec::new(),
             dropped: 0,
             during_pool_change: 0,
@@ -79,7 +85,21 @@ impl Judge {
                 break;
             }
             let mut c = self.queue.pop_front().expect("front exists");
-            c.during_pool_change = self.pool_known && during_pool_change(&c, &self.pool, self.slack_ms);
+            let left_removed = match c.kind {
+                ChangeKind::Pod => {
+                    let left = self
+                        .pool
+                        .iter()
+                        .any(|p| p.at_ms <= c.at_ms + self.slack_ms && p.removed.contains(&c.old));
+                    if left {
+                        self.left_removed.insert((c.session, c.at_ms));
+                    }
+                    left
+                }
+                ChangeKind::Address => self.left_removed.remove(&(c.session, c.at_ms)),
+            };
+            c.during_pool_change =
+                self.pool_known && (left_removed || during_pool_change(&c, &self.pool, self.slack_ms));
             if c.during_pool_change {
                 self.during_pool_change += 1;
             } else {
@@ -215,6 +235,28 @@ mod tests {
         assert_eq!(j.violating, (0, 1));
         assert!(j.kept[0].during_pool_change && !j.kept[1].during_pool_change);
         assert_eq!(j.initial, ["a", "b"]);
+    }
+
+    #[test]
+    fn leaving_a_removed_pod_is_excused_however_late_with_its_address_change() {
+        let mut j = Judge::new(Some(names(&["a", "b"])), Duration::from_millis(100));
+        let at = j.observe(names(&["b"])).unwrap().at_ms;
+        // The data plane lagged the pool by 700 ms: the old pod answered after its removal.
+        j.push(change(at + 900, at + 700, ChangeKind::Pod));
+        j.push(change(at + 900, at + 700, ChangeKind::Address));
+        // Another session moving off a pod still in the pool, as late: a violation.
+        let mut other = change(at + 900, at + 700, ChangeKind::Pod);
+        (other.session, other.old) = (2, "b".into());
+        j.push(other);
+        j.settle(true);
+        assert_eq!(j.during_pool_change, 2);
+        assert_eq!(j.violating, (1, 0));
+        // A pod removed only after the move excuses nothing beyond the window.
+        let mut j = Judge::new(Some(names(&["a", "b"])), Duration::from_millis(100));
+        j.push(change(now_ms() - 5_000, now_ms() - 5_200, ChangeKind::Pod));
+        j.observe(names(&["b"]));
+        j.settle(true);
+        assert_eq!(j.violating, (1, 0));
     }
 
     #[test]
