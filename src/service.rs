@@ -16,6 +16,38 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// An IP family: a Service's `spec.ipFamilies` entry, the family of a run's target address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &std::net::IpAddr) -> IpFamily {
+        if ip.is_ipv4() { IpFamily::Ipv4 } else { IpFamily::Ipv6 }
+    }
+
+    /// As `spec.ipFamilies` writes it.
+    pub fn kube(self) -> &'static str {
+        match self {
+            IpFamily::Ipv4 => "IPv4",
+            IpFamily::Ipv6 => "IPv6",
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+        })
+    }
+}
+
 /// `spec.sessionAffinity`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionAffinity {

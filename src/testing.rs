@@ -19,6 +19,7 @@ pub async fn local_target(api: &FakeApi, service: &str) -> KubeBackend<LocalRun,
         cluster: api.cluster(),
         pods: LocalRun { program: binary() },
         host: LocalRun { program: binary() },
+        family: Default::default(),
     }
 }
 

@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use tokio::sync::Notify;
 
 use crate::zones::ServiceView;
 
 use super::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream};
 use crate::agent::{self, Request};
+use crate::service::IpFamily;
 use crate::storm::Proto;
 
 /// Bytes of agent output buffered between the agent task and the run.
@@ -21,9 +22,25 @@ const BUFFER: usize = 1 << 16;
 
 pub struct AddressBackend {
     pub address: SocketAddr,
+    /// Every address the name resolved to (`address` is one of them).
+    pub resolved: Vec<SocketAddr>,
 }
 
 impl AddressBackend {
+    /// Storms the resolved address of `family` (`localhost` has both).
+    pub fn set_family(&mut self, family: IpFamily) -> Result<()> {
+        match self.resolved.iter().find(|a| IpFamily::of(&a.ip()) == family) {
+            Some(a) => {
+                self.address = *a;
+                Ok(())
+            }
+            None => bail!(
+                "--address {} has no {family} address: give one of that family (e.g. [::1]:5001, 127.0.0.1:5001) or drop --ip-family",
+                self.address
+            ),
+        }
+    }
+
     /// The only source: this process.
     pub fn source() -> Source {
         Source {

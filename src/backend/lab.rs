@@ -11,6 +11,7 @@ use crate::agent::{self, Request};
 use crate::lab::{Conditions, Lab, LabChanges, Pod, Reach};
 use crate::matrix::{Cluster, Variant};
 use crate::record::{EndpointState, MatrixSource, MatrixTarget, SourceKind, TargetKind};
+use crate::service::IpFamily;
 use crate::storm::Proto;
 use crate::zones::{Placed, ServiceView};
 
@@ -18,6 +19,8 @@ use crate::zones::{Placed, ServiceView};
 pub struct LabBackend {
     lab: Lab,
     program: std::path::PathBuf,
+    /// The family of the addresses runs go to.
+    family: IpFamily,
 }
 
 impl LabBackend {
@@ -25,7 +28,17 @@ impl LabBackend {
         Ok(Self {
             lab,
             program: std::env::current_exe().context("cannot find this executable to run the storm agent")?,
+            family: IpFamily::Ipv4,
         })
+    }
+
+    /// Runs go to the lab's addresses of `family`.
+    pub fn set_family(&mut self, family: IpFamily) -> Result<()> {
+        if family != IpFamily::Ipv4 {
+            bail!("lab {} has no {family} addresses", self.lab.name());
+        }
+        self.family = family;
+        Ok(())
     }
 
     pub fn lab(&self) -> &Lab {

@@ -19,6 +19,7 @@ use crate::backend::{Backend, Endpoint, From, Meta, Path, Plan, Source, Stream};
 use crate::cluster::manifests::{DEFAULT_IMAGE, Options, TSERVER};
 use crate::cluster::{self, Connection};
 use crate::lab::{Lab, LabConfig};
+use crate::service::IpFamily;
 use crate::storm::Proto;
 
 /// Where a run goes.
@@ -114,8 +115,9 @@ pub enum Opened {
     },
 }
 
-/// Resolves HOST:PORT, preferring an address of `family_of` when given (e.g. the --srccidr family).
-pub async fn resolve(address: &str, family_of: Option<IpNet>) -> Result<SocketAddr> {
+/// Resolves HOST:PORT, preferring an address of `family_of` when given (e.g. the --srccidr family);
+/// with every address the name has.
+pub async fn resolve(address: &str, family_of: Option<IpNet>) -> Result<(SocketAddr, Vec<SocketAddr>)> {
     let bad = || anyhow::anyhow!("bad --address {address:?}: want HOST:PORT, e.g. 127.0.0.1:5001 or [::1]:5001");
     let (_, port) = address.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
@@ -124,7 +126,8 @@ pub async fn resolve(address: &str, family_of: Option<IpNet>) -> Result<SocketAd
         .map_err(|e| anyhow::anyhow!("cannot resolve --address {address:?}: {e}"))?
         .collect();
     let preferred = family_of.and_then(|net| addrs.iter().find(|a| a.is_ipv4() == net.addr().is_ipv4()));
-    preferred.or(addrs.first()).copied().ok_or_else(bad)
+    let chosen = preferred.or(addrs.first()).copied().ok_or_else(bad)?;
+    Ok((chosen, addrs))
 }
 
 /// Checks what can be checked before anything runs (lab host and name).
@@ -202,9 +205,10 @@ impl Opened {
     /// removed, a deploy stops waiting).
     pub async fn open(place: Place, interrupt: &Interrupt) -> Result<Opened> {
         match place {
-            Place::Address { address, family_of } => Ok(Opened::Address(AddressBackend {
-                address: resolve(&address, family_of).await?,
-            })),
+            Place::Address { address, family_of } => {
+                let (address, resolved) = resolve(&address, family_of).await?;
+                Ok(Opened::Address(AddressBackend { address, resolved }))
+            }
             Place::Lab { name, build_if_none } => {
                 let (lab, ephemeral) = open_lab(&name, build_if_none, interrupt).await?;
                 Ok(Opened::Lab {
@@ -234,6 +238,7 @@ impl Opened {
                         host: LocalRun {
                             program: std::env::current_exe()?,
                         },
+                        family: IpFamily::Ipv4,
                     }))
                 }
                 .await;
@@ -250,6 +255,16 @@ impl Opened {
                     }
                 }
             }
+        }
+    }
+
+    /// Points the run at the target addresses of `family` (the Service's ClusterIP of that
+    /// family, its LB IP, the nodes' addresses); refused in one line when the target has none.
+    pub fn set_family(&mut self, family: IpFamily) -> Result<()> {
+        match self {
+            Opened::Address(b) => b.set_family(family),
+            Opened::Lab { backend, .. } => backend.set_family(family),
+            Opened::Cluster { backend, .. } => backend.set_family(family),
         }
     }
 

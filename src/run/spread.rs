@@ -296,6 +296,7 @@ mod tests {
                 container: "tserver".into(),
             },
             host: t.host,
+            family: t.family,
         };
         let run = run(&t, &job(300, Proto::Udp), &never()).await.unwrap();
         server.abort();

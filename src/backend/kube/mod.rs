@@ -19,7 +19,7 @@ use crate::agent::{self, Request};
 use crate::cluster::manifests::{IMAGE_BINARY, TSERVER};
 use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
 use crate::cluster::{ApiResult, Cluster};
-use crate::service::{self, Ep, ServiceShape, TrafficPolicy};
+use crate::service::{self, Ep, IpFamily, ServiceShape, TrafficPolicy};
 use crate::storm::Proto;
 use crate::zones::{Placed, ServiceView};
 
@@ -171,6 +171,8 @@ pub struct KubeBackend<P: AgentRunner, H: AgentRunner> {
     pub cluster: Cluster,
     pub pods: P,
     pub host: H,
+    /// The family of the addresses runs go to.
+    pub family: IpFamily,
 }
 
 fn endpoint(p: &PodInfo) -> Option<Endpoint> {
@@ -195,6 +197,15 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
     pub fn use_clients(&mut self, app: &str, pods: Vec<PodInfo>) {
         app.clone_into(&mut self.view.client_app);
         self.view.clients = pods;
+    }
+
+    /// Runs go to the Service's addresses of `family`.
+    pub fn set_family(&mut self, family: IpFamily) -> Result<()> {
+        if family != IpFamily::Ipv4 {
+            bail!("{} has no {family} Service addresses", self.where_());
+        }
+        self.family = family;
+        Ok(())
     }
 
     /// Pod sources always have a node (only scheduled, ready pods are sources); the host none.

@@ -36,6 +36,7 @@ async fn target(spec: serde_json::Value, slices: &[(&str, &str, &str, &[&str])])
         cluster: api.cluster(),
         pods: Never,
         host: Never,
+        family: Default::default(),
     }
 }
 

@@ -251,6 +251,7 @@ async fn cluster(net: u8, controllers: Controllers) -> (FakeApi, KubeBackend<Net
         cluster: api.cluster(),
         pods: net_.clone(),
         host: net_.clone(),
+        family: Default::default(),
     };
     (api, backend, net_)
 }
