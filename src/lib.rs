@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod disruption;
+pub mod families;
 pub mod host;
 pub mod lab;
 pub mod matrix;

@@ -136,6 +136,7 @@ mod tests {
             service: None,
             source: None,
             lab: None,
+            ip_family: None,
         };
         let params = Params {
             conns: o.attempted,

@@ -490,6 +490,7 @@ mod tests {
                 service: None,
                 source: None,
                 lab: None,
+                ip_family: None,
             },
             params: ZonesParams {
                 conns_per_source: 100,

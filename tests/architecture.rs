@@ -23,6 +23,7 @@ const RANKS: &[(&str, u32)] = &[
     // Engines that judge and build records; the two places where Services run.
     ("spread", 4),
     ("zones", 4),
+    ("families", 4),
     ("matrix", 4),
     ("affinity/judge", 4),
     ("disruption/judge", 4),

@@ -335,12 +335,17 @@ fn saves_never_overwrite_and_compare_aligns_runs() {
             .starts_with(&["tag", "target", "mode", "proto"]),
         "{out}"
     );
-    let row = |tag: &str| -> Vec<&str> {
+    let row = |tag: &str, n: usize| -> Vec<&str> {
         let line = summary.iter().find(|l| l.trim_start().starts_with(tag)).unwrap();
-        line.split_whitespace().take(4).collect()
+        line.split_whitespace().take(n).collect()
     };
-    assert_eq!(row("same-2"), ["same-2", addr.as_str(), "address", "tcp"], "{out}");
-    assert_eq!(row("ipvs"), ["ipvs", "-", "mconnect", "-"], "{out}");
+    // The mode says the IP family of the address the run went to.
+    assert_eq!(
+        row("same-2", 5),
+        ["same-2", addr.as_str(), "address", "ipv4", "tcp"],
+        "{out}"
+    );
+    assert_eq!(row("ipvs", 4), ["ipvs", "-", "mconnect", "-"], "{out}");
     // The runs differ in size (40 connections to 1 backend, 100 to 3): the frequency rows are
     // shares of each run's fair share, so they line up: 30, 34 and 36 of 33.3, and 40 of 40.
     let freq = |out: &str| -> Vec<Vec<String>> {
@@ -599,4 +604,50 @@ fn where_a_run_saves_is_checked_before_it_runs() {
     assert_eq!(code, 2);
     assert!(err.contains("--deadline 0s"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// `--ip-family` on a bare address: the run goes to the address of that family (its record says
+/// which), a family the address lacks is one line and exit 2, and `both` is refused with a
+/// format that is one record.
+#[test]
+fn ip_family_picks_the_address_family_and_says_what_is_missing() {
+    let s = Server::start("::1", "pod-6", "n", "z");
+    let addr = s.addr.to_string();
+    let (code, out, err) = svclb(&[
+        "spread",
+        "--address",
+        &addr,
+        "--conns",
+        "20",
+        "--ip-family",
+        "ipv6",
+        "--no-save",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["target"]["ip_family"], "ipv6", "{out}");
+    assert_eq!(r["ok"], 20, "{out}");
+    one_line_error(
+        &["spread", "--address", &addr, "--ip-family", "ipv4", "--no-save"],
+        "has no ipv4 address",
+    );
+    one_line_error(
+        &["spread", "--address", &addr, "--ip-family", "both", "-o", "json"],
+        "--ip-family both prints two runs side by side",
+    );
+    one_line_error(
+        &[
+            "affinity",
+            "--udp",
+            "--address",
+            &addr,
+            "--ip-family",
+            "both",
+            "-o",
+            "yaml",
+        ],
+        "--ip-family both prints two runs side by side",
+    );
 }

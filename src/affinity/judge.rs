@@ -307,6 +307,7 @@ mod tests {
                 service: None,
                 source: None,
                 lab: None,
+                ip_family: None,
             },
             params: AffinityParams {
                 sessions: 1,

@@ -55,6 +55,7 @@ impl Backend for AddressBackend {
     fn meta(&self) -> Meta {
         Meta {
             mode: "address".into(),
+            ip_family: Some(IpFamily::of(&self.address.ip())),
             ..Meta::default()
         }
     }

@@ -75,6 +75,7 @@ impl Backend for LabBackend {
             proxy_mode: Some(format!("{:?}", s.proxy_mode).to_lowercase()),
             context: None,
             server_version: None,
+            ip_family: Some(self.family),
         }
     }
 

@@ -108,6 +108,8 @@ pub struct Meta {
     pub proxy_mode: Option<String>,
     pub context: Option<String>,
     pub server_version: Option<String>,
+    /// The family of the addresses runs go to.
+    pub ip_family: Option<crate::service::IpFamily>,
 }
 
 /// An agent that was started: its stdout as it prints, its end, and a way to interrupt it (it

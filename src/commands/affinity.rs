@@ -16,6 +16,7 @@ use super::spread::FromKind;
 use crate::affinity::{Config, Verdict};
 use crate::backend::{From, Path};
 use crate::cluster::manifests::{AFFINITY, Options, TSERVER};
+use crate::record::AnyRun;
 use crate::report::live::Live;
 use crate::report::{self, RunFormat};
 use crate::run::open::{ClusterPlace, Opened, Place};
@@ -77,6 +78,8 @@ pub struct AffinityArgs {
     pub stats_interval: Duration,
     #[command(flatten)]
     pub record: super::SaveArgs,
+    #[command(flatten)]
+    pub family: super::FamilyArgs,
     /// Output format of the summary; json prints exactly the run record (live lines go to stderr).
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
@@ -102,6 +105,7 @@ impl AffinityArgs {
             }
         }
         self.record.validate()?;
+        self.family.validate(self.output)?;
         if self.plain_udp && !self.udp {
             bail!("--plain-udp chooses the UDP socket path: use it with --udp");
         }
@@ -212,30 +216,37 @@ pub fn run(args: AffinityArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     run::open::check(&place)?;
     run::raise_nofile();
     let live = Live::new(args.output);
-    let job = args.job();
     let rt = run::runtime(0)?;
-    let record = rt.block_on(async {
+    let code = rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let opened = Opened::open(place, &interrupt).await?;
-        let record = run::sessions::run(&opened, &job, &live, &interrupt).await;
+        let mut opened = Opened::open(place, &interrupt).await?;
+        // With both families the page holds both runs, written once both are measured.
+        let html = args.record.html.as_deref();
+        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
+        let code = args
+            .family
+            .run(&mut opened, &interrupt, page, async |opened, family| {
+                let mut job = args.job();
+                job.save = args.family.save_to(&job.save, "affinity", family);
+                let mut record = run::sessions::run(opened, &job, &live, &interrupt).await?;
+                let saved = job.save.save(&mut record);
+                if args.output == RunFormat::Table {
+                    println!();
+                }
+                print!("{}", report::affinity(&record, args.output)?);
+                let code = super::verdict_code(record.stopped, record.verdict == Verdict::Holds);
+                let code = super::save_code(&saved, &record, args.output, code);
+                let code = super::html_code(each, || AnyRun::Affinity(Box::new(record.clone())), code);
+                Ok((code, AnyRun::Affinity(Box::new(record))))
+            })
+            .await;
         opened.close().await;
-        record
-    })?;
-    // The runtime goes first: UDP session threads end with the run, nothing else may linger.
+        code
+    });
+    // The runtime goes before the exit: UDP session threads end with the run, nothing else may
+    // linger.
     drop(rt);
-    let mut record = record;
-    let saved = job.save.save(&mut record);
-    if args.output == RunFormat::Table {
-        println!();
-    }
-    print!("{}", report::affinity(&record, args.output)?);
-    let code = super::verdict_code(record.stopped, record.verdict == Verdict::Holds);
-    let code = super::save_code(&saved, &record, args.output, code);
-    Ok(super::html_code(
-        args.record.html.as_deref(),
-        || crate::record::AnyRun::Affinity(Box::new(record.clone())),
-        code,
-    ))
+    code
 }
 
 #[cfg(test)]

@@ -102,6 +102,14 @@ pub fn run(args: CompareArgs) -> Result<ExitCode> {
             Err(e) => return Err(e),
         }
     }
+    // Runs of one IP family together (the order given kept within each), IPv4 first; records
+    // without a family are from before IPv6 runs existed: IPv4.
+    let family = |t: Option<&crate::record::TargetInfo>| t.and_then(|t| t.ip_family).unwrap_or_default();
+    spread.sort_by_key(|r| family(r.target.as_ref()));
+    affinity.sort_by_key(|r| family(Some(&r.target)));
+    zones.sort_by_key(|r| family(Some(&r.target)));
+    matrix.sort_by_key(|r| family(Some(&r.target)));
+    disruption.sort_by_key(|r| family(Some(&r.target)));
     if spread.is_empty() && affinity.is_empty() && zones.is_empty() && matrix.is_empty() && disruption.is_empty() {
         bail!("nothing to compare: all {skipped} .json files were skipped (see the warnings above)");
     }

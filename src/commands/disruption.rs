@@ -68,6 +68,8 @@ pub struct DisruptionArgs {
     pub ready_delay: Option<Duration>,
     #[command(flatten)]
     pub record: super::SaveArgs,
+    #[command(flatten)]
+    pub family: super::FamilyArgs,
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
@@ -151,7 +153,8 @@ impl DisruptionArgs {
                 g.as_secs_f64()
             );
         }
-        self.record.validate()
+        self.record.validate()?;
+        self.family.validate(self.output)
     }
 
     fn place(&self, kube: &super::KubeFlags) -> Place {
@@ -193,25 +196,41 @@ pub fn run(args: DisruptionArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
-    let job = args.job();
     let rt = run::runtime(0)?;
-    let (record, saved, restored) = rt.block_on(async {
+    rt.block_on(async {
         let interrupt = Interrupt::watch();
         let mut opened = Opened::open(place, &interrupt).await?;
-        let finished = match run::disruption::run_opened(&mut opened, &job, &interrupt).await {
-            Ok(f) => f,
-            Err(e) => {
-                opened.close().await;
-                return Err(e);
-            }
-        };
-        let mut record = finished.record;
-        // Saved before anything else can fail; then what the run changed is put back.
-        let saved = job.save.save(&mut record);
-        let restored = finished.restore.run().await;
+        // With both families the page holds both runs, written once both are measured.
+        let html = args.record.html.as_deref();
+        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
+        let code = args
+            .family
+            .run(&mut opened, &interrupt, page, async |opened, family| {
+                let mut job = args.job();
+                job.save = args.family.save_to(&job.save, "disruption", family);
+                let finished = run::disruption::run_opened(opened, &job, &interrupt).await?;
+                let mut record = finished.record;
+                // Saved before anything else can fail; then what the run changed is put back.
+                let saved = job.save.save(&mut record);
+                let restored = finished.restore.run().await;
+                report_run(record, &saved, restored, &args, each)
+            })
+            .await;
         opened.close().await;
-        anyhow::Ok((record, saved, restored))
-    })?;
+        code
+    })
+}
+
+/// Prints a saved run and what its restore did, and maps it to the exit code: interrupted 130;
+/// could not run as asked (the action failed, or what it changed could not be put back) 2;
+/// else the verdict.
+fn report_run(
+    record: crate::record::DisruptionRun,
+    saved: &run::save::Outcome,
+    restored: Result<Option<String>>,
+    args: &DisruptionArgs,
+    html: Option<&std::path::Path>,
+) -> Result<(ExitCode, crate::record::AnyRun)> {
     let restore_failed = match &restored {
         Ok(Some(did)) => {
             eprintln!("svclb: restored: {did}");
@@ -224,18 +243,17 @@ pub fn run(args: DisruptionArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         }
     };
     print!("{}", report::disruption(&record, args.output)?);
-    // Interrupted: 130. Could not run as asked (the action failed, or what it changed could
-    // not be put back): 2. Else the verdict.
     let interrupted = record.stopped == Some(crate::storm::Stop::Interrupted);
     let code = if !interrupted && (record.action.error.is_some() || restore_failed) {
         ExitCode::from(2)
     } else {
         super::verdict_code(record.stopped, record.verdict == Verdict::Pass)
     };
-    let code = super::save_code(&saved, &record, args.output, code);
-    Ok(super::html_code(
-        args.record.html.as_deref(),
+    let code = super::save_code(saved, &record, args.output, code);
+    let code = super::html_code(
+        html,
         || crate::record::AnyRun::Disruption(Box::new(record.clone())),
         code,
-    ))
+    );
+    Ok((code, crate::record::AnyRun::Disruption(Box::new(record))))
 }

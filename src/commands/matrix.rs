@@ -48,6 +48,8 @@ pub struct MatrixArgs {
     pub junit: Option<PathBuf>,
     #[command(flatten)]
     pub record: super::SaveArgs,
+    #[command(flatten)]
+    pub family: super::FamilyArgs,
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
@@ -100,6 +102,7 @@ impl MatrixArgs {
         let mut protos = self.protocol.clone();
         protos.dedup();
         self.record.validate()?;
+        self.family.validate(self.output)?;
         let save = self.record.to();
         Ok(MatrixJob {
             test,
@@ -142,11 +145,17 @@ impl MatrixArgs {
 /// Saves the run (before anything else can fail), writes the JUnit file, prints, and maps the
 /// comparison to the exit code: 1 on any wrong cell, 2 when the save, the JUnit file or the
 /// restore of the Service failed (after the report).
-fn finish(mut run: MatrixRun, restore_error: Option<String>, args: &MatrixArgs, job: &MatrixJob) -> Result<ExitCode> {
+fn finish(
+    mut run: MatrixRun,
+    restore_error: Option<String>,
+    args: &MatrixArgs,
+    job: &MatrixJob,
+    html: Option<&std::path::Path>,
+) -> Result<(ExitCode, crate::record::AnyRun)> {
     let saved = job.save.save(&mut run);
     let mut failed = false;
-    if let Some(path) = &args.junit {
-        let written = report::junit(&run).and_then(|x| Ok(std::fs::write(path, x)?));
+    if let Some(path) = junit_path(args, run.target.ip_family) {
+        let written = report::junit(&run).and_then(|x| Ok(std::fs::write(&path, x)?));
         if let Err(e) = written {
             eprintln!("svclb: cannot write the JUnit file {}: {e:#}", path.display());
             failed = true;
@@ -159,16 +168,31 @@ fn finish(mut run: MatrixRun, restore_error: Option<String>, args: &MatrixArgs, 
     }
     let code = super::verdict_code(run.stopped, run.incorrect == 0);
     let code = super::save_code(&saved, &run, args.output, code);
-    let code = super::html_code(
-        args.record.html.as_deref(),
-        || crate::record::AnyRun::Matrix(Box::new(run.clone())),
-        code,
-    );
-    Ok(if failed { ExitCode::from(2) } else { code })
+    let code = super::html_code(html, || crate::record::AnyRun::Matrix(Box::new(run.clone())), code);
+    let code = if failed { ExitCode::from(2) } else { code };
+    Ok((code, crate::record::AnyRun::Matrix(Box::new(run))))
+}
+
+/// `--junit FILE`; with both families, one file per family: FILE's name with `-ipv4` or `-ipv6`
+/// before its extension.
+fn junit_path(args: &MatrixArgs, family: Option<crate::service::IpFamily>) -> Option<std::path::PathBuf> {
+    let path = args.junit.as_ref()?;
+    let Some(family) = family.filter(|_| args.family.both()) else {
+        return Some(path.clone());
+    };
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{family}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{family}"),
+    };
+    Some(path.with_file_name(name))
 }
 
 pub fn run(args: MatrixArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
-    let job = args.job()?;
+    // Bad arguments are refused before anything runs.
+    args.job()?;
     let cluster = args.cluster_options()?;
     if args.lab.is_some() {
         kube.refuse_off_cluster("--lab")?;
@@ -177,13 +201,25 @@ pub fn run(args: MatrixArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     run::open::check(&place)?;
     run::raise_nofile();
     let rt = run::runtime(0)?;
-    let (record, restore_error) = rt.block_on(async {
+    rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let opened = Opened::open(place, &interrupt).await?;
-        let result = run::matrix::run_opened(&opened, &job, cluster, &interrupt).await;
-        // An ephemeral lab goes (and with --cleanup the cluster is cleaned up) before the report.
+        let mut opened = Opened::open(place, &interrupt).await?;
+        // With both families the page holds both runs, written once both are measured.
+        let html = args.record.html.as_deref();
+        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
+        let code = args
+            .family
+            .run(&mut opened, &interrupt, page, async |opened, family| {
+                let mut job = args.job()?;
+                job.save = args.family.save_to(&job.save, "matrix", family);
+                let (record, restore_error) =
+                    run::matrix::run_opened(opened, &job, cluster.clone(), &interrupt).await?;
+                finish(record, restore_error, &args, &job, each)
+            })
+            .await;
+        // An ephemeral lab goes (and with --cleanup the cluster is cleaned up) once every run is
+        // reported.
         opened.close().await;
-        result
-    })?;
-    finish(record, restore_error, &args, &job)
+        code
+    })
 }

@@ -15,9 +15,13 @@ pub mod spread;
 pub mod zones;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+
+use crate::record::AnyRun;
+use crate::service::IpFamily;
 
 /// kubectl's flags, on the commands that talk to a cluster (after the verb, as kubectl passes
 /// them: it refuses flags before a plugin's name). Commands that never contact a cluster (`lab`,
@@ -129,6 +133,104 @@ impl SaveArgs {
     }
 }
 
+/// `--ip-family`: which of the target's families the run goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FamilyChoice {
+    Ipv4,
+    Ipv6,
+    /// The same run against each family, one after the other, with what differs flagged.
+    Both,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct FamilyArgs {
+    /// The IP family of the Service addresses the run goes to (its ClusterIP, LB IP and node
+    /// addresses of that family); `both` makes the same run against each family, saves both
+    /// (tagged TAG-ipv4, TAG-ipv6) and flags what differs [default: the target's primary family]
+    #[arg(long, value_enum, value_name = "FAMILY")]
+    pub ip_family: Option<FamilyChoice>,
+}
+
+impl FamilyArgs {
+    /// `both` prints two runs and their differences: refused with a format that is one record.
+    pub fn validate(&self, output: crate::report::RunFormat) -> anyhow::Result<()> {
+        use crate::report::RunFormat;
+        if self.both() && matches!(output, RunFormat::Json | RunFormat::Yaml) {
+            anyhow::bail!(
+                "--ip-family both prints two runs side by side: use -o table or markdown, or run each family with -o {}",
+                if output == RunFormat::Json { "json" } else { "yaml" }
+            );
+        }
+        Ok(())
+    }
+
+    pub fn both(&self) -> bool {
+        self.ip_family == Some(FamilyChoice::Both)
+    }
+
+    /// The runs to make: one per family (`None`: the target's primary family, untouched).
+    pub fn families(&self) -> Vec<Option<IpFamily>> {
+        match self.ip_family {
+            None => vec![None],
+            Some(FamilyChoice::Ipv4) => vec![Some(IpFamily::Ipv4)],
+            Some(FamilyChoice::Ipv6) => vec![Some(IpFamily::Ipv6)],
+            Some(FamilyChoice::Both) => vec![Some(IpFamily::Ipv4), Some(IpFamily::Ipv6)],
+        }
+    }
+
+    /// Where a family's run is saved: `save`, tagged `TAG-FAMILY` when both families run.
+    pub fn save_to(&self, save: &crate::run::SaveTo, command: &str, family: Option<IpFamily>) -> crate::run::SaveTo {
+        match family.filter(|_| self.both()) {
+            Some(f) => crate::run::SaveTo {
+                tag: Some(crate::families::tag(&save.tag(command, jiff::Timestamp::now()), f)),
+                ..save.clone()
+            },
+            None => save.clone(),
+        }
+    }
+
+    /// Makes the run `one` once per family asked, on `opened` pointed at that family; `one` saves
+    /// and prints its run before the next starts (an interrupt skips the runs not begun). With
+    /// both families, prints what differs and writes the `--html` page of both runs. The exit
+    /// code: the first run's that is not 0, else 0.
+    pub async fn run(
+        &self,
+        opened: &mut crate::run::open::Opened,
+        interrupt: &crate::run::Interrupt,
+        html: Option<&std::path::Path>,
+        mut one: impl AsyncFnMut(&mut crate::run::open::Opened, Option<IpFamily>) -> anyhow::Result<(ExitCode, AnyRun)>,
+    ) -> anyhow::Result<ExitCode> {
+        let mut code = ExitCode::SUCCESS;
+        let mut runs = Vec::new();
+        for family in self.families() {
+            if !runs.is_empty() && interrupt.is_set() {
+                eprintln!(
+                    "svclb: interrupted: the {} run was not made",
+                    family.map_or_else(String::new, |f| f.to_string())
+                );
+                break;
+            }
+            if let Some(f) = family {
+                opened.set_family(f)?;
+            }
+            let (c, run) = one(opened, family).await?;
+            if code == ExitCode::SUCCESS {
+                code = c;
+            }
+            runs.push(run);
+        }
+        if let [v4, v6] = runs.as_slice()
+            && let Some(c) = crate::families::compare(v4, v6)
+        {
+            print!("{}", crate::families::describe(&c));
+            if let Some(path) = html {
+                code = page_code(path, &runs, code);
+            }
+        }
+        Ok(code)
+    }
+}
+
 /// The exit code of a run that was judged: 0 passed, 1 failed, 130 interrupted (whatever the
 /// partial record's verdict), as for every measuring command.
 pub fn verdict_code(stopped: Option<crate::storm::Stop>, passed: bool) -> std::process::ExitCode {
@@ -169,10 +271,15 @@ pub fn html_code(
     run: impl FnOnce() -> crate::record::AnyRun,
     code: std::process::ExitCode,
 ) -> std::process::ExitCode {
-    let Some(path) = path else {
-        return code;
-    };
-    match crate::report::html::write(path, &[run()]) {
+    match path {
+        Some(path) => page_code(path, &[run()], code),
+        None => code,
+    }
+}
+
+/// Writes the page of `runs` to `path`: `code`, or 2 when it cannot be written.
+fn page_code(path: &std::path::Path, runs: &[AnyRun], code: ExitCode) -> ExitCode {
+    match crate::report::html::write(path, runs) {
         Ok(size) => {
             eprintln!(
                 "svclb: wrote {} ({})",

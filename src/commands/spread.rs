@@ -94,6 +94,8 @@ pub struct SpreadArgs {
     #[arg(long)]
     pub all_backends: bool,
     #[command(flatten)]
+    pub family: super::FamilyArgs,
+    #[command(flatten)]
     pub cluster: super::ClusterRunArgs,
 }
 
@@ -142,6 +144,7 @@ impl SpreadArgs {
             bail!("--expect-backends 0: give the number of backends that must answer");
         }
         self.record.validate()?;
+        self.family.validate(self.output)?;
         if self.address.is_some()
             && (self.from != FromKind::Pod
                 || self.pod.is_some()
@@ -248,11 +251,16 @@ impl SpreadArgs {
     }
 }
 
-/// Saves the run (before anything else can fail), prints it, and maps the verdict to the exit
-/// code: 2 when nothing answered (one line) or the save failed (after the report).
-fn finish(mut run: SpreadRun, save: &run::SaveTo, args: &SpreadArgs) -> Result<ExitCode> {
+/// Saves the run (before anything else can fail), prints it, writes its page to `html`, and maps
+/// the verdict to the exit code: 2 when nothing answered (one line) or the save failed (after the
+/// report).
+fn finish(
+    mut run: SpreadRun,
+    save: &run::SaveTo,
+    args: &SpreadArgs,
+    html: Option<&std::path::Path>,
+) -> Result<(ExitCode, AnyRun)> {
     let saved = save.save(&mut run);
-    let html = args.record.html.as_deref();
     if let Some(line) = crate::spread::nothing_answered(&run) {
         // The page shows the failures by kind all the same.
         let _ = super::html_code(html, || AnyRun::Spread(Box::new(run.clone())), ExitCode::SUCCESS);
@@ -261,7 +269,8 @@ fn finish(mut run: SpreadRun, save: &run::SaveTo, args: &SpreadArgs) -> Result<E
     print!("{}", report::spread(&run, args.output, args.all_backends)?);
     let code = super::verdict_code(run.stopped, run.stats.verdict == Verdict::Pass);
     let code = super::save_code(&saved, &run, args.output, code);
-    Ok(super::html_code(html, || AnyRun::Spread(Box::new(run.clone())), code))
+    let code = super::html_code(html, || AnyRun::Spread(Box::new(run.clone())), code);
+    Ok((code, AnyRun::Spread(Box::new(run))))
 }
 
 pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
@@ -274,15 +283,24 @@ pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
-    let job = args.job();
     let rt = run::runtime(0)?;
-    let record = rt.block_on(async {
+    rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let opened = Opened::open(place, &interrupt).await?;
-        let record = run::spread::run(&opened, &job, &interrupt).await;
-        // An ephemeral lab goes (and a cluster is cleaned up) before the verdict is printed.
+        let mut opened = Opened::open(place, &interrupt).await?;
+        // With both families the page holds both runs, written once both are measured.
+        let html = args.record.html.as_deref();
+        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
+        let code = args
+            .family
+            .run(&mut opened, &interrupt, page, async |opened, family| {
+                let mut job = args.job();
+                job.save = args.family.save_to(&job.save, "spread", family);
+                let record = run::spread::run(opened, &job, &interrupt).await?;
+                finish(record, &job.save, &args, each)
+            })
+            .await;
+        // An ephemeral lab goes (and a cluster is cleaned up) once every run is reported.
         opened.close().await;
-        record
-    })?;
-    finish(record, &job.save, &args)
+        code
+    })
 }

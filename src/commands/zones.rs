@@ -54,6 +54,8 @@ pub struct ZonesArgs {
     pub timeout: Duration,
     #[command(flatten)]
     pub record: super::SaveArgs,
+    #[command(flatten)]
+    pub family: super::FamilyArgs,
     /// Output format; json prints exactly the run record.
     #[arg(short = 'o', long, value_enum, default_value_t = RunFormat::Table)]
     pub output: RunFormat,
@@ -139,7 +141,8 @@ impl ZonesArgs {
         if self.cycles == Some(0) {
             bail!("--cycles 0: give at least 1 cycle");
         }
-        self.record.validate()
+        self.record.validate()?;
+        self.family.validate(self.output)
     }
 
     fn place(&self, kube: &super::KubeFlags) -> Place {
@@ -194,16 +197,13 @@ fn finish(
     save: &run::SaveTo,
     output: RunFormat,
     html: Option<&std::path::Path>,
-) -> Result<ExitCode> {
+) -> Result<(ExitCode, crate::record::AnyRun)> {
     let saved = save.save(&mut run);
     print!("{}", report::zones(&run, output)?);
     let code = super::verdict_code(run.stopped, run.verdict == Verdict::Pass);
     let code = super::save_code(&saved, &run, output, code);
-    Ok(super::html_code(
-        html,
-        || crate::record::AnyRun::Zones(Box::new(run.clone())),
-        code,
-    ))
+    let code = super::html_code(html, || crate::record::AnyRun::Zones(Box::new(run.clone())), code);
+    Ok((code, crate::record::AnyRun::Zones(Box::new(run))))
 }
 
 pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
@@ -214,25 +214,34 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let place = args.place(kube);
     run::open::check(&place)?;
     run::raise_nofile();
-    let job = args.job();
     let live = args.output == RunFormat::Table;
     let rt = run::runtime(0)?;
-    let record = rt.block_on(async {
+    rt.block_on(async {
         let interrupt = Interrupt::watch();
         let mut opened = Opened::open(place, &interrupt).await?;
-        let mut print = |c: &crate::record::ZonesCycle| {
-            if live {
-                print!("{}", report::zones_cycle_line(c, job.cycles));
-            } else {
-                eprint!("{}", report::zones_cycle_line(c, job.cycles));
-            }
-        };
-        let record = run::zones::run_opened(&mut opened, &job, &interrupt, &mut print).await;
-        // An ephemeral lab goes (and a cluster is cleaned up) before the verdict is printed.
+        // With both families the page holds both runs, written once both are measured.
+        let html = args.record.html.as_deref();
+        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
+        let code = args
+            .family
+            .run(&mut opened, &interrupt, page, async |opened, family| {
+                let mut job = args.job();
+                job.save = args.family.save_to(&job.save, "zones", family);
+                let mut print = |c: &crate::record::ZonesCycle| {
+                    if live {
+                        print!("{}", report::zones_cycle_line(c, job.cycles));
+                    } else {
+                        eprint!("{}", report::zones_cycle_line(c, job.cycles));
+                    }
+                };
+                let record = run::zones::run_opened(opened, &job, &interrupt, &mut print).await?;
+                finish(record, &job.save, args.output, each)
+            })
+            .await;
+        // An ephemeral lab goes (and a cluster is cleaned up) once every run is reported.
         opened.close().await;
-        record
-    })?;
-    finish(record, &job.save, args.output, args.record.html.as_deref())
+        code
+    })
 }
 
 #[cfg(test)]

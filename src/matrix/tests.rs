@@ -248,6 +248,7 @@ fn test_selects_scenarios_by_name_and_changes_list_cells_that_differ() {
                 service: None,
                 source: None,
                 lab: None,
+                ip_family: None,
             },
             params: MatrixParams {
                 protocols: vec![Proto::Tcp],

@@ -51,6 +51,9 @@ pub struct TargetInfo {
     pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lab: Option<String>,
+    /// The family of the addresses the run went to (records from before it: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<crate::service::IpFamily>,
 }
 
 /// The run's parameters, as given.

@@ -42,6 +42,7 @@ fn sample() -> SpreadRun {
             service: Some("tserver".into()),
             source: Some("pod-x".into()),
             lab: Some("lab1".into()),
+            ip_family: None,
         },
         params: Params {
             conns: 101,

@@ -308,13 +308,17 @@ const SUMMARY: [&str; 13] = [
     "tag", "target", "mode", "proto", "conns", "ok", "failed", "backends", "min", "max", "CV", "p-value", "verdict",
 ];
 
-/// How the run was made: `lab nftables`, `pod iptables` (a cluster), `address`; `mconnect` for
-/// its files.
+/// How the run was made: `lab nftables`, `pod iptables` (a cluster), `address`, with the IP
+/// family when the record has one (`lab nftables ipv6`); `mconnect` for its files.
 fn mode(r: &Loaded) -> String {
-    match (&r.target, &r.proxy_mode) {
+    let mode = match (&r.target, &r.proxy_mode) {
         (None, _) => "mconnect".into(),
         (Some(t), Some(p)) => format!("{} {p}", t.mode),
         (Some(t), None) => t.mode.clone(),
+    };
+    match r.target.as_ref().and_then(|t| t.ip_family) {
+        Some(f) => format!("{mode} {f}"),
+        None => mode,
     }
 }
 

@@ -552,6 +552,7 @@ mod tests {
                 service: None,
                 source: Some("per-node (2 sources)".into()),
                 lab: Some("l".into()),
+                ip_family: None,
             },
             params: DisruptionParams {
                 action: "delete-pod".into(),

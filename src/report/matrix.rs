@@ -360,6 +360,7 @@ mod tests {
                 service: Some("svclb/svclb-mx-*".into()),
                 source: None,
                 lab: None,
+                ip_family: None,
             },
             params: MatrixParams {
                 protocols: vec![Proto::Tcp],

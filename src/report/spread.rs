@@ -339,6 +339,7 @@ mod tests {
             service: None,
             source: Some("pod-001".into()),
             lab: Some("run8556".into()),
+            ip_family: None,
         };
         let params = Params {
             conns: 10_000,

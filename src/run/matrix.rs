@@ -435,6 +435,7 @@ pub async fn run<B: MatrixPlace>(
         service: meta.service.clone(),
         source: Some(format!("matrix ({} sources)", sources.list.len())),
         lab: meta.name.clone(),
+        ip_family: meta.ip_family,
     };
     let mut env = Environment::local();
     environment(&mut env, meta);

@@ -74,6 +74,7 @@ pub fn target_info(
             }),
         },
         lab: meta.name.clone(),
+        ip_family: Some(crate::service::IpFamily::of(&address.ip())),
     }
 }
 

@@ -369,6 +369,7 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
             proxy_mode: self.view.proxy_mode.clone(),
             context: Some(self.view.context.clone()),
             server_version: Some(self.view.server_version.clone()),
+            ip_family: Some(self.family),
         }
     }
 

@@ -36,6 +36,7 @@ fn measured(collected: Collected, events: Vec<EndpointChange>) -> Measured {
             service: Some("default/tserver".into()),
             source: Some("per-node (2 sources)".into()),
             lab: Some("l".into()),
+            ip_family: None,
         },
         params: params(),
         action: ActionInfo {
