@@ -12,7 +12,19 @@ use super::KubeFlags;
 use super::service_args::{ServiceArgs, kube_value};
 use crate::cluster::manifests::{self, Options};
 use crate::cluster::{self, ops};
-use crate::service::ServiceType;
+use crate::service::{IpFamily, IpFamilyPolicy, ServiceType};
+
+/// `--ip-families` entries as `spec.ipFamilies` spells them, in any case.
+fn ip_family() -> impl clap::builder::TypedValueParser<Value = IpFamily> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(["IPv4", "IPv6"]).map(|s| {
+        if s.eq_ignore_ascii_case("IPv6") {
+            IpFamily::Ipv6
+        } else {
+            IpFamily::Ipv4
+        }
+    })
+}
 
 /// How the test servers are rendered (`deploy`, `manifests`).
 #[derive(Debug, Clone, Args)]
@@ -31,6 +43,13 @@ pub struct ServerArgs {
     /// Also the affinity server: LoadBalancer Service, sessionAffinity ClientIP, eTP Local.
     #[arg(long)]
     pub affinity_server: bool,
+    /// spec.ipFamilyPolicy of the Services [default: the cluster's, SingleStack].
+    #[arg(long, value_parser = kube_value::<IpFamilyPolicy>(), ignore_case = true)]
+    pub ip_family_policy: Option<IpFamilyPolicy>,
+    /// spec.ipFamilies of the Services, primary first: IPv4, IPv6, IPv4,IPv6 or IPv6,IPv4
+    /// [default: the cluster's].
+    #[arg(long, value_name = "FAMILY,...", value_delimiter = ',', value_parser = ip_family(), ignore_case = true)]
+    pub ip_families: Vec<IpFamily>,
 }
 
 impl ServerArgs {
@@ -45,6 +64,8 @@ impl ServerArgs {
             service_type: self.service_type,
             service: self.service.options()?,
             affinity_server: self.affinity_server,
+            ip_family_policy: self.ip_family_policy,
+            ip_families: self.ip_families.clone(),
         })
     }
 }
