@@ -12,6 +12,7 @@ use crate::cluster::manifests::TSERVER;
 fn ep(pod: &str, ready: bool, serving: bool, terminating: bool) -> SliceEndpoint {
     SliceEndpoint {
         slice: "s".into(),
+        address_type: "IPv4".into(),
         pod: pod.into(),
         addresses: vec!["10.0.0.1".into()],
         zone: String::new(),
