@@ -7,7 +7,7 @@
 //! view comes from those EndpointSlices.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -675,7 +675,15 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
         out.push(t(
             "headless".into(),
             TargetKind::Headless,
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT),
+            // The name is resolved where the probe runs; the unspecified address of the run's
+            // family says which of its addresses to keep.
+            SocketAddr::new(
+                match family {
+                    IpFamily::Ipv4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpFamily::Ipv6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                },
+                PORT,
+            ),
             "",
             "",
             services::dns_name(services::HEADLESS, ns),
