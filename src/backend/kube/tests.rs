@@ -364,3 +364,83 @@ async fn a_single_stack_service_refuses_the_other_family_in_one_line() {
     let plan = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap();
     assert_eq!(plan.address, "172.18.255.200:5001".parse().unwrap());
 }
+
+/// What `deploy --ip-family-policy ... --ip-families ...` renders, applied to an API server that
+/// allocates a clusterIP, an LB IP and an EndpointSlice per family: the backend measures over
+/// either family, starting from the primary one; deployed single-stack, it refuses the other.
+#[tokio::test]
+async fn deployed_dual_stack_is_measured_over_both_families() {
+    use crate::cluster::manifests::{Options, render};
+    use crate::service::{IpFamilyPolicy, ServiceType};
+
+    for (policy, families, has_v4) in [
+        (
+            IpFamilyPolicy::PreferDualStack,
+            vec![IpFamily::Ipv6, IpFamily::Ipv4],
+            true,
+        ),
+        (IpFamilyPolicy::SingleStack, vec![IpFamily::Ipv6], false),
+    ] {
+        let api = FakeApi::new(Pods::Ready);
+        api.run_controllers(fake::Controllers {
+            lb_ips: true,
+            ..Default::default()
+        });
+        let mut n = fake::node("node-1", "zone-a", "172.18.0.2");
+        n["status"]["addresses"] = json!([
+            {"type": "InternalIP", "address": "172.18.0.2"},
+            {"type": "InternalIP", "address": "fc00:f853:ccd:e793::2"}]);
+        api.put(n);
+        let mut p = fake::pod("svclb-tserver-a1", TSERVER, "node-1", "fd00:10:244:1::a", true);
+        p["status"]["podIPs"] = json!([{"ip": "fd00:10:244:1::a"}, {"ip": "10.244.1.10"}]);
+        api.put(p);
+        let objs = render(&Options {
+            namespace: fake::NS.into(),
+            service_type: ServiceType::LoadBalancer,
+            ip_family_policy: Some(policy),
+            ip_families: families,
+            ..Options::default()
+        })
+        .unwrap();
+        let services: Vec<serde_json::Value> = objs.into_iter().filter(|o| o["kind"] == "Service").collect();
+        ops::apply(&api.cluster(), &services).await.unwrap();
+        let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
+            .await
+            .unwrap();
+        let primary = view.service.families()[0];
+        assert_eq!(primary, IpFamily::Ipv6);
+        let mut t = KubeBackend {
+            view,
+            cluster: api.cluster(),
+            pods: Never,
+            host: Never,
+            family: primary,
+        };
+        let from = From::Pods {
+            pod: None,
+            per_node: false,
+        };
+        let plan = t.plan(&from, &Path::ClusterIp, Proto::Tcp).unwrap();
+        assert!(plan.address.is_ipv6(), "{}", plan.address);
+        assert_eq!(t.service_view().await.unwrap().eps.len(), 1);
+        let lb = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap();
+        assert!(
+            lb.address.is_ipv6() && lb.address.to_string().starts_with('['),
+            "{}",
+            lb.address
+        );
+        let v4 = t.set_family(IpFamily::Ipv4);
+        assert_eq!(v4.is_ok(), has_v4, "{v4:?}");
+        if has_v4 {
+            let plan = t.plan(&from, &Path::ClusterIp, Proto::Tcp).unwrap();
+            assert!(plan.address.is_ipv4(), "{}", plan.address);
+            assert_eq!(plan.expected[0].ip, "10.244.1.10".parse::<IpAddr>().unwrap());
+            let slices = ops::endpoint_slices(&api.cluster(), TSERVER).await.unwrap();
+            let types: BTreeSet<&str> = slices.iter().map(|e| e.address_type.as_str()).collect();
+            assert_eq!(types, BTreeSet::from(["IPv4", "IPv6"]));
+        } else {
+            let e = v4.unwrap_err().to_string();
+            assert!(e.contains("--ip-families IPv6,IPv4"), "{e}");
+        }
+    }
+}
