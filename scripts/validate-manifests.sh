@@ -18,6 +18,8 @@ render all-options -n lb-test --replicas 12 --image registry.example/svclb:dev \
     --external-traffic-policy Local --internal-traffic-policy Local \
     --traffic-distribution PreferClose --affinity-server
 render same-node -n svclb --traffic-distribution PreferSameNode
+render dual-stack -n svclb --ip-family-policy PreferDualStack --ip-families IPv6,IPv4 --affinity-server
+render single-v6 -n svclb --ip-family-policy SingleStack --ip-families IPv6
 render rbac -n team-a --rbac
 kubernetes-validate --strict --quiet -k "$k8s" "$out"/*.yaml
 echo "manifests valid against Kubernetes $k8s schemas: $(ls "$out" | tr '\n' ' ')"

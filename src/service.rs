@@ -48,6 +48,14 @@ impl fmt::Display for IpFamily {
     }
 }
 
+/// `spec.ipFamilyPolicy`: how many families a Service gets (the cluster's default when unset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpFamilyPolicy {
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
 /// `spec.sessionAffinity`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionAffinity {
@@ -154,6 +162,11 @@ kube_enum!(TrafficDistribution {
     PreferClose => "PreferClose",
     PreferSameZone => "PreferSameZone",
     PreferSameNode => "PreferSameNode",
+});
+kube_enum!(IpFamilyPolicy {
+    SingleStack => "SingleStack",
+    PreferDualStack => "PreferDualStack",
+    RequireDualStack => "RequireDualStack",
 });
 kube_enum!(ServiceType { ClusterIP => "ClusterIP", NodePort => "NodePort", LoadBalancer => "LoadBalancer" });
 

@@ -69,6 +69,20 @@ fn manifests_print_rendered_yaml_offline() {
     ] {
         assert!(out.contains(want), "{want} missing:\n{out}");
     }
+    let (code, out, err) = svclb(&[
+        "manifests",
+        "-n",
+        "lb",
+        "--ip-family-policy",
+        "preferdualstack",
+        "--ip-families",
+        "IPv6,ipv4",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ipFamilyPolicy: PreferDualStack") && out.contains("ipFamilies:\n  - IPv6\n  - IPv4\n"),
+        "{out}"
+    );
     let (code, out, _) = svclb(&["manifests", "--rbac", "-n", "team"]);
     assert_eq!(code, 0);
     assert!(out.contains("kind: ClusterRole") && out.contains("pods/exec") && out.contains("namespace: team"));
@@ -250,6 +264,23 @@ fn bad_input_is_one_line_and_exit_2() {
         "--cluster-domain \"Not_A_Domain\": give a DNS domain",
     );
     one_line_error(&["manifests", "--replicas", "0", "-n", "x"], "--replicas 0");
+    for (args, needle) in [
+        (
+            &["--ip-family-policy", "SingleStack", "--ip-families", "IPv4,IPv6"][..],
+            "SingleStack takes one family",
+        ),
+        (
+            &["--ip-family-policy", "PreferDualStack", "--ip-families", "IPv6,IPv6"],
+            "give each family once",
+        ),
+        (&["--ip-families", "IPv4,IPv6"], "two families need --ip-family-policy"),
+        (&["--ip-families", "IPv5"], "possible values: IPv4, IPv6"),
+        (&["--ip-family-policy", "DualStack"], "possible values: SingleStack"),
+    ] {
+        let mut a = vec!["manifests", "-n", "x"];
+        a.extend_from_slice(args);
+        one_line_error(&a, needle);
+    }
     one_line_error(
         &["manifests", "-n", "x", "--affinity-timeout", "5"],
         "--affinity-timeout needs --session-affinity ClientIP",

@@ -5,7 +5,7 @@
 //! back what was changed (replicas, the cordon), and following the EndpointSlices with a watch,
 //! so each endpoint's steps (ready → terminating → not serving → removed) land on the run's axis.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -178,13 +178,18 @@ pub async fn pods_on(c: &Cluster, app: &str, node: &str) -> Result<Vec<String>> 
     Ok(out)
 }
 
-/// Endpoints stable: exactly `replicas` ready endpoints, none terminating or starting, none of
-/// `gone` left.
+/// Endpoints stable: exactly `replicas` ready endpoints in each family's slices (a dual-stack
+/// Service has a slice per family), none terminating or starting, none of `gone` left.
 pub fn slices_stable(eps: &[SliceEndpoint], replicas: i32, gone: &[String]) -> bool {
-    let ready = eps.iter().filter(|e| e.ready).count();
-    ready == usize::try_from(replicas).unwrap_or(0)
-        && eps.iter().all(|e| e.ready && !e.terminating)
-        && !eps.iter().any(|e| gone.contains(&e.pod))
+    let want = usize::try_from(replicas).unwrap_or(0);
+    let families: BTreeSet<&str> = eps.iter().map(|e| e.address_type.as_str()).collect();
+    let ready = |family: &str| eps.iter().filter(|e| e.ready && e.address_type == family).count();
+    let complete = if families.is_empty() {
+        want == 0
+    } else {
+        families.iter().all(|f| ready(f) == want)
+    };
+    complete && eps.iter().all(|e| e.ready && !e.terminating) && !eps.iter().any(|e| gone.contains(&e.pod))
 }
 
 /// Waits until the Deployment's rollout is complete and its Service's EndpointSlices are
@@ -234,11 +239,16 @@ pub fn step_of(e: &SliceEndpoint, was: Option<Step>) -> Option<Step> {
     }
 }
 
-/// Per pod, its step now; the changes from `before` (a pod gone is `removed`).
+/// Per pod, its step now; the changes from `before` (a pod gone is `removed`). A pod in several
+/// slices (one per family on a dual-stack Service) follows the first.
 pub fn diff(before: &BTreeMap<String, Step>, eps: &[SliceEndpoint]) -> (BTreeMap<String, Step>, Vec<(String, Step)>) {
     let mut now = BTreeMap::new();
     let mut changes = Vec::new();
+    let mut seen = BTreeSet::new();
     for e in eps {
+        if !seen.insert(e.pod.as_str()) {
+            continue;
+        }
         let was = before.get(&e.pod).copied();
         if let Some(step) = step_of(e, was) {
             now.insert(e.pod.clone(), step);

@@ -744,9 +744,31 @@ impl FakeApi {
     }
 }
 
-/// The API server's part of applying a Service: a clusterIP (not for headless or ExternalName
-/// Services), nodePorts (NodePort and LoadBalancer; a re-apply keeps what was allocated), the
-/// trafficDistribution as the server takes it, and an ingress IP when LBs are given.
+/// A Service's families as a dual-stack API server sets them: `spec.ipFamilies` as given (IPv4
+/// when not), the other family added under PreferDualStack and RequireDualStack;
+/// `spec.ipFamilyPolicy` SingleStack when not given.
+fn families(spec: &mut Value) -> Vec<String> {
+    let policy = spec["ipFamilyPolicy"].as_str().unwrap_or("SingleStack").to_string();
+    let mut families: Vec<String> = spec["ipFamilies"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if families.is_empty() {
+        families.push("IPv4".into());
+    }
+    if policy != "SingleStack" && families.len() == 1 {
+        let other = if families[0] == "IPv4" { "IPv6" } else { "IPv4" };
+        families.push(other.into());
+    }
+    spec["ipFamilyPolicy"] = json!(policy);
+    spec["ipFamilies"] = json!(families);
+    families
+}
+
+/// The API server's part of applying a Service: its families and a clusterIP of each (not for
+/// headless or ExternalName Services), nodePorts (NodePort and LoadBalancer; a re-apply keeps
+/// what was allocated), the trafficDistribution as the server takes it, and an ingress IP of
+/// each family when LBs are given.
 fn allocate(st: &mut State, path: &str, obj: &mut Value) -> Result<(), (u16, Value)> {
     let old = st.objects.get(path).cloned();
     let c = st.controllers.as_mut().expect("controllers on");
@@ -771,20 +793,31 @@ fn allocate(st: &mut State, path: &str, obj: &mut Value) -> Result<(), (u16, Val
         }
     }
     let type_ = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let mut families_ = vec!["IPv4".to_string()];
     if type_ != "ExternalName" {
-        let ip = match old
+        families_ = families(spec);
+        let kept: Option<Vec<Value>> = old
             .as_ref()
-            .and_then(|o| o["spec"]["clusterIP"].as_str().map(str::to_string))
-        {
-            Some(ip) => ip,
-            None if spec["clusterIP"] == "None" => "None".to_string(),
-            None => {
-                c.allocated += 1;
-                format!("10.96.{}.{}", 100 + c.allocated / 250, c.allocated % 250 + 1)
-            }
+            .and_then(|o| o["spec"]["clusterIPs"].as_array().cloned())
+            .filter(|ips| ips.len() == families_.len());
+        let ips: Vec<Value> = match kept {
+            Some(ips) => ips,
+            None if spec["clusterIP"] == "None" => vec![json!("None")],
+            None => families_
+                .iter()
+                .map(|f| {
+                    c.allocated += 1;
+                    let n = c.allocated;
+                    json!(if f == "IPv6" {
+                        format!("fd00:10:96::{n:x}")
+                    } else {
+                        format!("10.96.{}.{}", 100 + n / 250, n % 250 + 1)
+                    })
+                })
+                .collect(),
         };
-        spec["clusterIP"] = json!(ip);
-        spec["clusterIPs"] = json!([ip]);
+        spec["clusterIP"] = ips[0].clone();
+        spec["clusterIPs"] = json!(ips);
     }
     if matches!(type_.as_str(), "NodePort" | "LoadBalancer")
         && let Some(ports) = spec["ports"].as_array_mut()
@@ -799,8 +832,20 @@ fn allocate(st: &mut State, path: &str, obj: &mut Value) -> Result<(), (u16, Val
         }
     }
     let ingress = if type_ == "LoadBalancer" && c.lb_ips {
-        c.allocated += 1;
-        json!([{"ip": format!("172.18.255.{}", c.allocated % 250 + 1), "ipMode": "VIP"}])
+        let ips: Vec<Value> = families_
+            .iter()
+            .map(|f| {
+                c.allocated += 1;
+                let n = c.allocated;
+                let ip = if f == "IPv6" {
+                    format!("fc00:f853:ccd:e793::{n:x}")
+                } else {
+                    format!("172.18.255.{}", n % 250 + 1)
+                };
+                json!({"ip": ip, "ipMode": "VIP"})
+            })
+            .collect();
+        json!(ips)
     } else {
         json!([])
     };
@@ -854,7 +899,10 @@ fn endpoint_slice_controller(st: &mut State, query: &str) {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let mut endpoints = Vec::new();
+    let families: Vec<String> = svc["spec"]["ipFamilies"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+        .unwrap_or_else(|| vec!["IPv4".into()]);
     let pods: Vec<Value> = st
         .objects
         .iter()
@@ -862,42 +910,55 @@ fn endpoint_slice_controller(st: &mut State, query: &str) {
         .map(|(_, o)| o.clone())
         .filter(|o| selector.iter().all(|(k, v)| o["metadata"]["labels"][k] == v.as_str()))
         .collect();
-    for p in pods {
-        let Some(ip) = p["status"]["podIP"].as_str() else {
-            continue;
-        };
-        let ready = p["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
-        let zone = st
-            .objects
-            .get(&format!("/api/v1/nodes/{node}"))
-            .and_then(|n| n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        let mut e = json!({"addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": false},
+    // One slice per family, each endpoint at its pod's IP of that family.
+    for family in families {
+        let mut endpoints = Vec::new();
+        for p in &pods {
+            let ips: Vec<&str> = match p["status"]["podIPs"].as_array() {
+                Some(ips) => ips.iter().filter_map(|i| i["ip"].as_str()).collect(),
+                None => p["status"]["podIP"].as_str().into_iter().collect(),
+            };
+            let Some(ip) = ips.into_iter().find(|ip| ip.contains(':') == (family == "IPv6")) else {
+                continue;
+            };
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+            let zone = st
+                .objects
+                .get(&format!("/api/v1/nodes/{node}"))
+                .and_then(|n| n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let mut e = json!({"addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": false},
             "nodeName": node, "zone": zone,
             "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": NS}});
-        if td.starts_with("Prefer") && !zone.is_empty() {
-            e["hints"] = json!({"forZones": [{"name": zone}]});
-            if td == "PreferSameNode" {
-                e["hints"]["forNodes"] = json!([{"name": node}]);
+            if td.starts_with("Prefer") && !zone.is_empty() {
+                e["hints"] = json!({"forZones": [{"name": zone}]});
+                if td == "PreferSameNode" {
+                    e["hints"]["forNodes"] = json!([{"name": node}]);
+                }
             }
+            endpoints.push(e);
         }
-        endpoints.push(e);
-    }
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-auto"), "namespace": NS,
-            "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [{"name": "tcp", "port": 5001, "protocol": "TCP"}, {"name": "udp", "port": 5001, "protocol": "UDP"}]
-    });
-    let path = path_of(&slice);
-    if st.objects.get(&path) != Some(&slice) {
-        st.set(&path, slice);
+        let name = if family == "IPv6" {
+            format!("{service}-auto-v6")
+        } else {
+            format!("{service}-auto")
+        };
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": NS,
+                "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": family,
+            "endpoints": endpoints,
+            "ports": [{"name": "tcp", "port": 5001, "protocol": "TCP"}, {"name": "udp", "port": 5001, "protocol": "UDP"}]
+        });
+        let path = path_of(&slice);
+        if st.objects.get(&path) != Some(&slice) {
+            st.set(&path, slice);
+        }
     }
 }
 

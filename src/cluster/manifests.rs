@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::service::{MAX_AFFINITY_TIMEOUT, ServiceOptions, ServiceType, SessionAffinity};
+use crate::service::{IpFamily, IpFamilyPolicy, MAX_AFFINITY_TIMEOUT, ServiceOptions, ServiceType, SessionAffinity};
 
 pub const TSERVER_YAML: &str = include_str!("../../manifests/tserver.yaml");
 pub const AFFINITY_YAML: &str = include_str!("../../manifests/affinity-server.yaml");
@@ -33,6 +33,10 @@ pub struct Options {
     /// The tserver Service's load-balancing options.
     pub service: ServiceOptions,
     pub affinity_server: bool,
+    /// `spec.ipFamilyPolicy` of every Service (the cluster's default when unset).
+    pub ip_family_policy: Option<IpFamilyPolicy>,
+    /// `spec.ipFamilies`, primary first (the cluster's default when empty).
+    pub ip_families: Vec<IpFamily>,
 }
 
 impl Default for Options {
@@ -44,6 +48,8 @@ impl Default for Options {
             service_type: ServiceType::NodePort,
             service: ServiceOptions::default(),
             affinity_server: false,
+            ip_family_policy: None,
+            ip_families: Vec::new(),
         }
     }
 }
@@ -83,6 +89,20 @@ fn set_workload(obj: &mut Value, o: &Options) {
     }
 }
 
+/// The IP families of a Service, when asked for.
+fn set_families(obj: &mut Value, o: &Options) {
+    if kind(obj) != "Service" {
+        return;
+    }
+    if let Some(policy) = o.ip_family_policy {
+        obj["spec"]["ipFamilyPolicy"] = json!(policy.to_string());
+    }
+    if !o.ip_families.is_empty() {
+        let families: Vec<&str> = o.ip_families.iter().map(|f| f.kube()).collect();
+        obj["spec"]["ipFamilies"] = json!(families);
+    }
+}
+
 /// The tserver objects (Deployment, Service), and the affinity server's when asked.
 pub fn render(o: &Options) -> Result<Vec<Value>> {
     validate(o)?;
@@ -90,6 +110,7 @@ pub fn render(o: &Options) -> Result<Vec<Value>> {
     for obj in &mut objs {
         set_namespace(obj, &o.namespace);
         set_workload(obj, o);
+        set_families(obj, o);
         if kind(obj) == "Service" && name(obj) == TSERVER {
             let spec = &mut obj["spec"];
             let svc = &o.service;
@@ -115,6 +136,7 @@ pub fn render(o: &Options) -> Result<Vec<Value>> {
         for mut obj in parse(AFFINITY_YAML)? {
             set_namespace(&mut obj, &o.namespace);
             set_workload(&mut obj, o);
+            set_families(&mut obj, o);
             objs.push(obj);
         }
     }
@@ -140,6 +162,7 @@ fn validate(o: &Options) -> Result<()> {
     if !o.service.source_ranges.is_empty() && o.service_type != ServiceType::LoadBalancer {
         bail!("--lb-source-ranges applies to a LoadBalancer Service: add --service-type LoadBalancer");
     }
+    validate_families(o.ip_family_policy, &o.ip_families)?;
     let t = o.service.affinity_timeout;
     if !(1..=MAX_AFFINITY_TIMEOUT).contains(&t) {
         bail!("--affinity-timeout {t}: give 1..{MAX_AFFINITY_TIMEOUT} seconds (Kubernetes' limit)");
@@ -149,6 +172,28 @@ fn validate(o: &Options) -> Result<()> {
             "namespace {:?} is not a valid name (lowercase letters, digits, '-')",
             o.namespace
         );
+    }
+    Ok(())
+}
+
+/// The combinations of `--ip-family-policy` and `--ip-families` the API server accepts.
+fn validate_families(policy: Option<IpFamilyPolicy>, families: &[IpFamily]) -> Result<()> {
+    let given = families.iter().map(|f| f.kube()).collect::<Vec<_>>().join(",");
+    // Two families exist: a third entry, or a second equal to the first, is a repeat.
+    if families.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
+        bail!("--ip-families {given}: give each family once (IPv4, IPv6 or IPv4,IPv6)");
+    }
+    if families.len() > 1 {
+        match policy {
+            Some(IpFamilyPolicy::SingleStack) => bail!(
+                "--ip-family-policy SingleStack takes one family, not --ip-families {given}: \
+                 give one, or use PreferDualStack or RequireDualStack"
+            ),
+            None => {
+                bail!("--ip-families {given}: two families need --ip-family-policy PreferDualStack or RequireDualStack")
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
@@ -256,6 +301,8 @@ mod tests {
                 source_ranges: vec!["192.0.2.0/24".parse().unwrap()],
             },
             affinity_server: true,
+            ip_family_policy: None,
+            ip_families: Vec::new(),
         };
         let objs = render(&o).unwrap();
         assert_eq!(objs.len(), 4);
@@ -285,6 +332,73 @@ mod tests {
             ad["spec"]["template"]["spec"]["containers"][0]["image"],
             "registry.example/svclb:dev"
         );
+    }
+
+    #[test]
+    fn ip_families_render_into_every_service_only_when_given() {
+        let objs = render(&Options {
+            affinity_server: true,
+            ..Options::default()
+        })
+        .unwrap();
+        for s in objs.iter().filter(|o| kind(o) == "Service") {
+            assert!(s["spec"].get("ipFamilyPolicy").is_none() && s["spec"].get("ipFamilies").is_none());
+        }
+        let objs = render(&Options {
+            affinity_server: true,
+            ip_family_policy: Some(IpFamilyPolicy::PreferDualStack),
+            ip_families: vec![IpFamily::Ipv6, IpFamily::Ipv4],
+            ..Options::default()
+        })
+        .unwrap();
+        for name_ in [TSERVER, AFFINITY] {
+            let s = &find(&objs, "Service", name_)["spec"];
+            assert_eq!(s["ipFamilyPolicy"], "PreferDualStack");
+            assert_eq!(s["ipFamilies"], json!(["IPv6", "IPv4"]));
+        }
+        assert!(find(&objs, "Deployment", TSERVER)["spec"].get("ipFamilies").is_none());
+        // A policy alone leaves the families to the cluster.
+        let objs = render(&Options {
+            ip_family_policy: Some(IpFamilyPolicy::RequireDualStack),
+            ..Options::default()
+        })
+        .unwrap();
+        let s = &find(&objs, "Service", TSERVER)["spec"];
+        assert_eq!(s["ipFamilyPolicy"], "RequireDualStack");
+        assert!(s.get("ipFamilies").is_none());
+    }
+
+    #[test]
+    fn bad_ip_family_combinations_are_one_line_errors() {
+        use IpFamily::{Ipv4, Ipv6};
+        use IpFamilyPolicy::*;
+        for (policy, families, want) in [
+            (Some(SingleStack), vec![Ipv4, Ipv6], "SingleStack takes one family"),
+            (Some(PreferDualStack), vec![Ipv4, Ipv4], "give each family once"),
+            (Some(RequireDualStack), vec![Ipv6, Ipv4, Ipv6], "give each family once"),
+            (None, vec![Ipv6, Ipv4], "two families need --ip-family-policy"),
+        ] {
+            let e = render(&Options {
+                ip_family_policy: policy,
+                ip_families: families,
+                ..Options::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want) && !e.contains('\n'), "{e}");
+        }
+        for (policy, families) in [
+            (Some(SingleStack), vec![Ipv6]),
+            (Some(RequireDualStack), vec![Ipv4]),
+            (None, vec![Ipv6]),
+        ] {
+            render(&Options {
+                ip_family_policy: policy,
+                ip_families: families,
+                ..Options::default()
+            })
+            .unwrap();
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::manifests::{MANAGED_BY, TSERVER};
 use super::ops::FIELD_MANAGER;
 use super::{ApiResult, Cluster, not_found};
-use crate::service::{ServiceOptions, SessionAffinity};
+use crate::service::{IpFamily, ServiceOptions, SessionAffinity};
 
 /// The app name of the matrix Services.
 pub const APP: &str = "svclb-matrix";
@@ -91,6 +91,14 @@ pub struct ScenarioService {
     pub namespace: String,
     /// The run's instance label.
     pub run: String,
+    /// The run's family: the Service is single-stack of it.
+    pub family: IpFamily,
+}
+
+/// A Service of the run's family only: its clusterIP and slices are of the family the run measures.
+fn single_stack(spec: &mut Value, family: IpFamily) {
+    spec["ipFamilyPolicy"] = json!("SingleStack");
+    spec["ipFamilies"] = json!([family.kube()]);
 }
 
 impl ScenarioService {
@@ -116,6 +124,7 @@ impl ScenarioService {
         if let Some(td) = o.traffic_distribution {
             spec["trafficDistribution"] = json!(td.to_string());
         }
+        single_stack(&mut spec, self.family);
         json!({
             "apiVersion": "v1",
             "kind": "Service",
@@ -140,17 +149,20 @@ pub fn alias(variant: &str, namespace: &str, cluster_domain: &str, run: &str) ->
     })
 }
 
-/// The run's headless Service of the tserver pods: its name resolves to their pod IPs.
-pub fn headless(namespace: &str, run: &str) -> Value {
+/// The run's headless Service of the tserver pods: its name resolves to their pod IPs of
+/// `family`.
+pub fn headless(namespace: &str, run: &str, family: IpFamily) -> Value {
+    let mut spec = json!({
+        "clusterIP": "None",
+        "selector": {"app.kubernetes.io/name": TSERVER},
+        "ports": ports(),
+    });
+    single_stack(&mut spec, family);
     json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": HEADLESS, "namespace": namespace, "labels": labels(run)},
-        "spec": {
-            "clusterIP": "None",
-            "selector": {"app.kubernetes.io/name": TSERVER},
-            "ports": ports(),
-        },
+        "spec": spec,
     })
 }
 
@@ -227,6 +239,7 @@ mod tests {
             load_balancer: true,
             namespace: "svclb".into(),
             run: "r1".into(),
+            family: IpFamily::Ipv6,
         };
         let o = s.object();
         assert_eq!(o["metadata"]["name"], "svclb-mx-affinity");
@@ -239,6 +252,8 @@ mod tests {
         assert_eq!(spec["externalTrafficPolicy"], "Local");
         assert_eq!(spec["internalTrafficPolicy"], "Cluster");
         assert_eq!(spec["trafficDistribution"], "PreferSameNode");
+        assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(spec["ipFamilies"], json!(["IPv6"]));
         let none = ScenarioService {
             variant: "no-endpoints".into(),
             options: ServiceOptions::default(),
@@ -255,7 +270,9 @@ mod tests {
         let a = alias("default", "svclb", "cluster.local", "r1");
         assert_eq!(a["spec"]["externalName"], "svclb-mx-default.svclb.svc.cluster.local");
         assert_eq!(a["metadata"]["name"], "svclb-mx-default-alias");
-        assert_eq!(headless("svclb", "r1")["spec"]["clusterIP"], "None");
+        let h = headless("svclb", "r1", IpFamily::Ipv4);
+        assert_eq!(h["spec"]["clusterIP"], "None");
+        assert_eq!(h["spec"]["ipFamilies"], json!(["IPv4"]));
         assert_eq!(dns_name(HEADLESS, "svclb"), "svclb-mx-headless.svclb.svc");
         assert_eq!(all_names().len(), 2 * VARIANTS.len() + 1);
     }

@@ -1,5 +1,6 @@
 //! `deploy`, `status`, `cleanup` and `manifests`: the test servers on a real cluster.
 
+use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,7 +13,19 @@ use super::KubeFlags;
 use super::service_args::{ServiceArgs, kube_value};
 use crate::cluster::manifests::{self, Options};
 use crate::cluster::{self, ops};
-use crate::service::ServiceType;
+use crate::service::{IpFamily, IpFamilyPolicy, ServiceType};
+
+/// `--ip-families` entries as `spec.ipFamilies` spells them, in any case.
+fn ip_family() -> impl clap::builder::TypedValueParser<Value = IpFamily> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(["IPv4", "IPv6"]).map(|s| {
+        if s.eq_ignore_ascii_case("IPv6") {
+            IpFamily::Ipv6
+        } else {
+            IpFamily::Ipv4
+        }
+    })
+}
 
 /// How the test servers are rendered (`deploy`, `manifests`).
 #[derive(Debug, Clone, Args)]
@@ -31,6 +44,13 @@ pub struct ServerArgs {
     /// Also the affinity server: LoadBalancer Service, sessionAffinity ClientIP, eTP Local.
     #[arg(long)]
     pub affinity_server: bool,
+    /// spec.ipFamilyPolicy of the Services [default: the cluster's, SingleStack].
+    #[arg(long, value_parser = kube_value::<IpFamilyPolicy>(), ignore_case = true)]
+    pub ip_family_policy: Option<IpFamilyPolicy>,
+    /// spec.ipFamilies of the Services, primary first: IPv4, IPv6, IPv4,IPv6 or IPv6,IPv4
+    /// [default: the cluster's].
+    #[arg(long, value_name = "FAMILY,...", value_delimiter = ',', value_parser = ip_family(), ignore_case = true)]
+    pub ip_families: Vec<IpFamily>,
 }
 
 impl ServerArgs {
@@ -45,6 +65,8 @@ impl ServerArgs {
             service_type: self.service_type,
             service: self.service.options()?,
             affinity_server: self.affinity_server,
+            ip_family_policy: self.ip_family_policy,
+            ip_families: self.ip_families.clone(),
         })
     }
 }
@@ -164,6 +186,21 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     b.build().with(Style::blank()).to_string()
 }
 
+/// `IPv4 10.96.0.10, IPv6 fd00::10`: each family's address, primary first.
+fn per_family(families: &[IpFamily], addr: impl Fn(IpFamily) -> Option<IpAddr>, missing: &str) -> String {
+    families
+        .iter()
+        .map(|&f| {
+            format!(
+                "{} {}",
+                f.kube(),
+                addr(f).map_or_else(|| missing.to_string(), |a| a.to_string())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn or_dash(s: &str) -> String {
     if s.is_empty() { "-".into() } else { s.to_string() }
 }
@@ -189,7 +226,7 @@ pub fn render_status(st: &ops::Status) -> String {
                 p.name.clone(),
                 or_dash(&p.node),
                 or_dash(&p.zone),
-                p.ip.clone().unwrap_or_else(|| "-".into()),
+                or_dash(&p.ips.join(",")),
                 if p.ready { "yes" } else { "no" }.into(),
                 p.state.clone(),
             ]
@@ -211,6 +248,15 @@ pub fn render_status(st: &ops::Status) -> String {
         per(&st.per_zone)
     ));
     for s in &st.services {
+        let families = s.families();
+        let stack = match &s.ip_family_policy {
+            Some(policy) => {
+                let names: Vec<&str> = families.iter().map(|f| f.kube()).collect();
+                format!(", {policy} {}", names.join(","))
+            }
+            None => String::new(),
+        };
+        let cluster_ips = per_family(&families, |f| s.cluster_ip(f), "-");
         let ports: Vec<String> = s
             .ports
             .iter()
@@ -220,15 +266,18 @@ pub fn render_status(st: &ops::Status) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "service {} ({}): clusterIP {} ports {}{}\n  sessionAffinity {}, externalTrafficPolicy {}, internalTrafficPolicy {}, trafficDistribution {}\n",
+            "service {} ({}{stack}): clusterIP {} ports {}{}\n  sessionAffinity {}, externalTrafficPolicy {}, internalTrafficPolicy {}, trafficDistribution {}\n",
             s.name,
             s.type_,
-            or_dash(&s.cluster_ips.join(",")),
+            or_dash(&cluster_ips),
             ports.join(" "),
             if s.lb_ips.is_empty() {
                 if s.type_ == "LoadBalancer" { " LB pending".to_string() } else { String::new() }
             } else {
-                format!(" LB {}", s.lb_ips.join(","))
+                // Each family's ingress IP (or pending), and any hostname the LB gives.
+                let mut lb = vec![per_family(&families, |f| s.lb_ip(f), "pending")];
+                lb.extend(s.lb_ips.iter().filter(|a| a.parse::<IpAddr>().is_err()).cloned());
+                format!(" LB {}", lb.join(", "))
             },
             s.session_affinity,
             s.external_traffic_policy.as_deref().unwrap_or("-"),

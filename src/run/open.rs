@@ -228,6 +228,9 @@ impl Opened {
                         () = interrupt.wait() => bail!("interrupted while the test servers were being deployed"),
                     }
                     let view = ClusterView::load(&c, version, p.service, p.clients).await?;
+                    // The Service's primary family until the run asks for one (an IPv6-only
+                    // cluster's Service has no IPv4 address).
+                    let family = view.service.families().first().copied().unwrap_or_default();
                     Ok(Box::new(KubeBackend {
                         view,
                         cluster: c.clone(),
@@ -238,7 +241,7 @@ impl Opened {
                         host: LocalRun {
                             program: std::env::current_exe()?,
                         },
-                        family: IpFamily::Ipv4,
+                        family,
                     }))
                 }
                 .await;

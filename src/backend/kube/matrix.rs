@@ -7,7 +7,7 @@
 //! view comes from those EndpointSlices.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use crate::cluster::matrix::{self as services, ScenarioService};
 use crate::cluster::ops::{self, NodeInfo, PodInfo, ServiceInfo, SliceEndpoint};
 use crate::matrix::{self, Cluster, Variant};
 use crate::record::{EndpointState, MatrixSource, MatrixTarget, SourceKind, TargetKind};
-use crate::service::ServiceOptions;
+use crate::service::{IpFamily, ServiceOptions};
 use crate::storm::Proto;
 
 /// How a cluster matrix run goes about its pods and Services.
@@ -122,12 +122,11 @@ pub struct KubeMatrix<'a, P: AgentRunner, H: AgentRunner> {
 
 /// kube-proxy's view of a Service: the endpoints of its EndpointSlices (none without slices),
 /// node names filled in from the pods where a slice has none.
-/// A dual-stack Service has a slice per family: each pod counts once.
-fn eps(slices: &[SliceEndpoint], pods: &[PodInfo]) -> Vec<crate::service::Ep> {
-    let mut seen = BTreeSet::new();
+/// A dual-stack Service has a slice per family: those of the run's family count.
+fn eps(slices: &[SliceEndpoint], pods: &[PodInfo], family: IpFamily) -> Vec<crate::service::Ep> {
     slices
         .iter()
-        .filter(|e| e.pod.is_empty() || seen.insert(e.pod.clone()))
+        .filter(|e| e.is(family))
         .map(|e| {
             let mut ep = e.ep();
             if ep.node.is_empty()
@@ -153,13 +152,10 @@ fn zone_of<'n>(nodes: &'n [NodeInfo], node: &str) -> &'n str {
     nodes.iter().find(|n| n.name == node).map_or("", |n| n.zone.as_str())
 }
 
-/// A node's address for NodePort targets: the InternalIP (the address pods and nodes use),
-/// else the ExternalIP.
-fn node_ip(n: &NodeInfo) -> Option<IpAddr> {
-    n.internal_ip
-        .as_deref()
-        .or(n.external_ip.as_deref())
-        .and_then(|a| a.parse().ok())
+/// A node's address of `family` for NodePort targets: the InternalIP (the address pods and nodes
+/// use), else the ExternalIP.
+fn node_ip(n: &NodeInfo, family: IpFamily) -> Option<IpAddr> {
+    n.internal_ip(family).or(n.external_ip(family))
 }
 
 /// One connection from this machine to `addr`, and the first reply line of the server behind it.
@@ -297,7 +293,12 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
         // The run's headless Service: its name resolves to the tserver pods.
         self.check_free(services::HEADLESS).await?;
         self.made(services::HEADLESS);
-        match services::apply(c, &services::headless(&view.namespace, &self.pods.run)).await? {
+        match services::apply(
+            c,
+            &services::headless(&view.namespace, &self.pods.run, self.backend.family),
+        )
+        .await?
+        {
             Ok(_) => {}
             Err(why) => bail!(
                 "the API server refused the headless Service {}: {why}",
@@ -388,10 +389,11 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
             ));
             return false;
         };
-        let Some(ip) = node_ip(node) else {
+        let Some(ip) = node_ip(node, self.backend.family) else {
             self.note(format!(
-                "client row left out: node {} has no address in its status",
-                node.name
+                "client row left out: node {} has no {} address in its status",
+                node.name,
+                self.backend.family.kube()
             ));
             return false;
         };
@@ -417,7 +419,9 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
             let servers = ops::pods(c, TSERVER, &view.nodes).await?;
             let want: BTreeSet<String> = servers.iter().filter(|p| p.ready).map(|p| p.name.clone()).collect();
             let slices = ops::endpoint_slices(c, services::HEADLESS).await?;
-            let Some(lack) = matrix::slices_lack(&want, &eps(&slices, &servers), None, &|_| String::new()) else {
+            let Some(lack) = matrix::slices_lack(&want, &eps(&slices, &servers, self.backend.family), None, &|_| {
+                String::new()
+            }) else {
                 return Ok(());
             };
             if t0.elapsed() >= self.opts.service_timeout {
@@ -469,8 +473,8 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
         left
     }
 
-    /// The LoadBalancer ingress IP of `svc` the matrix can use, or why not.
-    fn lb_ip(svc: &Service) -> std::result::Result<Option<IpAddr>, String> {
+    /// The LoadBalancer ingress IP of `family` of `svc` the matrix can use, or why not.
+    fn lb_ip(svc: &Service, family: IpFamily) -> std::result::Result<Option<IpAddr>, String> {
         let ingress = svc
             .status
             .as_ref()
@@ -487,11 +491,13 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
                     .into(),
             );
         }
-        match ingress
+        let ips: Vec<IpAddr> = ingress
             .iter()
-            .find_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
-        {
-            Some(ip) => Ok(Some(ip)),
+            .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
+            .collect();
+        match ips.iter().find(|ip| IpFamily::of(ip) == family) {
+            Some(ip) => Ok(Some(*ip)),
+            None if !ips.is_empty() => Err(format!("its LoadBalancer gives no {} IP", family.kube())),
             None => Err(format!(
                 "its LoadBalancer gives a hostname ({}), not an IP kube-proxy programs",
                 first.hostname.as_deref().unwrap_or("?")
@@ -530,10 +536,10 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
                 BTreeSet::new()
             };
             let slices = ops::endpoint_slices(c, &name).await?;
-            let eps = eps(&slices, &servers);
+            let eps = eps(&slices, &servers, self.backend.family);
             let lack = matrix::slices_lack(&want, &eps, td, &|node| zone_of(&view.nodes, node).to_string());
             let lb = self.state.lock().expect("matrix state").lb;
-            let (lb_ip, lb_lack) = match (lb, Self::lb_ip(&svc)) {
+            let (lb_ip, lb_lack) = match (lb, Self::lb_ip(&svc, self.backend.family)) {
                 (Lb::No, _) => (None, false),
                 (_, Ok(Some(ip))) => (Some(ip), false),
                 (_, Ok(None)) => (None, true),
@@ -607,7 +613,8 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
             pod: pod.into(),
             host,
         };
-        let cip = info.cluster_ips.first().and_then(|ip| ip.parse::<IpAddr>().ok());
+        let family = self.backend.family;
+        let cip = info.cluster_ip(family);
         let mut out = Vec::new();
         if let Some(ip) = cip {
             out.push(t(
@@ -621,7 +628,7 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
         }
         if let Some(port) = info.node_port(PORT, proto_name) {
             for n in &self.layout.nodes {
-                if let Some(ip) = node_ip(n) {
+                if let Some(ip) = node_ip(n, family) {
                     out.push(t(
                         format!("np:{}", n.name),
                         TargetKind::NodePort,
@@ -644,7 +651,7 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
             ));
         }
         for p in &self.layout.servers {
-            if let Some(ip) = p.ip.as_deref().and_then(|ip| ip.parse().ok()) {
+            if let Some(ip) = p.ip_of(family) {
                 out.push(t(
                     format!("pod:{}", p.name),
                     TargetKind::PodIp,
@@ -668,7 +675,15 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
         out.push(t(
             "headless".into(),
             TargetKind::Headless,
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT),
+            // The name is resolved where the probe runs; the unspecified address of the run's
+            // family says which of its addresses to keep.
+            SocketAddr::new(
+                match family {
+                    IpFamily::Ipv4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpFamily::Ipv6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                },
+                PORT,
+            ),
             "",
             "",
             services::dns_name(services::HEADLESS, ns),
@@ -700,6 +715,7 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
             load_balancer: lb != Lb::No,
             namespace: view.namespace.clone(),
             run: self.pods.run.clone(),
+            family: self.backend.family,
         };
         let name = spec.name();
         let alias = services::alias_name(v.name);
@@ -737,19 +753,20 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
         }
         // kube-proxy's sync after the slices changed.
         tokio::time::sleep(self.opts.settle).await;
+        let family = self.backend.family;
         let slices = ops::endpoint_slices(c, &name).await?;
         let servers = ops::pods(c, TSERVER, &view.nodes).await?;
         let headless: BTreeMap<String, IpAddr> = ops::endpoint_slices(c, services::HEADLESS)
             .await?
             .into_iter()
-            .filter(|e| e.ready)
+            .filter(|e| e.ready && e.is(family))
             .filter_map(|e| {
-                // IPv4, as the probes of this run (a dual-stack pod has one address per family).
+                // The run's family, as its probes (a dual-stack pod has one address per family).
                 let ip = e
                     .addresses
                     .iter()
                     .filter_map(|a| a.parse::<IpAddr>().ok())
-                    .find(IpAddr::is_ipv4)?;
+                    .find(|ip| IpFamily::of(ip) == family)?;
                 Some((e.pod.clone(), ip))
             })
             .collect();
@@ -759,7 +776,7 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
                 ..info.options()
             },
             externally_accessible: info.externally_accessible(),
-            eps: eps(&slices, &servers),
+            eps: eps(&slices, &servers, family),
             placement: servers
                 .iter()
                 .map(|p| (p.name.clone(), (p.node.clone(), p.zone.clone())))
@@ -769,7 +786,7 @@ impl<'a, P: AgentRunner, H: AgentRunner> KubeMatrix<'a, P, H> {
             lb_hops: self.layout.nodes.iter().map(|n| n.name.clone()).collect(),
             host_lb_rejected: view.proxy_mode.as_deref() == Some("nftables"),
             pod_to_node_masquerade: None,
-            cluster_ip: info.cluster_ips.first().and_then(|ip| ip.parse().ok()),
+            cluster_ip: info.cluster_ip(family),
             headless,
         };
         let targets = Targets {

@@ -175,10 +175,11 @@ pub struct KubeBackend<P: AgentRunner, H: AgentRunner> {
     pub family: IpFamily,
 }
 
-fn endpoint(p: &PodInfo) -> Option<Endpoint> {
+/// The pod as a backend, at its IP of `family`.
+fn endpoint(p: &PodInfo, family: IpFamily) -> Option<Endpoint> {
     Some(Endpoint {
         name: p.name.clone(),
-        ip: p.ip.as_deref()?.parse().ok()?,
+        ip: p.ip_of(family)?,
         node: p.node.clone(),
         zone: p.zone.clone(),
     })
@@ -199,10 +200,27 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
         self.view.clients = pods;
     }
 
-    /// Runs go to the Service's addresses of `family`.
+    /// Runs go to the Service's addresses of `family`: its clusterIP, LB ingress IP, the nodes'
+    /// addresses and the pods' IPs of that family, the endpoints of its EndpointSlices of that
+    /// addressType. Refused when the Service has no clusterIP of `family`.
     pub fn set_family(&mut self, family: IpFamily) -> Result<()> {
-        if family != IpFamily::Ipv4 {
-            bail!("{} has no {family} Service addresses", self.where_());
+        let svc = &self.view.service;
+        if svc.cluster_ip(family).is_none() {
+            let has: Vec<&str> = svc.families().iter().map(|f| f.kube()).collect();
+            // Its primary family stays first: the API cannot change it.
+            let both = if svc.families().first() == Some(&IpFamily::Ipv6) {
+                "IPv6,IPv4"
+            } else {
+                "IPv4,IPv6"
+            };
+            bail!(
+                "Service {} in {} has no {} clusterIP (ipFamilies {}): redeploy with \
+                 `kubectl svclb deploy --ip-family-policy PreferDualStack --ip-families {both}`",
+                svc.name,
+                self.where_(),
+                family.kube(),
+                if has.is_empty() { "-".to_string() } else { has.join(",") }
+            );
         }
         self.family = family;
         Ok(())
@@ -227,13 +245,14 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
         self.eps_of(&self.view.slices)
     }
 
-    /// [`Self::eps`] from `slices`.
+    /// [`Self::eps`] from the slices of `slices` of the run's family.
     fn eps_of(&self, slices: &[SliceEndpoint]) -> Vec<Ep> {
         if slices.is_empty() {
             return self.ready().map(|p| Ep::ready(&p.name, &p.node)).collect();
         }
         slices
             .iter()
+            .filter(|e| e.is(self.family))
             .map(|e| {
                 let mut ep = e.ep();
                 if ep.node.is_empty()
@@ -276,7 +295,7 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
         chosen
             .iter()
             .filter_map(|&i| self.view.pods.iter().find(|p| p.name == eps[i].name))
-            .filter_map(endpoint)
+            .filter_map(|p| endpoint(p, self.family))
             .collect()
     }
 
@@ -294,12 +313,11 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
         }
     }
 
+    /// The node's ExternalIP, else its InternalIP, of the run's family.
     fn node_address(&self, n: &NodeInfo) -> Result<IpAddr> {
-        n.external_ip
-            .as_deref()
-            .or(n.internal_ip.as_deref())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| anyhow!("node {} has no address in its status", n.name))
+        n.external_ip(self.family)
+            .or(n.internal_ip(self.family))
+            .ok_or_else(|| anyhow!("node {} has no {} address in its status", n.name, self.family.kube()))
     }
 
     fn pick_node(&self, name: &Option<String>) -> Result<&NodeInfo> {
@@ -334,12 +352,13 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
     }
 
     fn cluster_ip(&self) -> Result<IpAddr> {
-        self.view
-            .service
-            .cluster_ips
-            .first()
-            .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| anyhow!("Service {} has no clusterIP", self.view.service.name))
+        self.view.service.cluster_ip(self.family).ok_or_else(|| {
+            anyhow!(
+                "Service {} has no {} clusterIP",
+                self.view.service.name,
+                self.family.kube()
+            )
+        })
     }
 
     fn lb_ip(&self) -> Result<IpAddr> {
@@ -351,10 +370,11 @@ impl<P: AgentRunner, H: AgentRunner> KubeBackend<P, H> {
                 svc.type_
             );
         }
-        svc.lb_ips.iter().find_map(|ip| ip.parse().ok()).ok_or_else(|| {
+        svc.lb_ip(self.family).ok_or_else(|| {
             anyhow!(
-                "Service {} has no LoadBalancer IP yet (is a LB controller installed?): use --node-port",
-                svc.name
+                "Service {} has no {} LoadBalancer IP yet (is a LB controller installed, does it give that family?): use --node-port",
+                svc.name,
+                self.family.kube()
             )
         })
     }
@@ -374,7 +394,7 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
     }
 
     fn endpoints(&self) -> Result<Vec<Endpoint>> {
-        Ok(self.ready().filter_map(endpoint).collect())
+        Ok(self.ready().filter_map(|p| endpoint(p, self.family)).collect())
     }
 
     fn plan(&self, from: &From, path: &Path, proto: Proto) -> Result<Plan> {
@@ -486,7 +506,12 @@ impl<P: AgentRunner, H: AgentRunner> Backend for KubeBackend<P, H> {
         ops::endpoint_slices(&self.cluster, &self.view.service.name)
             .await
             .ok()
-            .map(|eps| eps.into_iter().filter(|e| e.ready).map(|e| e.pod).collect())
+            .map(|eps| {
+                eps.into_iter()
+                    .filter(|e| e.ready && e.is(self.family))
+                    .map(|e| e.pod)
+                    .collect()
+            })
     }
 
     /// The polling period plus kube-proxy's minimum sync period (1 s by default) between an

@@ -238,3 +238,209 @@ async fn exec_picks_the_container_by_the_pod() {
     // Only the run's naming counts, not a look-alike.
     assert_eq!(exec.container_of("svclb-clientele-1"), "tserver");
 }
+
+/// A dual-stack cluster: nodes with an InternalIP per family, pods with `podIPs`, the tserver
+/// Service with a clusterIP and an LB ingress IP per family, and an EndpointSlice per family.
+async fn dual_stack(ip_families: serde_json::Value) -> KubeBackend<Never, Never> {
+    let api = FakeApi::new(Pods::Ready);
+    for (name, zone, v4, v6) in [
+        ("node-1", "zone-a", "172.18.0.2", "fc00:f853:ccd:e793::2"),
+        ("node-2", "zone-b", "172.18.0.3", "fc00:f853:ccd:e793::3"),
+    ] {
+        let mut n = fake::node(name, zone, v4);
+        n["status"]["addresses"] = json!([
+            {"type": "InternalIP", "address": v4},
+            {"type": "InternalIP", "address": v6},
+            {"type": "Hostname", "address": name}]);
+        api.put(n);
+    }
+    let pods = [
+        ("svclb-tserver-a1", "node-1", "10.244.1.10", "fd00:10:244:1::a"),
+        ("svclb-tserver-b1", "node-2", "10.244.2.10", "fd00:10:244:2::a"),
+    ];
+    for (name, node, v4, v6) in pods {
+        let mut p = fake::pod(name, TSERVER, node, v4, true);
+        p["status"]["podIPs"] = json!([{"ip": v4}, {"ip": v6}]);
+        api.put(p);
+    }
+    let mut svc = fake::service(
+        "LoadBalancer",
+        "10.96.12.34",
+        json!({"externalTrafficPolicy": "Local", "ipFamilyPolicy": "PreferDualStack", "ipFamilies": ip_families}),
+        Some("172.18.255.200"),
+    );
+    let families: Vec<&str> = ip_families
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    if families.contains(&"IPv6") {
+        svc["spec"]["clusterIPs"] = json!(["10.96.12.34", "fd00:10:96::1234"]);
+        svc["status"]["loadBalancer"]["ingress"] =
+            json!([{"ip": "172.18.255.200", "ipMode": "VIP"}, {"ip": "fc00:f853:ccd:e793::c8", "ipMode": "VIP"}]);
+    }
+    api.put(svc);
+    let v4: Vec<(&str, &str, &str, &[&str])> = pods.iter().map(|(p, _, ip, _)| (*p, *ip, "", &[][..])).collect();
+    api.put(fake::slice(&v4));
+    if families.contains(&"IPv6") {
+        // The IPv6 slice has only a1 ready: which slice a plan reads shows.
+        let mut s6 = fake::slice(&[("svclb-tserver-a1", "fd00:10:244:1::a", "", &[])]);
+        s6["metadata"]["name"] = json!("svclb-tserver-v6xyz");
+        s6["addressType"] = json!("IPv6");
+        api.put(s6);
+    }
+    let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
+        .await
+        .unwrap();
+    KubeBackend {
+        view,
+        cluster: api.cluster(),
+        pods: Never,
+        host: Never,
+        family: IpFamily::Ipv4,
+    }
+}
+
+#[tokio::test]
+async fn a_dual_stack_service_is_measured_over_the_family_asked_for() {
+    let mut t = dual_stack(json!(["IPv4", "IPv6"])).await;
+    let pod = From::Pods {
+        pod: Some("svclb-tserver-b1".into()),
+        per_node: false,
+    };
+    // IPv4 first: the IPv4 addresses and slice (both pods).
+    let plan = t.plan(&pod, &Path::ClusterIp, Proto::Tcp).unwrap();
+    assert_eq!(plan.address, "10.96.12.34:5001".parse().unwrap());
+    assert_eq!(names(&plan.expected), ["svclb-tserver-a1", "svclb-tserver-b1"]);
+    assert_eq!(plan.expected[1].ip, "10.244.2.10".parse::<IpAddr>().unwrap());
+
+    t.set_family(IpFamily::Ipv6).unwrap();
+    let plan = t.plan(&pod, &Path::ClusterIp, Proto::Tcp).unwrap();
+    assert_eq!(plan.address, "[fd00:10:96::1234]:5001".parse().unwrap());
+    assert_eq!(plan.http, Some("[fd00:10:96::1234]:8080".parse().unwrap()));
+    // The IPv6 slice's endpoints, at their IPv6 pod IPs.
+    assert_eq!(names(&plan.expected), ["svclb-tserver-a1"]);
+    assert_eq!(plan.expected[0].ip, "fd00:10:244:1::a".parse::<IpAddr>().unwrap());
+    let plan = t
+        .plan(&From::Host, &Path::NodePort(Some("node-1".into())), Proto::Udp)
+        .unwrap();
+    assert_eq!(plan.address, "[fc00:f853:ccd:e793::2]:30501".parse().unwrap());
+    assert_eq!(names(&plan.expected), ["svclb-tserver-a1"]);
+    // eTP Local on node-2: its pod is not in the IPv6 slice.
+    let plan = t
+        .plan(&From::Host, &Path::NodePort(Some("node-2".into())), Proto::Tcp)
+        .unwrap();
+    assert!(plan.expected.is_empty(), "{:?}", plan.expected);
+    let plan = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap();
+    assert_eq!(plan.address, "[fc00:f853:ccd:e793::c8]:5001".parse().unwrap());
+    let ips: Vec<IpAddr> = t.endpoints().unwrap().iter().map(|e| e.ip).collect();
+    assert_eq!(
+        ips,
+        [
+            "fd00:10:244:1::a".parse::<IpAddr>().unwrap(),
+            "fd00:10:244:2::a".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        t.pool().await.unwrap().into_iter().collect::<Vec<_>>(),
+        ["svclb-tserver-a1"]
+    );
+    assert_eq!(t.service_view().await.unwrap().eps.len(), 1);
+}
+
+#[tokio::test]
+async fn a_single_stack_service_refuses_the_other_family_in_one_line() {
+    let mut t = dual_stack(json!(["IPv4"])).await;
+    let e = t.set_family(IpFamily::Ipv6).unwrap_err().to_string();
+    assert!(!e.contains('\n'), "{e}");
+    assert!(
+        e.contains("has no IPv6 clusterIP (ipFamilies IPv4)")
+            && e.contains("--ip-family-policy PreferDualStack --ip-families IPv4,IPv6"),
+        "{e}"
+    );
+    assert_eq!(t.family, IpFamily::Ipv4);
+    t.set_family(IpFamily::Ipv4).unwrap();
+    let plan = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap();
+    assert_eq!(plan.address, "172.18.255.200:5001".parse().unwrap());
+}
+
+/// What `deploy --ip-family-policy ... --ip-families ...` renders, applied to an API server that
+/// allocates a clusterIP, an LB IP and an EndpointSlice per family: the backend measures over
+/// either family, starting from the primary one; deployed single-stack, it refuses the other.
+#[tokio::test]
+async fn deployed_dual_stack_is_measured_over_both_families() {
+    use crate::cluster::manifests::{Options, render};
+    use crate::service::{IpFamilyPolicy, ServiceType};
+
+    for (policy, families, has_v4) in [
+        (
+            IpFamilyPolicy::PreferDualStack,
+            vec![IpFamily::Ipv6, IpFamily::Ipv4],
+            true,
+        ),
+        (IpFamilyPolicy::SingleStack, vec![IpFamily::Ipv6], false),
+    ] {
+        let api = FakeApi::new(Pods::Ready);
+        api.run_controllers(fake::Controllers {
+            lb_ips: true,
+            ..Default::default()
+        });
+        let mut n = fake::node("node-1", "zone-a", "172.18.0.2");
+        n["status"]["addresses"] = json!([
+            {"type": "InternalIP", "address": "172.18.0.2"},
+            {"type": "InternalIP", "address": "fc00:f853:ccd:e793::2"}]);
+        api.put(n);
+        let mut p = fake::pod("svclb-tserver-a1", TSERVER, "node-1", "fd00:10:244:1::a", true);
+        p["status"]["podIPs"] = json!([{"ip": "fd00:10:244:1::a"}, {"ip": "10.244.1.10"}]);
+        api.put(p);
+        let objs = render(&Options {
+            namespace: fake::NS.into(),
+            service_type: ServiceType::LoadBalancer,
+            ip_family_policy: Some(policy),
+            ip_families: families,
+            ..Options::default()
+        })
+        .unwrap();
+        let services: Vec<serde_json::Value> = objs.into_iter().filter(|o| o["kind"] == "Service").collect();
+        ops::apply(&api.cluster(), &services).await.unwrap();
+        let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
+            .await
+            .unwrap();
+        let primary = view.service.families()[0];
+        assert_eq!(primary, IpFamily::Ipv6);
+        let mut t = KubeBackend {
+            view,
+            cluster: api.cluster(),
+            pods: Never,
+            host: Never,
+            family: primary,
+        };
+        let from = From::Pods {
+            pod: None,
+            per_node: false,
+        };
+        let plan = t.plan(&from, &Path::ClusterIp, Proto::Tcp).unwrap();
+        assert!(plan.address.is_ipv6(), "{}", plan.address);
+        assert_eq!(t.service_view().await.unwrap().eps.len(), 1);
+        let lb = t.plan(&From::Host, &Path::LoadBalancer, Proto::Tcp).unwrap();
+        assert!(
+            lb.address.is_ipv6() && lb.address.to_string().starts_with('['),
+            "{}",
+            lb.address
+        );
+        let v4 = t.set_family(IpFamily::Ipv4);
+        assert_eq!(v4.is_ok(), has_v4, "{v4:?}");
+        if has_v4 {
+            let plan = t.plan(&from, &Path::ClusterIp, Proto::Tcp).unwrap();
+            assert!(plan.address.is_ipv4(), "{}", plan.address);
+            assert_eq!(plan.expected[0].ip, "10.244.1.10".parse::<IpAddr>().unwrap());
+            let slices = ops::endpoint_slices(&api.cluster(), TSERVER).await.unwrap();
+            let types: BTreeSet<&str> = slices.iter().map(|e| e.address_type.as_str()).collect();
+            assert_eq!(types, BTreeSet::from(["IPv4", "IPv6"]));
+        } else {
+            let e = v4.unwrap_err().to_string();
+            assert!(e.contains("--ip-families IPv6,IPv4"), "{e}");
+        }
+    }
+}

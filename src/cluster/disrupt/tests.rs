@@ -12,6 +12,7 @@ use crate::cluster::manifests::TSERVER;
 fn ep(pod: &str, ready: bool, serving: bool, terminating: bool) -> SliceEndpoint {
     SliceEndpoint {
         slice: "s".into(),
+        address_type: "IPv4".into(),
         pod: pod.into(),
         addresses: vec!["10.0.0.1".into()],
         zone: String::new(),
@@ -55,6 +56,18 @@ fn stable_means_every_replica_ready_and_nothing_else() {
     assert!(!slices_stable(&terminating, 2, &[]));
     let starting = [ready[0].clone(), ep("c", false, false, false)];
     assert!(!slices_stable(&starting, 1, &[]));
+    // Dual-stack: a slice per family, each complete.
+    let v6 = |e: &SliceEndpoint| SliceEndpoint {
+        address_type: "IPv6".into(),
+        ..e.clone()
+    };
+    let both = [ready[0].clone(), ready[1].clone(), v6(&ready[0]), v6(&ready[1])];
+    assert!(slices_stable(&both, 2, &[]));
+    assert!(!slices_stable(&both[..3], 2, &[]), "the IPv6 slice lacks b");
+    // Each pod's step once, though it is in both slices.
+    let (s, ch) = diff(&BTreeMap::new(), &both);
+    assert_eq!(s.len(), 2);
+    assert_eq!(ch.len(), 2, "{ch:?}");
     let r = Rollout {
         replicas: 2,
         generation: 3,

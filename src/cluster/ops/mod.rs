@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 use super::manifests::MANAGED_BY;
 use super::{ApiResult, Cluster, not_found};
+use crate::service::IpFamily;
 
 pub const FIELD_MANAGER: &str = "kubectl-svclb";
 
@@ -239,15 +241,37 @@ pub async fn proxy_mode(cluster: &Cluster) -> Option<String> {
     }
 }
 
+/// The first of `addresses` that is an IP of `family`.
+pub fn of_family(addresses: &[String], family: IpFamily) -> Option<IpAddr> {
+    addresses
+        .iter()
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .find(|ip| IpFamily::of(ip) == family)
+}
+
 /// Node facts the plugin uses: zone (label `topology.kubernetes.io/zone`) and addresses.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct NodeInfo {
     pub name: String,
     pub zone: String,
-    pub internal_ip: Option<String>,
-    pub external_ip: Option<String>,
+    /// `status.addresses` of type InternalIP (a dual-stack node has one per family).
+    pub internal_ips: Vec<String>,
+    /// Those of type ExternalIP.
+    pub external_ips: Vec<String>,
     /// The node's Ready condition is True.
     pub ready: bool,
+}
+
+impl NodeInfo {
+    /// The node's InternalIP of `family`.
+    pub fn internal_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        of_family(&self.internal_ips, family)
+    }
+
+    /// The node's ExternalIP of `family`.
+    pub fn external_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        of_family(&self.external_ips, family)
+    }
 }
 
 pub async fn nodes(cluster: &Cluster) -> Result<Vec<NodeInfo>> {
@@ -260,12 +284,12 @@ pub async fn nodes(cluster: &Cluster) -> Result<Vec<NodeInfo>> {
         .items
         .into_iter()
         .map(|n| {
-            let addr = |t: &str| {
+            let addr = |t: &str| -> Vec<String> {
                 n.status
                     .as_ref()
                     .and_then(|s| s.addresses.as_ref())
-                    .and_then(|a| a.iter().find(|a| a.type_ == t))
-                    .map(|a| a.address.clone())
+                    .map(|a| a.iter().filter(|a| a.type_ == t).map(|a| a.address.clone()).collect())
+                    .unwrap_or_default()
             };
             NodeInfo {
                 zone: n
@@ -280,8 +304,8 @@ pub async fn nodes(cluster: &Cluster) -> Result<Vec<NodeInfo>> {
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-                internal_ip: addr("InternalIP"),
-                external_ip: addr("ExternalIP"),
+                internal_ips: addr("InternalIP"),
+                external_ips: addr("ExternalIP"),
                 name: n.metadata.name.clone().unwrap_or_default(),
             }
         })
@@ -292,7 +316,10 @@ pub async fn nodes(cluster: &Cluster) -> Result<Vec<NodeInfo>> {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PodInfo {
     pub name: String,
+    /// `status.podIP`: the primary family's.
     pub ip: Option<String>,
+    /// `status.podIPs`: one per family on a dual-stack cluster.
+    pub ips: Vec<String>,
     pub node: String,
     pub zone: String,
     pub ready: bool,
@@ -322,6 +349,13 @@ pub async fn pods(cluster: &Cluster, app: &str, nodes: &[NodeInfo]) -> Result<Ve
             PodInfo {
                 name: p.metadata.name.clone().unwrap_or_default(),
                 ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                ips: p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ips.as_ref())
+                    .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
+                    .or_else(|| p.status.as_ref().and_then(|s| s.pod_ip.clone()).map(|ip| vec![ip]))
+                    .unwrap_or_default(),
                 node,
                 zone,
                 ready: pod_ready(p),
@@ -333,11 +367,23 @@ pub async fn pods(cluster: &Cluster, app: &str, nodes: &[NodeInfo]) -> Result<Ve
     Ok(out)
 }
 
+impl PodInfo {
+    /// The pod's IP of `family`.
+    pub fn ip_of(&self, family: IpFamily) -> Option<IpAddr> {
+        of_family(&self.ips, family)
+    }
+}
+
 /// A Service's addresses and load-balancing options.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ServiceInfo {
     pub name: String,
     pub type_: String,
+    /// `spec.ipFamilyPolicy` (set by the API server when not given).
+    pub ip_family_policy: Option<String>,
+    /// `spec.ipFamilies`, primary first.
+    pub ip_families: Vec<String>,
+    /// `spec.clusterIPs`: one per family, in the order of `ip_families`.
     pub cluster_ips: Vec<String>,
     /// `port/PROTO` → nodePort.
     pub ports: Vec<(String, Option<i32>)>,
@@ -356,6 +402,8 @@ impl ServiceInfo {
         Self {
             name: s.metadata.name.clone().unwrap_or_default(),
             type_: spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
+            ip_family_policy: spec.ip_family_policy.clone(),
+            ip_families: spec.ip_families.clone().unwrap_or_default(),
             cluster_ips: spec
                 .cluster_ips
                 .clone()
@@ -409,6 +457,37 @@ impl ServiceInfo {
         }
     }
 
+    /// The clusterIP of `family` (`spec.clusterIPs`).
+    pub fn cluster_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        of_family(&self.cluster_ips, family)
+    }
+
+    /// The first LoadBalancer ingress IP of `family`.
+    pub fn lb_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        of_family(&self.lb_ips, family)
+    }
+
+    /// The Service's families, primary first: `spec.ipFamilies`, else those of its clusterIPs.
+    pub fn families(&self) -> Vec<IpFamily> {
+        let named: Vec<IpFamily> = self
+            .ip_families
+            .iter()
+            .filter_map(|f| match f.as_str() {
+                "IPv4" => Some(IpFamily::Ipv4),
+                "IPv6" => Some(IpFamily::Ipv6),
+                _ => None,
+            })
+            .collect();
+        if !named.is_empty() {
+            return named;
+        }
+        self.cluster_ips
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .map(|ip| IpFamily::of(&ip))
+            .collect()
+    }
+
     /// Reachable from outside the cluster (a nodePort or a LoadBalancer).
     pub fn externally_accessible(&self) -> bool {
         self.type_ == "NodePort" || self.type_ == "LoadBalancer"
@@ -434,6 +513,8 @@ pub async fn service(cluster: &Cluster, name: &str) -> Result<Option<ServiceInfo
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SliceEndpoint {
     pub slice: String,
+    /// The slice's `addressType` (IPv4, IPv6, FQDN): a dual-stack Service has a slice per family.
+    pub address_type: String,
     pub pod: String,
     pub addresses: Vec<String>,
     pub zone: String,
@@ -450,6 +531,11 @@ pub struct SliceEndpoint {
 }
 
 impl SliceEndpoint {
+    /// Is it in a slice of `family`'s addresses?
+    pub fn is(&self, family: IpFamily) -> bool {
+        self.address_type == family.kube()
+    }
+
     /// The endpoint as kube-proxy sees it.
     pub fn ep(&self) -> crate::service::Ep {
         crate::service::Ep {
@@ -476,6 +562,7 @@ pub async fn endpoint_slices(cluster: &Cluster, service: &str) -> Result<Vec<Sli
 /// The endpoints of one EndpointSlice, with the API's defaults for missing conditions.
 pub fn slice_endpoints(s: EndpointSlice) -> Vec<SliceEndpoint> {
     let slice = s.metadata.name.clone().unwrap_or_default();
+    let address_type = s.address_type.clone();
     let mut out = Vec::new();
     for e in s.endpoints {
         let cond = |f: fn(&k8s_openapi::api::discovery::v1::EndpointConditions) -> Option<bool>| {
@@ -485,6 +572,7 @@ pub fn slice_endpoints(s: EndpointSlice) -> Vec<SliceEndpoint> {
         let ready = cond(|c| c.ready).unwrap_or(true);
         out.push(SliceEndpoint {
             slice: slice.clone(),
+            address_type: address_type.clone(),
             pod: e.target_ref.as_ref().and_then(|r| r.name.clone()).unwrap_or_default(),
             addresses: e.addresses.clone(),
             zone: e.zone.clone().unwrap_or_default(),

@@ -120,6 +120,61 @@ async fn status_maps_pods_to_nodes_and_zones_with_hints_and_proxy_mode() {
     assert!(text.contains("5001/TCP:30501"), "{text}");
 }
 
+/// A dual-stack Service: each family's clusterIP and LB ingress IP, both slices, both pod IPs.
+#[tokio::test]
+async fn status_shows_each_familys_addresses() {
+    let api = FakeApi::new(Pods::Ready);
+    cluster_fixture(&api);
+    let mut p = fake::pod("svclb-tserver-1", TSERVER, "node-1", "10.244.1.10", true);
+    p["status"]["podIPs"] = json!([{"ip": "10.244.1.10"}, {"ip": "fd00:10:244:1::a"}]);
+    api.put(p);
+    let mut svc = fake::service(
+        "LoadBalancer",
+        "10.96.12.34",
+        json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"],
+               "clusterIPs": ["10.96.12.34", "fd00:10:96::1234"]}),
+        Some("172.18.255.200"),
+    );
+    let mut s6 = fake::slice(&[("svclb-tserver-1", "fd00:10:244:1::a", "zone-a", &[])]);
+    s6["metadata"]["name"] = json!("svclb-tserver-v6xyz");
+    s6["addressType"] = json!("IPv6");
+    api.put(s6);
+    api.put(svc.clone());
+    let st = status(&api.cluster(), "v1.33.1".into()).await.unwrap();
+    let s = &st.services[0];
+    assert_eq!(s.families(), [IpFamily::Ipv4, IpFamily::Ipv6]);
+    assert_eq!(s.cluster_ip(IpFamily::Ipv6), Some("fd00:10:96::1234".parse().unwrap()));
+    assert_eq!(st.pods[0].ips, ["10.244.1.10", "fd00:10:244:1::a"]);
+    assert_eq!(st.pods[1].ips, ["10.244.2.10"]);
+    assert_eq!(
+        st.endpoints.iter().filter(|e| e.is(IpFamily::Ipv6)).count(),
+        1,
+        "{:?}",
+        st.endpoints
+    );
+    let text = crate::commands::cluster::render_status(&st);
+    assert!(
+        text.contains(
+            "service svclb-tserver (LoadBalancer, PreferDualStack IPv4,IPv6): \
+             clusterIP IPv4 10.96.12.34, IPv6 fd00:10:96::1234 ports"
+        ),
+        "{text}"
+    );
+    // The IPv6 ingress IP is not there yet.
+    assert!(text.contains(" LB IPv4 172.18.255.200, IPv6 pending\n"), "{text}");
+    assert!(text.contains("10.244.1.10,fd00:10:244:1::a"), "{text}");
+    assert!(text.contains("fd00:10:244:1::a"), "{text}");
+    svc["status"]["loadBalancer"]["ingress"] =
+        json!([{"ip": "172.18.255.200"}, {"ip": "fc00::c8"}, {"hostname": "lb.example"}]);
+    api.put(svc);
+    let st = status(&api.cluster(), "v1.33.1".into()).await.unwrap();
+    let text = crate::commands::cluster::render_status(&st);
+    assert!(
+        text.contains(" LB IPv4 172.18.255.200, IPv6 fc00::c8, lb.example\n"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn proxy_mode_defaults_to_iptables_and_is_unknown_when_hidden() {
     let api = FakeApi::new(Pods::Ready);
