@@ -46,7 +46,7 @@ fn node(i: u8, zone: &str) -> Node {
 /// An endpoint `pod-NNN` on node `node` (ready), with its zone hint when `hint`.
 fn ep(n: u8, node: u8, zone: &str, hint: bool) -> Endpoint {
     Endpoint {
-        ip: Ipv4Addr::new(10, 244, node, n + 1),
+        ip: Ipv4Addr::new(10, 244, node, n + 1).into(),
         ep: Ep {
             zone_hints: if hint { vec![zone.to_string()] } else { Vec::new() },
             ..Ep::ready(&format!("pod-{n:03}"), &format!("node{node}"))
@@ -57,15 +57,16 @@ fn ep(n: u8, node: u8, zone: &str, hint: bool) -> Endpoint {
 /// The lab's Service (a LoadBalancer with a NodePort per port) with these endpoints.
 fn lab<'a>(options: &'a ServiceOptions, endpoints: Vec<Endpoint>) -> Cluster<'a> {
     Cluster {
+        family: crate::service::IpFamily::Ipv4,
         service_cidr: "10.96.0.0/16",
         cluster_cidr: "10.244.0.0/16",
         services: vec![Service {
             namespace: "default",
             name: "tserver",
             kind: ServiceType::LoadBalancer,
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             ports: &PORTS,
-            lb_ips: vec![Ipv4Addr::new(172, 30, 0, 10)],
+            lb_ips: vec![Ipv4Addr::new(172, 30, 0, 10).into()],
             external_ips: Vec::new(),
             health_check_node_port: 32000,
             options,
@@ -371,7 +372,7 @@ fn iptables_leaves_out_endpoint_comments_above_1000_endpoints() {
     let o = ServiceOptions::default();
     let eps: Vec<Endpoint> = (0..400u16)
         .map(|i| Endpoint {
-            ip: Ipv4Addr::new(10, 244, (i / 200) as u8 + 1, (i % 200) as u8 + 2),
+            ip: Ipv4Addr::new(10, 244, (i / 200) as u8 + 1, (i % 200) as u8 + 2).into(),
             ep: Ep::ready(&format!("pod-{i}"), "node1"),
         })
         .collect();
