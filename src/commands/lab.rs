@@ -403,9 +403,10 @@ fn up(a: UpArgs) -> Result<ExitCode> {
             println!("rules as kube-proxy {}", st.kube_proxy);
             println!("{}", report::lab::nodes(&st));
             print!("{}", report::lab::service(&st));
+            let lb = std::net::SocketAddr::new(st.service.lb_ip_of(st.service.ip_families[0]), st.service.port);
             println!(
-                "try: kubectl svclb lab exec --name {} client -- kubectl-svclb spread --address {}:{} --no-save",
-                st.name, st.service.lb_ip, st.service.port
+                "try: kubectl svclb lab exec --name {} client -- kubectl-svclb spread --address {lb} --no-save",
+                st.name
             );
         }
     }
