@@ -1747,6 +1747,9 @@ fn ipv6(mode: ProxyMode, base: &str, dual: bool) {
         ..Default::default()
     })
     .expect("set affinity");
+    // One connection first: parallel first connections race past the affinity entry (see
+    // `affinity` above).
+    spread_parallel(lab, "pod-003", cip, 1, 1, false);
     let sticky = spread(lab, "pod-003", cip, 200, false);
     assert_eq!((sticky.ok, sticky.names().len()), (200, 1), "{sticky:?}");
     // eTP Local: node1's own pods, reached with the client's own IPv6 address.
