@@ -33,7 +33,9 @@ fn is_root() -> bool {
 fn root_net() -> (String, String) {
     let run =
         |args: &[&str]| String::from_utf8(Command::new("ip").args(args).output().expect("ip").stdout).expect("utf8");
-    (run(&["route", "show", "table", "all"]), run(&["addr"]))
+    // Both families' routes (`ip route` alone lists IPv4 only); `ip addr` lists both.
+    let routes = run(&["route", "show", "table", "all"]) + &run(&["-6", "route", "show", "table", "all"]);
+    (routes, run(&["addr"]))
 }
 
 /// A lab that is always torn down; `finish` also checks nothing was left.
