@@ -1071,7 +1071,8 @@ fn udp_flow(lab: &Lab, who: &str, addr: &str) -> std::net::UdpSocket {
         use std::os::fd::AsRawFd;
         // SAFETY: setns on this short-lived thread only.
         assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let any = if addr.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+        let s = std::net::UdpSocket::bind(any).expect("bind");
         s.connect(&addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
         s
@@ -1769,6 +1770,14 @@ fn ipv6(mode: ProxyMode, base: &str, dual: bool) {
         "[fd00:5b1a::ac1f:2]",
         "eTP Local keeps the client address: {line}"
     );
+    // The IPv6 conntrack cleanup: a UDP flow's endpoint is deleted, its entry goes with it and
+    // the next datagram is balanced again (not sent on to the gone pod).
+    let flow = udp_flow(lab, "node1", cip);
+    let first = ask(&flow).expect("an answer over IPv6 UDP");
+    assert_eq!(ask(&flow).as_deref(), Some(first.as_str()), "one flow, one backend");
+    lab.delete_pod(&first).expect("delete the flow's pod");
+    let next = ask(&flow).expect("the flow is answered again at once");
+    assert_ne!(next, first);
     t.finish();
 }
 
