@@ -132,6 +132,12 @@ mod tests {
         assert_eq!(r.zone, Some("zone-a"));
         assert_eq!(r.client, Some("10.0.0.7:40000"));
         assert_eq!(r.seq, Some(42));
+        // An IPv6 client is `[addr]:port`, and parses back as a socket address.
+        let line6 = id.line("[fd00:5b1a::ac1f:2]:40000".parse().unwrap());
+        assert!(line6.ends_with(" client=[fd00:5b1a::ac1f:2]:40000"), "{line6}");
+        let r6 = parse_reply(line6.as_bytes()).unwrap();
+        let back: std::net::SocketAddr = r6.client.unwrap().parse().unwrap();
+        assert_eq!(back.to_string(), "[fd00:5b1a::ac1f:2]:40000");
     }
 
     #[test]

@@ -33,7 +33,9 @@ fn is_root() -> bool {
 fn root_net() -> (String, String) {
     let run =
         |args: &[&str]| String::from_utf8(Command::new("ip").args(args).output().expect("ip").stdout).expect("utf8");
-    (run(&["route", "show", "table", "all"]), run(&["addr"]))
+    // Both families' routes (`ip route` alone lists IPv4 only); `ip addr` lists both.
+    let routes = run(&["route", "show", "table", "all"]) + &run(&["-6", "route", "show", "table", "all"]);
+    (routes, run(&["addr"]))
 }
 
 /// A lab that is always torn down; `finish` also checks nothing was left.
@@ -1069,7 +1071,8 @@ fn udp_flow(lab: &Lab, who: &str, addr: &str) -> std::net::UdpSocket {
         use std::os::fd::AsRawFd;
         // SAFETY: setns on this short-lived thread only.
         assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let any = if addr.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+        let s = std::net::UdpSocket::bind(any).expect("bind");
         s.connect(&addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
         s
@@ -1691,4 +1694,103 @@ fn a_lab_left_by_a_killed_run_is_marked_then_removed_by_the_next_run() {
         "{err}"
     );
     assert!(!dir.path().join(&name).exists());
+}
+
+/// IPv6 (`lab up --ip-family`): 3 nodes, 6 pods. A dual-stack lab (`dual`) answers on both
+/// families, an IPv6-only one (`!dual`) on IPv6 only. Over IPv6: spread from a pod (ClusterIP,
+/// TCP and UDP) and from the client (NodePort, LB IP) reaches every pod; ClientIP affinity
+/// holds; eTP Local keeps the client's IPv6 address. Nothing is added to the root namespace.
+fn ipv6(mode: ProxyMode, base: &str, dual: bool) {
+    use svclb::lab::LabFamilies;
+    let families = if dual { LabFamilies::Dual } else { LabFamilies::Ipv6 };
+    let mut t = TestLab::up(
+        base,
+        LabConfig {
+            families,
+            ..small(3, 6, mode)
+        },
+    );
+    let lab = t.lab();
+    let st = lab.status();
+    let svc = &st.service;
+    let (cip, lb) = ("[fd00:5b1a::a60:a]:5001", "[fd00:5b1a::ac1e:a]:5001");
+    assert_eq!(
+        svc.cluster_ip_v6.map(|ip| ip.to_string()).as_deref(),
+        Some("fd00:5b1a::a60:a")
+    );
+    assert_eq!(
+        st.client.ipv6.map(|ip| ip.to_string()).as_deref(),
+        Some("fd00:5b1a::ac1f:2")
+    );
+    assert!(st.pods.iter().all(|p| p.ipv6.is_some()), "{:?}", st.pods);
+    let want: Vec<&str> = if dual { vec!["ipv4", "ipv6"] } else { vec!["ipv6"] };
+    let got: Vec<String> = svc.ip_families.iter().map(|f| f.to_string()).collect();
+    assert_eq!(got, want);
+    let rules = lab.rules("node2").expect("rules");
+    let v6_table = match mode {
+        ProxyMode::Nftables => "table ip6 kube-proxy",
+        ProxyMode::Iptables => "[fd00:5b1a::af4:",
+    };
+    assert!(rules.contains(v6_table), "{rules}");
+    let pods = all_pods(lab);
+    assert_plausible(&spread(lab, "pod-001", cip, 600, false), &pods);
+    assert_plausible(&spread(lab, "pod-002", cip, 600, true), &pods);
+    assert_plausible(&spread(lab, "client", "[fd00:5b1a::ac1f:c]:30001", 600, false), &pods);
+    assert_plausible(&spread(lab, "client", lb, 600, false), &pods);
+    // The IPv4 ClusterIP: served in a dual-stack lab only.
+    let v4 = spread(lab, "pod-001", "10.96.0.10:5001", if dual { 600 } else { 10 }, false);
+    if dual {
+        assert_plausible(&v4, &pods);
+    } else {
+        assert_eq!(v4.ok, 0, "an IPv6-only Service has no IPv4 rules: {v4:?}");
+    }
+    // ClientIP affinity, keyed by the IPv6 source.
+    lab.set(&LabChanges {
+        affinity: Some(SessionAffinity::ClientIp),
+        ..Default::default()
+    })
+    .expect("set affinity");
+    // One connection first: parallel first connections race past the affinity entry (see
+    // `affinity` above).
+    spread_parallel(lab, "pod-003", cip, 1, 1, false);
+    let sticky = spread(lab, "pod-003", cip, 200, false);
+    assert_eq!((sticky.ok, sticky.names().len()), (200, 1), "{sticky:?}");
+    // eTP Local: node1's own pods, reached with the client's own IPv6 address.
+    lab.set(&LabChanges {
+        affinity: Some(SessionAffinity::None),
+        external_traffic_policy: Some(TrafficPolicy::Local),
+        ..Default::default()
+    })
+    .expect("set eTP Local");
+    let n1 = spread(lab, "client", "[fd00:5b1a::ac1f:b]:30001", 300, false);
+    assert_plausible(&n1, &pods_on(lab, "node1"));
+    let line = hello(lab, "client", "fd00:5b1a::ac1f:b", 30001).expect("answer");
+    assert_eq!(
+        client_ip(&line),
+        "[fd00:5b1a::ac1f:2]",
+        "eTP Local keeps the client address: {line}"
+    );
+    // The IPv6 conntrack cleanup: a UDP flow's endpoint is deleted, its entry goes with it and
+    // the next datagram is balanced again (not sent on to the gone pod).
+    let flow = udp_flow(lab, "node1", cip);
+    let first = ask(&flow).expect("an answer over IPv6 UDP");
+    assert_eq!(ask(&flow).as_deref(), Some(first.as_str()), "one flow, one backend");
+    lab.delete_pod(&first).expect("delete the flow's pod");
+    let next = ask(&flow).expect("the flow is answered again at once");
+    assert_ne!(next, first);
+    t.finish();
+}
+
+#[test]
+fn lab_nftables_dual_stack() {
+    if is_root() {
+        ipv6(ProxyMode::Nftables, "nftdual", true);
+    }
+}
+
+#[test]
+fn lab_iptables_ipv6_only() {
+    if is_root() {
+        ipv6(ProxyMode::Iptables, "iptv6", false);
+    }
 }

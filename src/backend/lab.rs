@@ -24,31 +24,45 @@ pub struct LabBackend {
 }
 
 impl LabBackend {
+    /// Runs go to the lab's primary family (IPv4 unless the lab is IPv6-only) until
+    /// [`LabBackend::set_family`].
     pub fn new(lab: Lab) -> Result<Self> {
+        let family = lab.families().families()[0];
         Ok(Self {
             lab,
             program: std::env::current_exe().context("cannot find this executable to run the storm agent")?,
-            family: IpFamily::Ipv4,
+            family,
         })
     }
 
-    /// Runs go to the lab's addresses of `family`.
+    /// Runs go to the lab's addresses of `family`: a family its Service has
+    /// ([`Lab::families`], `lab up --ip-family`).
     pub fn set_family(&mut self, family: IpFamily) -> Result<()> {
-        if family != IpFamily::Ipv4 {
-            bail!("lab {} has no {family} addresses", self.lab.name());
+        let families = self.lab.families();
+        if !families.has(family) {
+            bail!(
+                "lab {} is {}: its Service has no {family} addresses; build one with `kubectl svclb lab up --ip-family dual`",
+                self.lab.name(),
+                families.as_str()
+            );
         }
         self.family = family;
         Ok(())
+    }
+
+    /// The family runs go to.
+    pub fn family(&self) -> IpFamily {
+        self.family
     }
 
     pub fn lab(&self) -> &Lab {
         &self.lab
     }
 
-    fn endpoint(p: &Pod) -> Endpoint {
+    fn endpoint(&self, p: &Pod) -> Endpoint {
         Endpoint {
             name: p.name.clone(),
-            ip: IpAddr::V4(p.ip),
+            ip: p.ip_of(self.family),
             node: p.node.clone(),
             zone: p.zone.clone(),
         }
@@ -60,7 +74,7 @@ impl LabBackend {
             .lab
             .endpoints(node, reach)?
             .into_iter()
-            .map(Self::endpoint)
+            .map(|p| self.endpoint(p))
             .collect())
     }
 }
@@ -80,13 +94,14 @@ impl Backend for LabBackend {
     }
 
     fn endpoints(&self) -> Result<Vec<Endpoint>> {
-        Ok(self.lab.pods().iter().map(Self::endpoint).collect())
+        Ok(self.lab.pods().iter().map(|p| self.endpoint(p)).collect())
     }
 
     fn plan(&self, from: &From, path: &Path, _proto: Proto) -> Result<Plan> {
         let status = self.lab.status();
         let svc = &status.service;
         let lab = self.lab.name();
+        let f = self.family;
         let sources: Vec<Source> = match from {
             From::Host => vec![Source {
                 name: "client".into(),
@@ -145,14 +160,14 @@ impl Backend for LabBackend {
             }
         };
         let http = match path {
-            Path::ClusterIp => Some(SocketAddr::new(IpAddr::V4(svc.cluster_ip), svc.http_port)),
+            Path::ClusterIp => Some(SocketAddr::new(svc.cluster_ip_of(f), svc.http_port)),
             Path::NodePort(n) => self
                 .lab
                 .nodes()
                 .iter()
                 .find(|x| n.as_ref().is_none_or(|n| &x.name == n))
-                .map(|node| SocketAddr::new(IpAddr::V4(node.ip), svc.http_node_port)),
-            Path::LoadBalancer => Some(SocketAddr::new(IpAddr::V4(svc.lb_ip), svc.http_port)),
+                .map(|node| SocketAddr::new(node.ip_of(f), svc.http_node_port)),
+            Path::LoadBalancer => Some(SocketAddr::new(svc.lb_ip_of(f), svc.http_port)),
         };
         let (address, expected) = match path {
             Path::ClusterIp => {
@@ -165,7 +180,7 @@ impl Backend for LabBackend {
                 for s in &sources {
                     union(&mut expected, self.selected(&s.node, Reach::ClusterIp)?);
                 }
-                (SocketAddr::new(IpAddr::V4(svc.cluster_ip), svc.port), expected)
+                (SocketAddr::new(svc.cluster_ip_of(f), svc.port), expected)
             }
             Path::NodePort(node) => {
                 let node = match node {
@@ -183,7 +198,7 @@ impl Backend for LabBackend {
                     Reach::FromInside
                 };
                 (
-                    SocketAddr::new(IpAddr::V4(node.ip), svc.node_port),
+                    SocketAddr::new(node.ip_of(f), svc.node_port),
                     self.selected(&node.name.clone(), reach)?,
                 )
             }
@@ -199,7 +214,7 @@ impl Backend for LabBackend {
                         union(&mut expected, self.selected(&s.node, Reach::FromInside)?);
                     }
                 }
-                (SocketAddr::new(IpAddr::V4(svc.lb_ip), svc.port), expected)
+                (SocketAddr::new(svc.lb_ip_of(f), svc.port), expected)
             }
         };
         Ok(Plan {
@@ -336,31 +351,46 @@ impl MatrixPlace for LabBackend {
     /// The lab's Service has the same port and nodePort for TCP and UDP.
     fn matrix_targets(&self, _proto: crate::storm::Proto) -> Result<Vec<MatrixTarget>> {
         let svc = self.lab.status().service;
-        let t = |name: String, kind, ip: std::net::Ipv4Addr, port, node: &str, pod: &str| MatrixTarget {
+        let f = self.family;
+        let t = |name: String, kind, ip: IpAddr, port, node: &str, pod: &str| MatrixTarget {
             name,
             kind,
-            address: SocketAddr::new(IpAddr::V4(ip), port),
+            address: SocketAddr::new(ip, port),
             node: node.into(),
             pod: pod.into(),
             host: String::new(),
         };
-        let mut out = vec![t("cip".into(), TargetKind::ClusterIp, svc.cluster_ip, svc.port, "", "")];
+        let mut out = vec![t(
+            "cip".into(),
+            TargetKind::ClusterIp,
+            svc.cluster_ip_of(f),
+            svc.port,
+            "",
+            "",
+        )];
         for n in self.lab.nodes() {
             out.push(t(
                 format!("np:{}", n.name),
                 TargetKind::NodePort,
-                n.ip,
+                n.ip_of(f),
                 svc.node_port,
                 &n.name,
                 "",
             ));
         }
-        out.push(t("lb".into(), TargetKind::LoadBalancer, svc.lb_ip, svc.port, "", ""));
+        out.push(t(
+            "lb".into(),
+            TargetKind::LoadBalancer,
+            svc.lb_ip_of(f),
+            svc.port,
+            "",
+            "",
+        ));
         for p in self.probes() {
             out.push(t(
                 format!("pod:{}", p.name),
                 TargetKind::PodIp,
-                p.ip,
+                p.ip_of(f),
                 svc.port,
                 &p.node,
                 &p.name,
@@ -369,7 +399,7 @@ impl MatrixPlace for LabBackend {
         out.push(t(
             "hairpin".into(),
             TargetKind::Hairpin,
-            svc.cluster_ip,
+            svc.cluster_ip_of(f),
             svc.port,
             "",
             "",
@@ -422,11 +452,11 @@ impl LabBackend {
                 .map(|p| (p.name.clone(), (p.node.clone(), p.zone.clone())))
                 .collect(),
             zones: lab.nodes().iter().map(|n| (n.name.clone(), n.zone.clone())).collect(),
-            lb_hops: status.service.lb_next_hops,
+            lb_hops: status.service.lb_next_hops.clone(),
             host_lb_rejected: lab.proxy_mode() == crate::lab::ProxyMode::Nftables,
             // Pods reach other nodes from the pod CIDR: the lab's nodes masquerade nothing of it.
             pod_to_node_masquerade: Some(false),
-            cluster_ip: Some(IpAddr::V4(status.service.cluster_ip)),
+            cluster_ip: Some(status.service.cluster_ip_of(self.family)),
             headless: Default::default(),
         })
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::service_args::{ServiceArgs, ServiceChanges};
-use crate::lab::{self, Lab, LabChanges, LabConfig, LabStatus, LabTiming, ProxyMode, SyncDelay};
+use crate::lab::{self, Lab, LabChanges, LabConfig, LabFamilies, LabStatus, LabTiming, ProxyMode, SyncDelay};
 use crate::report;
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +99,9 @@ pub struct UpArgs {
     pub zones: usize,
     #[arg(long, value_enum, default_value_t = ProxyMode::Nftables)]
     pub proxy_mode: ProxyMode,
+    /// The Service's IP families: IPv4, IPv6 (ULA addresses), or both.
+    #[arg(long, value_enum, default_value_t = LabFamilies::Ipv4)]
+    pub ip_family: LabFamilies,
     #[command(flatten)]
     pub service: ServiceArgs,
     /// Route the LoadBalancer IP from the client over all nodes (ECMP, L4 hash).
@@ -366,6 +369,7 @@ fn up(a: UpArgs) -> Result<ExitCode> {
         pods: a.pods,
         zones: a.zones,
         proxy_mode: a.proxy_mode,
+        families: a.ip_family,
         ecmp: a.ecmp,
         options: a.service.options()?,
         server: a.server,
@@ -399,9 +403,10 @@ fn up(a: UpArgs) -> Result<ExitCode> {
             println!("rules as kube-proxy {}", st.kube_proxy);
             println!("{}", report::lab::nodes(&st));
             print!("{}", report::lab::service(&st));
+            let lb = std::net::SocketAddr::new(st.service.lb_ip_of(st.service.ip_families[0]), st.service.port);
             println!(
-                "try: kubectl svclb lab exec --name {} client -- kubectl-svclb spread --address {}:{} --no-save",
-                st.name, st.service.lb_ip, st.service.port
+                "try: kubectl svclb lab exec --name {} client -- kubectl-svclb spread --address {lb} --no-save",
+                st.name
             );
         }
     }

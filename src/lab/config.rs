@@ -11,7 +11,7 @@ use rand::RngExt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::{ServiceOptions, SessionAffinity, TrafficDistribution, TrafficPolicy};
+use crate::service::{IpFamily, ServiceOptions, SessionAffinity, TrafficDistribution, TrafficPolicy};
 
 /// How each node's kube-proxy programs Services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -19,6 +19,46 @@ use crate::service::{ServiceOptions, SessionAffinity, TrafficDistribution, Traff
 pub enum ProxyMode {
     Nftables,
     Iptables,
+}
+
+/// The IP families of a lab's Service (`lab up --ip-family`): which addresses it has and which
+/// kube-proxy tables each node gets. An IPv6-only lab keeps its IPv4 plumbing (addresses,
+/// routes) but its Service is IPv6 only: no IPv4 rules are written (docs/lab.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LabFamilies {
+    #[default]
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl LabFamilies {
+    /// The Service's families, primary first (as `spec.ipFamilies`).
+    pub fn families(self) -> &'static [IpFamily] {
+        match self {
+            LabFamilies::Ipv4 => &[IpFamily::Ipv4],
+            LabFamilies::Ipv6 => &[IpFamily::Ipv6],
+            LabFamilies::Dual => &[IpFamily::Ipv4, IpFamily::Ipv6],
+        }
+    }
+
+    pub fn has(self, family: IpFamily) -> bool {
+        self.families().contains(&family)
+    }
+
+    /// True when the lab's namespaces have IPv6 addresses.
+    pub fn ipv6(self) -> bool {
+        self != LabFamilies::Ipv4
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabFamilies::Ipv4 => "ipv4",
+            LabFamilies::Ipv6 => "ipv6",
+            LabFamilies::Dual => "dual",
+        }
+    }
 }
 
 /// Everything `lab up` takes.
@@ -30,6 +70,8 @@ pub struct LabConfig {
     pub pods: usize,
     pub zones: usize,
     pub proxy_mode: ProxyMode,
+    /// The Service's IP families (`--ip-family`).
+    pub families: LabFamilies,
     /// Route the LoadBalancer IP from the client over every node (ECMP, L4 hash)
     /// instead of via the first node.
     pub ecmp: bool,
@@ -53,6 +95,7 @@ impl Default for LabConfig {
             pods: 100,
             zones: 3,
             proxy_mode: ProxyMode::Nftables,
+            families: LabFamilies::Ipv4,
             ecmp: false,
             options: ServiceOptions::default(),
             server: None,

@@ -274,7 +274,7 @@ impl Lab {
 /// the distinct IPs of its ready endpoints.
 pub(super) fn node_sync(c: &Cluster, node: &Node) -> NodeSync {
     let svc = &c.services[0];
-    let mut ips: Vec<std::net::Ipv4Addr> = svc
+    let mut ips: Vec<std::net::IpAddr> = svc
         .endpoints
         .iter()
         .filter(|e| e.ep.ready && e.ep.node == node.name)

@@ -4,7 +4,7 @@
 //! rules the kernel has).
 
 use std::collections::HashSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -18,9 +18,11 @@ use super::nfnetlink;
 use super::rules::{self, Cluster, Endpoint, NftExisting, PORTS, PortPlan, Proto, Service, Written};
 use super::state::{Applied, DirLock, read_state, write_atomic};
 use super::timeline::{NodeSync, Timeline};
-use super::topology::{CLUSTER_CIDR, CLUSTER_IP, HEALTH_CHECK_NODE_PORT, LB_IP, SERVICE_CIDR};
+use super::topology::{
+    CLUSTER_CIDR, CLUSTER_CIDR_V6, CLUSTER_IP, HEALTH_CHECK_NODE_PORT, LB_IP, SERVICE_CIDR, SERVICE_CIDR_V6, in_family,
+};
 use super::{Lab, Node, Pod, ProxyMode, THREADS, netns};
-use crate::service::ServiceType;
+use crate::service::{IpFamily, ServiceType};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which traffic to a Service: to its ClusterIP, or to a NodePort / the LoadBalancer IP from
@@ -163,25 +165,32 @@ impl Lab {
     /// Writes `n`'s rules as its kube-proxy would after an EndpointSlice or Service change: one
     /// atomic transaction (flush what is kept, delete what is stale); then what its health
     /// servers answer.
+    /// A dual-stack lab's node runs one kube-proxy proxier per family, from the same endpoints.
     fn write_node(&self, n: &Node) -> Result<()> {
         let pods = self.usable_pods();
-        let cluster = self.cluster(&pods);
-        self.write_rules_of(&cluster, n)?;
-        health::record_sync(&self.dir, &n.name, &node_sync(&cluster, n))
+        for &family in self.state.families.families() {
+            self.write_rules_of(&self.cluster_of(&pods, family), n)?;
+        }
+        health::record_sync(&self.dir, &n.name, &node_sync(&self.cluster(&pods), n))
     }
 
     /// Writes `n`'s rules in one transaction: what exists is listed as kube-proxy lists it
     /// before each sync (chain and set names); the chains whose rules this lab's last sync of
     /// the node wrote already (`nodes/<node>.rules.json`) are left as they are.
     fn write_rules_of(&self, cluster: &Cluster, n: &Node) -> Result<()> {
-        let record = self.dir.join("nodes").join(format!("{}.rules.json", n.name));
+        let v6 = cluster.family == IpFamily::Ipv6;
+        let record = self
+            .dir
+            .join("nodes")
+            .join(format!("{}.rules{}.json", n.name, if v6 { "6" } else { "" }));
         // None (first sync, a failed one, or unreadable): every chain is written.
         let recorded: Option<Written> = std::fs::read(&record)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let (sync, program, args) = match self.state.proxy_mode {
             ProxyMode::Nftables => {
-                let (chains, sets) = netns::in_netns(&n.netns, || nfnetlink::nft_objects("kube-proxy"))?;
+                let (chains, sets) =
+                    netns::in_netns(&n.netns, || nfnetlink::nft_objects("kube-proxy", cluster.family))?;
                 let existing = NftExisting {
                     chains: chains.into_iter().collect(),
                     sets: sets.into_iter().collect(),
@@ -205,18 +214,18 @@ impl Lab {
                 // without that record; iptables-save cost twice what the restore did.
                 let existing = match &recorded {
                     Some(w) => w.keys().cloned().chain(["KUBE-SERVICES".to_string()]).collect(),
-                    None => rules::ipt_existing(&netns::exec_output(&n.netns, "iptables-save", &["-t", "nat"])?),
+                    None => rules::ipt_existing(&netns::exec_output(&n.netns, ipt_tool(v6, "save"), &["-t", "nat"])?),
                 };
                 let written = recorded.unwrap_or_default();
                 // The jumps from the built-in chains are added once, by the first sync.
                 let initial = !existing.contains("KUBE-SERVICES");
-                if initial {
+                if initial && !v6 {
                     // kube-proxy's iptables mode serves NodePorts on 127.0.0.1 (localhostNodePorts)
                     // and sets this so the kernel routes the DNATed packets.
                     netns::sysctls(&n.netns, &[("net/ipv4/conf/all/route_localnet", "1")])?;
                 }
                 let sync = rules::iptables_restore(cluster, n, &existing, &written, initial);
-                (sync, "iptables-restore", ["--noflush"].as_slice())
+                (sync, ipt_tool(v6, "restore"), ["--noflush"].as_slice())
             }
         };
         // Forgotten first: should the transaction fail, the next sync writes every chain.
@@ -273,18 +282,20 @@ impl Lab {
     fn udp_services_serving(&self, serving: impl Fn(&Pod) -> bool) -> UdpServices {
         let mut services = UdpServices::default();
         for sp in PORTS.iter().filter(|sp| sp.proto == Proto::Udp) {
-            let serving: HashSet<SocketAddrV4> = self
-                .state
-                .pods
-                .iter()
-                .filter(|p| serving(p))
-                .map(|p| SocketAddrV4::new(p.ip, sp.target_port))
-                .collect();
-            let addresses = [
-                SocketAddrV4::new(CLUSTER_IP, sp.port),
-                SocketAddrV4::new(LB_IP, sp.port),
-            ];
-            services.add(&addresses, sp.node_port, &serving);
+            for &f in self.state.families.families() {
+                let serving: HashSet<SocketAddr> = self
+                    .state
+                    .pods
+                    .iter()
+                    .filter(|p| serving(p))
+                    .map(|p| SocketAddr::new(p.ip_of(f), sp.target_port))
+                    .collect();
+                let addresses = [
+                    SocketAddr::new(in_family(CLUSTER_IP, f), sp.port),
+                    SocketAddr::new(in_family(LB_IP, f), sp.port),
+                ];
+                services.add(&addresses, sp.node_port, f, &serving);
+            }
         }
         services
     }
@@ -300,23 +311,39 @@ impl Lab {
             .collect()
     }
 
-    /// What every node's kube-proxy is given: the lab's one Service (a LoadBalancer with a
-    /// NodePort per port) and `pods` as its endpoints.
+    /// What every node's kube-proxy is given in the lab's primary family (see [`Lab::cluster_of`]).
     pub(super) fn cluster<'a>(&'a self, pods: &'a [Pod]) -> Cluster<'a> {
+        self.cluster_of(pods, self.state.families.families()[0])
+    }
+
+    /// What every node's kube-proxy proxier of `family` is given: the lab's one Service (a
+    /// LoadBalancer with a NodePort per port) and `pods` as its endpoints, in that family.
+    pub(super) fn cluster_of<'a>(&'a self, pods: &'a [Pod], family: IpFamily) -> Cluster<'a> {
+        let (service_cidr, cluster_cidr) = match family {
+            IpFamily::Ipv4 => (SERVICE_CIDR, CLUSTER_CIDR),
+            IpFamily::Ipv6 => (SERVICE_CIDR_V6, CLUSTER_CIDR_V6),
+        };
         Cluster {
-            service_cidr: SERVICE_CIDR,
-            cluster_cidr: CLUSTER_CIDR,
+            family,
+            service_cidr,
+            cluster_cidr,
             services: vec![Service {
                 namespace: rules::SERVICE_NAMESPACE,
                 name: rules::SERVICE_NAME,
                 kind: ServiceType::LoadBalancer,
-                cluster_ip: CLUSTER_IP,
+                cluster_ip: in_family(CLUSTER_IP, family),
                 ports: &PORTS,
-                lb_ips: vec![LB_IP],
+                lb_ips: vec![in_family(LB_IP, family)],
                 external_ips: Vec::new(),
                 health_check_node_port: HEALTH_CHECK_NODE_PORT,
                 options: &self.state.options,
-                endpoints: pods.iter().map(|p| Endpoint { ip: p.ip, ep: p.ep() }).collect(),
+                endpoints: pods
+                    .iter()
+                    .map(|p| Endpoint {
+                        ip: p.ip_of(family),
+                        ep: p.ep(),
+                    })
+                    .collect(),
             }],
         }
     }
@@ -341,25 +368,48 @@ impl Lab {
             .collect())
     }
 
-    /// The generated rules for `node` (what the lab feeds to `nft -f` / `iptables-restore`).
+    /// The generated rules for `node` (what the lab feeds to `nft -f` / `iptables-restore`,
+    /// then, in a dual-stack lab, to `ip6tables-restore`).
     pub fn generated_rules(&self, node: &str) -> Result<String> {
         let n = self.node(node).with_context(|| self.unknown(node))?;
         let pods = self.usable_pods();
-        let c = self.cluster(&pods);
-        Ok(match self.state.proxy_mode {
-            ProxyMode::Nftables => rules::nft_transaction(&c, n, &NftExisting::default(), false).tx,
-            ProxyMode::Iptables => rules::iptables_restore(&c, n, &Default::default(), &Written::new(), true).tx,
-        })
+        let mut out = String::new();
+        for &f in self.state.families.families() {
+            let c = self.cluster_of(&pods, f);
+            out.push_str(&match self.state.proxy_mode {
+                ProxyMode::Nftables => rules::nft_transaction(&c, n, &NftExisting::default(), false).tx,
+                ProxyMode::Iptables => rules::iptables_restore(&c, n, &Default::default(), &Written::new(), true).tx,
+            });
+        }
+        Ok(out)
     }
 
     /// The rules as the kernel has them on `node` (`nft list table ip kube-proxy` or
-    /// `iptables-save`).
+    /// `iptables-save`; `ip6` and `ip6tables-save` for IPv6, one after the other in dual-stack).
     pub fn rules(&self, node: &str) -> Result<String> {
         let n = self.node(node).with_context(|| self.unknown(node))?;
-        match self.state.proxy_mode {
-            ProxyMode::Nftables => netns::exec_output(&n.netns, "nft", &["list", "table", "ip", "kube-proxy"]),
-            ProxyMode::Iptables => netns::exec_output(&n.netns, "iptables-save", &[]),
+        let mut out = String::new();
+        for &f in self.state.families.families() {
+            let v6 = f == IpFamily::Ipv6;
+            out.push_str(&match self.state.proxy_mode {
+                ProxyMode::Nftables => {
+                    let family = if v6 { "ip6" } else { "ip" };
+                    netns::exec_output(&n.netns, "nft", &["list", "table", family, "kube-proxy"])?
+                }
+                ProxyMode::Iptables => netns::exec_output(&n.netns, ipt_tool(v6, "save"), &[])?,
+            });
         }
+        Ok(out)
+    }
+}
+
+/// `iptables-save`, `ip6tables-restore`, ...
+fn ipt_tool(v6: bool, what: &str) -> &'static str {
+    match (v6, what) {
+        (false, "save") => "iptables-save",
+        (true, "save") => "ip6tables-save",
+        (false, _) => "iptables-restore",
+        (true, _) => "ip6tables-restore",
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 
-use super::ProxyMode;
+use super::ipv6;
 use super::kube_proxy::Syncs;
 use super::state::{Changed, DirLock, Owner, State, state_path};
 use super::timeline::Timeline;
@@ -21,6 +21,7 @@ use super::topology::{
     mac_text, node_ip,
 };
 use super::{Lab, LabChanges, LabConfig, Node, THREADS, check_cancelled, labs_dir, netns, netns_prefix, validate_name};
+use super::{LabFamilies, ProxyMode};
 
 /// How long `lab up --ecmp` waits for the load balancer's first health checks to settle
 /// (a node without endpoints needs two failed probes, one second apart).
@@ -96,7 +97,10 @@ impl Lab {
         if cfg.options.affinity_timeout == 0 || cfg.options.affinity_timeout > 86400 {
             bail!("--affinity-timeout must be 1..=86400 seconds");
         }
-        check_source_ranges(&cfg.options)?;
+        if cfg.ecmp && cfg.families != LabFamilies::Ipv4 {
+            bail!("--ecmp routes the IPv4 LoadBalancer IP only: leave it out with --ip-family ipv6 or dual");
+        }
+        check_source_ranges(&cfg.options, cfg.families)?;
         check_capacity(cfg.pods, cfg.nodes)?;
         let server = match &cfg.server {
             Some(p) => resolve_program(p, std::env::var_os("PATH").as_deref())?,
@@ -128,6 +132,7 @@ impl Lab {
                 name: name.clone(),
                 created: jiff::Timestamp::now(),
                 proxy_mode: cfg.proxy_mode,
+                families: cfg.families,
                 ecmp: cfg.ecmp,
                 zones: cfg.zones,
                 server,
@@ -160,6 +165,7 @@ impl Lab {
 
     fn build(&mut self, pods: usize, ready_delay: Duration) -> Result<()> {
         let s = &self.state;
+        let with_v6 = s.families.ipv6();
         let net = self.netns_of("net");
         let client = self.netns_of("client");
         let mut add = format!("netns add {net}\nnetns add {client}\n");
@@ -170,15 +176,15 @@ impl Lab {
         check_cancelled()?;
 
         // The node network: a bridge in its own namespace.
-        netns::ip_batch(
-            Some(&net),
-            &format!(
-                "link set lo up\nlink add br0 address {} type bridge\n\
-                 addr add {NODE_NET_ROUTER}/{NODE_NET_PREFIX} dev br0\nlink set br0 up\n",
-                mac_text(MacOf::NodeNet, NODE_NET_ROUTER)
-            ),
-            false,
-        )?;
+        let mut r = format!(
+            "link set lo up\nlink add br0 address {} type bridge\n\
+             addr add {NODE_NET_ROUTER}/{NODE_NET_PREFIX} dev br0\nlink set br0 up\n",
+            mac_text(MacOf::NodeNet, NODE_NET_ROUTER)
+        );
+        if with_v6 {
+            ipv6::router(&mut r);
+        }
+        netns::ip_batch(Some(&net), &r, false)?;
         let nodes = s.nodes.clone();
         netns::par_each(&nodes, THREADS, |n| {
             netns::sysctls(
@@ -194,6 +200,9 @@ impl Lab {
                     ("net/ipv4/conf/default/send_redirects", "0"),
                 ],
             )?;
+            if with_v6 {
+                netns::sysctls(&n.netns, &ipv6::NODE_SYSCTLS)?;
+            }
             let mut b = String::from("link set lo up\n");
             b.push_str(&format!(
                 "link add eth0 address {} type veth peer name {} netns {net}\n",
@@ -216,6 +225,9 @@ impl Lab {
             // answer for the pods' gateway. The router is the `net` namespace; it does not
             // forward, so nothing leaves the lab.
             b.push_str(&format!("route add default via {NODE_NET_ROUTER} dev eth0\n"));
+            if with_v6 {
+                ipv6::node(&mut b, n, &nodes);
+            }
             netns::ip_batch(Some(&n.netns), &b, false)
         })?;
         let mut c = String::from("link set lo up\n");
@@ -236,6 +248,10 @@ impl Lab {
             c.push_str(&format!("route add {LB_IP}/32 {}\n", hops.join(" ")));
         } else {
             c.push_str(&format!("route add {LB_IP}/32 via {} dev eth0\n", nodes[0].ip));
+        }
+        if with_v6 {
+            netns::sysctls(&client, &ipv6::CLIENT_SYSCTLS)?;
+            ipv6::client(&mut c, &nodes);
         }
         netns::ip_batch(Some(&client), &c, false)?;
         let mut b = String::new();
@@ -330,7 +346,7 @@ impl Lab {
             if let Some(r) = &ch.source_ranges {
                 o.source_ranges = r.clone();
             }
-            check_source_ranges(o)?;
+            check_source_ranges(o, s.families)?;
             let slices = |s: &State| s.pods.iter().map(|p| p.ep()).collect::<Vec<_>>();
             let before = slices(s);
             for p in &mut s.pods {
@@ -371,7 +387,6 @@ impl Lab {
     }
 }
 
-/// The lab is IPv4: its Service's source ranges must be IPv4 CIDRs.
 /// Refuses, in one line, a size this machine cannot serve (see [`capacity_problem`]), read
 /// from /proc: `MemAvailable`, and `kernel.pid_max` less the tasks that exist (/proc/loadavg).
 pub(super) fn check_capacity(pods: usize, nodes: usize) -> Result<()> {
@@ -425,9 +440,14 @@ fn resolve_program(program: &std::path::Path, path_var: Option<&std::ffi::OsStr>
     Ok(found)
 }
 
-fn check_source_ranges(o: &crate::service::ServiceOptions) -> Result<()> {
-    if let Some(r) = o.source_ranges.iter().find(|r| matches!(r, ipnet::IpNet::V6(_))) {
-        bail!("--lb-source-ranges {r}: the lab's Service is IPv4, give IPv4 CIDRs");
+/// The Service's source ranges must be of its families.
+fn check_source_ranges(o: &crate::service::ServiceOptions, families: LabFamilies) -> Result<()> {
+    use crate::service::IpFamily;
+    if let Some(r) = o.source_ranges.iter().find(|r| !families.has(IpFamily::of(&r.addr()))) {
+        bail!(
+            "--lb-source-ranges {r}: the lab's Service is {}, give CIDRs of its families",
+            families.as_str()
+        );
     }
     Ok(())
 }

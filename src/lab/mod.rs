@@ -26,12 +26,14 @@
 //! * `rules`: the rules themselves, as kube-proxy writes them;
 //! * `health`: kube-proxy's health servers per node and the health-checked ECMP load balancer;
 //! * `status`: `lab status`;
+//! * `ipv6`: the IPv6 addresses, neighbours and routes of `lab up --ip-family ipv6|dual`;
 //! * `netns`, `conntrack`: namespaces, processes and conntrack entries.
 
 mod config;
 mod conntrack;
 mod deployment;
 pub mod health;
+mod ipv6;
 mod kube_proxy;
 mod lifecycle;
 mod netns;
@@ -49,7 +51,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-pub use config::{LabChanges, LabConfig, LabTiming, MAX_SYNC_DELAY, ProxyMode, SyncDelay};
+pub use config::{LabChanges, LabConfig, LabFamilies, LabTiming, MAX_SYNC_DELAY, ProxyMode, SyncDelay};
 pub use deployment::{Rollout, RolloutStep};
 pub use kube_proxy::Reach;
 pub use lifecycle::{down_by_name, require_host};
@@ -102,6 +104,11 @@ impl Lab {
 
     pub fn proxy_mode(&self) -> ProxyMode {
         self.state.proxy_mode
+    }
+
+    /// The Service's IP families (`lab up --ip-family`).
+    pub fn families(&self) -> LabFamilies {
+        self.state.families
     }
 
     pub fn nodes(&self) -> &[Node] {

@@ -199,9 +199,13 @@ pub(super) fn dump(
 /// (nothing when the table does not exist). Names only: `nft list chains` would fetch every
 /// rule and every set element first (nft 1.0 fills its whole cache), which costs a node's
 /// sync as much as writing half its rules.
-pub(super) fn nft_objects(table: &str) -> Result<(Vec<String>, Vec<String>)> {
+pub(super) fn nft_objects(table: &str, family: crate::service::IpFamily) -> Result<(Vec<String>, Vec<String>)> {
     let sock = Socket::open()?;
-    let family = libc::AF_INET as u8; // NFPROTO_IPV4
+    // NFPROTO_IPV4 / NFPROTO_IPV6: the `ip` or `ip6` table of that name.
+    let family = match family {
+        crate::service::IpFamily::Ipv4 => libc::AF_INET as u8,
+        crate::service::IpFamily::Ipv6 => libc::AF_INET6 as u8,
+    };
     let mut chains = Vec::new();
     dump(&sock, NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN, family, &[], |m| {
         if string(m, NFTA_CHAIN_TABLE) == Some(table)

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::ipv6;
 use super::kube_proxy::Syncs;
 use super::rules::PORTS;
 use super::state::{Changed, State};
 use super::timeline::{EndpointEvent, Timeline};
-use super::topology::{Conditions, MAX_PODS_PER_NODE, MacOf, POD_GATEWAY, mac, mac_text};
+use super::topology::{Conditions, MAX_PODS_PER_NODE, MacOf, POD_GATEWAY, POD_GATEWAY_V6, mac, mac_text, v6};
 use super::{
     Lab, LabTiming, Node, Pod, THREADS, check_cancelled, lifecycle::require_host, netns, netns_prefix, rtnetlink,
 };
@@ -238,6 +239,7 @@ impl Lab {
     /// Pod veths and routes on the nodes (one `ip -batch` per node), then addresses and the
     /// default route inside each pod (rtnetlink from a thread in its namespace).
     fn wire_pods(&self, new: &[Pod]) -> Result<()> {
+        let with_v6 = self.state.families.ipv6();
         let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
         for p in new {
             by_node.entry(p.node.clone()).or_default().push(p);
@@ -264,6 +266,9 @@ impl Lab {
                     p.veth
                 ));
                 b.push_str(&format!("route add {}/32 dev {} scope link\n", p.ip, p.veth));
+                if with_v6 {
+                    ipv6::node_side_of_pod(&mut b, p);
+                }
             }
             netns::ip_batch(Some(&node.netns), &b, false)?;
             // Calico's settings: answer every ARP from the pod, and at once (the default
@@ -285,7 +290,8 @@ impl Lab {
         })?;
         netns::par_each(new, THREADS, |p| {
             let gateway = mac(MacOf::PodGateway, p.ip);
-            netns::in_netns(&p.netns, || rtnetlink::configure_pod(p.ip, POD_GATEWAY, gateway))
+            let v6 = with_v6.then(|| (v6(p.ip), POD_GATEWAY_V6));
+            netns::in_netns(&p.netns, || rtnetlink::configure_pod(p.ip, POD_GATEWAY, gateway, v6))
                 .with_context(|| format!("cannot configure pod {}", p.name))
         })
     }

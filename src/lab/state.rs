@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::netns;
-use super::{Lab, Node, Pod, ProxyMode, SyncDelay, labs_dir, validate_name};
+use super::{Lab, LabFamilies, Node, Pod, ProxyMode, SyncDelay, labs_dir, validate_name};
 use crate::service::ServiceOptions;
 
 /// The saved state of a lab (`state.json`).
@@ -22,6 +22,9 @@ pub(super) struct State {
     pub(super) name: String,
     pub(super) created: jiff::Timestamp,
     pub(super) proxy_mode: ProxyMode,
+    /// The Service's IP families (state files from before it: IPv4).
+    #[serde(default)]
+    pub(super) families: LabFamilies,
     pub(super) ecmp: bool,
     pub(super) zones: usize,
     pub(super) server: PathBuf,
@@ -271,6 +274,7 @@ mod tests {
             name: "t".into(),
             created: jiff::Timestamp::UNIX_EPOCH,
             proxy_mode: ProxyMode::Nftables,
+            families: LabFamilies::Ipv4,
             ecmp: false,
             zones: 1,
             server: "serve".into(),
@@ -327,7 +331,13 @@ mod tests {
     fn state_files_from_before_generations_and_conditions_still_load() {
         let mut v = serde_json::to_value(state(1, SyncDelay::default())).unwrap();
         let o = v.as_object_mut().unwrap();
-        for gone in ["generation", "applied", "sync_delay", "endpoints_generation"] {
+        for gone in [
+            "generation",
+            "applied",
+            "sync_delay",
+            "endpoints_generation",
+            "families",
+        ] {
             o.remove(gone);
         }
         o.insert(
@@ -340,5 +350,6 @@ mod tests {
         assert_eq!(s.endpoints_generation, 0);
         assert_eq!(s.sync_delay, SyncDelay::default());
         assert_eq!(s.pods[0].conditions, crate::lab::Conditions::READY);
+        assert_eq!(s.families, LabFamilies::Ipv4);
     }
 }

@@ -2,12 +2,14 @@
 //! (ClusterIP, LoadBalancer IP, node network, client), size limits, lab names and the
 //! namespace prefix they give, and where lab state lives.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
+
+use crate::service::IpFamily;
 
 /// One emulated node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +105,9 @@ impl Conditions {
 pub(super) const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub(super) const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub(super) const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// [`SERVICE_CIDR`] and [`CLUSTER_CIDR`] in IPv6 ([`v6_net`]).
+pub(super) const SERVICE_CIDR_V6: &str = "fd00:5b1a::a60:0/112";
+pub(super) const CLUSTER_CIDR_V6: &str = "fd00:5b1a::af4:0/112";
 pub(super) const NODE_NET_PREFIX: u8 = 24;
 /// The node network's router (on the bridge in the `net` namespace).
 pub(super) const NODE_NET_ROUTER: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
@@ -117,6 +122,33 @@ pub(super) const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub(super) const MAX_NODES: usize = 200;
 pub(super) const MAX_PODS_PER_NODE: usize = 250;
 const MAX_NAME_LEN: usize = 16;
+
+/// The lab's IPv6 addresses: this ULA /96 followed by the 32 bits of the IPv4 address of the same
+/// interface or role (`fd00:5b1a::ac1f:b` for node1's 172.31.0.11; an IPv4 /24 is an IPv6 /120),
+/// so every IPv6 address is as unique as its IPv4 one and needs no allocation of its own.
+pub(super) const V6_PREFIX: [u16; 6] = [0xfd00, 0x5b1a, 0, 0, 0, 0];
+/// The pods' IPv6 default gateway: link-local, a permanent neighbour entry in each pod.
+pub(super) const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The IPv6 address the lab gives the interface or role that has IPv4 address `ip`.
+pub fn v6(ip: Ipv4Addr) -> Ipv6Addr {
+    let [p0, p1, p2, p3, p4, p5] = V6_PREFIX;
+    let b = u32::from(ip);
+    Ipv6Addr::new(p0, p1, p2, p3, p4, p5, (b >> 16) as u16, b as u16)
+}
+
+/// The IPv6 network of IPv4 network `net` (the same hosts, 96 bits longer).
+pub fn v6_net(net: Ipv4Net) -> Ipv6Net {
+    Ipv6Net::new(v6(net.network()), net.prefix_len() + 96).expect("a prefix of at most 128")
+}
+
+/// `ip` in `family`: itself or its IPv6 counterpart ([`v6`]).
+pub fn in_family(ip: Ipv4Addr, family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::Ipv4 => IpAddr::V4(ip),
+        IpFamily::Ipv6 => IpAddr::V6(v6(ip)),
+    }
+}
 
 /// Whose interface a lab MAC address names. Every lab interface gets a MAC made of its role and
 /// its IPv4 address, so the lab writes every neighbour entry itself, permanent: the kernel's
@@ -206,7 +238,19 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+impl Node {
+    /// The node's address in `family`.
+    pub fn ip_of(&self, family: IpFamily) -> IpAddr {
+        in_family(self.ip, family)
+    }
+}
+
 impl Pod {
+    /// The pod's address in `family`.
+    pub fn ip_of(&self, family: IpFamily) -> IpAddr {
+        in_family(self.ip, family)
+    }
+
     /// The endpoint as kube-proxy sees it in the EndpointSlice.
     pub fn ep(&self) -> crate::service::Ep {
         crate::service::Ep {
@@ -241,6 +285,19 @@ mod tests {
         );
         // Adding pods to a running lab counts only the new ones.
         assert_eq!(capacity_problem(10, 0, 100, 1_000), None);
+    }
+
+    #[test]
+    fn ipv6_addresses_embed_the_ipv4_ones_under_the_lab_prefix() {
+        assert_eq!(v6(Ipv4Addr::new(172, 31, 0, 11)).to_string(), "fd00:5b1a::ac1f:b");
+        let pods: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(v6_net(pods).to_string(), "fd00:5b1a::af4:300/120");
+        assert!(v6_net(pods).contains(&v6(Ipv4Addr::new(10, 244, 3, 7))));
+        assert!(!v6_net(pods).contains(&v6(Ipv4Addr::new(10, 244, 4, 7))));
+        assert_eq!(in_family(CLUSTER_IP, IpFamily::Ipv6).to_string(), "fd00:5b1a::a60:a");
+        let net = |s: &str| v6_net(s.parse().unwrap()).to_string();
+        assert_eq!(net(SERVICE_CIDR), SERVICE_CIDR_V6);
+        assert_eq!(net(CLUSTER_CIDR), CLUSTER_CIDR_V6);
     }
 
     #[test]

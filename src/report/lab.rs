@@ -9,6 +9,7 @@ use tabled::builder::Builder;
 use tabled::settings::Style;
 
 use crate::lab::{EndpointEvent, LabStatus, ProxyMode, Timeline};
+use crate::service::IpFamily;
 
 /// The whole status as a table.
 pub fn status(st: &LabStatus) -> String {
@@ -38,7 +39,7 @@ pub fn status(st: &LabStatus) -> String {
             p.name.clone(),
             p.node.clone(),
             p.zone.clone(),
-            p.ip.to_string(),
+            with_v6(p.ip.to_string(), p.ipv6),
             p.pid.to_string(),
             if p.alive { "yes" } else { "NO" }.to_string(),
             p.hint.clone().unwrap_or_else(|| "-".to_string()),
@@ -65,8 +66,8 @@ pub fn nodes(st: &LabStatus) -> String {
         b.push_record([
             n.name.clone(),
             n.zone.clone(),
-            n.ip.to_string(),
-            n.pod_cidr.to_string(),
+            with_v6(n.ip.to_string(), n.ipv6),
+            with_v6(n.pod_cidr.to_string(), n.pod_cidr_v6),
             n.pods.to_string(),
             if n.generation < st.generation {
                 format!("{} (syncing)", n.generation)
@@ -83,12 +84,25 @@ pub fn service(st: &LabStatus) -> String {
     let mut out = String::new();
     let s = &st.service;
     let o = &s.options;
+    // The Service's addresses in each of its families (IPv4 first in a dual-stack lab).
+    let of = |ip: &dyn Fn(IpFamily) -> String| s.ip_families.iter().map(|f| ip(*f)).collect::<Vec<_>>().join(",");
+    let families: Vec<String> = s.ip_families.iter().map(|f| f.kube().to_string()).collect();
     let _ = writeln!(
         out,
-        "service {}/{}: clusterIP {} port {} (tcp, udp), {} (http)",
-        s.namespace, s.name, s.cluster_ip, s.port, s.http_port
+        "service {}/{} ({}): clusterIP {} port {} (tcp, udp), {} (http)",
+        s.namespace,
+        s.name,
+        families.join(", "),
+        of(&|f| s.cluster_ip_of(f).to_string()),
+        s.port,
+        s.http_port
     );
-    let ips: Vec<String> = s.node_ips.iter().map(|i| i.to_string()).collect();
+    let ips: Vec<String> = s
+        .ip_families
+        .iter()
+        .flat_map(|f| s.node_ips_of(*f))
+        .map(|i| i.to_string())
+        .collect();
     let _ = writeln!(
         out,
         "  nodePort {} (tcp, udp), {} (http) on {}",
@@ -99,7 +113,7 @@ pub fn service(st: &LabStatus) -> String {
     let _ = writeln!(
         out,
         "  loadBalancer {} via {}{}",
-        s.lb_ip,
+        of(&|f| s.lb_ip_of(f).to_string()),
         s.lb_next_hops.join(" "),
         if s.ecmp { " (ECMP)" } else { "" }
     );
@@ -114,8 +128,17 @@ pub fn service(st: &LabStatus) -> String {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".to_string())
     );
-    let _ = writeln!(out, "  client {} in {}", st.client.ip, st.client.netns);
+    let client = with_v6(st.client.ip.to_string(), st.client.ipv6);
+    let _ = writeln!(out, "  client {client} in {}", st.client.netns);
     out
+}
+
+/// An address, and its IPv6 counterpart when the lab has one (`10.244.1.2 fd00:5b1a::af4:102`).
+fn with_v6(v4: String, v6: Option<impl std::fmt::Display>) -> String {
+    match v6 {
+        Some(v6) => format!("{v4} {v6}"),
+        None => v4,
+    }
 }
 
 fn ms(d: Duration) -> String {

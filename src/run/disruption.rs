@@ -5,7 +5,7 @@
 //! returned (an action that failed, an agent that died, an interrupt: all go into the record);
 //! what the run changed comes back as a [`Restore`] for the caller to run once the record is saved.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -550,7 +550,7 @@ pub async fn run_lab(backend: &LabBackend, job: &DisruptionJob, interrupt: &Inte
     let lab = Lab::open(&name)?;
     lab.check_complete()?;
     let status = lab.status();
-    let address = SocketAddr::new(IpAddr::V4(status.service.cluster_ip), status.service.port);
+    let address = SocketAddr::new(status.service.cluster_ip_of(backend.family()), status.service.port);
     let mut sources: Vec<Source> = lab
         .nodes()
         .iter()

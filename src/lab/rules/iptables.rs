@@ -8,7 +8,7 @@ use super::select::{NoEndpoint, PortPlan};
 use super::service::{Endpoint, endpoint_str};
 use super::{Cluster, RulesSync, Written, to_rewrite};
 use crate::lab::Node;
-use crate::service::SessionAffinity;
+use crate::service::{IpFamily, SessionAffinity};
 
 /// kube-proxy's masquerade mark.
 const MASQ_MARK: &str = "0x4000";
@@ -192,7 +192,7 @@ pub fn iptables_restore(
                         "-A {fw} -m comment --comment \"{spn} loadbalancer IP\" -s {r} -j {ext}"
                     );
                 }
-                if ranges.iter().any(|r| r.contains(&node.ip)) {
+                if ranges.iter().any(|r| r.contains(&node.ip_of(c.family))) {
                     for ip in &svc.lb_ips {
                         let _ = writeln!(
                             nat,
@@ -303,8 +303,14 @@ pub fn iptables_restore(
     out.push_str(&f_nodeports);
     out.push_str(&f_services);
     out.push_str(&f_external);
+    // Localhost NodePorts are IPv4 only (route_localnet has no IPv6 equivalent): kube-proxy
+    // writes this rule in its IPv4 proxier only.
+    if c.family == IpFamily::Ipv4 {
+        out.push_str(
+            "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n",
+        );
+    }
     out.push_str(concat!(
-        "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n",
         "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n",
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n",
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",

@@ -9,7 +9,7 @@ use super::select::{NoEndpoint, PortPlan};
 use super::service::{Endpoint, endpoint_str};
 use super::{Cluster, RulesSync, Written, to_rewrite};
 use crate::lab::Node;
-use crate::service::SessionAffinity;
+use crate::service::{IpFamily, SessionAffinity};
 
 /// The chains and sets (maps too) currently in a node's `ip kube-proxy` table, and what the
 /// lab's last sync of the node wrote into each per-service chain ([`Written`]).
@@ -145,7 +145,8 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
     let mut want_sets = BTreeSet::new();
     let local_ctx = format!("ip saddr {}", c.cluster_cidr);
 
-    let _ = writeln!(elements, "add element ip kube-proxy nodeport-ips {{ {} }}", node.ip);
+    let node_ip = node.ip_of(c.family);
+    let _ = writeln!(elements, "add element ip kube-proxy nodeport-ips {{ {node_ip} }}");
     for svc in &c.services {
         let o = svc.options;
         let affinity = o.affinity == SessionAffinity::ClientIp;
@@ -265,7 +266,7 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
             if uses_fw {
                 let mut allowed: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
                 // A node inside a range reaches the LB IP from itself (often a local address).
-                if ranges.iter().any(|r| r.contains(&node.ip)) {
+                if ranges.iter().any(|r| r.contains(&node_ip)) {
                     allowed.extend(svc.lb_ips.iter().map(|ip| ip.to_string()));
                 }
                 let _ = writeln!(
@@ -393,5 +394,23 @@ pub fn nft_transaction(c: &Cluster, node: &Node, existing: &NftExisting, reset_a
         }
     }
     tx.push_str(&elements);
-    RulesSync { tx, written }
+    RulesSync {
+        tx: in_family(tx, c.family),
+        written,
+    }
+}
+
+/// The transaction in `family`: kube-proxy's nftables proxier writes `ipX` and `ipvX_addr`,
+/// `ip` / `ipv4_addr` in IPv4 and `ip6` / `ipv6_addr` in IPv6, into the same rules (its table
+/// is `ip kube-proxy` or `ip6 kube-proxy`). The writer above writes the IPv4 words; these are
+/// all the places they occur.
+fn in_family(tx: String, family: IpFamily) -> String {
+    match family {
+        IpFamily::Ipv4 => tx,
+        IpFamily::Ipv6 => tx
+            .replace(" ip kube-proxy", " ip6 kube-proxy")
+            .replace("ip saddr", "ip6 saddr")
+            .replace("ip daddr", "ip6 daddr")
+            .replace("ipv4_addr", "ipv6_addr"),
+    }
 }

@@ -2,13 +2,13 @@
 //! every node's rules depend on ([`Cluster`]), and the names kube-proxy derives from them
 //! (service port names, hashed chain names of both proxiers).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 
 use sha2::{Digest, Sha256};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
-use crate::service::{Ep, ServiceOptions, ServiceType, TrafficPolicy};
+use crate::service::{Ep, IpFamily, ServiceOptions, ServiceType, TrafficPolicy};
 
 /// Namespace and name of the lab's Service.
 pub const SERVICE_NAMESPACE: &str = "default";
@@ -67,6 +67,9 @@ pub const PORTS: [ServicePort; 3] = [
 
 /// What a node's kube-proxy programs: the cluster-wide settings and every Service it sees.
 pub struct Cluster<'a> {
+    /// The family of this kube-proxy's proxier (kube-proxy runs one per family on a dual-stack
+    /// node): every address below is of it.
+    pub family: IpFamily,
     /// The Service CIDR (`cluster-ips-check` drops traffic to unallocated ClusterIPs in it).
     pub service_cidr: &'a str,
     /// The cluster CIDR: kube-proxy's local-traffic detector (pod traffic is from inside it).
@@ -79,11 +82,11 @@ pub struct Service<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub kind: ServiceType,
-    pub cluster_ip: Ipv4Addr,
+    pub cluster_ip: IpAddr,
     pub ports: &'a [ServicePort],
     /// `status.loadBalancer.ingress[].ip`.
-    pub lb_ips: Vec<Ipv4Addr>,
-    pub external_ips: Vec<Ipv4Addr>,
+    pub lb_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
     /// `spec.healthCheckNodePort` (0: none); used only by LoadBalancers with eTP Local.
     pub health_check_node_port: u16,
     pub options: &'a ServiceOptions,
@@ -94,7 +97,7 @@ pub struct Service<'a> {
 /// One endpoint of an EndpointSlice: its address and conditions, hints and node.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub ep: Ep,
 }
 
@@ -112,15 +115,14 @@ impl Service<'_> {
         sp.node_port != 0 || !self.lb_ips.is_empty() || !self.external_ips.is_empty()
     }
 
-    /// The IPv4 loadBalancerSourceRanges (this proxier's family).
-    pub fn source_ranges(&self) -> Vec<Ipv4Net> {
+    /// The loadBalancerSourceRanges of this proxier's family (the ClusterIP's).
+    pub fn source_ranges(&self) -> Vec<IpNet> {
+        let family = IpFamily::of(&self.cluster_ip);
         self.options
             .source_ranges
             .iter()
-            .filter_map(|r| match r {
-                IpNet::V4(n) => Some(*n),
-                IpNet::V6(_) => None,
-            })
+            .filter(|r| IpFamily::of(&r.addr()) == family)
+            .copied()
             .collect()
     }
 
@@ -141,7 +143,9 @@ impl Service<'_> {
     }
 
     /// nftables proxier: `hashAndTruncate(ns/svc/proto/port__ip/port)`.
-    pub(super) fn nft_ep_base(&self, sp: &ServicePort, ip: Ipv4Addr) -> String {
+    /// An IPv6 address's colons become dots (a chain name cannot hold a colon).
+    pub(super) fn nft_ep_base(&self, sp: &ServicePort, ip: IpAddr) -> String {
+        let ip = ip.to_string().replace(':', ".");
         hash_and_truncate(&format!(
             "{}/{}/{}/{}__{ip}/{}",
             self.namespace,
@@ -158,14 +162,15 @@ impl Service<'_> {
     }
 
     /// iptables proxier: the KUBE-SEP chain of an endpoint.
-    pub(super) fn ipt_sep(&self, sp: &ServicePort, ip: Ipv4Addr) -> String {
+    pub(super) fn ipt_sep(&self, sp: &ServicePort, ip: IpAddr) -> String {
         sep_chain(&self.port_name(sp), sp.proto.as_str(), &endpoint_str(ip, sp))
     }
 }
 
-/// `ip:port` of an endpoint for a service port (kube-proxy's `Endpoint.String()`).
-pub(super) fn endpoint_str(ip: Ipv4Addr, sp: &ServicePort) -> String {
-    format!("{ip}:{}", sp.target_port)
+/// `ip:port` of an endpoint for a service port (kube-proxy's `Endpoint.String()`,
+/// `net.JoinHostPort`: `[ip]:port` in IPv6).
+pub(super) fn endpoint_str(ip: IpAddr, sp: &ServicePort) -> String {
+    SocketAddr::new(ip, sp.target_port).to_string()
 }
 
 /// RFC 4648 base32 (standard alphabet), as Go's `base32.StdEncoding`, without padding

@@ -46,7 +46,7 @@ fn node(i: u8, zone: &str) -> Node {
 /// An endpoint `pod-NNN` on node `node` (ready), with its zone hint when `hint`.
 fn ep(n: u8, node: u8, zone: &str, hint: bool) -> Endpoint {
     Endpoint {
-        ip: Ipv4Addr::new(10, 244, node, n + 1),
+        ip: Ipv4Addr::new(10, 244, node, n + 1).into(),
         ep: Ep {
             zone_hints: if hint { vec![zone.to_string()] } else { Vec::new() },
             ..Ep::ready(&format!("pod-{n:03}"), &format!("node{node}"))
@@ -57,15 +57,16 @@ fn ep(n: u8, node: u8, zone: &str, hint: bool) -> Endpoint {
 /// The lab's Service (a LoadBalancer with a NodePort per port) with these endpoints.
 fn lab<'a>(options: &'a ServiceOptions, endpoints: Vec<Endpoint>) -> Cluster<'a> {
     Cluster {
+        family: crate::service::IpFamily::Ipv4,
         service_cidr: "10.96.0.0/16",
         cluster_cidr: "10.244.0.0/16",
         services: vec![Service {
             namespace: "default",
             name: "tserver",
             kind: ServiceType::LoadBalancer,
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             ports: &PORTS,
-            lb_ips: vec![Ipv4Addr::new(172, 30, 0, 10)],
+            lb_ips: vec![Ipv4Addr::new(172, 30, 0, 10).into()],
             external_ips: Vec::new(),
             health_check_node_port: 32000,
             options,
@@ -371,7 +372,7 @@ fn iptables_leaves_out_endpoint_comments_above_1000_endpoints() {
     let o = ServiceOptions::default();
     let eps: Vec<Endpoint> = (0..400u16)
         .map(|i| Endpoint {
-            ip: Ipv4Addr::new(10, 244, (i / 200) as u8 + 1, (i % 200) as u8 + 2),
+            ip: Ipv4Addr::new(10, 244, (i / 200) as u8 + 1, (i % 200) as u8 + 2).into(),
             ep: Ep::ready(&format!("pod-{i}"), "node1"),
         })
         .collect();
@@ -399,4 +400,51 @@ fn iptables_leaves_out_endpoint_comments_above_1000_endpoints() {
 #[test]
 fn probability_format_is_kube_proxys() {
     assert_eq!(format!("{:.10}", 1.0 / 3.0_f64), "0.3333333333");
+}
+
+#[test]
+fn ipv6_rules_use_kube_proxys_ip6_words_and_bracketed_endpoints() {
+    use crate::lab::topology::v6;
+    use crate::service::IpFamily;
+    let o = ServiceOptions {
+        affinity: SessionAffinity::ClientIp,
+        ..ServiceOptions::default()
+    };
+    let mut c = lab(&o, vec![ep(1, 1, "zone-a", false), ep(2, 2, "zone-b", false)]);
+    c.family = IpFamily::Ipv6;
+    c.service_cidr = "fd00:5b1a::a60:0/112";
+    c.cluster_cidr = "fd00:5b1a::af4:0/112";
+    let svc = &mut c.services[0];
+    let to_v6 = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(a) => std::net::IpAddr::V6(v6(a)),
+        other => other,
+    };
+    svc.cluster_ip = to_v6(svc.cluster_ip);
+    svc.lb_ips = svc.lb_ips.iter().map(|ip| to_v6(*ip)).collect();
+    for e in &mut svc.endpoints {
+        e.ip = to_v6(e.ip);
+    }
+    let n = node(1, "zone-a");
+    let tx = nft_transaction(&c, &n, &NftExisting::default(), false).tx;
+    assert!(tx.contains("add table ip6 kube-proxy"), "{tx}");
+    assert!(!tx.contains(" ip kube-proxy") && !tx.contains("ip saddr") && !tx.contains("ipv4_addr"));
+    assert!(tx.contains("add element ip6 kube-proxy nodeport-ips { fd00:5b1a::ac1f:b }"));
+    assert!(
+        tx.contains("type ipv6_addr ; flags dynamic,timeout"),
+        "affinity sets: {tx}"
+    );
+    assert!(tx.contains("update @affinity-"));
+    assert!(tx.contains("{ ip6 saddr }"));
+    assert!(tx.contains("dnat to [fd00:5b1a::af4:102]:5001"), "{tx}");
+    // The endpoint chain names the address with dots for colons (a chain name has none).
+    assert!(tx.contains("__fd00.5b1a..af4.102/5001"), "{tx}");
+    assert!(tx.contains("ip6 saddr != fd00:5b1a::af4:0/112 jump mark-for-masquerade"));
+    // iptables: the same chains for ip6tables-restore, without the IPv4-only localnet rule.
+    let ipt = iptables_restore(&c, &n, &BTreeSet::new(), &Written::new(), true).tx;
+    assert!(ipt.contains("--to-destination [fd00:5b1a::af4:102]:5001"), "{ipt}");
+    assert!(!ipt.contains("127.0.0.0/8"), "{ipt}");
+    assert!(
+        ipt.contains("-d fd00:5b1a::a60:a/128") || ipt.contains("-d fd00:5b1a::a60:a "),
+        "{ipt}"
+    );
 }

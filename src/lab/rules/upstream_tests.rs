@@ -26,7 +26,7 @@ const NODEPORT_3003: [ServicePort; 1] = p80(3003);
 
 fn upstream_ep(ip: [u8; 4], node: &str) -> Endpoint {
     Endpoint {
-        ip: Ipv4Addr::from(ip),
+        ip: Ipv4Addr::from(ip).into(),
         ep: Ep::ready(&Ipv4Addr::from(ip).to_string(), node),
     }
 }
@@ -42,7 +42,7 @@ fn upstream_overall<'a>(
         namespace: ns,
         name,
         kind,
-        cluster_ip: Ipv4Addr::new(172, 30, 0, last),
+        cluster_ip: Ipv4Addr::new(172, 30, 0, last).into(),
         ports,
         lb_ips: Vec::new(),
         external_ips: Vec::new(),
@@ -62,8 +62,8 @@ fn upstream_overall<'a>(
         ),
         Service {
             // No nodeName on its endpoint: not local, so eTP Local has no local endpoint.
-            lb_ips: vec![Ipv4Addr::new(1, 2, 3, 4)],
-            external_ips: vec![Ipv4Addr::new(192, 168, 99, 22)],
+            lb_ips: vec![Ipv4Addr::new(1, 2, 3, 4).into()],
+            external_ips: vec![Ipv4Addr::new(192, 168, 99, 22).into()],
             health_check_node_port: 30000,
             ..svc(
                 "ns2",
@@ -85,7 +85,7 @@ fn upstream_overall<'a>(
             vec![upstream_ep([10, 180, 0, 3], "")],
         ),
         Service {
-            external_ips: vec![Ipv4Addr::new(192, 168, 99, 33)],
+            external_ips: vec![Ipv4Addr::new(192, 168, 99, 33).into()],
             ..svc(
                 "ns4",
                 "svc4",
@@ -100,7 +100,7 @@ fn upstream_overall<'a>(
             )
         },
         Service {
-            lb_ips: vec![Ipv4Addr::new(5, 6, 7, 8)],
+            lb_ips: vec![Ipv4Addr::new(5, 6, 7, 8).into()],
             health_check_node_port: 30000,
             ..svc(
                 "ns5",
@@ -131,6 +131,7 @@ fn upstream_overall<'a>(
     };
     (
         Cluster {
+            family: crate::service::IpFamily::Ipv4,
             service_cidr: "172.30.0.0/16",
             cluster_cidr: "10.0.0.0/8",
             services,
