@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::record::{AffinityRun, AnyRun, DisruptionRun, MatrixRun, SpreadRun, ZonesRun};
+use crate::record::{AffinityRun, AnyRun, CellVerdict, DisruptionRun, MatrixRun, SpreadRun, ZonesRun};
 use crate::service::IpFamily;
 
 /// The IPv6 connect rate below this share of the IPv4 one is flagged.
@@ -161,14 +161,16 @@ fn zones(a: &ZonesRun, b: &ZonesRun) -> Comparison {
 }
 
 fn matrix(a: &MatrixRun, b: &MatrixRun) -> Comparison {
-    let cells = |r: &MatrixRun| -> BTreeMap<(String, String, String), String> {
+    // A cell differs when its verdict does: the expectation is the family's own, and a cell
+    // kube-proxy makes partial (`?` or `.` both right) would otherwise differ by chance.
+    let cells = |r: &MatrixRun| -> BTreeMap<(String, String, String), (CellVerdict, String)> {
         r.scenarios
             .iter()
             .flat_map(|s| {
                 s.cells.iter().map(move |c| {
                     (
                         (s.name.clone(), c.source.clone(), c.target.clone()),
-                        c.observed.symbol().to_string(),
+                        (c.verdict, c.observed.symbol().to_string()),
                     )
                 })
             })
@@ -177,9 +179,18 @@ fn matrix(a: &MatrixRun, b: &MatrixRun) -> Comparison {
     let (ca, cb) = (cells(a), cells(b));
     let differing: Vec<String> = ca
         .iter()
-        .filter_map(|(k, x)| {
-            let y = cb.get(k)?;
-            (x != y).then(|| format!("{} {} -> {}: ipv4 {x}, ipv6 {y}", k.0, k.1, k.2))
+        .filter_map(|(k, (va, x))| {
+            let (vb, y) = cb.get(k)?;
+            (va != vb).then(|| {
+                format!(
+                    "{} {} -> {}: ipv4 {x} ({}), ipv6 {y} ({})",
+                    k.0,
+                    k.1,
+                    k.2,
+                    va.describe(),
+                    vb.describe()
+                )
+            })
         })
         .collect();
     let mut differences = facts_differ(

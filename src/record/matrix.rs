@@ -52,6 +52,17 @@ pub enum CellVerdict {
     Skipped,
 }
 
+impl CellVerdict {
+    pub fn describe(self) -> &'static str {
+        match self {
+            CellVerdict::Correct => "correct",
+            CellVerdict::Incorrect => "wrong",
+            CellVerdict::Inconclusive => "inconclusive",
+            CellVerdict::Skipped => "not measured",
+        }
+    }
+}
+
 /// Where a source runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,0 +1,111 @@
+//! `--ip-family` on a dual-stack lab (root): the same storm over each family, both saved, and a
+//! fault planted in one family's rules flagged side by side.
+// Network namespaces and netfilter: Linux only (the darwin workflow runs the rest).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use common::LabGuard;
+
+/// The ip6 endpoint chains of the wire-protocol TCP port (named `tcp`, 5001) on `node`.
+fn ip6_tcp_endpoint_chains(lab: &LabGuard, node: &str) -> Vec<String> {
+    let out = lab.run(&[
+        "lab",
+        "exec",
+        "--name",
+        &lab.name,
+        node,
+        "--",
+        "nft",
+        "list",
+        "table",
+        "ip6",
+        "kube-proxy",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("chain "))
+        .map(|l| l.trim_end_matches('{').trim().trim_matches('"').to_string())
+        .filter(|c| c.starts_with("endpoint-") && c.contains("/tcp/tcp__"))
+        .collect()
+}
+
+#[test]
+fn lab_ip_family_both_runs_each_family_and_flags_a_fault_in_one() {
+    let lab = LabGuard::up("fam", &["--nodes", "3", "--pods", "6", "--ip-family", "dual"]);
+    let saves = tempfile::tempdir().unwrap();
+    let save = saves.path().to_string_lossy().into_owned();
+    let spread = |tag: &str| {
+        lab.run(&[
+            "spread",
+            "--lab",
+            &lab.name,
+            "--ip-family",
+            "both",
+            "--conns",
+            "600",
+            "--timeout",
+            "300ms",
+            "--tag",
+            tag,
+            "--save",
+            &save,
+        ])
+    };
+    // Untouched: both families pass, each saved under its own tag with its family.
+    let out = spread("ok");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("IPv4 and IPv6 side by side:\n  no difference between the families"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the ipv6 rate is"), "{stdout}");
+    for fam in ["ipv4", "ipv6"] {
+        let text = std::fs::read_to_string(saves.path().join(format!("ok-{fam}.json"))).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(r["target"]["ip_family"], fam, "{text}");
+        let address = r["target"]["address"].as_str().unwrap();
+        assert_eq!(address.starts_with('['), fam == "ipv6", "{address}");
+        assert_eq!(r["stats"]["verdict"], "PASS", "{text}");
+    }
+    // One endpoint's IPv6 rule flushed on every node: over IPv6 its share of the connections
+    // goes nowhere; IPv4 is untouched.
+    let chains = ip6_tcp_endpoint_chains(&lab, "node1");
+    assert_eq!(chains.len(), 6, "{chains:?}");
+    for node in ["node1", "node2", "node3"] {
+        let out = lab.run(&[
+            "lab",
+            "exec",
+            "--name",
+            &lab.name,
+            node,
+            "--",
+            "nft",
+            "flush",
+            "chain",
+            "ip6",
+            "kube-proxy",
+            &chains[0],
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = spread("fault");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("  ! verdict: ipv4 PASS, ipv6 FAIL\n"), "{stdout}");
+    assert!(stdout.contains("  ! backends answering: ipv4 6, ipv6 5\n"), "{stdout}");
+    assert!(stdout.contains("  ! answered over ipv4 only: pod-"), "{stdout}");
+    assert!(stdout.contains("timeout"), "{stdout}");
+}
