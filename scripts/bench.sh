@@ -5,6 +5,7 @@
 #   BENCH_ONLY=matrix scripts/bench.sh  (only the matrix case: root, the default 10 x 100 lab)
 #   BENCH_ONLY=report scripts/bench.sh  (only the report case: one page of 100 runs x 100 backends)
 #   BENCH_ONLY=disruption scripts/bench.sh   (only the disruption case: root, a 3-node lab)
+#   BENCH_ONLY=ipv6 scripts/bench.sh    (only the IPv6 case: root, dual-stack 3-node labs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -140,7 +141,44 @@ PY
     echo "report of 100 runs x 100 backends: median $(awk '{print $1}' "$work/rep" | median) s, page $(stat -c %s "$work/report.html") bytes, peak RSS $(awk '{print $2}' "$work/rep" | sort -n | tail -1) KB"
 }
 
+# ipv6: the same spread over each family of one dual-stack lab (`--ip-family both`: IPv4, then
+# IPv6, in every round; the issue 14 target: IPv6 at least 90% of the IPv4 rate), pod ->
+# ClusterIP and client -> NodePort in nftables mode, pod -> ClusterIP in iptables mode.
+ipv6_case() {
+    export SVCLB_LAB_DIR="$work/labs"
+    local n=${IPV6_CONNS:-20000}
+    for mode in nftables iptables; do
+        lab=v6bench$$
+        "$bin" lab up --name "$lab" --nodes 3 --pods 6 --ip-family dual --proxy-mode "$mode" >/dev/null
+        local paths=("pod:--from pod")
+        [[ $mode == nftables ]] && paths+=("nodeport:--from host --node-port")
+        for p in "${paths[@]}"; do
+            local name=${p%%:*} args=${p#*:}
+            echo "== ipv6: $mode, $name, $n TCP conns per family, $rounds rounds (IPv4 then IPv6 in each)"
+            : >"$work/v4"; : >"$work/v6"
+            for ((i = 1; i <= rounds; i++)); do
+                # shellcheck disable=SC2086
+                "$bin" spread --lab "$lab" $args --ip-family both --conns "$n" --tag "r$i" --save "$work/s" >/dev/null || true
+                rate_of <"$work/s/r$i-ipv4.json" >>"$work/v4"
+                rate_of <"$work/s/r$i-ipv6.json" >>"$work/v6"
+                rm -f "$work"/s/r"$i"-ipv*.json
+                echo "round $i: ipv4 $(tail -1 "$work/v4") conn/s, ipv6 $(tail -1 "$work/v6") conn/s"
+            done
+            local m4 m6
+            m4=$(median <"$work/v4"); m6=$(median <"$work/v6")
+            echo "ipv6 $mode $name: median ipv4 $m4 conn/s, ipv6 $m6 conn/s = $(awk -v a="$m4" -v b="$m6" 'BEGIN{printf "%.1f", 100*b/a}')% of ipv4"
+        done
+        "$bin" lab down --name "$lab" >/dev/null
+        lab=
+    done
+}
+
 addr=127.0.0.1:15901
+if [[ $only == ipv6 ]]; then
+    [[ $(id -u) -eq 0 ]] || { echo "== ipv6: needs root"; exit 1; }
+    ipv6_case
+    exit 0
+fi
 if [[ $only == disruption ]]; then
     [[ $(id -u) -eq 0 ]] || { echo "== disruption: needs root"; exit 1; }
     disruption_case
