@@ -171,7 +171,8 @@ const AFFINITY_SUMMARY: [&str; 12] = [
     "verdict",
 ];
 
-fn affinity_row(r: &AffinityRun) -> [String; 12] {
+/// An affinity run's summary row (also the HTML page's table of several runs).
+pub(super) fn affinity_row(r: &AffinityRun) -> [String; 12] {
     [
         r.tag.clone(),
         r.target.address.clone(),

@@ -99,22 +99,7 @@ impl Kind for AffinityRun {
                 "during pool change",
                 "verdict",
             ],
-            runs.iter().map(|r| {
-                [
-                    r.tag.clone(),
-                    r.target.address.clone(),
-                    r.target.protocol.to_string(),
-                    r.sessions.to_string(),
-                    r.totals.sent.to_string(),
-                    r.totals.answered.to_string(),
-                    r.totals.lost.to_string(),
-                    r.totals.late.to_string(),
-                    r.totals.pod_changes.to_string(),
-                    r.totals.address_changes.to_string(),
-                    r.changes_during_pool_change.to_string(),
-                    r.verdict.to_string(),
-                ]
-            }),
+            runs.iter().map(|r| crate::report::compare::affinity_row(r)),
         ));
         let rows: Vec<HBar> = runs
             .iter()
