@@ -11,7 +11,7 @@ use clap::Args;
 use crate::disruption::Action;
 use crate::report::{self, RunFormat};
 use crate::run::disruption::DisruptionJob;
-use crate::run::open::{Opened, Place};
+use crate::run::open::Place;
 use crate::run::{self, Interrupt};
 use crate::stats::Verdict;
 
@@ -199,25 +199,23 @@ pub fn run(args: DisruptionArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let rt = run::runtime(0)?;
     rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let mut opened = Opened::open(place, &interrupt).await?;
-        // With both families the page holds both runs, written once both are measured.
-        let html = args.record.html.as_deref();
-        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
-        let code = args
-            .family
-            .run(&mut opened, &interrupt, page, async |opened, family| {
-                let mut job = args.job();
-                job.save = args.family.save_to(&job.save, "disruption", family);
-                let finished = run::disruption::run_opened(opened, &job, &interrupt).await?;
-                let mut record = finished.record;
-                // Saved before anything else can fail; then what the run changed is put back.
-                let saved = job.save.save(&mut record);
-                let restored = finished.restore.run().await;
-                report_run(record, &saved, restored, &args, each)
-            })
-            .await;
-        opened.close().await;
-        code
+        args.family
+            .run(
+                place,
+                &interrupt,
+                args.record.html.as_deref(),
+                async |opened, family, each| {
+                    let mut job = args.job();
+                    job.save = args.family.save_to(&job.save, "disruption", family);
+                    let finished = run::disruption::run_opened(opened, &job, &interrupt).await?;
+                    let mut record = finished.record;
+                    // Saved before anything else can fail; then what the run changed is put back.
+                    let saved = job.save.save(&mut record);
+                    let restored = finished.restore.run().await;
+                    report_run(record, &saved, restored, &args, each)
+                },
+            )
+            .await
     })
 }
 

@@ -13,7 +13,7 @@ use crate::backend::kube::matrix::MatrixOptions;
 use crate::record::MatrixRun;
 use crate::report::{self, RunFormat};
 use crate::run::matrix::MatrixJob;
-use crate::run::open::{Opened, Place};
+use crate::run::open::Place;
 use crate::run::{self, Interrupt};
 use crate::storm::Proto;
 
@@ -203,23 +203,19 @@ pub fn run(args: MatrixArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let rt = run::runtime(0)?;
     rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let mut opened = Opened::open(place, &interrupt).await?;
-        // With both families the page holds both runs, written once both are measured.
-        let html = args.record.html.as_deref();
-        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
-        let code = args
-            .family
-            .run(&mut opened, &interrupt, page, async |opened, family| {
-                let mut job = args.job()?;
-                job.save = args.family.save_to(&job.save, "matrix", family);
-                let (record, restore_error) =
-                    run::matrix::run_opened(opened, &job, cluster.clone(), &interrupt).await?;
-                finish(record, restore_error, &args, &job, each)
-            })
-            .await;
-        // An ephemeral lab goes (and with --cleanup the cluster is cleaned up) once every run is
-        // reported.
-        opened.close().await;
-        code
+        args.family
+            .run(
+                place,
+                &interrupt,
+                args.record.html.as_deref(),
+                async |opened, family, each| {
+                    let mut job = args.job()?;
+                    job.save = args.family.save_to(&job.save, "matrix", family);
+                    let (record, restore_error) =
+                        run::matrix::run_opened(opened, &job, cluster.clone(), &interrupt).await?;
+                    finish(record, restore_error, &args, &job, each)
+                },
+            )
+            .await
     })
 }

@@ -189,17 +189,41 @@ impl FamilyArgs {
         }
     }
 
-    /// Makes the run `one` once per family asked, on `opened` pointed at that family; `one` saves
-    /// and prints its run before the next starts (an interrupt skips the runs not begun). With
-    /// both families, prints what differs and writes the `--html` page of both runs. The exit
-    /// code: the first run's that is not 0, else 0.
+    /// Opens `place` and makes the run `one` once per family asked, on the backend pointed at
+    /// that family; `one` saves and prints its run before the next starts (an interrupt skips the
+    /// runs not begun) and writes its own `--html` page when given one: `html` for a single run;
+    /// with both families none, and the page of both runs is written here once both are measured,
+    /// under what differs. The backend is closed (an ephemeral lab removed, a cluster cleaned up
+    /// when asked) once every run is reported. The exit code: the first run's that is not 0, else 0.
     pub async fn run(
+        &self,
+        place: crate::run::open::Place,
+        interrupt: &crate::run::Interrupt,
+        html: Option<&std::path::Path>,
+        one: impl AsyncFnMut(
+            &mut crate::run::open::Opened,
+            Option<IpFamily>,
+            Option<&std::path::Path>,
+        ) -> anyhow::Result<(ExitCode, AnyRun)>,
+    ) -> anyhow::Result<ExitCode> {
+        let mut opened = crate::run::open::Opened::open(place, interrupt).await?;
+        let code = self.each(&mut opened, interrupt, html, one).await;
+        opened.close().await;
+        code
+    }
+
+    async fn each(
         &self,
         opened: &mut crate::run::open::Opened,
         interrupt: &crate::run::Interrupt,
         html: Option<&std::path::Path>,
-        mut one: impl AsyncFnMut(&mut crate::run::open::Opened, Option<IpFamily>) -> anyhow::Result<(ExitCode, AnyRun)>,
+        mut one: impl AsyncFnMut(
+            &mut crate::run::open::Opened,
+            Option<IpFamily>,
+            Option<&std::path::Path>,
+        ) -> anyhow::Result<(ExitCode, AnyRun)>,
     ) -> anyhow::Result<ExitCode> {
+        let (page, each) = if self.both() { (html, None) } else { (None, html) };
         let mut code = ExitCode::SUCCESS;
         let mut runs = Vec::new();
         for family in self.families() {
@@ -213,7 +237,7 @@ impl FamilyArgs {
             if let Some(f) = family {
                 opened.set_family(f)?;
             }
-            let (c, run) = one(opened, family).await?;
+            let (c, run) = one(opened, family, each).await?;
             if code == ExitCode::SUCCESS {
                 code = c;
             }
@@ -223,7 +247,7 @@ impl FamilyArgs {
             && let Some(c) = crate::families::compare(v4, v6)
         {
             print!("{}", crate::families::describe(&c));
-            if let Some(path) = html {
+            if let Some(path) = page {
                 code = page_code(path, &runs, code);
             }
         }

@@ -11,7 +11,7 @@ use crate::backend::{From, Path};
 use crate::cluster::manifests::{Options, TSERVER};
 use crate::record::{AnyRun, SpreadRun};
 use crate::report::{self, RunFormat};
-use crate::run::open::{ClusterPlace, Opened, Place};
+use crate::run::open::{ClusterPlace, Place};
 use crate::run::spread::SpreadJob;
 use crate::run::{self, Interrupt};
 use crate::service::ServiceType;
@@ -286,21 +286,18 @@ pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let rt = run::runtime(0)?;
     rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let mut opened = Opened::open(place, &interrupt).await?;
-        // With both families the page holds both runs, written once both are measured.
-        let html = args.record.html.as_deref();
-        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
-        let code = args
-            .family
-            .run(&mut opened, &interrupt, page, async |opened, family| {
-                let mut job = args.job();
-                job.save = args.family.save_to(&job.save, "spread", family);
-                let record = run::spread::run(opened, &job, &interrupt).await?;
-                finish(record, &job.save, &args, each)
-            })
-            .await;
-        // An ephemeral lab goes (and a cluster is cleaned up) once every run is reported.
-        opened.close().await;
-        code
+        args.family
+            .run(
+                place,
+                &interrupt,
+                args.record.html.as_deref(),
+                async |opened, family, each| {
+                    let mut job = args.job();
+                    job.save = args.family.save_to(&job.save, "spread", family);
+                    let record = run::spread::run(opened, &job, &interrupt).await?;
+                    finish(record, &job.save, &args, each)
+                },
+            )
+            .await
     })
 }

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::record::{Price, ZonesRun};
 use crate::report::{self, RunFormat};
-use crate::run::open::{Opened, Place};
+use crate::run::open::Place;
 use crate::run::zones::ZonesJob;
 use crate::run::{self, Interrupt};
 use crate::stats::Verdict;
@@ -218,29 +218,26 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
     let rt = run::runtime(0)?;
     rt.block_on(async {
         let interrupt = Interrupt::watch();
-        let mut opened = Opened::open(place, &interrupt).await?;
-        // With both families the page holds both runs, written once both are measured.
-        let html = args.record.html.as_deref();
-        let (page, each) = if args.family.both() { (html, None) } else { (None, html) };
-        let code = args
-            .family
-            .run(&mut opened, &interrupt, page, async |opened, family| {
-                let mut job = args.job();
-                job.save = args.family.save_to(&job.save, "zones", family);
-                let mut print = |c: &crate::record::ZonesCycle| {
-                    if live {
-                        print!("{}", report::zones_cycle_line(c, job.cycles));
-                    } else {
-                        eprint!("{}", report::zones_cycle_line(c, job.cycles));
-                    }
-                };
-                let record = run::zones::run_opened(opened, &job, &interrupt, &mut print).await?;
-                finish(record, &job.save, args.output, each)
-            })
-            .await;
-        // An ephemeral lab goes (and a cluster is cleaned up) once every run is reported.
-        opened.close().await;
-        code
+        args.family
+            .run(
+                place,
+                &interrupt,
+                args.record.html.as_deref(),
+                async |opened, family, each| {
+                    let mut job = args.job();
+                    job.save = args.family.save_to(&job.save, "zones", family);
+                    let mut print = |c: &crate::record::ZonesCycle| {
+                        if live {
+                            print!("{}", report::zones_cycle_line(c, job.cycles));
+                        } else {
+                            eprint!("{}", report::zones_cycle_line(c, job.cycles));
+                        }
+                    };
+                    let record = run::zones::run_opened(opened, &job, &interrupt, &mut print).await?;
+                    finish(record, &job.save, args.output, each)
+                },
+            )
+            .await
     })
 }
 
