@@ -129,7 +129,7 @@ fn affinity(a: &AffinityRun, b: &AffinityRun) -> Comparison {
 fn zones(a: &ZonesRun, b: &ZonesRun) -> Comparison {
     let facts = |r: &ZonesRun| -> Vec<Fact> {
         let mut f = vec![
-            ("verdict".into(), format!("{:?}", r.verdict).to_uppercase()),
+            ("verdict".into(), r.verdict.to_string()),
             ("failures".into(), failures(&r.failed)),
         ];
         for s in &r.sources {
@@ -216,7 +216,7 @@ fn disruption(a: &DisruptionRun, b: &DisruptionRun) -> Comparison {
     let facts = |r: &DisruptionRun| -> Vec<Fact> {
         let t = &r.totals;
         vec![
-            ("verdict".into(), format!("{:?}", r.verdict).to_uppercase()),
+            ("verdict".into(), r.verdict.to_string()),
             ("new connections failed".into(), failures(&t.failed)),
             (
                 "long-lived broken".into(),
