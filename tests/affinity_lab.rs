@@ -151,18 +151,39 @@ fn lab_affinity_none_with_a_new_port_per_message_sees_changes() {
 
 #[test]
 fn lab_affinity_delete_pod_moves_only_its_sessions_and_loss_is_exact_tcp() {
-    delete_pod_moves_only_its_sessions("--tcp", "afd");
+    delete_pod_moves_only_its_sessions("--tcp", "afd", "ipv4", "nftables");
 }
 
 /// UDP needs the proxy to delete the deleted endpoint's conntrack entries (kube-proxy does; the lab
 /// does it over ctnetlink): otherwise the flows stay pinned to the dead pod and only lose.
 #[test]
 fn lab_affinity_delete_pod_moves_only_its_sessions_and_loss_is_exact_udp() {
-    delete_pod_moves_only_its_sessions("--udp", "afu");
+    delete_pod_moves_only_its_sessions("--udp", "afu", "ipv4", "nftables");
 }
 
-fn delete_pod_moves_only_its_sessions(proto: &str, tag: &str) {
-    let lab = LabGuard::up(tag, &["--nodes", "3", "--pods", "6", "--affinity", "none"]);
+/// The same over IPv6, iptables mode: the sessions go to the IPv6 ClusterIP, and the UDP ones
+/// move only if the `ip6tables` rules and the IPv6 conntrack cleanup let go of the deleted pod.
+#[test]
+fn lab_affinity_delete_pod_moves_only_its_sessions_and_loss_is_exact_udp_ipv6_iptables() {
+    delete_pod_moves_only_its_sessions("--udp", "af6", "ipv6", "iptables");
+}
+
+fn delete_pod_moves_only_its_sessions(proto: &str, tag: &str, family: &str, mode: &str) {
+    let lab = LabGuard::up(
+        tag,
+        &[
+            "--nodes",
+            "3",
+            "--pods",
+            "6",
+            "--affinity",
+            "none",
+            "--ip-family",
+            family,
+            "--proxy-mode",
+            mode,
+        ],
+    );
     // 60 sessions over 6 pods: none on pod-002 has a chance of (5/6)^60 = 2e-5 (with 30 it was
     // 0.4%, and a CI run saw it).
     let child = Command::new(common::BIN)
@@ -182,6 +203,8 @@ fn delete_pod_moves_only_its_sessions(proto: &str, tag: &str) {
             "-o",
             "json",
             "--no-save",
+            "--ip-family",
+            family,
         ])
         .env("SVCLB_LAB_DIR", lab.dir.path())
         .stdout(Stdio::piped())
@@ -211,6 +234,7 @@ fn delete_pod_moves_only_its_sessions(proto: &str, tag: &str) {
         Some(0),
         "changes during the pool change are not violations: {r}"
     );
+    assert_eq!(r["target"]["ip_family"], family, "{}", r["target"]);
     let pool = r["pool_changes"].as_array().unwrap();
     assert_eq!(pool.len(), 1, "{r}");
     assert_eq!(pool[0]["removed"][0], "pod-002");

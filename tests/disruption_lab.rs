@@ -143,11 +143,26 @@ fn lab_disruption_none_passes_iptables() {
 /// the deleted pod break when it is killed at the end of its grace period, after it stopped
 /// serving, and are counted apart.
 fn drained_delete_passes(mode: &str) {
+    drained_delete_passes_in(&format!("dd{}", &mode[..1]), mode, "ipv4");
+}
+
+fn drained_delete_passes_in(tag: &str, mode: &str, family: &str) {
     let lab = LabGuard::up(
-        &format!("dd{}", &mode[..1]),
-        &["--nodes", "3", "--pods", "3", "--proxy-mode", mode],
+        tag,
+        &[
+            "--nodes",
+            "3",
+            "--pods",
+            "3",
+            "--proxy-mode",
+            mode,
+            "--ip-family",
+            family,
+        ],
     );
     let (code, r) = lab.disruption(&[
+        "--ip-family",
+        family,
         "--action",
         "delete-pod=pod-002",
         "--grace-period",
@@ -169,6 +184,7 @@ fn drained_delete_passes(mode: &str) {
     ]);
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(r["verdict"], "PASS", "{}", r["reasons"]);
+    assert_eq!(r["target"]["ip_family"], family, "{}", r["target"]);
     consistent(&r);
     assert_eq!(u(&r["totals"]["failed"]["total"]), 0);
     // Terminating at the action, not serving once the drain delay is over, removed when its
@@ -211,6 +227,13 @@ fn drained_delete_passes(mode: &str) {
 #[test]
 fn lab_disruption_drained_delete_passes_nftables() {
     drained_delete_passes("nftables");
+}
+
+/// Over IPv6 (an IPv6-only lab: the long-lived connections, the storm and the UDP sessions all
+/// go to the IPv6 ClusterIP; the drain and the UDP conntrack cleanup of the `ip6` rules).
+#[test]
+fn lab_disruption_drained_delete_passes_ipv6_nftables() {
+    drained_delete_passes_in("dd6", "nftables", "ipv6");
 }
 
 #[test]

@@ -109,3 +109,39 @@ fn lab_ip_family_both_runs_each_family_and_flags_a_fault_in_one() {
     assert!(stdout.contains("  ! answered over ipv4 only: pod-"), "{stdout}");
     assert!(stdout.contains("timeout"), "{stdout}");
 }
+
+/// With no endpoints kube-proxy rejects: every TCP and UDP cell it rejects is refused in both
+/// families. Over IPv6 the TCP ones timed out until the clients asked for ICMPv6 errors while
+/// connecting (`storm::connect_tcp`, docs/ip-families.md).
+#[test]
+fn lab_matrix_no_endpoints_is_refused_in_both_families() {
+    let lab = LabGuard::up("fmx", &["--nodes", "3", "--pods", "3", "--ip-family", "dual"]);
+    let out = lab.run(&[
+        "matrix",
+        "--lab",
+        &lab.name,
+        "--ip-family",
+        "both",
+        "--test",
+        "^no-endpoints/",
+        "--no-save",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two runs (one per family) of two scenarios each, all correct.
+    assert_eq!(stdout.matches("no-endpoints/tcp (").count(), 2, "{stdout}");
+    assert_eq!(
+        stdout.matches("total: correct 110, incorrect 0, inconclusive 0").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("IPv4 and IPv6 side by side:\n  no difference between the families"),
+        "{stdout}"
+    );
+}

@@ -67,20 +67,40 @@ fn cell(r: &Value, from: &str, to: &str) -> u64 {
 
 #[test]
 fn lab_zones_prefer_same_zone_stays_in_every_zone() {
-    let lab = LabGuard::up(
-        "zsz",
-        &[
-            "--nodes",
-            "3",
-            "--pods",
-            "9",
-            "--traffic-distribution",
-            "PreferSameZone",
-        ],
-    );
-    let (code, r) = lab.zones_json(&["--conns-per-source", "600", "--bytes", "64KiB", "--rate", "100"]);
+    prefer_same_zone_stays_in_every_zone("zsz", &[], "ipv4");
+}
+
+/// Over IPv6 (an IPv6-only lab, iptables mode: `ip6tables` rules): the same hints, the same
+/// zones, measured from each zone's node over its IPv6 address.
+#[test]
+fn lab_zones_prefer_same_zone_stays_in_every_zone_ipv6_iptables() {
+    prefer_same_zone_stays_in_every_zone("zs6", &["--ip-family", "ipv6", "--proxy-mode", "iptables"], "ipv6");
+}
+
+fn prefer_same_zone_stays_in_every_zone(tag: &str, lab_args: &[&str], family: &str) {
+    let mut args = vec![
+        "--nodes",
+        "3",
+        "--pods",
+        "9",
+        "--traffic-distribution",
+        "PreferSameZone",
+    ];
+    args.extend_from_slice(lab_args);
+    let lab = LabGuard::up(tag, &args);
+    let (code, r) = lab.zones_json(&[
+        "--conns-per-source",
+        "600",
+        "--bytes",
+        "64KiB",
+        "--rate",
+        "100",
+        "--ip-family",
+        family,
+    ]);
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(r["kind"], "ZonesRun");
+    assert_eq!(r["target"]["ip_family"], family, "{}", r["target"]);
     assert_eq!(r["traffic_distribution"], "PreferSameZone");
     let sources = r["sources"].as_array().unwrap();
     assert_eq!(sources.len(), 3, "one source per zone");

@@ -46,7 +46,7 @@ struct Conn {
 
 impl Conn {
     async fn open(cfg: &Config, deadline: tokio::time::Instant) -> Option<Conn> {
-        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(cfg.address))
+        let stream = tokio::time::timeout_at(deadline, crate::storm::connect_tcp_to(cfg.address))
             .await
             .ok()?
             .ok()?;

@@ -561,7 +561,9 @@ impl Conn {
     /// Connects and reads the greeting (the pod's line), within `timeout`.
     async fn open(cfg: &TrafficConfig, clock: &Clock) -> Result<Conn, FailKind> {
         let attempt = async {
-            let stream = TcpStream::connect(cfg.target).await.map_err(|e| io_kind(&e))?;
+            let stream = crate::storm::connect_tcp_to(cfg.target)
+                .await
+                .map_err(|e| io_kind(&e))?;
             let _ = stream.set_nodelay(true);
             let mut c = Conn {
                 stream,

@@ -3,6 +3,7 @@
 //! Memory does not grow with the number of connections: every connection is folded into a few
 //! sharded tallies (per-backend counters, failure counters, one latency histogram per shard).
 
+mod connect;
 mod srcaddr;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, UdpSocket};
 use tokio::time::{Instant, timeout_at};
 
+pub use connect::{connect as connect_tcp, connect_to as connect_tcp_to};
 pub use srcaddr::SourcePicker;
 
 use crate::wire::{BACKEND_HEADER, parse_reply};
@@ -445,12 +447,8 @@ fn bind_error(src: IpAddr, e: std::io::Error, cidr: Option<IpNet>) -> Attempt {
 
 /// A TCP socket of the target's family, bound to `src` when given.
 fn tcp_socket(cfg: &StormConfig, src: Option<IpAddr>) -> Result<TcpSocket, Attempt> {
-    let socket = if cfg.target.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| Attempt::Fatal(Fatal(anyhow::anyhow!("cannot create a TCP socket: {e}"))))?;
+    let socket = connect::tcp_socket_for(cfg.target)
+        .map_err(|e| Attempt::Fatal(Fatal(anyhow::anyhow!("cannot create a TCP socket: {e}"))))?;
     if let Some(src) = src {
         socket
             .bind(SocketAddr::new(src, 0))
@@ -464,7 +462,7 @@ async fn tcp_once(cfg: &StormConfig, src: Option<IpAddr>, buf: &mut [u8]) -> Res
     // One timer per connection covers connect and first reply.
     let t0 = Instant::now();
     let attempt = timeout_at(t0 + cfg.timeout, async {
-        let mut stream = socket.connect(cfg.target).await.map_err(|e| classify(&e))?;
+        let mut stream = connect::connect(socket, cfg.target).await.map_err(|e| classify(&e))?;
         let latency = t0.elapsed();
         let n = stream.read(buf).await;
         if !cfg.graceful_close {
@@ -515,7 +513,7 @@ async fn http_once(
     let socket = tcp_socket(cfg, src)?;
     let t0 = Instant::now();
     let attempt = timeout_at(t0 + cfg.timeout, async {
-        let mut stream = socket.connect(cfg.target).await.map_err(|e| classify(&e))?;
+        let mut stream = connect::connect(socket, cfg.target).await.map_err(|e| classify(&e))?;
         let latency = t0.elapsed();
         let request = format!(
             "GET /bytes?n={n} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",

@@ -161,7 +161,7 @@ fn node_ip(n: &NodeInfo, family: IpFamily) -> Option<IpAddr> {
 /// One connection from this machine to `addr`, and the first reply line of the server behind it.
 async fn reaches(addr: SocketAddr, timeout: Duration) -> std::result::Result<String, String> {
     let attempt = tokio::time::timeout(timeout, async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut s = crate::storm::connect_tcp_to(addr).await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
         if n == 0 {
