@@ -136,7 +136,9 @@ fn lab_matrix_no_endpoints_is_refused_in_both_families() {
     // Two runs (one per family) of two scenarios each, all correct.
     assert_eq!(stdout.matches("no-endpoints/tcp (").count(), 2, "{stdout}");
     assert_eq!(
-        stdout.matches("total: correct 110, incorrect 0, inconclusive 0").count(),
+        stdout
+            .matches("total: correct 110, incorrect 0, inconclusive 0")
+            .count(),
         2,
         "{stdout}"
     );

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use svclb::lab::{self, EndpointEvent, Lab, LabChanges, LabConfig, LabStatus, LabTiming, ProxyMode, SyncDelay};
-use svclb::service::{ServiceOptions, SessionAffinity, TrafficDistribution, TrafficPolicy};
+use svclb::service::{IpFamily, ServiceOptions, SessionAffinity, TrafficDistribution, TrafficPolicy};
 
 const EXE: &str = env!("CARGO_BIN_EXE_kubectl-svclb");
 
@@ -773,9 +773,12 @@ fn http_get(lab: &Lab, who: &str, ip: &str, port: u16, path: &str) -> (u16, Stri
 
 /// kube-proxy's healthCheckNodePort answers per node (200 with local ready endpoints, 503
 /// without), and the health-checked ECMP load balancer sends nothing to nodes without endpoints.
-fn health_checked_ecmp(mode: ProxyMode, base: &str) {
+/// With IPv6 (`families`), the health servers answer on the nodes' IPv6 addresses too and the
+/// load balancer routes the IPv6 LoadBalancer IP over the same healthy nodes.
+fn health_checked_ecmp(mode: ProxyMode, base: &str, families: lab::LabFamilies) {
     let cfg = LabConfig {
         ecmp: true,
+        families,
         options: ServiceOptions {
             external_traffic_policy: TrafficPolicy::Local,
             ..ServiceOptions::default()
@@ -784,27 +787,56 @@ fn health_checked_ecmp(mode: ProxyMode, base: &str) {
     };
     let mut t = TestLab::up(base, cfg);
     let lab = t.lab();
+    let v6 = families.has(IpFamily::Ipv6);
+    // A lab address in each of the Service's families: (for bash's /dev/tcp, for a storm).
+    let addrs = |ip: &str| -> Vec<(String, String)> {
+        let v4: std::net::Ipv4Addr = ip.parse().unwrap();
+        families
+            .families()
+            .iter()
+            .map(|f| match f {
+                IpFamily::Ipv4 => (ip.to_string(), ip.to_string()),
+                IpFamily::Ipv6 => {
+                    let a = lab::in_family(v4, *f).to_string();
+                    (a.clone(), format!("[{a}]"))
+                }
+            })
+            .collect()
+    };
     // node1: pod-001, node2: pod-002, node3: none.
-    let (code, body) = http_get(lab, "client", "172.31.0.11", 32000, "/healthz");
-    assert_eq!(code, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(
-        (v["localEndpoints"].as_u64(), v["serviceProxyHealthy"].as_bool()),
-        (Some(1), Some(true))
-    );
-    assert_eq!(http_get(lab, "client", "172.31.0.13", 32000, "/").0, 503);
-    assert_eq!(http_get(lab, "client", "172.31.0.13", 10256, "/healthz").0, 200);
+    for (node1, _) in addrs("172.31.0.11") {
+        let (code, body) = http_get(lab, "client", &node1, 32000, "/healthz");
+        assert_eq!(code, 200, "{node1}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            (v["localEndpoints"].as_u64(), v["serviceProxyHealthy"].as_bool()),
+            (Some(1), Some(true))
+        );
+    }
+    for (node3, _) in addrs("172.31.0.13") {
+        assert_eq!(http_get(lab, "client", &node3, 32000, "/").0, 503, "{node3}");
+        let (code, body) = http_get(lab, "client", &node3, 10256, "/healthz");
+        assert_eq!(code, 200, "{node3}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["status"].get("IPv6").is_some(), v6, "{v}");
+    }
     assert_eq!(lab.status().service.lb_next_hops, ["node1", "node2"]);
-    let s = spread(lab, "client", "172.30.0.10:5001", 300, false);
-    assert_eq!((s.failed, s.names()), (0, vec!["pod-001", "pod-002"]), "{s:?}");
+    for (_, lb) in addrs("172.30.0.10") {
+        let s = spread(lab, "client", &format!("{lb}:5001"), 300, false);
+        assert_eq!((s.failed, s.names()), (0, vec!["pod-001", "pod-002"]), "{lb}: {s:?}");
+    }
     // node2 loses its pod: its health check fails and the load balancer drains it.
     lab.delete_pod("pod-002").expect("delete");
-    assert_eq!(http_get(lab, "client", "172.31.0.12", 32000, "/").0, 503);
+    for (node2, _) in addrs("172.31.0.12") {
+        assert_eq!(http_get(lab, "client", &node2, 32000, "/").0, 503, "{node2}");
+    }
     lab.wait_lb(Duration::from_secs(10))
         .expect("the load balancer converges");
     assert_eq!(lab.status().service.lb_next_hops, ["node1"]);
-    let s = spread(lab, "client", "172.30.0.10:5001", 100, false);
-    assert_eq!((s.failed, s.names()), (0, vec!["pod-001"]), "{s:?}");
+    for (_, lb) in addrs("172.30.0.10") {
+        let s = spread(lab, "client", &format!("{lb}:5001"), 100, false);
+        assert_eq!((s.failed, s.names()), (0, vec!["pod-001"]), "{lb}: {s:?}");
+    }
     // eTP Cluster: no healthCheckNodePort; the load balancer checks kube-proxy's /healthz.
     lab.set(&LabChanges {
         external_traffic_policy: Some(TrafficPolicy::Cluster),
@@ -814,25 +846,37 @@ fn health_checked_ecmp(mode: ProxyMode, base: &str) {
     lab.wait_lb(Duration::from_secs(10))
         .expect("the load balancer converges");
     assert_eq!(lab.status().service.lb_next_hops, ["node1", "node2", "node3"]);
-    assert_eq!(
-        http_get(lab, "client", "172.31.0.11", 32000, "/").0,
-        0,
-        "the port is closed"
-    );
+    for (node1, _) in addrs("172.31.0.11") {
+        assert_eq!(http_get(lab, "client", &node1, 32000, "/").0, 0, "the port is closed");
+    }
     t.finish();
 }
 
 #[test]
 fn lab_nftables_health_checked_ecmp() {
     if is_root() {
-        health_checked_ecmp(ProxyMode::Nftables, "nfthc");
+        health_checked_ecmp(ProxyMode::Nftables, "nfthc", lab::LabFamilies::Ipv4);
     }
 }
 
 #[test]
 fn lab_iptables_health_checked_ecmp() {
     if is_root() {
-        health_checked_ecmp(ProxyMode::Iptables, "ipthc");
+        health_checked_ecmp(ProxyMode::Iptables, "ipthc", lab::LabFamilies::Ipv4);
+    }
+}
+
+#[test]
+fn lab_nftables_health_checked_ecmp_dual_stack() {
+    if is_root() {
+        health_checked_ecmp(ProxyMode::Nftables, "nfthc6", lab::LabFamilies::Dual);
+    }
+}
+
+#[test]
+fn lab_iptables_health_checked_ecmp_ipv6() {
+    if is_root() {
+        health_checked_ecmp(ProxyMode::Iptables, "ipthc6", lab::LabFamilies::Ipv6);
     }
 }
 

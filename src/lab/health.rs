@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,8 +31,9 @@ use tokio::task::JoinHandle;
 
 use super::rules::{Cluster, SERVICE_NAME, SERVICE_NAMESPACE};
 use super::state::write_atomic;
-use super::topology::{LB_IP, PROXY_HEALTHZ_PORT};
+use super::topology::{PROXY_HEALTHZ_PORT, in_family, lb_route};
 use super::{Lab, Node, netns};
+use crate::service::IpFamily;
 
 /// How often the node agent looks at its node's last sync.
 const NODE_POLL: Duration = Duration::from_millis(50);
@@ -78,14 +79,28 @@ pub fn service_health(local_endpoints: u32, proxy_healthy: bool) -> (StatusCode,
     (status, body)
 }
 
-/// kube-proxy's `/healthz` (with `nodeEligible`) and `/livez` body on port 10256.
-fn proxy_health(path: &str, last_updated: jiff::Timestamp) -> (StatusCode, String) {
+/// kube-proxy's `/healthz` (with `nodeEligible`) and `/livez` body on port 10256, with the
+/// status of each family's proxier.
+fn proxy_health(path: &str, last_updated: jiff::Timestamp, families: &[IpFamily]) -> (StatusCode, String) {
     let now = jiff::Timestamp::now();
+    let status: serde_json::Map<String, serde_json::Value> = families
+        .iter()
+        .map(|f| {
+            let family = match f {
+                IpFamily::Ipv4 => "IPv4",
+                IpFamily::Ipv6 => "IPv6",
+            };
+            (
+                family.to_string(),
+                serde_json::json!({"lastUpdated": last_updated.to_string(), "healthy": true}),
+            )
+        })
+        .collect();
     let mut v = serde_json::json!({
         "lastUpdated": last_updated.to_string(),
         "currentTime": now.to_string(),
         "healthy": true,
-        "status": {"IPv4": {"lastUpdated": last_updated.to_string(), "healthy": true}},
+        "status": status,
     });
     match path {
         "/healthz" => v["nodeEligible"] = serde_json::json!(true),
@@ -127,26 +142,39 @@ async fn serve_http(listener: TcpListener, answer: Arc<dyn Fn(&str) -> Reply + S
     }
 }
 
+/// Listeners on `port` of every address in `addrs`.
+async fn listen_all(addrs: &[IpAddr], port: u16) -> std::io::Result<Vec<TcpListener>> {
+    let mut all = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        all.push(TcpListener::bind(SocketAddr::new(*a, port)).await?);
+    }
+    Ok(all)
+}
+
 /// The node agent (`kubectl-svclb lab agent node`), run in the node's namespace: kube-proxy's
-/// health servers for `node`. Ends when the lab's directory is gone.
+/// health servers for `node`, on its address in each of the lab's families (kube-proxy's
+/// default `healthzBindAddresses` are `0.0.0.0/0` and `::/0`; its service health servers listen
+/// on the node IPs). Ends when the lab's directory is gone.
 pub async fn node_agent(name: String, node: String) -> Result<()> {
     let lab = Lab::open(&name)?;
     let node = lab.node(&node).cloned().with_context(|| lab.unknown(&node))?;
+    let families = lab.families().families();
+    let addrs: Vec<IpAddr> = families.iter().map(|f| in_family(node.ip, *f)).collect();
     let dir = lab.dir;
     let synced = Arc::new(std::sync::Mutex::new(jiff::Timestamp::now()));
-    let healthz = TcpListener::bind(SocketAddr::from((node.ip, PROXY_HEALTHZ_PORT)))
+    let healthz = listen_all(&addrs, PROXY_HEALTHZ_PORT)
         .await
         .with_context(|| format!("cannot listen on {}:{PROXY_HEALTHZ_PORT}", node.ip))?;
     let last = synced.clone();
-    tokio::spawn(serve_http(
-        healthz,
-        Arc::new(move |path: &str| {
-            let (status, body) = proxy_health(path, *last.lock().expect("lock"));
-            reply(status, body, None)
-        }),
-    ));
+    let answer: Arc<dyn Fn(&str) -> Reply + Send + Sync> = Arc::new(move |path: &str| {
+        let (status, body) = proxy_health(path, *last.lock().expect("lock"), families);
+        reply(status, body, None)
+    });
+    for l in healthz {
+        tokio::spawn(serve_http(l, answer.clone()));
+    }
     let count = Arc::new(AtomicU32::new(0));
-    let mut service: Option<(u16, JoinHandle<()>)> = None;
+    let mut service: Option<(u16, Vec<JoinHandle<()>>)> = None;
     let path = sync_path(&dir, &node.name);
     let mut seen: Option<SystemTime> = None;
     while dir.exists() {
@@ -161,22 +189,23 @@ pub async fn node_agent(name: String, node: String) -> Result<()> {
             *synced.lock().expect("lock") = jiff::Timestamp::now();
             count.store(sync.local_endpoints, Ordering::Relaxed);
             if service.as_ref().map(|(p, _)| *p) != sync.health_check_node_port {
-                if let Some((_, task)) = service.take() {
-                    task.abort();
+                if let Some((_, tasks)) = service.take() {
+                    tasks.iter().for_each(JoinHandle::abort);
                 }
                 if let Some(port) = sync.health_check_node_port {
-                    match TcpListener::bind(SocketAddr::from((node.ip, port))).await {
-                        Ok(l) => {
+                    match listen_all(&addrs, port).await {
+                        Ok(listeners) => {
                             let count = count.clone();
-                            let task = tokio::spawn(serve_http(
-                                l,
-                                Arc::new(move |_path: &str| {
-                                    let n = count.load(Ordering::Relaxed);
-                                    let (status, body) = service_health(n, true);
-                                    reply(status, body, Some(n))
-                                }),
-                            ));
-                            service = Some((port, task));
+                            let answer: Arc<dyn Fn(&str) -> Reply + Send + Sync> = Arc::new(move |_path: &str| {
+                                let n = count.load(Ordering::Relaxed);
+                                let (status, body) = service_health(n, true);
+                                reply(status, body, Some(n))
+                            });
+                            let tasks = listeners
+                                .into_iter()
+                                .map(|l| tokio::spawn(serve_http(l, answer.clone())))
+                                .collect();
+                            service = Some((port, tasks));
                         }
                         // kube-proxy logs it and emits FailedToStartServiceHealthcheck; retried at the next sync.
                         Err(e) => {
@@ -311,32 +340,41 @@ pub async fn lb_agent(name: String) -> Result<()> {
             None => (PROXY_HEALTHZ_PORT, "/healthz"),
         };
         st.probe = format!(":{port}{path}");
+        // Each node over each family of the Service: a probe failing in either counts.
         let mut probes = tokio::task::JoinSet::new();
         for n in &s.nodes {
-            let url = format!("http://{}:{port}{path}", n.ip);
-            let (http, node) = (http.clone(), n.name.clone());
-            probes.spawn(async move {
-                let ok = matches!(http.get(url).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK);
-                (node, ok)
-            });
+            for f in s.families.families() {
+                let url = format!("http://{}{path}", SocketAddr::new(in_family(n.ip, *f), port));
+                let (http, node) = (http.clone(), n.name.clone());
+                probes.spawn(async move {
+                    let ok = matches!(http.get(url).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK);
+                    (node, ok)
+                });
+            }
         }
-        while let Some(Ok((node, ok))) = probes.join_next().await {
+        let mut ok: BTreeMap<String, bool> = BTreeMap::new();
+        while let Some(Ok((node, answered))) = probes.join_next().await {
+            *ok.entry(node).or_insert(true) &= answered;
+        }
+        for (node, ok) in ok {
             let f = st.failures.entry(node).or_insert(0);
             *f = if ok { 0 } else { *f + 1 };
         }
         let names: Vec<String> = s.nodes.iter().map(|n| n.name.clone()).collect();
         let hops = healthy_hops(&names, &st.failures);
         if hops != routed {
-            let via: Vec<String> = hops
+            let via: Vec<Ipv4Addr> = hops
                 .iter()
                 .filter_map(|h| s.nodes.iter().find(|n| &n.name == h))
-                .map(|n| format!("nexthop via {} dev eth0", n.ip))
+                .map(|n| n.ip)
                 .collect();
-            netns::ip_batch(
-                Some(&lab.netns_of("client")),
-                &format!("route replace {LB_IP}/32 {}\n", via.join(" ")),
-                false,
-            )?;
+            // Both families' LoadBalancer IPs when the lab has IPv6 (an IPv6-only lab keeps
+            // its IPv4 plumbing, and its route).
+            let mut batch = format!("route replace {}\n", lb_route(IpFamily::Ipv4, &via));
+            if s.families.has(IpFamily::Ipv6) {
+                batch.push_str(&format!("route replace {}\n", lb_route(IpFamily::Ipv6, &via)));
+            }
+            netns::ip_batch(Some(&lab.netns_of("client")), &batch, false)?;
             routed = hops.clone();
         }
         st.next_hops = hops;
@@ -364,15 +402,22 @@ mod tests {
     #[test]
     fn proxy_healthz_and_livez() {
         let t = jiff::Timestamp::now();
-        let (s, b) = proxy_health("/healthz", t);
+        let v4 = [IpFamily::Ipv4];
+        let (s, b) = proxy_health("/healthz", t, &v4);
         let v: serde_json::Value = serde_json::from_str(&b).unwrap();
         assert_eq!(
             (s, v["nodeEligible"].as_bool(), v["healthy"].as_bool()),
             (StatusCode::OK, Some(true), Some(true))
         );
-        let (_, b) = proxy_health("/livez", t);
+        assert_eq!(v["status"].as_object().unwrap().len(), 1, "{v}");
+        let (_, b) = proxy_health("/livez", t, &v4);
         assert!(!b.contains("nodeEligible"));
-        assert_eq!(proxy_health("/other", t).0, StatusCode::NOT_FOUND);
+        assert_eq!(proxy_health("/other", t, &v4).0, StatusCode::NOT_FOUND);
+        // Dual-stack: each family's proxier reports.
+        let (_, b) = proxy_health("/healthz", t, &[IpFamily::Ipv4, IpFamily::Ipv6]);
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["status"]["IPv6"]["healthy"], true, "{v}");
+        assert_eq!(v["status"]["IPv4"]["healthy"], true, "{v}");
     }
 
     #[test]

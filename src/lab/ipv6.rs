@@ -9,7 +9,9 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use super::topology::{CLIENT_IP, LB_IP, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, mac_text, v6, v6_net};
+use crate::service::IpFamily;
+
+use super::topology::{CLIENT_IP, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, lb_route, mac_text, v6, v6_net};
 use super::{Node, Pod};
 
 /// The node network's prefix length in IPv6.
@@ -55,13 +57,19 @@ pub(super) fn node(b: &mut String, n: &Node, nodes: &[Node]) {
     let _ = writeln!(b, "route add default via {} dev eth0", v6(NODE_NET_ROUTER));
 }
 
-/// The client's address, neighbours and route to the LoadBalancer IP (via the first node).
-pub(super) fn client(b: &mut String, nodes: &[Node]) {
+/// The client's address, neighbours and route to the LoadBalancer IP: via the first node, or
+/// with `ecmp` over every node (the load balancer's health checks then narrow it).
+pub(super) fn client(b: &mut String, nodes: &[Node], ecmp: bool) {
     let _ = writeln!(b, "addr add {}/{NODE_NET_PREFIX_V6} dev eth0 nodad", v6(CLIENT_IP));
     for ip in nodes.iter().map(|n| n.ip).chain([NODE_NET_ROUTER]) {
         neigh(b, MacOf::NodeNet, ip, "eth0");
     }
-    let _ = writeln!(b, "route add {}/128 via {} dev eth0", v6(LB_IP), v6(nodes[0].ip));
+    let hops: Vec<Ipv4Addr> = if ecmp {
+        nodes.iter().map(|n| n.ip).collect()
+    } else {
+        vec![nodes[0].ip]
+    };
+    let _ = writeln!(b, "route add {}", lb_route(IpFamily::Ipv6, &hops));
 }
 
 /// On pod `p`'s node: its neighbour entry and its /128 on the node's end of its veth.

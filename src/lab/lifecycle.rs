@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 
+use crate::service::IpFamily;
+
 use super::ipv6;
 use super::kube_proxy::Syncs;
 use super::state::{Changed, DirLock, Owner, State, state_path};
 use super::timeline::Timeline;
 use super::topology::{
-    CLIENT_IP, LB_IP, MAX_NODES, MAX_PODS_PER_NODE, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, capacity_problem,
+    CLIENT_IP, MAX_NODES, MAX_PODS_PER_NODE, MacOf, NODE_NET_PREFIX, NODE_NET_ROUTER, capacity_problem, lb_route,
     mac_text, node_ip,
 };
 use super::{Lab, LabChanges, LabConfig, Node, THREADS, check_cancelled, labs_dir, netns, netns_prefix, validate_name};
@@ -96,9 +98,6 @@ impl Lab {
         let name = &cfg.name;
         if cfg.options.affinity_timeout == 0 || cfg.options.affinity_timeout > 86400 {
             bail!("--affinity-timeout must be 1..=86400 seconds");
-        }
-        if cfg.ecmp && cfg.families != LabFamilies::Ipv4 {
-            bail!("--ecmp routes the IPv4 LoadBalancer IP only: leave it out with --ip-family ipv6 or dual");
         }
         check_source_ranges(&cfg.options, cfg.families)?;
         check_capacity(cfg.pods, cfg.nodes)?;
@@ -242,16 +241,25 @@ impl Lab {
             let mac = mac_text(MacOf::NodeNet, ip);
             c.push_str(&format!("neigh add {ip} lladdr {mac} dev eth0 nud permanent\n"));
         }
-        if s.ecmp {
-            netns::sysctls(&client, &[("net/ipv4/fib_multipath_hash_policy", "1")])?;
-            let hops: Vec<String> = nodes.iter().map(|n| format!("nexthop via {} dev eth0", n.ip)).collect();
-            c.push_str(&format!("route add {LB_IP}/32 {}\n", hops.join(" ")));
+        let hops: Vec<Ipv4Addr> = if s.ecmp {
+            nodes.iter().map(|n| n.ip).collect()
         } else {
-            c.push_str(&format!("route add {LB_IP}/32 via {} dev eth0\n", nodes[0].ip));
+            vec![nodes[0].ip]
+        };
+        if s.ecmp {
+            // The flow's addresses and ports pick the next hop (L4 hash), in both families.
+            netns::sysctls(
+                &client,
+                &[
+                    ("net/ipv4/fib_multipath_hash_policy", "1"),
+                    ("net/ipv6/fib_multipath_hash_policy", "1"),
+                ],
+            )?;
         }
+        c.push_str(&format!("route add {}\n", lb_route(IpFamily::Ipv4, &hops)));
         if with_v6 {
             netns::sysctls(&client, &ipv6::CLIENT_SYSCTLS)?;
-            ipv6::client(&mut c, &nodes);
+            ipv6::client(&mut c, &nodes, s.ecmp);
         }
         netns::ip_batch(Some(&client), &c, false)?;
         let mut b = String::new();

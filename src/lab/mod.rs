@@ -57,7 +57,7 @@ pub use kube_proxy::Reach;
 pub use lifecycle::{down_by_name, require_host};
 pub use status::{ClientStatus, LabStatus, NodeStatus, PodStatus, ServiceStatus};
 pub use timeline::{EndpointEvent, Event, NodeSync, Timeline};
-pub use topology::{Conditions, Node, Pod, labs_dir, netns_prefix, validate_name};
+pub use topology::{Conditions, Node, Pod, in_family, labs_dir, netns_prefix, validate_name};
 
 use state::State;
 

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::service::IpFamily;
@@ -135,6 +135,22 @@ pub fn v6(ip: Ipv4Addr) -> Ipv6Addr {
     let [p0, p1, p2, p3, p4, p5] = V6_PREFIX;
     let b = u32::from(ip);
     Ipv6Addr::new(p0, p1, p2, p3, p4, p5, (b >> 16) as u16, b as u16)
+}
+
+/// The route to the LoadBalancer IP of `family` over the nodes `hops` (node-network IPv4
+/// addresses; their IPv6 counterparts for `Ipv6`): an `ip route add|replace` argument.
+pub(super) fn lb_route(family: IpFamily, hops: &[Ipv4Addr]) -> String {
+    let dst = IpNet::from(in_family(LB_IP, family));
+    match hops {
+        [one] => format!("{dst} via {} dev eth0", in_family(*one, family)),
+        _ => {
+            let nexthops: Vec<String> = hops
+                .iter()
+                .map(|h| format!("nexthop via {} dev eth0", in_family(*h, family)))
+                .collect();
+            format!("{dst} {}", nexthops.join(" "))
+        }
+    }
 }
 
 /// The IPv6 network of IPv4 network `net` (the same hosts, 96 bits longer).
@@ -268,6 +284,20 @@ impl Pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_load_balancer_route_goes_over_one_node_or_all_in_each_family() {
+        let a = Ipv4Addr::new(172, 31, 0, 11);
+        let b = Ipv4Addr::new(172, 31, 0, 12);
+        assert_eq!(
+            lb_route(IpFamily::Ipv4, &[a]),
+            "172.30.0.10/32 via 172.31.0.11 dev eth0"
+        );
+        assert_eq!(
+            lb_route(IpFamily::Ipv6, &[a, b]),
+            "fd00:5b1a::ac1e:a/128 nexthop via fd00:5b1a::ac1f:b dev eth0 nexthop via fd00:5b1a::ac1f:c dev eth0"
+        );
+    }
 
     #[test]
     fn a_size_past_the_memory_or_the_pids_is_refused_with_what_it_needs() {
