@@ -7,6 +7,18 @@ mod common;
 
 use common::LabGuard;
 
+/// The run's stdout, once its exit code is `code` (else both outputs in the panic).
+fn stdout_with_exit(out: &std::process::Output, code: i32) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The ip6 endpoint chains of the wire-protocol TCP port (named `tcp`, 5001) on `node`.
 fn ip6_tcp_endpoint_chains(lab: &LabGuard, node: &str) -> Vec<String> {
     let out = lab.run(&[
@@ -55,13 +67,7 @@ fn lab_ip_family_both_runs_each_family_and_flags_a_fault_in_one() {
     };
     // Untouched: both families pass, each saved under its own tag with its family.
     let out = spread("ok");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_with_exit(&out, 0);
     assert!(
         stdout.contains("IPv4 and IPv6 side by side:\n  no difference between the families"),
         "{stdout}"
@@ -97,13 +103,7 @@ fn lab_ip_family_both_runs_each_family_and_flags_a_fault_in_one() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let out = spread("fault");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_with_exit(&out, 1);
     assert!(stdout.contains("  ! verdict: ipv4 PASS, ipv6 FAIL\n"), "{stdout}");
     assert!(stdout.contains("  ! backends answering: ipv4 6, ipv6 5\n"), "{stdout}");
     assert!(stdout.contains("  ! answered over ipv4 only: pod-"), "{stdout}");
@@ -126,13 +126,7 @@ fn lab_matrix_no_endpoints_is_refused_in_both_families() {
         "^no-endpoints/",
         "--no-save",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_with_exit(&out, 0);
     // Two runs (one per family) of two scenarios each, all correct.
     assert_eq!(stdout.matches("no-endpoints/tcp (").count(), 2, "{stdout}");
     assert_eq!(
