@@ -19,9 +19,9 @@ use crate::cluster::manifests::{AFFINITY, Options, TSERVER};
 use crate::record::AnyRun;
 use crate::report::live::Live;
 use crate::report::{self, RunFormat};
+use crate::run;
 use crate::run::open::{ClusterPlace, Place};
 use crate::run::sessions::SessionsJob;
-use crate::run::{self, Interrupt};
 use crate::storm::Proto;
 
 #[derive(Debug, Args)]
@@ -213,38 +213,25 @@ pub fn run(args: AffinityArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         (None, None) => {}
     }
     let place = args.place(kube);
-    run::open::check(&place)?;
-    run::raise_nofile();
     let live = Live::new(args.output);
-    let rt = run::runtime(0)?;
-    let code = rt.block_on(async {
-        let interrupt = Interrupt::watch();
-        args.family
-            .run(
-                place,
-                &interrupt,
-                args.record.html.as_deref(),
-                async |opened, family, each| {
-                    let mut job = args.job();
-                    job.save = args.family.save_to(&job.save, "affinity", family);
-                    let mut record = run::sessions::run(opened, &job, &live, &interrupt).await?;
-                    let saved = job.save.save(&mut record);
-                    if args.output == RunFormat::Table {
-                        println!();
-                    }
-                    print!("{}", report::affinity(&record, args.output)?);
-                    let code = super::verdict_code(record.stopped, record.verdict == Verdict::Holds);
-                    let code = super::save_code(&saved, &record, args.output, code);
-                    let code = super::html_code(each, || AnyRun::Affinity(Box::new(record.clone())), code);
-                    Ok((code, AnyRun::Affinity(Box::new(record))))
-                },
-            )
-            .await
-    });
-    // The runtime goes before the exit: UDP session threads end with the run, nothing else may
-    // linger.
-    drop(rt);
-    code
+    args.family.measure(
+        place,
+        args.record.html.as_deref(),
+        async |opened, interrupt, family, each| {
+            let mut job = args.job();
+            job.save = args.family.save_to(&job.save, "affinity", family);
+            let mut record = run::sessions::run(opened, &job, &live, interrupt).await?;
+            let saved = job.save.save(&mut record);
+            if args.output == RunFormat::Table {
+                println!();
+            }
+            print!("{}", report::affinity(&record, args.output)?);
+            let code = super::verdict_code(record.stopped, record.verdict == Verdict::Holds);
+            let code = super::save_code(&saved, &record, args.output, code);
+            let code = super::html_code(each, || AnyRun::Affinity(Box::new(record.clone())), code);
+            Ok((code, AnyRun::Affinity(Box::new(record))))
+        },
+    )
 }
 
 #[cfg(test)]

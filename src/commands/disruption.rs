@@ -10,9 +10,9 @@ use clap::Args;
 
 use crate::disruption::Action;
 use crate::report::{self, RunFormat};
+use crate::run;
 use crate::run::disruption::DisruptionJob;
 use crate::run::open::Place;
-use crate::run::{self, Interrupt};
 use crate::stats::Verdict;
 
 #[derive(Debug, Args)]
@@ -194,29 +194,20 @@ pub fn run(args: DisruptionArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         kube.refuse_off_cluster("--lab")?;
     }
     let place = args.place(kube);
-    run::open::check(&place)?;
-    run::raise_nofile();
-    let rt = run::runtime(0)?;
-    rt.block_on(async {
-        let interrupt = Interrupt::watch();
-        args.family
-            .run(
-                place,
-                &interrupt,
-                args.record.html.as_deref(),
-                async |opened, family, each| {
-                    let mut job = args.job();
-                    job.save = args.family.save_to(&job.save, "disruption", family);
-                    let finished = run::disruption::run_opened(opened, &job, &interrupt).await?;
-                    let mut record = finished.record;
-                    // Saved before anything else can fail; then what the run changed is put back.
-                    let saved = job.save.save(&mut record);
-                    let restored = finished.restore.run().await;
-                    report_run(record, &saved, restored, &args, each)
-                },
-            )
-            .await
-    })
+    args.family.measure(
+        place,
+        args.record.html.as_deref(),
+        async |opened, interrupt, family, each| {
+            let mut job = args.job();
+            job.save = args.family.save_to(&job.save, "disruption", family);
+            let finished = run::disruption::run_opened(opened, &job, interrupt).await?;
+            let mut record = finished.record;
+            // Saved before anything else can fail; then what the run changed is put back.
+            let saved = job.save.save(&mut record);
+            let restored = finished.restore.run().await;
+            report_run(record, &saved, restored, &args, each)
+        },
+    )
 }
 
 /// Prints a saved run and what its restore did, and maps it to the exit code: interrupted 130;

@@ -12,9 +12,9 @@ use regex::Regex;
 use crate::backend::kube::matrix::MatrixOptions;
 use crate::record::MatrixRun;
 use crate::report::{self, RunFormat};
+use crate::run;
 use crate::run::matrix::MatrixJob;
 use crate::run::open::Place;
-use crate::run::{self, Interrupt};
 use crate::storm::Proto;
 
 #[derive(Debug, Args)]
@@ -198,24 +198,14 @@ pub fn run(args: MatrixArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         kube.refuse_off_cluster("--lab")?;
     }
     let place = args.place(kube);
-    run::open::check(&place)?;
-    run::raise_nofile();
-    let rt = run::runtime(0)?;
-    rt.block_on(async {
-        let interrupt = Interrupt::watch();
-        args.family
-            .run(
-                place,
-                &interrupt,
-                args.record.html.as_deref(),
-                async |opened, family, each| {
-                    let mut job = args.job()?;
-                    job.save = args.family.save_to(&job.save, "matrix", family);
-                    let (record, restore_error) =
-                        run::matrix::run_opened(opened, &job, cluster.clone(), &interrupt).await?;
-                    finish(record, restore_error, &args, &job, each)
-                },
-            )
-            .await
-    })
+    args.family.measure(
+        place,
+        args.record.html.as_deref(),
+        async |opened, interrupt, family, each| {
+            let mut job = args.job()?;
+            job.save = args.family.save_to(&job.save, "matrix", family);
+            let (record, restore_error) = run::matrix::run_opened(opened, &job, cluster.clone(), interrupt).await?;
+            finish(record, restore_error, &args, &job, each)
+        },
+    )
 }

@@ -189,27 +189,40 @@ impl FamilyArgs {
         }
     }
 
-    /// Opens `place` and makes the run `one` once per family asked, on the backend pointed at
-    /// that family; `one` saves and prints its run before the next starts (an interrupt skips the
-    /// runs not begun) and writes its own `--html` page when given one: `html` for a single run;
-    /// with both families none, and the page of both runs is written here once both are measured,
-    /// under what differs. The backend is closed (an ephemeral lab removed, a cluster cleaned up
-    /// when asked) once every run is reported. The exit code: the first run's that is not 0, else 0.
-    pub async fn run(
+    /// A measuring command's run: checks `place`, raises the open-files limit, and on a runtime
+    /// of its own, with Ctrl-C watched, opens `place` and makes the run `one` once per family
+    /// asked, on the backend pointed at that family; `one` saves and prints its run before the
+    /// next starts (an interrupt skips the runs not begun) and writes its own `--html` page when
+    /// given one: `html` for a single run; with both families none, and the page of both runs is
+    /// written here once both are measured, under what differs. The backend is closed (an
+    /// ephemeral lab removed, a cluster cleaned up when asked) once every run is reported, and the
+    /// runtime goes before this returns: nothing of the runs (UDP session threads) lingers into
+    /// the exit. The exit code: the first run's that is not 0, else 0.
+    pub fn measure(
         &self,
         place: crate::run::open::Place,
-        interrupt: &crate::run::Interrupt,
         html: Option<&std::path::Path>,
-        one: impl AsyncFnMut(
+        mut one: impl AsyncFnMut(
             &mut crate::run::open::Opened,
+            &crate::run::Interrupt,
             Option<IpFamily>,
             Option<&std::path::Path>,
         ) -> anyhow::Result<(ExitCode, AnyRun)>,
     ) -> anyhow::Result<ExitCode> {
-        let mut opened = crate::run::open::Opened::open(place, interrupt).await?;
-        let code = self.each(&mut opened, interrupt, html, one).await;
-        opened.close().await;
-        code
+        crate::run::open::check(&place)?;
+        crate::run::raise_nofile();
+        let rt = crate::run::runtime(0)?;
+        rt.block_on(async {
+            let interrupt = crate::run::Interrupt::watch();
+            let mut opened = crate::run::open::Opened::open(place, &interrupt).await?;
+            let code = self
+                .each(&mut opened, &interrupt, html, async |o, family, each| {
+                    one(o, &interrupt, family, each).await
+                })
+                .await;
+            opened.close().await;
+            code
+        })
     }
 
     async fn each(

@@ -11,9 +11,9 @@ use crate::backend::{From, Path};
 use crate::cluster::manifests::{Options, TSERVER};
 use crate::record::{AnyRun, SpreadRun};
 use crate::report::{self, RunFormat};
+use crate::run;
 use crate::run::open::{ClusterPlace, Place};
 use crate::run::spread::SpreadJob;
-use crate::run::{self, Interrupt};
 use crate::service::ServiceType;
 use crate::stats::{Criteria, Verdict};
 use crate::storm::{Proto, StormConfig};
@@ -281,23 +281,14 @@ pub fn run(args: SpreadArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         (None, None) => {}
     }
     let place = args.place(kube);
-    run::open::check(&place)?;
-    run::raise_nofile();
-    let rt = run::runtime(0)?;
-    rt.block_on(async {
-        let interrupt = Interrupt::watch();
-        args.family
-            .run(
-                place,
-                &interrupt,
-                args.record.html.as_deref(),
-                async |opened, family, each| {
-                    let mut job = args.job();
-                    job.save = args.family.save_to(&job.save, "spread", family);
-                    let record = run::spread::run(opened, &job, &interrupt).await?;
-                    finish(record, &job.save, &args, each)
-                },
-            )
-            .await
-    })
+    args.family.measure(
+        place,
+        args.record.html.as_deref(),
+        async |opened, interrupt, family, each| {
+            let mut job = args.job();
+            job.save = args.family.save_to(&job.save, "spread", family);
+            let record = run::spread::run(opened, &job, interrupt).await?;
+            finish(record, &job.save, &args, each)
+        },
+    )
 }

@@ -9,9 +9,9 @@ use clap::Args;
 
 use crate::record::{Price, ZonesRun};
 use crate::report::{self, RunFormat};
+use crate::run;
 use crate::run::open::Place;
 use crate::run::zones::ZonesJob;
-use crate::run::{self, Interrupt};
 use crate::stats::Verdict;
 use crate::storm::{Proto, StormConfig};
 use crate::zones::{CLOUDS, cloud_price, custom_price};
@@ -212,33 +212,24 @@ pub fn run(args: ZonesArgs, kube: &super::KubeFlags) -> Result<ExitCode> {
         kube.refuse_off_cluster("--lab")?;
     }
     let place = args.place(kube);
-    run::open::check(&place)?;
-    run::raise_nofile();
     let live = args.output == RunFormat::Table;
-    let rt = run::runtime(0)?;
-    rt.block_on(async {
-        let interrupt = Interrupt::watch();
-        args.family
-            .run(
-                place,
-                &interrupt,
-                args.record.html.as_deref(),
-                async |opened, family, each| {
-                    let mut job = args.job();
-                    job.save = args.family.save_to(&job.save, "zones", family);
-                    let mut print = |c: &crate::record::ZonesCycle| {
-                        if live {
-                            print!("{}", report::zones_cycle_line(c, job.cycles));
-                        } else {
-                            eprint!("{}", report::zones_cycle_line(c, job.cycles));
-                        }
-                    };
-                    let record = run::zones::run_opened(opened, &job, &interrupt, &mut print).await?;
-                    finish(record, &job.save, args.output, each)
-                },
-            )
-            .await
-    })
+    args.family.measure(
+        place,
+        args.record.html.as_deref(),
+        async |opened, interrupt, family, each| {
+            let mut job = args.job();
+            job.save = args.family.save_to(&job.save, "zones", family);
+            let mut print = |c: &crate::record::ZonesCycle| {
+                if live {
+                    print!("{}", report::zones_cycle_line(c, job.cycles));
+                } else {
+                    eprint!("{}", report::zones_cycle_line(c, job.cycles));
+                }
+            };
+            let record = run::zones::run_opened(opened, &job, interrupt, &mut print).await?;
+            finish(record, &job.save, args.output, each)
+        },
+    )
 }
 
 #[cfg(test)]
