@@ -68,8 +68,21 @@ fn lab_ip_family_both_runs_each_family_and_flags_a_fault_in_one() {
     // Untouched: both families pass, each saved under its own tag with its family.
     let out = spread("ok");
     let stdout = stdout_with_exit(&out, 0);
+    // No difference in what answered, how, or the verdicts. The connect rates are always
+    // compared too, and a rate under 90% is flagged; but a rate is the benchmark's to measure
+    // (scripts/bench.sh): here other tests run alongside, and one saw IPv6 at 63% of IPv4 while
+    // a 100-pod lab started. So the rate may be the one finding, and nothing else may.
+    let (_, side) = stdout
+        .split_once("IPv4 and IPv6 side by side:\n")
+        .expect("the comparison");
+    let findings: Vec<&str> = side.lines().filter(|l| l.starts_with("  ! ")).collect();
     assert!(
-        stdout.contains("IPv4 and IPv6 side by side:\n  no difference between the families"),
+        findings.iter().all(|l| l.starts_with("  ! the ipv6 rate is ")),
+        "{stdout}"
+    );
+    assert_eq!(
+        side.starts_with("  no difference between the families\n"),
+        findings.is_empty(),
         "{stdout}"
     );
     assert!(stdout.contains("the ipv6 rate is"), "{stdout}");
