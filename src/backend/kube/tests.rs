@@ -13,6 +13,20 @@ impl AgentRunner for Never {
     }
 }
 
+/// The backend over what `api` holds, on the Service's IPv4 family, for plans only.
+async fn planner(api: &FakeApi) -> KubeBackend<Never, Never> {
+    let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
+        .await
+        .unwrap();
+    KubeBackend {
+        view,
+        cluster: api.cluster(),
+        pods: Never,
+        host: Never,
+        family: IpFamily::Ipv4,
+    }
+}
+
 async fn target(spec: serde_json::Value, slices: &[(&str, &str, &str, &[&str])]) -> KubeBackend<Never, Never> {
     let api = FakeApi::new(Pods::Ready);
     api.put(fake::node("node-1", "zone-a", "172.18.0.2"));
@@ -28,16 +42,7 @@ async fn target(spec: serde_json::Value, slices: &[(&str, &str, &str, &[&str])])
         Some("172.18.255.200"),
     ));
     api.put(fake::slice(slices));
-    let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
-        .await
-        .unwrap();
-    KubeBackend {
-        view,
-        cluster: api.cluster(),
-        pods: Never,
-        host: Never,
-        family: Default::default(),
-    }
+    planner(&api).await
 }
 
 fn names(eps: &[Endpoint]) -> Vec<&str> {
@@ -290,16 +295,7 @@ async fn dual_stack(ip_families: serde_json::Value) -> KubeBackend<Never, Never>
         s6["addressType"] = json!("IPv6");
         api.put(s6);
     }
-    let view = ClusterView::load(&api.cluster(), "v1.33.1".into(), TSERVER, TSERVER)
-        .await
-        .unwrap();
-    KubeBackend {
-        view,
-        cluster: api.cluster(),
-        pods: Never,
-        host: Never,
-        family: IpFamily::Ipv4,
-    }
+    planner(&api).await
 }
 
 #[tokio::test]
