@@ -42,20 +42,13 @@ fn failures(f: &crate::record::Failed) -> String {
     if f.total == 0 {
         return "none".into();
     }
-    let k = &f.kinds;
-    let parts: Vec<String> = [
-        ("refused", k.refused),
-        ("timeout", k.timeout),
-        ("reset", k.reset),
-        ("unreachable", k.unreachable),
-        ("read", k.read),
-        ("unparsable", k.unparsable),
-        ("other", k.other),
-    ]
-    .into_iter()
-    .filter(|(_, n)| *n > 0)
-    .map(|(what, n)| format!("{n} {what}"))
-    .collect();
+    let parts: Vec<String> = f
+        .kinds
+        .kinds()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
     parts.join(", ")
 }
 
