@@ -19,21 +19,16 @@ fn stdout_with_exit(out: &std::process::Output, code: i32) -> String {
     stdout
 }
 
+/// `nft ARGS` run in `node`'s namespace with `lab exec`.
+fn nft(lab: &LabGuard, node: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["lab", "exec", "--name", &lab.name, node, "--", "nft"];
+    all.extend_from_slice(args);
+    lab.run(&all)
+}
+
 /// The ip6 endpoint chains of the wire-protocol TCP port (named `tcp`, 5001) on `node`.
 fn ip6_tcp_endpoint_chains(lab: &LabGuard, node: &str) -> Vec<String> {
-    let out = lab.run(&[
-        "lab",
-        "exec",
-        "--name",
-        &lab.name,
-        node,
-        "--",
-        "nft",
-        "list",
-        "table",
-        "ip6",
-        "kube-proxy",
-    ]);
+    let out = nft(lab, node, &["list", "table", "ip6", "kube-proxy"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -99,20 +94,7 @@ fn lab_ip_family_both_runs_each_family_and_flags_a_fault_in_one() {
     let chains = ip6_tcp_endpoint_chains(&lab, "node1");
     assert_eq!(chains.len(), 6, "{chains:?}");
     for node in ["node1", "node2", "node3"] {
-        let out = lab.run(&[
-            "lab",
-            "exec",
-            "--name",
-            &lab.name,
-            node,
-            "--",
-            "nft",
-            "flush",
-            "chain",
-            "ip6",
-            "kube-proxy",
-            &chains[0],
-        ]);
+        let out = nft(&lab, node, &["flush", "chain", "ip6", "kube-proxy", &chains[0]]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let out = spread("fault");
