@@ -372,7 +372,13 @@ pub enum AnyRun {
     Matrix(Box<MatrixRun>),
 }
 
-fn check_version(path: &Path, value: &serde_json::Value, kind: &str, want: u32) -> Result<()> {
+/// A record of `kind` read from `value`, after checking it is the version this build reads.
+fn parse<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    value: serde_json::Value,
+    kind: &str,
+    want: u32,
+) -> Result<Box<T>> {
     let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
     if version != u64::from(want) {
         bail!(
@@ -380,10 +386,12 @@ fn check_version(path: &Path, value: &serde_json::Value, kind: &str, want: u32) 
             path.display()
         );
     }
-    Ok(())
+    serde_json::from_value(value)
+        .map(Box::new)
+        .map_err(|e| anyhow::anyhow!("{}: corrupt {kind} record: {e}", path.display()))
 }
 
-/// Reads a run record (spread or affinity) or an mconnect JSON file. Errors name the file and
+/// Reads a run record (any kind above) or an mconnect JSON file. Errors name the file and
 /// what is wrong.
 pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -394,36 +402,16 @@ pub fn load(path: &Path, criteria: &crate::stats::Criteria) -> Result<AnyRun> {
         )
     })?;
     match value.get("kind").and_then(|k| k.as_str()) {
-        Some(AFFINITY_KIND) => {
-            check_version(path, &value, AFFINITY_KIND, AFFINITY_VERSION)?;
-            let run: AffinityRun = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("{}: corrupt AffinityRun record: {e}", path.display()))?;
-            Ok(AnyRun::Affinity(Box::new(run)))
-        }
-        Some(DISRUPTION_KIND) => {
-            check_version(path, &value, DISRUPTION_KIND, DISRUPTION_VERSION)?;
-            let run: DisruptionRun = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("{}: corrupt DisruptionRun record: {e}", path.display()))?;
-            Ok(AnyRun::Disruption(Box::new(run)))
-        }
-        Some(ZONES_KIND) => {
-            check_version(path, &value, ZONES_KIND, ZONES_VERSION)?;
-            let run: ZonesRun = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("{}: corrupt ZonesRun record: {e}", path.display()))?;
-            Ok(AnyRun::Zones(Box::new(run)))
-        }
-        Some(MATRIX_KIND) => {
-            check_version(path, &value, MATRIX_KIND, MATRIX_VERSION)?;
-            let run: MatrixRun = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("{}: corrupt MatrixRun record: {e}", path.display()))?;
-            Ok(AnyRun::Matrix(Box::new(run)))
-        }
-        Some(SPREAD_KIND) => {
-            check_version(path, &value, SPREAD_KIND, SPREAD_VERSION)?;
-            let run: SpreadRun = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("{}: corrupt SpreadRun record: {e}", path.display()))?;
-            Ok(AnyRun::Spread(Box::new(run)))
-        }
+        Some(AFFINITY_KIND) => Ok(AnyRun::Affinity(parse(path, value, AFFINITY_KIND, AFFINITY_VERSION)?)),
+        Some(DISRUPTION_KIND) => Ok(AnyRun::Disruption(parse(
+            path,
+            value,
+            DISRUPTION_KIND,
+            DISRUPTION_VERSION,
+        )?)),
+        Some(ZONES_KIND) => Ok(AnyRun::Zones(parse(path, value, ZONES_KIND, ZONES_VERSION)?)),
+        Some(MATRIX_KIND) => Ok(AnyRun::Matrix(parse(path, value, MATRIX_KIND, MATRIX_VERSION)?)),
+        Some(SPREAD_KIND) => Ok(AnyRun::Spread(parse(path, value, SPREAD_KIND, SPREAD_VERSION)?)),
         Some(other) => bail!(
             "{}: record kind {other:?} is not one compare knows (SpreadRun, AffinityRun, ZonesRun, MatrixRun, DisruptionRun)",
             path.display()
