@@ -189,82 +189,19 @@ impl FamilyArgs {
         }
     }
 
-    /// A measuring command's run: checks `place`, raises the open-files limit, and on a runtime
-    /// of its own, with Ctrl-C watched, opens `place` and makes the run `one` once per family
-    /// asked, on the backend pointed at that family; `one` saves and prints its run before the
-    /// next starts (an interrupt skips the runs not begun) and writes its own `--html` page when
-    /// given one: `html` for a single run; with both families none, and the page of both runs is
-    /// written here once both are measured, under what differs. The backend is closed (an
-    /// ephemeral lab removed, a cluster cleaned up when asked) once every run is reported, and the
-    /// runtime goes before this returns: nothing of the runs (UDP session threads) lingers into
-    /// the exit. The exit code: the first run's that is not 0, else 0.
+    /// A measuring command's runs, one per family asked: [`crate::run::families::measure`].
     pub fn measure(
         &self,
         place: crate::run::open::Place,
         html: Option<&std::path::Path>,
-        mut one: impl AsyncFnMut(
+        one: impl AsyncFnMut(
             &mut crate::run::open::Opened,
             &crate::run::Interrupt,
             Option<IpFamily>,
             Option<&std::path::Path>,
         ) -> anyhow::Result<(ExitCode, AnyRun)>,
     ) -> anyhow::Result<ExitCode> {
-        crate::run::open::check(&place)?;
-        crate::run::raise_nofile();
-        let rt = crate::run::runtime(0)?;
-        rt.block_on(async {
-            let interrupt = crate::run::Interrupt::watch();
-            let mut opened = crate::run::open::Opened::open(place, &interrupt).await?;
-            let code = self
-                .each(&mut opened, &interrupt, html, async |o, family, each| {
-                    one(o, &interrupt, family, each).await
-                })
-                .await;
-            opened.close().await;
-            code
-        })
-    }
-
-    async fn each(
-        &self,
-        opened: &mut crate::run::open::Opened,
-        interrupt: &crate::run::Interrupt,
-        html: Option<&std::path::Path>,
-        mut one: impl AsyncFnMut(
-            &mut crate::run::open::Opened,
-            Option<IpFamily>,
-            Option<&std::path::Path>,
-        ) -> anyhow::Result<(ExitCode, AnyRun)>,
-    ) -> anyhow::Result<ExitCode> {
-        let (page, each) = if self.both() { (html, None) } else { (None, html) };
-        let mut code = ExitCode::SUCCESS;
-        let mut runs = Vec::new();
-        for family in self.families() {
-            if !runs.is_empty() && interrupt.is_set() {
-                eprintln!(
-                    "svclb: interrupted: the {} run was not made",
-                    family.map_or_else(String::new, |f| f.to_string())
-                );
-                break;
-            }
-            if let Some(f) = family {
-                opened.set_family(f)?;
-            }
-            let (c, run) = one(opened, family, each).await?;
-            if code == ExitCode::SUCCESS {
-                code = c;
-            }
-            runs.push(run);
-        }
-        if let [v4, v6] = runs.as_slice()
-            && let Some(c) = crate::families::compare(v4, v6)
-        {
-            print!("{}", crate::families::describe(&c));
-            if let Some(path) = page {
-                code = page_code(path, &runs, code);
-            }
-        }
-        Ok(code)
+        crate::run::families::measure(&self.families(), place, html, one)
     }
 }
 
@@ -309,29 +246,8 @@ pub fn html_code(
     code: std::process::ExitCode,
 ) -> std::process::ExitCode {
     match path {
-        Some(path) => page_code(path, &[run()], code),
+        Some(path) => crate::run::families::page_code(path, &[run()], code),
         None => code,
-    }
-}
-
-/// Writes the page of `runs` to `path`: `code`, or 2 when it cannot be written.
-fn page_code(path: &std::path::Path, runs: &[AnyRun], code: ExitCode) -> ExitCode {
-    match crate::report::html::write(path, runs) {
-        Ok(size) => {
-            eprintln!(
-                "svclb: wrote {} ({})",
-                path.display(),
-                crate::report::zones_bytes(size as u64)
-            );
-            code
-        }
-        Err(e) => {
-            eprintln!(
-                "svclb: --html {}: {e:#} (the run's record is not affected: `kubectl svclb report` makes the page from it)",
-                path.display()
-            );
-            std::process::ExitCode::from(2)
-        }
     }
 }
 

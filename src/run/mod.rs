@@ -17,6 +17,7 @@
 
 pub mod agents;
 pub mod disruption;
+pub mod families;
 pub mod interrupt;
 pub mod matrix;
 pub mod open;
