@@ -102,12 +102,20 @@ impl Kind for MatrixRun {
         if self.stopped == Some(Stop::Interrupted) {
             lines.push("INTERRUPTED: the record holds the scenarios measured before".into());
         }
+        // What the run left out, as the text report says it: a cluster's notes (a source row or a
+        // target column it could not make) and the scenarios it could not apply.
+        lines.extend(self.notes.iter().map(|n| format!("note: {n}")));
+        lines.extend(self.scenarios.iter().filter_map(|s| {
+            s.skipped
+                .as_ref()
+                .map(|why| format!("{} ({}): skipped: {why}", s.name, s.description))
+        }));
         p.html(&verdict_box(&lines, self.incorrect == 0));
         p.html(&note(
             "Cells: . connected, R refused, T timed out, ? inconclusive (mixed), - not a path of this source; \
              comparison: green correct, ! wrong, ? inconclusive. Hover a cell for its attempts and the rule behind it.",
         ));
-        for s in &self.scenarios {
+        for s in self.scenarios.iter().filter(|s| s.skipped.is_none()) {
             p.panel(
                 &format!(
                     "{} ({}): correct {}, incorrect {}, inconclusive {}",

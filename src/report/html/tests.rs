@@ -343,10 +343,21 @@ fn a_matrix_run_shows_three_grids_per_scenario_and_every_cell_on_hover() {
     c.verdict = CellVerdict::Incorrect;
     r.scenarios[0].incorrect += 1;
     r.incorrect += 1;
+    // What a cluster run leaves out: a note, and a scenario it could not apply (no cells).
+    r.notes.push("row node3 left out: no schedulable pod there".into());
+    let last = r.scenarios.last_mut().expect("scenarios");
+    last.skipped = Some("the cluster has no LoadBalancer controller".into());
+    last.cells.clear();
     let r = r.clone();
     let p = parse(&page(std::slice::from_ref(&run)));
     let panels = one_chart_each(&p);
-    assert_eq!(panels.len(), r.scenarios.len());
+    assert_eq!(panels.len(), r.scenarios.len() - 1, "no panel for the skipped scenario");
+    assert!(p.text.contains("note: row node3 left out: no schedulable pod there"));
+    let last = r.scenarios.last().unwrap();
+    assert!(p.text.contains(&format!(
+        "{} ({}): skipped: the cluster has no LoadBalancer controller",
+        last.name, last.description
+    )));
     let cells: usize = r.scenarios.iter().map(|s| s.cells.len()).sum();
     assert_eq!(p.uses, 3 * cells, "expected, observed and comparison: one cell each");
     for s in &r.scenarios {
